@@ -1,0 +1,58 @@
+// Per-instance host state behind the opaque mango_context handle: options,
+// config, weights, parameters, cache, reports and emitted tensors.
+#pragma once
+
+#include "mango/host/host_api.hpp"
+
+#include <ATen/core/Tensor.h>
+#include <nlohmann/json.hpp>
+
+#include <deque>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+struct mango_context_t {
+    struct Parameter {
+        std::string name;
+        at::Tensor value;
+        bool trainable;
+    };
+    struct Role {
+        int32_t layer;
+        std::string role, tensor;
+    };
+
+    std::string label;                            // for error messages: "router 'simple' of layer 1"
+    nlohmann::json options = nlohmann::json::object();  // resolved against the schema
+    std::vector<nlohmann::json> model_options;    // merge: one object per model
+    nlohmann::json config = nlohmann::json::object();   // config.json (architectures)
+    std::function<at::Tensor(const std::string &)> weights;  // lazy checkpoint reader
+    std::map<std::string, at::Tensor> saved;      // parameter values to restore
+    at::TensorOptions param_options = at::TensorOptions().dtype(at::kFloat);
+    bool training = false;
+
+    std::vector<Parameter> parameters;  // in declaration order
+    std::vector<std::pair<std::string, at::Tensor>> losses, stats;  // cleared per forward
+    std::map<std::string, at::Tensor> cache;
+    std::vector<std::pair<std::string, at::Tensor>> emitted;
+    std::vector<Role> roles;
+
+    // Storage behind borrowed strings/lists handed to the plugin.
+    std::deque<std::string> strings;
+    std::deque<std::vector<int64_t>> int_lists;
+    std::deque<std::vector<double>> double_lists;
+
+    void clear_reports() {
+        losses.clear();
+        stats.clear();
+    }
+};
+
+namespace mango {
+using InstanceContext = mango_context_t;
+
+// Converts a JSON value to a borrowed mango_value whose storage lives in ctx.
+mango_status json_to_value(InstanceContext &ctx, const nlohmann::json &v, mango_value *out);
+}  // namespace mango

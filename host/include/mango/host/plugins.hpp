@@ -1,0 +1,89 @@
+// The host's view of plugins: the registry plus in-process loading of the
+// libraries that a run actually uses, and typed component instances.
+#pragma once
+
+#include "mango/host/context.hpp"
+
+#include <mango/registry/registry.hpp>
+
+#include <memory>
+#include <string>
+
+namespace mango {
+
+class PluginHost {
+public:
+    explicit PluginHost(registry::Registry reg) : registry_(std::move(reg)) {}
+    const registry::Registry &registry() const { return registry_; }
+
+    // The component or an error naming close matches and what is installed.
+    const registry::ComponentInfo &require(const std::string &kind, const std::string &name) const;
+    // Loads the component's library into this process (once; libraries stay
+    // loaded for the life of the process) and returns its function table.
+    const void *vtable(const registry::ComponentInfo &component) const;
+
+private:
+    registry::Registry registry_;
+};
+
+// Owns one component instance and its context. Not copyable.
+class Instance {
+public:
+    Instance(const Instance &) = delete;
+    Instance &operator=(const Instance &) = delete;
+    virtual ~Instance();
+
+    InstanceContext &context() { return *ctx_; }
+    const std::vector<InstanceContext::Parameter> &parameters() const { return ctx_->parameters; }
+    void train(bool on) { ctx_->training = on; }
+    const registry::ComponentInfo &info() const { return info_; }
+
+protected:
+    Instance(const registry::ComponentInfo &info, std::unique_ptr<InstanceContext> ctx)
+        : info_(info), ctx_(std::move(ctx)) {}
+    registry::ComponentInfo info_;
+    std::unique_ptr<InstanceContext> ctx_;
+    void *self_ = nullptr;
+    void (*destroy_)(void *) = nullptr;
+};
+
+// What creating any instance needs besides its kind's own sizes.
+struct InstanceSpec {
+    std::string name;                 // component name
+    nlohmann::json options;           // as the user gave them (validated here)
+    std::string where;                // for errors: "pipeline.toml:12"
+    std::map<std::string, at::Tensor> saved;  // parameter values to restore
+    at::TensorOptions param_options = at::TensorOptions().dtype(at::kFloat);
+};
+
+class AdapterInstance : public Instance {
+public:
+    static std::unique_ptr<AdapterInstance> create(const PluginHost &host, const InstanceSpec &spec, int64_t d_in,
+                                                   int64_t d_out);
+    at::Tensor forward(const at::Tensor &x);
+
+private:
+    using Instance::Instance;
+    const mango_adapter_vtable *vt_ = nullptr;
+    int64_t d_in_ = 0, d_out_ = 0;
+};
+
+struct RouterOutput {
+    at::Tensor weights;  // [B, E] or [B, T, E]
+    std::vector<std::pair<std::string, at::Tensor>> losses, stats;
+};
+
+class RouterInstance : public Instance {
+public:
+    static std::unique_ptr<RouterInstance> create(const PluginHost &host, const InstanceSpec &spec, int64_t hidden,
+                                                  int64_t experts);
+    // mask: [B, T] (1 token, 0 pad) or undefined.
+    RouterOutput route(const at::Tensor &hidden, const at::Tensor &mask);
+
+private:
+    using Instance::Instance;
+    const mango_router_vtable *vt_ = nullptr;
+    int64_t hidden_ = 0, experts_ = 0;
+};
+
+}  // namespace mango

@@ -1,0 +1,19 @@
+# mango_add_plugin(<target> <sources>...)
+# Builds a Mango plugin: a MODULE library named <target>.so that exports only
+# the entry symbol and links nothing but the SDK headers (never LibTorch).
+function(mango_add_plugin target)
+  add_library(${target} MODULE ${ARGN})
+  if(TARGET MangoSDK::sdk)
+    target_link_libraries(${target} PRIVATE MangoSDK::sdk)
+  endif()
+  target_compile_features(${target} PRIVATE cxx_std_17)
+  set_target_properties(${target} PROPERTIES
+    PREFIX ""
+    C_VISIBILITY_PRESET hidden
+    CXX_VISIBILITY_PRESET hidden
+    VISIBILITY_INLINES_HIDDEN ON)
+  if(NOT APPLE)
+    target_link_options(${target} PRIVATE -Wl,--no-undefined -Wl,--as-needed)
+  endif()
+endfunction()
+

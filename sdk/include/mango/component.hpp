@@ -1,0 +1,130 @@
+// mango/component.hpp — write a component as a C++ class; get its C vtable.
+//
+//   struct MyRouter {
+//       MyRouter(mango::Context &ctx, int64_t hidden, int64_t experts);
+//       mango::Tensor route(mango::Context &ctx, const mango::Tensor &h, const mango::Tensor &mask);
+//   };
+//   MANGO_PLUGIN("my_plugin", "1.0.0", "What it is",
+//                mango::router<MyRouter>("my_router", "1.0.0", "One line", kSchemaJson))
+//
+// Every C entry catches all exceptions and turns them into a status code plus
+// set_error(), so nothing thrown ever crosses the ABI.
+#pragma once
+
+#include "mango/plugin.hpp"
+
+namespace mango {
+namespace detail {
+
+template <class F>
+mango_status guard(F &&f) noexcept {
+    try {
+        f();
+        return MANGO_OK;
+    } catch (const Error &e) {
+        if (detail::host_slot()) host().set_error(e.what());
+        return e.status();
+    } catch (const std::bad_alloc &) {
+        if (detail::host_slot()) host().set_error("out of memory in plugin");
+        return MANGO_ERR_OUT_OF_MEMORY;
+    } catch (const std::exception &e) {
+        if (detail::host_slot()) host().set_error(e.what());
+        return MANGO_ERR_INTERNAL;
+    } catch (...) {
+        if (detail::host_slot()) host().set_error("unknown exception in plugin");
+        return MANGO_ERR_INTERNAL;
+    }
+}
+
+template <class T>
+void destroy(void *self) noexcept {
+    delete static_cast<T *>(self);
+}
+
+template <class T>
+struct AdapterGlue {
+    static mango_status create(mango_context *c, int64_t d_in, int64_t d_out, void **self) {
+        return guard([&] {
+            Context ctx(c);
+            *self = new T(ctx, d_in, d_out);
+        });
+    }
+    static mango_status forward(void *self, mango_context *c, mango_tensor x, mango_tensor *y) {
+        return guard([&] {
+            Context ctx(c);
+            *y = static_cast<T *>(self)->forward(ctx, Tensor::borrow(x)).release();
+        });
+    }
+    static inline const mango_adapter_vtable vtable{sizeof(mango_adapter_vtable), &create, &forward, &destroy<T>};
+};
+
+template <class T>
+struct RouterGlue {
+    static mango_status create(mango_context *c, int64_t hidden, int64_t experts, void **self) {
+        return guard([&] {
+            Context ctx(c);
+            *self = new T(ctx, hidden, experts);
+        });
+    }
+    static mango_status route(void *self, mango_context *c, mango_tensor h, mango_tensor mask, mango_tensor *w) {
+        return guard([&] {
+            Context ctx(c);
+            *w = static_cast<T *>(self)->route(ctx, Tensor::borrow(h), Tensor::borrow(mask)).release();
+        });
+    }
+    static inline const mango_router_vtable vtable{sizeof(mango_router_vtable), &create, &route, &destroy<T>};
+};
+
+template <class T>
+struct MergeGlue {
+    static mango_status create(mango_context *c, size_t n_models, void **self) {
+        return guard([&] {
+            Context ctx(c);
+            *self = new T(ctx, n_models);
+        });
+    }
+    static mango_status merge(void *self, mango_context *c, const char *name, const mango_tensor *models,
+                              size_t n, mango_tensor base, mango_tensor *out) {
+        return guard([&] {
+            Context ctx(c);
+            std::vector<Tensor> in;
+            in.reserve(n);
+            for (size_t i = 0; i < n; ++i) in.push_back(Tensor::borrow(models[i]));
+            *out = static_cast<T *>(self)->merge(ctx, name, in, Tensor::borrow(base)).release();
+        });
+    }
+    static inline const mango_merge_vtable vtable{sizeof(mango_merge_vtable), &create, &merge, &destroy<T>};
+};
+
+}  // namespace detail
+
+inline constexpr mango_component component(int32_t kind, const char *name, const char *version,
+                                           const char *summary, const char *schema, const void *vtable) {
+    return mango_component{sizeof(mango_component), kind, name, version, summary, schema, vtable};
+}
+template <class T>
+mango_component adapter(const char *name, const char *version, const char *summary, const char *schema) {
+    return component(MANGO_KIND_ADAPTER, name, version, summary, schema, &detail::AdapterGlue<T>::vtable);
+}
+template <class T>
+mango_component router(const char *name, const char *version, const char *summary, const char *schema) {
+    return component(MANGO_KIND_ROUTER, name, version, summary, schema, &detail::RouterGlue<T>::vtable);
+}
+template <class T>
+mango_component merge(const char *name, const char *version, const char *summary, const char *schema) {
+    return component(MANGO_KIND_MERGE, name, version, summary, schema, &detail::MergeGlue<T>::vtable);
+}
+
+}  // namespace mango
+
+// Defines the library's entry point. The variadic part lists mango_component
+// values (mango::adapter<...>(...), mango::router<...>(...), ...).
+#define MANGO_PLUGIN(NAME, VERSION, DESCRIPTION, ...)                                              \
+    extern "C" MANGO_EXPORT const mango_plugin *mango_plugin_entry_v1(const mango_host_base *base) { \
+        static const mango_component components[] = {__VA_ARGS__};                                 \
+        static const mango_plugin plugin = {sizeof(mango_plugin), MANGO_ABI_VERSION, NAME, VERSION,  \
+                                            DESCRIPTION, sizeof(components) / sizeof(components[0]), \
+                                            components};                                           \
+        ::mango::detail::bind_host(base);                                                          \
+        return &plugin;                                                                            \
+    }

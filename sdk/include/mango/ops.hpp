@@ -1,0 +1,160 @@
+// mango/ops.hpp — typed helpers over the host's boxed ATen operator call.
+//
+// Each helper resolves its operator once (function-local static) and calls it
+// with the arguments in ATen schema order. Add what you need the same way:
+//   static const Op op("aten::<name>", "<overload>"); return op({...});
+#pragma once
+
+#include "mango/plugin.hpp"
+
+namespace mango::ops {
+
+constexpr mango_device cpu{MANGO_DEVICE_CPU, -1};
+
+// ---- creation ---------------------------------------------------------------
+inline Tensor zeros(std::vector<int64_t> size, mango_dtype dt = MANGO_DTYPE_F32, mango_device dev = cpu) {
+    static const Op op("aten::zeros");
+    return op({std::move(size), Dtype{dt}, nullptr, dev});
+}
+inline Tensor ones(std::vector<int64_t> size, mango_dtype dt = MANGO_DTYPE_F32, mango_device dev = cpu) {
+    static const Op op("aten::ones");
+    return op({std::move(size), Dtype{dt}, nullptr, dev});
+}
+inline Tensor full(std::vector<int64_t> size, double value, mango_dtype dt = MANGO_DTYPE_F32, mango_device dev = cpu) {
+    static const Op op("aten::full");
+    return op({std::move(size), value, Dtype{dt}, nullptr, dev});
+}
+// Rectangular identity [n, m]: ones on the main diagonal.
+inline Tensor eye(int64_t n, int64_t m, mango_dtype dt = MANGO_DTYPE_F32, mango_device dev = cpu) {
+    static const Op op("aten::eye", "m");
+    return op({n, m, Dtype{dt}, nullptr, dev});
+}
+// Standard normal samples from the host's seeded generator.
+inline Tensor randn(std::vector<int64_t> size, mango_dtype dt = MANGO_DTYPE_F32, mango_device dev = cpu) {
+    static const Op op("aten::randn");
+    return op({std::move(size), Dtype{dt}, nullptr, dev});
+}
+
+// ---- arithmetic ---------------------------------------------------------------
+inline Tensor add(const Tensor &a, const Tensor &b) {
+    static const Op op("aten::add", "Tensor");
+    return op({a, b});
+}
+inline Tensor sub(const Tensor &a, const Tensor &b) {
+    static const Op op("aten::sub", "Tensor");
+    return op({a, b});
+}
+inline Tensor mul(const Tensor &a, const Tensor &b) {
+    static const Op op("aten::mul", "Tensor");
+    return op({a, b});
+}
+inline Tensor mul(const Tensor &a, double s) {
+    static const Op op("aten::mul", "Scalar");
+    return op({a, s});
+}
+inline Tensor div(const Tensor &a, const Tensor &b) {
+    static const Op op("aten::div", "Tensor");
+    return op({a, b});
+}
+inline Tensor add_scalar(const Tensor &a, double s) {
+    static const Op op("aten::add", "Scalar");
+    return op({a, s});
+}
+inline Tensor matmul(const Tensor &a, const Tensor &b) {
+    static const Op op("aten::matmul");
+    return op({a, b});
+}
+// y = x W^T + b (b may be an empty Tensor).
+inline Tensor linear(const Tensor &x, const Tensor &w, const Tensor &b = Tensor()) {
+    static const Op op("aten::linear");
+    return op({x, w, b});
+}
+inline Tensor log(const Tensor &x) {
+    static const Op op("aten::log");
+    return op({x});
+}
+inline Tensor clamp_min(const Tensor &x, double lo) {
+    static const Op op("aten::clamp_min");
+    return op({x, lo});
+}
+
+// ---- activations and normalisation ---------------------------------------------
+inline Tensor gelu(const Tensor &x, const char *approximate = "none") {
+    static const Op op("aten::gelu");
+    return op({x, approximate});
+}
+inline Tensor relu(const Tensor &x) {
+    static const Op op("aten::relu");
+    return op({x});
+}
+inline Tensor silu(const Tensor &x) {
+    static const Op op("aten::silu");
+    return op({x});
+}
+inline Tensor tanh(const Tensor &x) {
+    static const Op op("aten::tanh");
+    return op({x});
+}
+inline Tensor sigmoid(const Tensor &x) {
+    static const Op op("aten::sigmoid");
+    return op({x});
+}
+inline Tensor softmax(const Tensor &x, int64_t dim) {
+    static const Op op("aten::softmax", "int");
+    return op({x, dim});
+}
+inline Tensor layer_norm(const Tensor &x, std::vector<int64_t> shape, const Tensor &w, const Tensor &b, double eps = 1e-5) {
+    static const Op op("aten::layer_norm");
+    return op({x, std::move(shape), w, b, eps});
+}
+inline Tensor dropout(const Tensor &x, double p, bool train) {
+    static const Op op("aten::dropout");
+    return op({x, p, train});
+}
+
+// ---- reductions -----------------------------------------------------------------
+inline Tensor sum(const Tensor &x, std::vector<int64_t> dims, bool keepdim = false) {
+    static const Op op("aten::sum", "dim_IntList");
+    return op({x, std::move(dims), keepdim});
+}
+inline Tensor mean(const Tensor &x, std::vector<int64_t> dims, bool keepdim = false) {
+    static const Op op("aten::mean", "dim");
+    return op({x, std::move(dims), keepdim});
+}
+inline Tensor mean_all(const Tensor &x) {
+    static const Op op("aten::mean");
+    return op({x});
+}
+inline Tensor amax(const Tensor &x, std::vector<int64_t> dims, bool keepdim = false) {
+    static const Op op("aten::amax");
+    return op({x, std::move(dims), keepdim});
+}
+
+// ---- shape and selection ----------------------------------------------------------
+inline Tensor unsqueeze(const Tensor &x, int64_t dim) {
+    static const Op op("aten::unsqueeze");
+    return op({x, dim});
+}
+inline Tensor reshape(const Tensor &x, std::vector<int64_t> shape) {
+    static const Op op("aten::reshape");
+    return op({x, std::move(shape)});
+}
+inline Tensor transpose(const Tensor &x, int64_t d0, int64_t d1) {
+    static const Op op("aten::transpose", "int");
+    return op({x, d0, d1});
+}
+inline Tensor to_dtype(const Tensor &x, mango_dtype dt) {
+    static const Op op("aten::to", "dtype");
+    return op({x, Dtype{dt}});
+}
+// Elementwise: where mask is true take `value`, else x.
+inline Tensor masked_fill(const Tensor &x, const Tensor &mask, double value) {
+    static const Op op("aten::masked_fill", "Scalar");
+    return op({x, mask, value});
+}
+inline Tensor eq_scalar(const Tensor &x, double value) {
+    static const Op op("aten::eq", "Scalar");
+    return op({x, value});
+}
+
+}  // namespace mango::ops

@@ -1,0 +1,386 @@
+/*
+ * mango/plugin.h — the Mango plugin ABI, version 1.
+ *
+ * This C99 header is the whole contract between the `mango` host and a plugin
+ * library. A plugin includes only this (or the C++ wrapper mango/plugin.hpp)
+ * and never links LibTorch: tensors are opaque handles owned by the host, and
+ * every computation goes through the host's operator call (`call_op`), so
+ * autograd, CUDA and dtypes work for plugin code unchanged.
+ *
+ * Rules that keep the ABI stable:
+ *  - A library exports one symbol, MANGO_ENTRY_SYMBOL, with C linkage.
+ *  - Every struct that crosses the boundary starts with `struct_size`. Fields
+ *    are only ever appended; the reader of a struct looks at a field only when
+ *    `struct_size` says it is present. A signature change is a new `_v2`
+ *    function pointer appended beside the old one.
+ *  - No C++ types, exceptions or allocators cross. Errors are status codes; a
+ *    failing side stores a message with set_error() and the other reads it
+ *    with last_error().
+ *  - Enumerations are fixed integer constants (#define), never enum layouts.
+ *
+ * Ownership, stated once:
+ *  - "new reference": the receiver owns the tensor handle and must release it
+ *    with tensor_release(). Every tensor a function writes to an `out`
+ *    parameter, or a result slot of call_op, is a new reference.
+ *  - "borrowed": valid only for the duration of the call that received it,
+ *    unless the function says otherwise. Tensor arguments passed into a
+ *    function are borrowed; to keep one, call tensor_retain().
+ *  - Descriptors (mango_plugin, mango_component, vtables, strings in them) are
+ *    owned by the plugin, must be static, and stay valid until the library is
+ *    unloaded. The host copies nothing it does not need.
+ *  - `void *self` instance state is owned by the plugin: made by create(),
+ *    freed by destroy(). The host calls destroy() exactly once per successful
+ *    create(), after the last call on that instance.
+ *  - mango_context is owned by the host and valid from create() until
+ *    destroy() returns. It is the instance's link to its options, weights,
+ *    parameters, cache, and reporting.
+ *
+ * Threading: one instance is called from one thread at a time. Host API
+ * functions are thread-safe. last_error() is per thread.
+ */
+#ifndef MANGO_PLUGIN_H
+#define MANGO_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- versions and the entry symbol ------------------------------------ */
+
+#define MANGO_ABI_VERSION 1u                       /* this header's ABI */
+#define MANGO_ENTRY_SYMBOL "mango_plugin_entry_v1" /* exported by each library */
+
+#if defined(_WIN32)
+#define MANGO_EXPORT __declspec(dllexport)
+#else
+#define MANGO_EXPORT __attribute__((visibility("default")))
+#endif
+
+/* ---- status codes ------------------------------------------------------ */
+
+typedef int32_t mango_status;
+#define MANGO_OK 0
+#define MANGO_ERR_INVALID_ARGUMENT 1 /* bad value, wrong type, bad option */
+#define MANGO_ERR_NOT_FOUND 2        /* unknown operator, weight, key */
+#define MANGO_ERR_UNSUPPORTED 3      /* valid request this side cannot do */
+#define MANGO_ERR_SHAPE 4            /* tensor shape or dtype mismatch */
+#define MANGO_ERR_OUT_OF_MEMORY 5
+#define MANGO_ERR_CANCELLED 6        /* the user asked to stop */
+#define MANGO_ERR_INTERNAL 7         /* anything else; see last_error() */
+
+/* ---- fixed constants ---------------------------------------------------- */
+
+typedef int32_t mango_dtype;
+#define MANGO_DTYPE_F32 1
+#define MANGO_DTYPE_F16 2
+#define MANGO_DTYPE_BF16 3
+#define MANGO_DTYPE_F64 4
+#define MANGO_DTYPE_I64 5
+#define MANGO_DTYPE_I32 6
+#define MANGO_DTYPE_I16 7
+#define MANGO_DTYPE_I8 8
+#define MANGO_DTYPE_U8 9
+#define MANGO_DTYPE_BOOL 10
+#define MANGO_DTYPE_F8_E4M3 11
+#define MANGO_DTYPE_F8_E5M2 12
+
+#define MANGO_DEVICE_CPU 0
+#define MANGO_DEVICE_CUDA 1
+typedef struct mango_device {
+    int32_t type;  /* MANGO_DEVICE_* */
+    int32_t index; /* device ordinal; -1 = current */
+} mango_device;
+
+#define MANGO_LOG_TRACE 0
+#define MANGO_LOG_DEBUG 1
+#define MANGO_LOG_INFO 2
+#define MANGO_LOG_WARN 3
+#define MANGO_LOG_ERROR 4
+
+/* Component kinds. */
+#define MANGO_KIND_ARCHITECTURE 1
+#define MANGO_KIND_ADAPTER 2
+#define MANGO_KIND_ROUTER 3
+#define MANGO_KIND_MERGE 4
+#define MANGO_KIND_MOE_CONVERTER 5
+
+/* ---- opaque handles ---------------------------------------------------- */
+
+typedef struct mango_tensor_t *mango_tensor; /* a host tensor reference */
+typedef struct mango_context_t mango_context; /* per-instance host state */
+typedef struct mango_op_t mango_op;           /* a resolved host operator */
+
+/* ---- boxed values (operator arguments, options, config) ---------------- */
+
+#define MANGO_VALUE_NONE 0        /* absent optional argument */
+#define MANGO_VALUE_TENSOR 1      /* u.tensor */
+#define MANGO_VALUE_INT 2         /* u.i */
+#define MANGO_VALUE_DOUBLE 3      /* u.d */
+#define MANGO_VALUE_BOOL 4        /* u.b (0 or 1) */
+#define MANGO_VALUE_STRING 5      /* u.s, NUL-terminated UTF-8 */
+#define MANGO_VALUE_INT_LIST 6    /* u.ints */
+#define MANGO_VALUE_TENSOR_LIST 7 /* u.tensors */
+#define MANGO_VALUE_DOUBLE_LIST 8 /* u.doubles */
+#define MANGO_VALUE_DTYPE 9       /* u.i holds a MANGO_DTYPE_* */
+#define MANGO_VALUE_DEVICE 10     /* u.device */
+
+typedef struct mango_value {
+    int32_t kind; /* MANGO_VALUE_* */
+    int32_t reserved;
+    union {
+        mango_tensor tensor;
+        int64_t i;
+        double d;
+        int32_t b;
+        const char *s;
+        struct { const int64_t *data; size_t len; } ints;
+        struct { const mango_tensor *data; size_t len; } tensors;
+        struct { const double *data; size_t len; } doubles;
+        mango_device device;
+    } u;
+} mango_value;
+
+/* Which list a report() value goes to. */
+#define MANGO_REPORT_LOSS 1 /* a scalar auxiliary loss; the trainer weighs it */
+#define MANGO_REPORT_STAT 2 /* a statistic for logs and heatmaps; not trained */
+
+/* ---- bootstrap: frozen forever ----------------------------------------- */
+
+/* Passed to the entry point. This struct never changes. `get_api(v)` returns
+ * a `const mango_host_api *` whose version is v, or NULL when the host lacks
+ * that version. While a library is being scanned (listing, validation) the
+ * host answers NULL for every version: the entry point must only describe. */
+typedef struct mango_host_base {
+    uint32_t struct_size;
+    uint32_t abi_version;     /* newest ABI the host speaks */
+    const char *host_version; /* e.g. "0.1.0"; static */
+    const void *(*get_api)(uint32_t version);
+} mango_host_base;
+
+/* ---- the host API table (version 1) ----------------------------------- */
+
+typedef struct mango_host_api {
+    uint32_t struct_size;
+    uint32_t version; /* 1 */
+
+    /* Errors. last_error(): message of the last failing host call on this
+     * thread; borrowed until the next host call on this thread. set_error():
+     * a plugin stores the reason before returning a non-OK status (copied). */
+    const char *(*last_error)(void);
+    void (*set_error)(const char *message);
+
+    /* Logging through the host's logger (message copied). */
+    void (*log)(int32_t level, const char *message);
+    /* Non-zero once the user asked to stop (Ctrl-C); long work should return
+     * MANGO_ERR_CANCELLED soon after. */
+    int32_t (*is_cancelled)(void);
+
+    /* Tensors. retain: new reference to the same tensor. release: NULL ok. */
+    mango_tensor (*tensor_retain)(mango_tensor t);
+    void (*tensor_release)(mango_tensor t);
+    int32_t (*tensor_ndim)(mango_tensor t);
+    int64_t (*tensor_size)(mango_tensor t, int32_t dim);   /* dim < 0 counts from the end */
+    int64_t (*tensor_stride)(mango_tensor t, int32_t dim); /* in elements */
+    mango_dtype (*tensor_dtype)(mango_tensor t);
+    mango_device (*tensor_device)(mango_tensor t);
+    /* Address of the first element; borrowed while `t` lives and is not
+     * resized. For plugins with their own kernels. */
+    void *(*tensor_data)(mango_tensor t);
+    /* The current CUDA stream (cudaStream_t) of `device`, NULL for CPU. */
+    void *(*cuda_stream)(mango_device device);
+    /* New contiguous tensor holding a copy of `data` (element type `dtype`,
+     * row-major `shape`), placed on `device`. `*out` is a new reference. */
+    mango_status (*tensor_from_data)(const void *data, mango_dtype dtype, const int64_t *shape,
+                                     int32_t ndim, mango_device device, mango_tensor *out);
+
+    /* Operators: a boxed call of any ATen operator by name, e.g. ("aten::linear",
+     * "") or ("aten::add", "Tensor"). find_op's handle is borrowed and valid as
+     * long as the host; resolve once, call many times. call_op takes the
+     * arguments in schema order (borrowed); trailing arguments with defaults
+     * may be left out; ints are accepted where floats are expected. Results go
+     * to `results[0..*n_results)`: tensors are new references, a Tensor[]
+     * result fills consecutive slots. */
+    mango_status (*find_op)(const char *name, const char *overload, const mango_op **op);
+    mango_status (*call_op)(const mango_op *op, const mango_value *args, size_t n_args,
+                            mango_value *results, size_t max_results, size_t *n_results);
+
+    /* Context services. Strings and lists written to `out` are borrowed until
+     * the instance is destroyed. */
+    /* An option of this instance, already validated against the component's
+     * schema with defaults filled in. NOT_FOUND if absent and no default. */
+    mango_status (*option)(mango_context *ctx, const char *key, mango_value *out);
+    /* A key of the model's config.json (architectures); dotted path for nested
+     * objects ("rope_scaling.type"). NOT_FOUND if absent. */
+    mango_status (*config)(mango_context *ctx, const char *key, mango_value *out);
+    /* A weight of this instance's model by checkpoint name, loaded lazily.
+     * `*out` is a new reference. NOT_FOUND names the tensor. */
+    mango_status (*weight)(mango_context *ctx, const char *name, mango_tensor *out);
+    /* Declare a parameter named `name` (unique within the instance) with
+     * initial value `init` (borrowed; any device/dtype: the host moves it to
+     * the instance's). If a saved value exists (loading a checkpoint) that
+     * value is used instead. Saving, loading and training see it. `*out` is a
+     * new reference to the live parameter. */
+    mango_status (*parameter)(mango_context *ctx, const char *name, mango_tensor init,
+                              int32_t trainable, mango_tensor *out);
+    /* Non-zero in training mode (dropout on). */
+    int32_t (*is_training)(mango_context *ctx);
+    /* Hand an auxiliary loss or statistic to the host (borrowed; host keeps
+     * its own reference). `what` is MANGO_REPORT_*. */
+    mango_status (*report)(mango_context *ctx, int32_t what, const char *name, mango_tensor value);
+    /* Key/value cache slots of this instance for the current sequence batch;
+     * the host clears them between generations. get: NOT_FOUND and *out=NULL
+     * when empty, else a new reference. set: borrowed, host keeps a ref. */
+    mango_status (*cache_get)(mango_context *ctx, const char *key, mango_tensor *out);
+    mango_status (*cache_set)(mango_context *ctx, const char *key, mango_tensor value);
+    /* Output of merge and MoE conversion: a named result tensor (borrowed). */
+    mango_status (*emit)(mango_context *ctx, const char *name, mango_tensor value);
+    /* Per-model option of a merge (weight, density, ...), model_index in the
+     * order the models were given. Like option(). */
+    mango_status (*model_option)(mango_context *ctx, size_t model_index, const char *key,
+                                 mango_value *out);
+    /* Architectures: name the checkpoint tensor that plays `role` in `layer`
+     * (-1 for model-level tensors). Roles are documented strings such as
+     * "attn.q.weight", "mlp.down.weight", "norm.final.weight"; see the SDK
+     * README. Merging and MoE conversion use these. */
+    mango_status (*declare_tensor)(mango_context *ctx, int32_t layer, const char *role,
+                                   const char *name);
+} mango_host_api;
+
+/* ---- component tables (one per kind) ------------------------------------ */
+
+/* Every table begins with struct_size. Functions return MANGO_OK or a status
+ * with set_error() called. Tensors written to out parameters are new refs. */
+
+/* Adapter: maps hidden states [..., d_in] -> [..., d_out]. */
+typedef struct mango_adapter_vtable {
+    uint32_t struct_size;
+    mango_status (*create)(mango_context *ctx, int64_t d_in, int64_t d_out, void **self);
+    mango_status (*forward)(void *self, mango_context *ctx, mango_tensor x, mango_tensor *y);
+    void (*destroy)(void *self);
+} mango_adapter_vtable;
+
+/* Router: mixes `n_experts` block outputs. route() gets the hidden states
+ * [B, T, H] entering the fused layer and a mask [B, T] (1 = token, 0 = pad;
+ * NULL = all tokens). It writes expert weights, either pooled [B, E] or per
+ * token [B, T, E]; each row sums to 1 (over the chosen experts, for top-k).
+ * Auxiliary losses and statistics go through report(). */
+typedef struct mango_router_vtable {
+    uint32_t struct_size;
+    mango_status (*create)(mango_context *ctx, int64_t hidden_size, int64_t n_experts, void **self);
+    mango_status (*route)(void *self, mango_context *ctx, mango_tensor hidden, mango_tensor mask,
+                          mango_tensor *weights);
+    void (*destroy)(void *self);
+} mango_router_vtable;
+
+/* Merge: one tensor from N models (+ optional base), called tensor by tensor
+ * so merging streams. `models` holds n_models borrowed tensors of one shape;
+ * `base` is NULL when the pipeline names no base model. */
+typedef struct mango_merge_vtable {
+    uint32_t struct_size;
+    mango_status (*create)(mango_context *ctx, size_t n_models, void **self);
+    mango_status (*merge)(void *self, mango_context *ctx, const char *tensor_name,
+                          const mango_tensor *models, size_t n_models, mango_tensor base,
+                          mango_tensor *out);
+    void (*destroy)(void *self);
+} mango_merge_vtable;
+
+/* A dense feed-forward block handed to a MoE converter, tensors by role
+ * (borrowed; NULL where the architecture has none). */
+typedef struct mango_dense_ffn {
+    uint32_t struct_size;
+    int32_t layer;
+    const char *activation; /* config's activation name, e.g. "silu", "gelu_new" */
+    mango_tensor gate;      /* [F, H] or NULL (non-gated MLP) */
+    mango_tensor up;        /* [F, H] */
+    mango_tensor down;      /* [H, F] */
+    mango_tensor up_bias;   /* [F] or NULL */
+    mango_tensor down_bias; /* [H] or NULL */
+} mango_dense_ffn;
+
+/* MoE converter: turns one dense FFN into experts + router weights, written
+ * with emit() under role names ("experts.<i>.up.weight", "router.weight",
+ * ...). describe_config() emits config changes as a JSON object text. */
+typedef struct mango_moe_converter_vtable {
+    uint32_t struct_size;
+    mango_status (*create)(mango_context *ctx, void **self);
+    mango_status (*convert)(void *self, mango_context *ctx, const mango_dense_ffn *ffn);
+    /* Writes a borrowed JSON object text (valid until destroy) of config.json
+     * keys to set, e.g. {"num_local_experts": 8, "num_experts_per_tok": 2}. */
+    mango_status (*config_changes)(void *self, mango_context *ctx, const char **json);
+    void (*destroy)(void *self);
+} mango_moe_converter_vtable;
+
+/* What an architecture tells the host about a model built from its config. */
+typedef struct mango_model_info {
+    uint32_t struct_size;
+    int32_t is_causal;       /* 1 decoder (LM head), 0 encoder */
+    int64_t hidden_size;
+    int64_t n_layers;
+    int64_t vocab_size;
+    int64_t n_heads;
+    int64_t n_kv_heads;
+    int64_t head_dim;
+    int64_t max_positions;   /* 0 = unbounded (rotary) */
+    int32_t tied_embeddings; /* LM head shares the token embedding */
+    int32_t reserved;
+} mango_model_info;
+
+/* Architecture: claims config.json model types and runs a model piece by
+ * piece so the host can fuse blocks of different models. Hidden states are
+ * [B, T, H]; attention_mask is [B, S] over all positions seen so far
+ * (1 = token, 0 = pad), S = cached + T; position_ids are [B, T]. */
+typedef struct mango_architecture_vtable {
+    uint32_t struct_size;
+    const char *const *model_types; /* NULL-terminated; static */
+    mango_status (*create)(mango_context *ctx, void **self);
+    /* Fills `info` (host sets info->struct_size) and declares tensor roles. */
+    mango_status (*describe)(void *self, mango_context *ctx, mango_model_info *info);
+    mango_status (*embed)(void *self, mango_context *ctx, mango_tensor input_ids,
+                          mango_tensor position_ids, mango_tensor *hidden);
+    /* One block; uses cache_get/cache_set for its KV cache when use_cache. */
+    mango_status (*block)(void *self, mango_context *ctx, int32_t layer, mango_tensor hidden,
+                          mango_tensor attention_mask, mango_tensor position_ids,
+                          int32_t use_cache, mango_tensor *out);
+    /* Final norm + head: logits (decoders) or final hidden states. */
+    mango_status (*head)(void *self, mango_context *ctx, mango_tensor hidden, mango_tensor *out);
+    void (*destroy)(void *self);
+} mango_architecture_vtable;
+
+/* ---- descriptors --------------------------------------------------------- */
+
+typedef struct mango_component {
+    uint32_t struct_size;
+    int32_t kind;        /* MANGO_KIND_* */
+    const char *name;    /* unique within its kind: [a-z0-9_]+ */
+    const char *version; /* "MAJOR.MINOR.PATCH" */
+    const char *summary; /* one line */
+    /* Options as a JSON Schema subset: {"type":"object","properties":{KEY:
+     * {"type": "integer"|"number"|"boolean"|"string"|"array", "default": ...,
+     * "description": "...", "enum": [...], "minimum": n, "maximum": n}},
+     * "required": [...]}. Unknown keys are refused. NULL = no options. */
+    const char *options_schema;
+    const void *vtable; /* mango_<kind>_vtable for `kind` */
+} mango_component;
+
+typedef struct mango_plugin {
+    uint32_t struct_size;
+    uint32_t abi_version; /* MANGO_ABI_VERSION the plugin was built with */
+    const char *name;     /* library's plugin name */
+    const char *version;
+    const char *description;
+    size_t n_components;
+    const mango_component *components;
+} mango_plugin;
+
+/* The one exported function. Returns the static descriptor (NULL = refuse to
+ * load). Must not call host services other than base->get_api(). */
+typedef const mango_plugin *(*mango_plugin_entry_fn)(const mango_host_base *base);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* MANGO_PLUGIN_H */

@@ -1,0 +1,296 @@
+// mango/plugin.hpp — header-only C++ wrapper over the C ABI in mango/plugin.h.
+//
+// Gives plugin authors RAII tensors, exceptions instead of status codes, a
+// boxed operator call with typed arguments, and a Context with typed option
+// and service accessors. Nothing here crosses the ABI: the C++ types live on
+// the plugin's side only. Typed operators are in mango/ops.hpp, component
+// glue (vtables, entry point) in mango/component.hpp.
+#pragma once
+
+#include "mango/plugin.h"
+
+#include <cstdint>
+#include <initializer_list>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace mango {
+
+// ---- host binding ---------------------------------------------------------
+
+namespace detail {
+inline const mango_host_api *&host_slot() {
+    static const mango_host_api *api = nullptr;
+    return api;
+}
+// Called by the entry point: remember the host API (NULL while scanning).
+inline void bind_host(const mango_host_base *base) {
+    if (base && base->struct_size >= sizeof(mango_host_base) && base->get_api) {
+        auto *api = static_cast<const mango_host_api *>(base->get_api(1));
+        if (api && api->struct_size >= sizeof(mango_host_api)) host_slot() = api;
+    }
+}
+}  // namespace detail
+
+class Error : public std::runtime_error {
+public:
+    Error(mango_status status, const std::string &message)
+        : std::runtime_error(message), status_(status) {}
+    mango_status status() const { return status_; }
+
+private:
+    mango_status status_;
+};
+
+inline const mango_host_api &host() {
+    const mango_host_api *api = detail::host_slot();
+    if (!api) throw Error(MANGO_ERR_INTERNAL, "mango host API is not bound (plugin called outside the host)");
+    return *api;
+}
+
+inline void check(mango_status status) {
+    if (status != MANGO_OK) {
+        const char *msg = host().last_error();
+        throw Error(status, msg && *msg ? msg : "host call failed");
+    }
+}
+
+// ---- tensors --------------------------------------------------------------
+
+// Owns one reference to a host tensor.
+class Tensor {
+public:
+    Tensor() = default;
+    explicit Tensor(mango_tensor owned) : h_(owned) {}  // takes ownership
+    static Tensor borrow(mango_tensor t) { return Tensor(t ? host().tensor_retain(t) : nullptr); }
+    Tensor(const Tensor &o) : h_(o.h_ ? host().tensor_retain(o.h_) : nullptr) {}
+    Tensor(Tensor &&o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
+    Tensor &operator=(Tensor o) noexcept {
+        std::swap(h_, o.h_);
+        return *this;
+    }
+    ~Tensor() {
+        if (h_) host().tensor_release(h_);
+    }
+
+    mango_tensor get() const { return h_; }
+    mango_tensor release() { return std::exchange(h_, nullptr); }  // caller owns
+    explicit operator bool() const { return h_ != nullptr; }
+
+    int dim() const { return host().tensor_ndim(h_); }
+    int64_t size(int d) const { return host().tensor_size(h_, d); }
+    std::vector<int64_t> sizes() const {
+        std::vector<int64_t> s(static_cast<size_t>(dim()));
+        for (size_t i = 0; i < s.size(); ++i) s[i] = size(static_cast<int>(i));
+        return s;
+    }
+    mango_dtype dtype() const { return host().tensor_dtype(h_); }
+    mango_device device() const { return host().tensor_device(h_); }
+
+private:
+    mango_tensor h_ = nullptr;
+};
+
+// ---- boxed arguments ------------------------------------------------------
+
+struct Dtype {
+    mango_dtype value;
+};
+
+// One operator argument. Holds list storage itself, so build it in place
+// (e.g. inside the braces of Op::call) rather than copying it around.
+class Arg {
+public:
+    Arg(std::nullptr_t) { v_.kind = MANGO_VALUE_NONE; }
+    Arg(const Tensor &t) {
+        v_.kind = t ? MANGO_VALUE_TENSOR : MANGO_VALUE_NONE;
+        v_.u.tensor = t.get();
+    }
+    template <class T, std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, bool>, int> = 0>
+    Arg(T i) {
+        v_.kind = MANGO_VALUE_INT;
+        v_.u.i = static_cast<int64_t>(i);
+    }
+    Arg(double d) {
+        v_.kind = MANGO_VALUE_DOUBLE;
+        v_.u.d = d;
+    }
+    Arg(bool b) {
+        v_.kind = MANGO_VALUE_BOOL;
+        v_.u.b = b ? 1 : 0;
+    }
+    Arg(const char *s) {
+        v_.kind = MANGO_VALUE_STRING;
+        v_.u.s = s;
+    }
+    Arg(Dtype d) {
+        v_.kind = MANGO_VALUE_DTYPE;
+        v_.u.i = d.value;
+    }
+    Arg(mango_device d) {
+        v_.kind = MANGO_VALUE_DEVICE;
+        v_.u.device = d;
+    }
+    Arg(std::initializer_list<int64_t> ints) : ints_(ints) { v_.kind = MANGO_VALUE_INT_LIST; }
+    Arg(std::vector<int64_t> ints) : ints_(std::move(ints)) { v_.kind = MANGO_VALUE_INT_LIST; }
+    Arg(const std::vector<Tensor> &ts) {
+        v_.kind = MANGO_VALUE_TENSOR_LIST;
+        for (const Tensor &t : ts) tensors_.push_back(t.get());
+    }
+    Arg(const Arg &) = delete;
+    Arg &operator=(const Arg &) = delete;
+
+    // The C value, with list pointers into this object's storage.
+    const mango_value &value() const {
+        if (v_.kind == MANGO_VALUE_INT_LIST) v_.u.ints = {ints_.data(), ints_.size()};
+        if (v_.kind == MANGO_VALUE_TENSOR_LIST) v_.u.tensors = {tensors_.data(), tensors_.size()};
+        return v_;
+    }
+
+private:
+    mutable mango_value v_{};
+    std::vector<int64_t> ints_;
+    std::vector<mango_tensor> tensors_;
+};
+
+// Results of one operator call. Tensor slots not taken are released.
+class Results {
+public:
+    static constexpr size_t kMax = 8;
+    Results() = default;
+    Results(const Results &) = delete;
+    Results &operator=(const Results &) = delete;
+    ~Results() {
+        for (size_t i = 0; i < n; ++i)
+            if (v[i].kind == MANGO_VALUE_TENSOR && v[i].u.tensor) host().tensor_release(v[i].u.tensor);
+    }
+    Tensor tensor(size_t i) {
+        require(i, MANGO_VALUE_TENSOR);
+        return Tensor(std::exchange(v[i].u.tensor, nullptr));
+    }
+    int64_t integer(size_t i) const { return require(i, MANGO_VALUE_INT).u.i; }
+    double number(size_t i) const {
+        const mango_value &x = require(i, MANGO_VALUE_NONE);
+        if (x.kind == MANGO_VALUE_DOUBLE) return x.u.d;
+        if (x.kind == MANGO_VALUE_INT) return static_cast<double>(x.u.i);
+        if (x.kind == MANGO_VALUE_BOOL) return x.u.b;
+        throw Error(MANGO_ERR_INVALID_ARGUMENT, "operator result " + std::to_string(i) + " is not a number");
+    }
+
+    mango_value v[kMax]{};
+    size_t n = 0;
+
+private:
+    const mango_value &require(size_t i, int32_t kind) const {
+        if (i >= n) throw Error(MANGO_ERR_INVALID_ARGUMENT, "operator returned " + std::to_string(n) + " results, wanted #" + std::to_string(i));
+        if (kind != MANGO_VALUE_NONE && v[i].kind != kind)
+            throw Error(MANGO_ERR_INVALID_ARGUMENT, "operator result " + std::to_string(i) + " has the wrong kind");
+        return v[i];
+    }
+};
+
+// A host operator, resolved once. Use as a function-local static.
+class Op {
+public:
+    Op(const char *name, const char *overload = "") { check(host().find_op(name, overload, &op_)); }
+    void call(std::initializer_list<Arg> args, Results &out) const {
+        mango_value in[16];
+        if (args.size() > 16) throw Error(MANGO_ERR_INVALID_ARGUMENT, "too many operator arguments");
+        size_t i = 0;
+        for (const Arg &a : args) in[i++] = a.value();
+        check(host().call_op(op_, in, i, out.v, Results::kMax, &out.n));
+    }
+    Tensor operator()(std::initializer_list<Arg> args) const {
+        Results r;
+        call(args, r);
+        return r.tensor(0);
+    }
+
+private:
+    const mango_op *op_ = nullptr;
+};
+
+// ---- the instance's context -----------------------------------------------
+
+class Context {
+public:
+    explicit Context(mango_context *c) : c_(c) {}
+    mango_context *get() const { return c_; }
+
+    int64_t option_int(const char *key) const { return as_int(fetch(&mango_host_api::option, key), key); }
+    double option_double(const char *key) const { return as_double(fetch(&mango_host_api::option, key), key); }
+    bool option_bool(const char *key) const { return as_bool(fetch(&mango_host_api::option, key), key); }
+    std::string option_string(const char *key) const { return as_string(fetch(&mango_host_api::option, key), key); }
+
+    std::optional<mango_value> config(const char *key) const {
+        mango_value v{};
+        mango_status s = host().config(c_, key, &v);
+        if (s == MANGO_ERR_NOT_FOUND) return std::nullopt;
+        check(s);
+        return v;
+    }
+
+    Tensor weight(const std::string &name) const {
+        mango_tensor t = nullptr;
+        check(host().weight(c_, name.c_str(), &t));
+        return Tensor(t);
+    }
+    Tensor parameter(const std::string &name, const Tensor &init, bool trainable = true) const {
+        mango_tensor t = nullptr;
+        check(host().parameter(c_, name.c_str(), init.get(), trainable ? 1 : 0, &t));
+        return Tensor(t);
+    }
+    bool training() const { return host().is_training(c_) != 0; }
+    void report_loss(const char *name, const Tensor &t) const { check(host().report(c_, MANGO_REPORT_LOSS, name, t.get())); }
+    void report_stat(const char *name, const Tensor &t) const { check(host().report(c_, MANGO_REPORT_STAT, name, t.get())); }
+    Tensor cache_get(const std::string &key) const {
+        mango_tensor t = nullptr;
+        mango_status s = host().cache_get(c_, key.c_str(), &t);
+        if (s == MANGO_ERR_NOT_FOUND) return Tensor();
+        check(s);
+        return Tensor(t);
+    }
+    void cache_set(const std::string &key, const Tensor &t) const { check(host().cache_set(c_, key.c_str(), t.get())); }
+    void emit(const std::string &name, const Tensor &t) const { check(host().emit(c_, name.c_str(), t.get())); }
+    void declare_tensor(int32_t layer, const char *role, const std::string &name) const {
+        check(host().declare_tensor(c_, layer, role, name.c_str()));
+    }
+
+private:
+    using Getter = mango_status (*mango_host_api::*)(mango_context *, const char *, mango_value *);
+    mango_value fetch(Getter g, const char *key) const {
+        mango_value v{};
+        check((host().*g)(c_, key, &v));
+        return v;
+    }
+    static Error wrong(const char *key, const char *want) {
+        return Error(MANGO_ERR_INVALID_ARGUMENT, std::string("option '") + key + "' is not " + want);
+    }
+    static int64_t as_int(const mango_value &v, const char *key) {
+        if (v.kind != MANGO_VALUE_INT) throw wrong(key, "an integer");
+        return v.u.i;
+    }
+    static double as_double(const mango_value &v, const char *key) {
+        if (v.kind == MANGO_VALUE_DOUBLE) return v.u.d;
+        if (v.kind == MANGO_VALUE_INT) return static_cast<double>(v.u.i);
+        throw wrong(key, "a number");
+    }
+    static bool as_bool(const mango_value &v, const char *key) {
+        if (v.kind != MANGO_VALUE_BOOL) throw wrong(key, "a boolean");
+        return v.u.b != 0;
+    }
+    static std::string as_string(const mango_value &v, const char *key) {
+        if (v.kind != MANGO_VALUE_STRING) throw wrong(key, "a string");
+        return v.u.s;
+    }
+
+    mango_context *c_;
+};
+
+inline void log(int32_t level, const std::string &message) { host().log(level, message.c_str()); }
+
+}  // namespace mango
