@@ -78,7 +78,7 @@ int run(int argc, char **argv) {
     po::variables_map vm;
     try {
         po::store(po::command_line_parser(rest).options(opts).positional(pos).run(), vm);
-        po::notify(vm);
+        if (!vm.count("help") && !vm.count("version")) po::notify(vm);  // required options
     } catch (const po::error &e) {
         throw UsageError(e.what());
     }

@@ -1,0 +1,38 @@
+/* The ABI header must compile as strict C99 (-pedantic -Werror), and the
+ * layout of ABI v1 is pinned here for LP64 targets: if a struct's size or a
+ * field's offset changes, this fails to compile. Appending a field changes
+ * the size on purpose: then update the pin *and* keep the old offsets. */
+#include <mango/plugin.h>
+
+#include <stddef.h>
+
+#define PIN(name, cond) typedef char pin_##name[(cond) ? 1 : -1]
+
+#if defined(__LP64__)
+PIN(value, sizeof(mango_value) == 24);
+PIN(value_u, offsetof(mango_value, u) == 8);
+PIN(host_base, sizeof(mango_host_base) == 24);
+PIN(host_base_get_api, offsetof(mango_host_base, get_api) == 16);
+PIN(host_api, sizeof(mango_host_api) == 224);
+PIN(host_api_find_op, offsetof(mango_host_api, find_op) == 120);
+PIN(host_api_declare_tensor, offsetof(mango_host_api, declare_tensor) == 216);
+PIN(adapter_vtable, sizeof(mango_adapter_vtable) == 32);
+PIN(router_vtable, sizeof(mango_router_vtable) == 32);
+PIN(merge_vtable, sizeof(mango_merge_vtable) == 32);
+PIN(moe_vtable, sizeof(mango_moe_converter_vtable) == 40);
+PIN(dense_ffn, sizeof(mango_dense_ffn) == 56);
+PIN(model_info, sizeof(mango_model_info) == 72);
+PIN(architecture_vtable, sizeof(mango_architecture_vtable) == 64);
+PIN(component, sizeof(mango_component) == 48);
+PIN(component_vtable, offsetof(mango_component, vtable) == 40);
+PIN(plugin, sizeof(mango_plugin) == 48);
+PIN(plugin_abi, offsetof(mango_plugin, abi_version) == 4);
+#endif
+
+/* The fixed constants are part of the ABI too. */
+PIN(abi_version, MANGO_ABI_VERSION == 1u);
+PIN(dtype_bf16, MANGO_DTYPE_BF16 == 3);
+PIN(kind_moe, MANGO_KIND_MOE_CONVERTER == 5);
+PIN(value_device, MANGO_VALUE_DEVICE == 10);
+
+int mango_abi_c99_check(void) { return 0; }

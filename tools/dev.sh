@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# tools/dev.sh demo|test|build — the one entry point on a fresh Debian 12:
+# installs what is missing (apt), configures and builds with ccache, then
+# runs the demo or every test (ctest).
+#   MANGO_BUILD_DIR  build folder (default: build)
+#   MANGO_JOBS       parallel jobs (default: all cores)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-demo}
+build=${MANGO_BUILD_DIR:-build}
+jobs=${MANGO_JOBS:-$(nproc)}
+
+packages=(g++ cmake make ccache binutils bc libtorch-dev libopenblas0-pthread libboost-dev
+          libboost-program-options-dev libtomlplusplus-dev libspdlog-dev nlohmann-json3-dev libgtest-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing: ${missing[*]}"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+echo "== configure + build ($build, $jobs jobs)"
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$build" -j "$jobs"
+
+case "$what" in
+  build) ;;
+  test)
+    echo "== tests"
+    ctest --test-dir "$build" -j "$jobs" --output-on-failure
+    ;;
+  demo)
+    echo "== demo"
+    "$build/bin/mango" plugins list
+    ;;
+  *) echo "usage: tools/dev.sh demo|test|build" >&2; exit 2 ;;
+esac
