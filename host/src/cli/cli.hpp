@@ -34,5 +34,6 @@ struct UsageError : std::runtime_error {
 };
 
 std::vector<Command> plugin_commands();
+std::vector<Command> inspect_commands();
 
 }  // namespace mango::cli

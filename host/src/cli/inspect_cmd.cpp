@@ -1,0 +1,106 @@
+// mango inspect PATH — what a checkpoint holds, read from headers only.
+#include "cli.hpp"
+
+#include "mango/formats/safetensors.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+namespace fs = std::filesystem;
+
+namespace mango::cli {
+namespace {
+
+using nlohmann::json;
+
+std::string shape_text(const std::vector<int64_t> &s) {
+    std::string out = "[";
+    for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+    return out + "]";
+}
+
+std::string human(uint64_t n) {
+    const char *units[] = {"", "K", "M", "B", "T"};
+    double v = static_cast<double>(n);
+    int u = 0;
+    while (v >= 1000 && u < 4) {
+        v /= 1000;
+        ++u;
+    }
+    char buf[32];
+    std::snprintf(buf, sizeof buf, u ? "%.2f%s" : "%.0f%s", v, units[u]);
+    return buf;
+}
+
+int inspect(const Global &g, const po::variables_map &vm) {
+    const std::string path = vm["path"].as<std::string>();
+    const formats::Checkpoint ckpt = formats::Checkpoint::open(path);
+
+    json config;
+    const fs::path config_path = fs::is_directory(path) ? fs::path(path) / "config.json" : fs::path(path).parent_path() / "config.json";
+    if (fs::exists(config_path)) {
+        try {
+            config = json::parse(std::ifstream(config_path));
+        } catch (const std::exception &e) {
+            throw std::runtime_error(config_path.string() + ": not valid JSON: " + e.what());
+        }
+    }
+    uint64_t params = 0, bytes = 0;
+    std::map<std::string, uint64_t> by_dtype;
+    json tensors = json::array();
+    for (const std::string &name : ckpt.names()) {
+        const formats::TensorEntry &e = ckpt.entry(name);
+        params += e.numel();
+        bytes += e.end - e.begin;
+        by_dtype[e.dtype] += e.numel();
+        tensors.push_back({{"name", name}, {"dtype", e.dtype}, {"shape", e.shape}});
+    }
+    json files = json::array();
+    for (const auto &f : ckpt.files()) files.push_back({{"path", f->path()}, {"tensors", f->header().tensors.size()}, {"metadata", f->header().metadata}});
+    json out = {{"path", path}, {"parameters", params}, {"bytes", bytes}, {"dtypes", by_dtype}, {"files", files}, {"tensors", tensors}};
+    if (config.is_object()) {
+        out["model_type"] = config.value("model_type", "");
+        if (config.contains("architectures")) out["architectures"] = config["architectures"];
+    }
+    if (g.json) {
+        std::cout << out.dump(2) << "\n";
+        return 0;
+    }
+    if (config.is_object()) {
+        std::cout << "model_type: " << config.value("model_type", "(none)");
+        if (config.contains("architectures") && config["architectures"].is_array() && !config["architectures"].empty())
+            std::cout << " (" << config["architectures"][0].get<std::string>() << ")";
+        std::cout << "\n";
+    } else {
+        std::cout << "model_type: (no config.json)\n";
+    }
+    std::cout << "parameters: " << params << " (" << human(params) << "), " << human(bytes) << "B\n" << "dtypes:";
+    for (const auto &[d, n] : by_dtype) std::cout << " " << d << "=" << n;
+    std::cout << "\nfiles: " << ckpt.files().size() << "\n";
+    for (const auto &f : ckpt.files()) std::cout << "  " << f->path() << " (" << f->header().tensors.size() << " tensors)\n";
+    size_t width = 4;
+    for (const auto &t : tensors) width = std::max(width, t["name"].get<std::string>().size());
+    std::cout << "\n" << "NAME" << std::string(width - 2, ' ') << "DTYPE    SHAPE\n";
+    for (const auto &t : tensors) {
+        const std::string name = t["name"], dtype = t["dtype"];
+        std::cout << name << std::string(width - name.size() + 2, ' ') << dtype << std::string(dtype.size() < 9 ? 9 - dtype.size() : 1, ' ')
+                  << shape_text(t["shape"].get<std::vector<int64_t>>()) << "\n";
+    }
+    return 0;
+}
+
+}  // namespace
+
+std::vector<Command> inspect_commands() {
+    return {{"inspect", "PATH [--json]", "show a checkpoint (folder or .safetensors): architecture, parameters, dtypes, tensors",
+             [](po::options_description &d, po::positional_options_description &p) {
+                 d.add_options()("path", po::value<std::string>()->required(), "checkpoint folder or .safetensors file");
+                 p.add("path", 1);
+             },
+             inspect}};
+}
+
+}  // namespace mango::cli
