@@ -11,7 +11,8 @@ build=${MANGO_BUILD_DIR:-build}
 jobs=${MANGO_JOBS:-$(nproc)}
 
 packages=(g++ cmake make ccache binutils bc libtorch-dev libopenblas0-pthread libboost-dev
-          libboost-program-options-dev libtomlplusplus-dev libspdlog-dev nlohmann-json3-dev libgtest-dev)
+          libboost-program-options-dev libtomlplusplus-dev libspdlog-dev nlohmann-json3-dev libgtest-dev
+          libpcre2-dev libutf8proc-dev pkg-config)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -35,5 +35,6 @@ struct UsageError : std::runtime_error {
 
 std::vector<Command> plugin_commands();
 std::vector<Command> inspect_commands();
+std::vector<Command> tokenize_commands();
 
 }  // namespace mango::cli

@@ -16,6 +16,7 @@ namespace {
 std::vector<Command> all_commands() {
     std::vector<Command> cmds = plugin_commands();
     for (auto &c : inspect_commands()) cmds.push_back(std::move(c));
+    for (auto &c : tokenize_commands()) cmds.push_back(std::move(c));
     return cmds;
 }
 
