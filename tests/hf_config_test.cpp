@@ -1,0 +1,70 @@
+// config.json: both generations of keys, GPT-2 style names, and errors that
+// name the file and key.
+#include <mango/formats/hf_config.hpp>
+
+#include <gtest/gtest.h>
+
+using mango::formats::ConfigError;
+using mango::formats::parse_hf_config;
+
+TEST(HfConfig, TransformersFourKeys) {
+    auto c = parse_hf_config(R"({"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128,
+        "vocab_size": 100, "max_position_embeddings": 256, "rope_theta": 500000.0, "torch_dtype": "bfloat16",
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192}, "eos_token_id": [1, 2], "bos_token_id": 0})", "c.json");
+    EXPECT_EQ(c.model_type, "llama");
+    EXPECT_EQ(c.architectures[0], "LlamaForCausalLM");
+    EXPECT_EQ(c.head_dim, 16);
+    EXPECT_EQ(c.num_kv_heads, 2);
+    EXPECT_EQ(c.rope_theta, 500000.0);
+    EXPECT_EQ(c.rope_scaling.type, "llama3");
+    EXPECT_EQ(c.rope_scaling.factor, 8.0);
+    EXPECT_EQ(c.rope_scaling.params["original_max_position_embeddings"], 8192);
+    EXPECT_EQ(c.dtype, "bfloat16");
+    EXPECT_EQ(c.eos_token_ids, (std::vector<int64_t>{1, 2}));
+    EXPECT_EQ(c.bos_token_ids, (std::vector<int64_t>{0}));
+    EXPECT_FALSE(c.tie_word_embeddings);
+}
+
+TEST(HfConfig, TransformersFiveKeys) {
+    auto c = parse_hf_config(R"({"model_type": "qwen2", "hidden_size": 64, "num_attention_heads": 4,
+        "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "linear", "factor": 2.0}, "dtype": "float32",
+        "tie_word_embeddings": true})", "c.json");
+    EXPECT_EQ(c.rope_theta, 1000000.0);
+    EXPECT_EQ(c.rope_scaling.type, "linear");
+    EXPECT_EQ(c.rope_scaling.factor, 2.0);
+    EXPECT_EQ(c.dtype, "float32");
+    EXPECT_EQ(c.num_kv_heads, 4);
+    EXPECT_TRUE(c.tie_word_embeddings);
+}
+
+TEST(HfConfig, Gpt2Names) {
+    auto c = parse_hf_config(R"({"model_type": "gpt2", "n_embd": 32, "n_layer": 3, "n_head": 4, "n_positions": 64, "vocab_size": 50})", "c.json");
+    EXPECT_EQ(c.hidden_size, 32);
+    EXPECT_EQ(c.num_layers, 3);
+    EXPECT_EQ(c.max_positions, 64);
+    EXPECT_TRUE(c.tie_word_embeddings);
+    EXPECT_EQ(c.rope_scaling.type, "default");
+}
+
+TEST(HfConfig, ErrorsNameFileAndKey) {
+    auto error = [](const std::string &text) {
+        try {
+            parse_hf_config(text, "m/config.json");
+        } catch (const ConfigError &e) {
+            return std::string(e.what());
+        }
+        return std::string();
+    };
+    EXPECT_EQ(error("{}"), "m/config.json: missing string key 'model_type' (which architecture is this?)");
+    EXPECT_EQ(error(R"({"model_type": "llama", "hidden_size": "big"})"),
+              "m/config.json: key 'hidden_size' must be a non-negative integer, found \"big\"");
+    EXPECT_EQ(error(R"({"model_type": "llama", "num_attention_heads": 6, "num_key_value_heads": 4})"),
+              "m/config.json: num_attention_heads 6 is not a multiple of num_key_value_heads 4");
+    EXPECT_EQ(error(R"({"model_type": "llama", "rope_theta": -1})"), "m/config.json: rope_theta must be a positive number, found -1");
+    EXPECT_NE(error("[").find("not valid JSON"), std::string::npos);
+    auto c = parse_hf_config(R"({"model_type": "x", "n": 1})", "m/config.json");
+    EXPECT_EQ(c.require<int>("n"), 1);
+    EXPECT_THROW(c.require<int>("missing"), ConfigError);
+}
