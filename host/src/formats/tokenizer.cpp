@@ -293,6 +293,13 @@ PreTokenizer make_pre_tokenizer(const json &j, const std::string &where) {
 
 // ---- models ----------------------------------------------------------------------------------
 
+// A token id from the file: an integer in [0, 2^24), else a clear error.
+int32_t token_id(const json &v, const std::string &what) {
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= (int64_t(1) << 24))
+        throw TokenizerError(what + " has id " + v.dump() + "; ids must be integers in [0, 16777216)");
+    return static_cast<int32_t>(v.get<int64_t>());
+}
+
 struct Vocab {
     std::unordered_map<std::string, int32_t> ids;
     std::vector<std::string> tokens;  // id -> token
@@ -316,7 +323,9 @@ public:
 class Bpe : public Model {
 public:
     Bpe(const json &j, Vocab &vocab, const std::string &where) : vocab_(vocab) {
-        for (auto &[tok, id] : j["vocab"].items()) vocab.add(tok, id.get<int32_t>());
+        if (!j.contains("vocab") || !j["vocab"].is_object()) throw TokenizerError(where + ": BPE model needs a \"vocab\" object");
+        if (!j.contains("merges") || !j["merges"].is_array()) throw TokenizerError(where + ": BPE model needs a \"merges\" array");
+        for (auto &[tok, id] : j["vocab"].items()) vocab.add(tok, token_id(id, where + ": token '" + tok + "'"));
         prefix_ = j["continuing_subword_prefix"].is_string() ? j["continuing_subword_prefix"].get<std::string>() : "";
         suffix_ = j["end_of_word_suffix"].is_string() ? j["end_of_word_suffix"].get<std::string>() : "";
         if (j["unk_token"].is_string()) unk_ = j["unk_token"].get<std::string>();
@@ -434,7 +443,8 @@ private:
 class WordPiece : public Model {
 public:
     WordPiece(const json &j, Vocab &vocab, const std::string &where) : vocab_(vocab) {
-        for (auto &[tok, id] : j["vocab"].items()) vocab.add(tok, id.get<int32_t>());
+        if (!j.contains("vocab") || !j["vocab"].is_object()) throw TokenizerError(where + ": WordPiece model needs a \"vocab\" object");
+        for (auto &[tok, id] : j["vocab"].items()) vocab.add(tok, token_id(id, where + ": token '" + tok + "'"));
         unk_ = j.value("unk_token", "[UNK]");
         prefix_ = j.value("continuing_subword_prefix", "##");
         max_chars_ = j.value("max_input_chars_per_word", 100);
@@ -499,7 +509,9 @@ PostProcessor make_post_processor(const json &j, const std::string &where) {
             } else if (item.contains("SpecialToken")) {
                 const std::string name = item["SpecialToken"]["id"];
                 if (!j["special_tokens"].contains(name)) throw TokenizerError(where + ": template names unknown special token '" + name + "'");
-                (seen_a ? after : before).push_back(j["special_tokens"][name]["ids"].get<std::vector<int32_t>>());
+                std::vector<int32_t> ids;
+                for (const json &id : j["special_tokens"][name]["ids"]) ids.push_back(token_id(id, where + ": special token '" + name + "'"));
+                (seen_a ? after : before).push_back(ids);
             }
         }
         return [before, after](std::vector<int32_t> ids) {
@@ -511,7 +523,7 @@ PostProcessor make_post_processor(const json &j, const std::string &where) {
         };
     }
     if (type == "BertProcessing" || type == "RobertaProcessing") {
-        const int32_t cls = j["cls"][1], sep = j["sep"][1];
+        const int32_t cls = token_id(j["cls"][1], where + ": cls"), sep = token_id(j["sep"][1], where + ": sep");
         return [cls, sep](std::vector<int32_t> ids) {
             ids.insert(ids.begin(), cls);
             ids.push_back(sep);
@@ -720,7 +732,8 @@ Tokenizer Tokenizer::from_json(const std::string &text, const std::string &where
         impl->post_processor = make_post_processor(j.value("post_processor", json()), where);
         impl->decoder = make_decoder(j.value("decoder", json()), where);
         for (const json &a : j.value("added_tokens", json::array())) {
-            AddedToken t{a.at("content"), a.at("id"), a.value("special", false), a.value("lstrip", false), a.value("rstrip", false)};
+            AddedToken t{a.at("content"), token_id(a.at("id"), where + ": added token"), a.value("special", false),
+                         a.value("lstrip", false), a.value("rstrip", false)};
             if (t.content.empty()) continue;
             impl->vocab.add(t.content, t.id);
             impl->added.push_back(t);
