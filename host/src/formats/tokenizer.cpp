@@ -13,6 +13,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <queue>
 #include <sstream>
 #include <unordered_map>
 
@@ -95,11 +96,11 @@ std::vector<std::string> apply_behavior(std::vector<Segment> segs, const std::st
 // Matches of a Split pattern {"String": s} or {"Regex": r}.
 std::function<std::vector<std::pair<size_t, size_t>>(const std::string &)> pattern_matcher(const json &p, const std::string &where) {
     if (p.contains("Regex")) {
-        auto re = std::make_shared<uni::Regex>(p["Regex"].get<std::string>());
+        auto re = std::make_shared<uni::Regex>(p.at("Regex").get<std::string>());
         return [re](const std::string &s) { return re->find_all(s); };
     }
     if (p.contains("String")) {
-        const std::string lit = p["String"].get<std::string>();
+        const std::string lit = p.at("String").get<std::string>();
         return [lit](const std::string &s) {
             std::vector<std::pair<size_t, size_t>> m;
             if (lit.empty()) return m;
@@ -149,7 +150,7 @@ Normalizer make_normalizer(const json &j, const std::string &where) {
     const std::string type = j.value("type", "");
     if (type == "Sequence") {
         std::vector<Normalizer> parts;
-        for (const json &n : j["normalizers"])
+        for (const json &n : j.at("normalizers"))
             if (auto f = make_normalizer(n, where)) parts.push_back(f);
         return [parts](const std::string &s) {
             std::string r = s;
@@ -158,16 +159,16 @@ Normalizer make_normalizer(const json &j, const std::string &where) {
         };
     }
     if (type == "Prepend") {
-        const std::string pre = j["prepend"];
+        const std::string pre = j.at("prepend");
         return [pre](const std::string &s) { return s.empty() ? s : pre + s; };
     }
     if (type == "Replace") {
-        const std::string content = j["content"];
-        if (j["pattern"].contains("String")) {
-            const std::string from = j["pattern"]["String"];
+        const std::string content = j.at("content");
+        if (j.at("pattern").contains("String")) {
+            const std::string from = j.at("pattern").at("String");
             return [from, content](const std::string &s) { return replace_all(s, from, content); };
         }
-        auto match = pattern_matcher(j["pattern"], where);
+        auto match = pattern_matcher(j.at("pattern"), where);
         return [match, content](const std::string &s) {
             std::string r;
             for (const Segment &seg : segments(s, match(s))) r += seg.match ? content : seg.text;
@@ -176,7 +177,7 @@ Normalizer make_normalizer(const json &j, const std::string &where) {
     }
     if (type == "BertNormalizer") {
         const bool lower = j.value("lowercase", true);
-        const bool strip = j["strip_accents"].is_null() ? lower : j["strip_accents"].get<bool>();
+        const bool strip = j.at("strip_accents").is_null() ? lower : j.at("strip_accents").get<bool>();
         const bool clean = j.value("clean_text", true), chinese = j.value("handle_chinese_chars", true);
         return [=](const std::string &s) { return bert_normalize(s, clean, chinese, strip, lower); };
     }
@@ -219,7 +220,7 @@ PreTokenizer make_pre_tokenizer(const json &j, const std::string &where) {
     };
     if (type == "Sequence") {
         std::vector<PreTokenizer> parts;
-        for (const json &p : j["pretokenizers"]) parts.push_back(make_pre_tokenizer(p, where));
+        for (const json &p : j.at("pretokenizers")) parts.push_back(make_pre_tokenizer(p, where));
         return [parts](const std::vector<std::string> &pieces, bool first) {
             std::vector<std::string> r = pieces;
             for (const auto &f : parts) r = f(r, first);
@@ -239,7 +240,7 @@ PreTokenizer make_pre_tokenizer(const json &j, const std::string &where) {
         });
     }
     if (type == "Split") {
-        auto match = pattern_matcher(j["pattern"], where);
+        auto match = pattern_matcher(j.at("pattern"), where);
         const std::string behavior = j.value("behavior", "Isolated");
         const bool invert = j.value("invert", false);
         return per_piece([=](const std::string &piece, bool) { return apply_behavior(segments(piece, match(piece)), behavior, invert, where); });
@@ -323,18 +324,18 @@ public:
 class Bpe : public Model {
 public:
     Bpe(const json &j, Vocab &vocab, const std::string &where) : vocab_(vocab) {
-        if (!j.contains("vocab") || !j["vocab"].is_object()) throw TokenizerError(where + ": BPE model needs a \"vocab\" object");
-        if (!j.contains("merges") || !j["merges"].is_array()) throw TokenizerError(where + ": BPE model needs a \"merges\" array");
-        for (auto &[tok, id] : j["vocab"].items()) vocab.add(tok, token_id(id, where + ": token '" + tok + "'"));
-        prefix_ = j["continuing_subword_prefix"].is_string() ? j["continuing_subword_prefix"].get<std::string>() : "";
-        suffix_ = j["end_of_word_suffix"].is_string() ? j["end_of_word_suffix"].get<std::string>() : "";
-        if (j["unk_token"].is_string()) unk_ = j["unk_token"].get<std::string>();
+        if (!j.contains("vocab") || !j.at("vocab").is_object()) throw TokenizerError(where + ": BPE model needs a \"vocab\" object");
+        if (!j.contains("merges") || !j.at("merges").is_array()) throw TokenizerError(where + ": BPE model needs a \"merges\" array");
+        for (auto &[tok, id] : j.at("vocab").items()) vocab.add(tok, token_id(id, where + ": token '" + tok + "'"));
+        prefix_ = j.at("continuing_subword_prefix").is_string() ? j.at("continuing_subword_prefix").get<std::string>() : "";
+        suffix_ = j.at("end_of_word_suffix").is_string() ? j.at("end_of_word_suffix").get<std::string>() : "";
+        if (j.at("unk_token").is_string()) unk_ = j.at("unk_token").get<std::string>();
         byte_fallback_ = j.value("byte_fallback", false);
         fuse_unk_ = j.value("fuse_unk", false);
         ignore_merges_ = j.value("ignore_merges", false);
-        if (!j["dropout"].is_null() && j["dropout"].get<double>() > 0) unsupported(where, "BPE dropout");
+        if (!j.at("dropout").is_null() && j.at("dropout").get<double>() > 0) unsupported(where, "BPE dropout");
         int rank = 0;
-        for (const json &m : j["merges"]) {
+        for (const json &m : j.at("merges")) {
             std::string a, b;
             if (m.is_string()) {
                 const std::string s = m.get<std::string>();
@@ -370,6 +371,46 @@ public:
     }
 
 private:
+    // Applies merges lowest rank first (leftmost among equals) with a linked
+    // list and a priority queue: O(n log n) for a word of n symbols.
+    void merge(std::vector<std::string> &sym) const {
+        if (sym.size() < 2) return;
+        const int n = static_cast<int>(sym.size());
+        std::vector<int> prev(n), next(n);
+        std::vector<bool> alive(n, true);
+        for (int i = 0; i < n; ++i) {
+            prev[i] = i - 1;
+            next[i] = i + 1 < n ? i + 1 : -1;
+        }
+        using Entry = std::pair<int, int>;  // (rank, left index)
+        std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> queue;
+        auto rank_of = [&](int l, int r) {
+            auto it = merges_.find(sym[l] + '\0' + sym[r]);
+            return it == merges_.end() ? -1 : it->second.first;
+        };
+        auto push = [&](int l) {
+            if (l < 0 || next[l] < 0) return;
+            const int rank = rank_of(l, next[l]);
+            if (rank >= 0) queue.push({rank, l});
+        };
+        for (int i = 0; i + 1 < n; ++i) push(i);
+        while (!queue.empty()) {
+            const auto [rank, l] = queue.top();
+            queue.pop();
+            const int r = alive[l] ? next[l] : -1;
+            if (r < 0 || rank_of(l, r) != rank) continue;  // stale entry
+            sym[l] = merges_.find(sym[l] + '\0' + sym[r])->second.second;
+            alive[r] = false;
+            next[l] = next[r];
+            if (next[r] >= 0) prev[next[r]] = l;
+            push(prev[l]);
+            push(l);
+        }
+        std::vector<std::string> out;
+        for (int i = 0; i >= 0; i = next[i]) out.push_back(std::move(sym[i]));
+        sym.swap(out);
+    }
+
     std::vector<int32_t> compute(const std::string &word) const {
         std::vector<int32_t> ids;
         if (ignore_merges_)
@@ -379,30 +420,7 @@ private:
             if (i > 0) sym[i] = prefix_ + sym[i];
             if (i + 1 == sym.size()) sym[i] += suffix_;
         }
-        while (sym.size() > 1) {
-            int best = INT32_MAX;
-            const std::string *merged = nullptr;
-            std::string best_key;
-            for (size_t i = 0; i + 1 < sym.size(); ++i) {
-                auto it = merges_.find(sym[i] + '\0' + sym[i + 1]);
-                if (it != merges_.end() && it->second.first < best) {
-                    best = it->second.first;
-                    merged = &it->second.second;
-                    best_key = it->first;
-                }
-            }
-            if (!merged) break;
-            std::vector<std::string> next;
-            for (size_t i = 0; i < sym.size(); ++i) {
-                if (i + 1 < sym.size() && sym[i] + '\0' + sym[i + 1] == best_key) {
-                    next.push_back(*merged);
-                    ++i;
-                } else {
-                    next.push_back(sym[i]);
-                }
-            }
-            sym.swap(next);
-        }
+        merge(sym);
         bool last_unk = false;
         for (const std::string &s : sym) {
             if (auto id = vocab_.find(s)) {
@@ -443,8 +461,8 @@ private:
 class WordPiece : public Model {
 public:
     WordPiece(const json &j, Vocab &vocab, const std::string &where) : vocab_(vocab) {
-        if (!j.contains("vocab") || !j["vocab"].is_object()) throw TokenizerError(where + ": WordPiece model needs a \"vocab\" object");
-        for (auto &[tok, id] : j["vocab"].items()) vocab.add(tok, token_id(id, where + ": token '" + tok + "'"));
+        if (!j.contains("vocab") || !j.at("vocab").is_object()) throw TokenizerError(where + ": WordPiece model needs a \"vocab\" object");
+        for (auto &[tok, id] : j.at("vocab").items()) vocab.add(tok, token_id(id, where + ": token '" + tok + "'"));
         unk_ = j.value("unk_token", "[UNK]");
         prefix_ = j.value("continuing_subword_prefix", "##");
         max_chars_ = j.value("max_input_chars_per_word", 100);
@@ -492,7 +510,7 @@ PostProcessor make_post_processor(const json &j, const std::string &where) {
     if (type == "ByteLevel") return nullptr;
     if (type == "Sequence") {
         std::vector<PostProcessor> parts;
-        for (const json &p : j["processors"])
+        for (const json &p : j.at("processors"))
             if (auto f = make_post_processor(p, where)) parts.push_back(f);
         return [parts](std::vector<int32_t> ids) {
             for (const auto &f : parts) ids = f(std::move(ids));
@@ -502,15 +520,15 @@ PostProcessor make_post_processor(const json &j, const std::string &where) {
     if (type == "TemplateProcessing") {
         std::vector<std::vector<int32_t>> before, after;  // special ids around $A
         bool seen_a = false;
-        for (const json &item : j["single"]) {
+        for (const json &item : j.at("single")) {
             if (item.contains("Sequence")) {
-                if (item["Sequence"].value("id", "A") != "A") unsupported(where, "template sequence other than $A in 'single'");
+                if (item.at("Sequence").value("id", "A") != "A") unsupported(where, "template sequence other than $A in 'single'");
                 seen_a = true;
             } else if (item.contains("SpecialToken")) {
-                const std::string name = item["SpecialToken"]["id"];
-                if (!j["special_tokens"].contains(name)) throw TokenizerError(where + ": template names unknown special token '" + name + "'");
+                const std::string name = item.at("SpecialToken").at("id");
+                if (!j.at("special_tokens").contains(name)) throw TokenizerError(where + ": template names unknown special token '" + name + "'");
                 std::vector<int32_t> ids;
-                for (const json &id : j["special_tokens"][name]["ids"]) ids.push_back(token_id(id, where + ": special token '" + name + "'"));
+                for (const json &id : j.at("special_tokens").at(name).at("ids")) ids.push_back(token_id(id, where + ": special token '" + name + "'"));
                 (seen_a ? after : before).push_back(ids);
             }
         }
@@ -523,7 +541,7 @@ PostProcessor make_post_processor(const json &j, const std::string &where) {
         };
     }
     if (type == "BertProcessing" || type == "RobertaProcessing") {
-        const int32_t cls = token_id(j["cls"][1], where + ": cls"), sep = token_id(j["sep"][1], where + ": sep");
+        const int32_t cls = token_id(j.at("cls")[1], where + ": cls"), sep = token_id(j.at("sep")[1], where + ": sep");
         return [cls, sep](std::vector<int32_t> ids) {
             ids.insert(ids.begin(), cls);
             ids.push_back(sep);
@@ -546,7 +564,7 @@ Decoder make_decoder(const json &j, const std::string &where) {
     const std::string type = j.value("type", "");
     if (type == "Sequence") {
         std::vector<Decoder> parts;
-        for (const json &d : j["decoders"]) parts.push_back(make_decoder(d, where));
+        for (const json &d : j.at("decoders")) parts.push_back(make_decoder(d, where));
         return [parts](std::vector<std::string> t) {
             for (const auto &f : parts) t = f(std::move(t));
             return t;
@@ -572,8 +590,8 @@ Decoder make_decoder(const json &j, const std::string &where) {
         };
     }
     if (type == "Replace") {
-        if (!j["pattern"].contains("String")) unsupported(where, "Replace decoder with a regex");
-        const std::string from = j["pattern"]["String"], to = j["content"];
+        if (!j.at("pattern").contains("String")) unsupported(where, "Replace decoder with a regex");
+        const std::string from = j.at("pattern").at("String"), to = j.at("content");
         return [from, to](std::vector<std::string> t) {
             for (auto &s : t) s = replace_all(s, from, to);
             return t;
@@ -615,7 +633,7 @@ Decoder make_decoder(const json &j, const std::string &where) {
         };
     }
     if (type == "Strip") {
-        const std::string content = j["content"];
+        const std::string content = j.at("content");
         const size_t start = j.value("start", 0), stop = j.value("stop", 0);
         return [=](std::vector<std::string> t) {
             for (auto &s : t) {
@@ -720,8 +738,8 @@ Tokenizer Tokenizer::from_json(const std::string &text, const std::string &where
     auto impl = std::make_unique<Impl>();
     impl->where = where;
     try {
-        if (!j.is_object() || !j.contains("model") || !j["model"].is_object()) throw TokenizerError(where + ": no \"model\" object");
-        const json &m = j["model"];
+        if (!j.is_object() || !j.contains("model") || !j.at("model").is_object()) throw TokenizerError(where + ": no \"model\" object");
+        const json &m = j.at("model");
         impl->model_type = m.value("type", "");
         if (impl->model_type.empty() && m.contains("merges")) impl->model_type = "BPE";
         if (impl->model_type == "BPE") impl->model = std::make_unique<Bpe>(m, impl->vocab, where);
