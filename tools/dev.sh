@@ -13,6 +13,7 @@ jobs=${MANGO_JOBS:-$(nproc)}
 packages=(g++ cmake make ccache binutils bc libtorch-dev libopenblas0-pthread libboost-dev
           libboost-program-options-dev libtomlplusplus-dev libspdlog-dev nlohmann-json3-dev libgtest-dev
           libpcre2-dev libutf8proc-dev pkg-config)
+[ "$what" = test ] && packages+=(clang libclang-rt-dev)  # libFuzzer, for the short fuzz run
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -31,6 +32,10 @@ cmake --build "$build" -j "$jobs"
 case "$what" in
   build) ;;
   test)
+    if command -v clang++ >/dev/null; then
+      echo "== fuzzing each parser briefly (tools/fuzz.sh; run it longer by hand)"
+      tools/fuzz.sh "${MANGO_FUZZ_SECONDS:-10}"
+    fi
     echo "== tests"
     ctest --test-dir "$build" -j "$jobs" --output-on-failure
     ;;

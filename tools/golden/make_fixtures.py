@@ -180,17 +180,27 @@ def make_safetensors(out):
     print("safetensors fixtures:", len(expected))
 
 
-def check_mango_written(path):
-    """Reads files Mango wrote with the safetensors library (round trip check)."""
+def check_mango_written(path, golden):
+    """Reads files Mango wrote with the safetensors library and compares every
+    tensor named '<golden file stem>.<tensor>' with the golden values."""
+    import torch
     from safetensors import safe_open
-    report = {}
-    for f in sorted(glob.glob(os.path.join(path, "*.safetensors"))):
+    expected = json.load(open(os.path.join(golden, "safetensors", "expected.json")))
+    checked, bad = 0, []
+    for f in sorted(glob.glob(os.path.join(path, "**", "*.safetensors"), recursive=True)):
         with safe_open(f, framework="pt") as fh:
-            report[os.path.basename(f)] = {"metadata": fh.metadata(),
-                                           "tensors": {k: [str(fh.get_tensor(k).dtype), list(fh.get_tensor(k).shape),
-                                                           fh.get_tensor(k).double().flatten().tolist()] for k in fh.keys()}}
-    print(json.dumps(report))
-    return report
+            for k in fh.keys():
+                t = fh.get_tensor(k)
+                stem, _, name = k.partition(".")
+                ref = expected.get(stem + ".safetensors", {}).get("tensors", {}).get(name)
+                if ref is None:
+                    continue
+                same = list(t.shape) == ref["shape"] and t.double().flatten().tolist() == ref["values"]
+                checked += 1
+                if not same:
+                    bad.append(k)
+    print(json.dumps({"checked": checked, "mismatched": bad}))
+    return not bad
 
 
 if __name__ == "__main__":
@@ -200,7 +210,7 @@ if __name__ == "__main__":
     ap.add_argument("--check-mango-written", help="folder of .safetensors written by Mango to read back")
     a = ap.parse_args()
     if a.check_mango_written:
-        check_mango_written(a.check_mango_written)
+        raise SystemExit(0 if check_mango_written(a.check_mango_written, a.out) else 1)
     else:
         make_tokenizers(a.npm, os.path.join(a.out, "tokenizers"))
         make_safetensors(os.path.join(a.out, "safetensors"))
