@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Tiny random-weight Hugging Face models of every architecture Mango supports,
+with their outputs, for parity tests. Runs where `transformers` and `torch`
+are installed (the GPU machine), on CPU in float32, no network.
+
+  python3 tools/golden/make_models.py --out tests/golden/models
+
+For each model NAME writes NAME/config.json, NAME/model.safetensors (as
+save_pretrained writes them) and NAME/golden.json:
+  input_ids, attention_mask, position_ids  a padded batch of 2 prompts
+                                           (left padding for decoders, right for encoders)
+  logits / last_hidden_state               float32, [B, T, V] / [B, T, H], padded rows included
+  generated                                20 greedy new tokens per prompt (decoders), via generate()
+Weights are drawn wider than the default init (std 0.15, norms around 1) so
+that wrong math shows up as large differences.
+"""
+import argparse
+import json
+import os
+
+import torch
+import transformers as tf
+
+VOCAB = 128
+B, T = 2, 9
+PAD = 0
+
+
+def decoder_configs():
+    common = dict(vocab_size=VOCAB, pad_token_id=PAD, bos_token_id=1, eos_token_id=2)
+    return {
+        "gpt2": tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, **common),
+        "gpt_neo": tf.GPTNeoConfig(hidden_size=64, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
+                                   window_size=4, max_position_embeddings=64, intermediate_size=128, **common),
+        "gptj": tf.GPTJConfig(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=64, n_inner=128, **common),
+        "llama": tf.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                intermediate_size=128, max_position_embeddings=64, rope_theta=10000.0, **common),
+        "llama3_scaled": tf.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                                        intermediate_size=96, max_position_embeddings=64, tie_word_embeddings=True,
+                                        rope_theta=500000.0,
+                                        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+                                        **common),
+        "llama_linear": tf.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                       intermediate_size=128, max_position_embeddings=64,
+                                       rope_scaling={"rope_type": "linear", "factor": 2.0}, **common),
+        "mistral": tf.MistralConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                    intermediate_size=128, max_position_embeddings=64, sliding_window=4, **common),
+        "qwen2": tf.Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                intermediate_size=128, max_position_embeddings=64, rope_theta=1000000.0,
+                                tie_word_embeddings=True, **common),
+    }
+
+
+def encoder_configs():
+    return {
+        "bert": tf.BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              intermediate_size=128, max_position_embeddings=64, pad_token_id=PAD),
+        "roberta": tf.RobertaConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                    intermediate_size=128, max_position_embeddings=66, pad_token_id=1, bos_token_id=0,
+                                    eos_token_id=2),
+        "distilbert": tf.DistilBertConfig(vocab_size=VOCAB, dim=64, n_layers=2, n_heads=4, hidden_dim=128,
+                                          max_position_embeddings=64, pad_token_id=PAD),
+    }
+
+
+def widen(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g) * 0.15
+            is_norm = "norm" in name.lower() or "ln" in name.split(".")[-2].lower() if "." in name else False
+            if p.dim() == 1 and is_norm and name.endswith("weight"):
+                p.copy_(1.0 + noise)
+            else:
+                p.copy_(noise)
+
+
+def prompts(pad_id, left, seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    short = 5  # second prompt is shorter: padded
+    if left:
+        ids[1, : T - short] = pad_id
+        mask[1, : T - short] = 0
+    else:
+        ids[1, short:] = pad_id
+        mask[1, short:] = 0
+    return ids, mask
+
+
+def save(model, name, out, record):
+    d = os.path.join(out, name)
+    model.save_pretrained(d, safe_serialization=True)
+    with open(os.path.join(d, "golden.json"), "w") as fh:
+        json.dump(record, fh)
+    print(name, sum(p.numel() for p in model.parameters()), "params")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="tests/golden/models")
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    for i, (name, cfg) in enumerate(decoder_configs().items()):
+        model = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+        widen(model, 100 + i)
+        ids, mask = prompts(PAD, left=True, seed=200 + i)
+        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True)
+            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20, do_sample=False,
+                                 min_new_tokens=20, pad_token_id=PAD, eos_token_id=None)
+        save(model, name, a.out, {
+            "model_type": cfg.model_type, "input_ids": ids.tolist(), "attention_mask": mask.tolist(),
+            "position_ids": pos.tolist(), "logits": out.logits.tolist(),
+            "last_hidden_state": out.hidden_states[-1].tolist(), "generated": gen[:, T:].tolist()})
+    for i, (name, cfg) in enumerate(encoder_configs().items()):
+        model = tf.AutoModelForMaskedLM.from_config(cfg, attn_implementation="eager").eval()
+        widen(model, 300 + i)
+        ids, mask = prompts(cfg.pad_token_id, left=False, seed=400 + i)
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        save(model, name, a.out, {
+            "model_type": cfg.model_type, "input_ids": ids.tolist(), "attention_mask": mask.tolist(),
+            "logits": out.logits.tolist(), "last_hidden_state": out.hidden_states[-1].tolist()})
+    print("transformers", tf.__version__, "torch", torch.__version__)
+
+
+if __name__ == "__main__":
+    main()
