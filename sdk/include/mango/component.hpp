@@ -96,6 +96,50 @@ struct MergeGlue {
     static inline const mango_merge_vtable vtable{sizeof(mango_merge_vtable), &create, &merge, &destroy<T>};
 };
 
+// T(Context&), describe(Context&, mango_model_info&), embed(Context&, ids, pos),
+// block(Context&, layer, hidden, mask, pos, use_cache), head(Context&, hidden).
+template <class T>
+struct ArchitectureGlue {
+    static mango_status create(mango_context *c, void **self) {
+        return guard([&] {
+            Context ctx(c);
+            *self = new T(ctx);
+        });
+    }
+    static mango_status describe(void *self, mango_context *c, mango_model_info *info) {
+        return guard([&] {
+            Context ctx(c);
+            static_cast<T *>(self)->describe(ctx, *info);
+        });
+    }
+    static mango_status embed(void *self, mango_context *c, mango_tensor ids, mango_tensor pos, mango_tensor *out) {
+        return guard([&] {
+            Context ctx(c);
+            *out = static_cast<T *>(self)->embed(ctx, Tensor::borrow(ids), Tensor::borrow(pos)).release();
+        });
+    }
+    static mango_status block(void *self, mango_context *c, int32_t layer, mango_tensor h, mango_tensor mask,
+                              mango_tensor pos, int32_t use_cache, mango_tensor *out) {
+        return guard([&] {
+            Context ctx(c);
+            *out = static_cast<T *>(self)
+                       ->block(ctx, layer, Tensor::borrow(h), Tensor::borrow(mask), Tensor::borrow(pos), use_cache != 0)
+                       .release();
+        });
+    }
+    static mango_status head(void *self, mango_context *c, mango_tensor h, mango_tensor *out) {
+        return guard([&] {
+            Context ctx(c);
+            *out = static_cast<T *>(self)->head(ctx, Tensor::borrow(h)).release();
+        });
+    }
+    static inline const mango_architecture_vtable *make(const char *const *model_types) {
+        static const mango_architecture_vtable vt{sizeof(mango_architecture_vtable), model_types, &create, &describe,
+                                                  &embed, &block, &head, &destroy<T>};
+        return &vt;
+    }
+};
+
 }  // namespace detail
 
 inline constexpr mango_component component(int32_t kind, const char *name, const char *version,
@@ -113,6 +157,14 @@ mango_component router(const char *name, const char *version, const char *summar
 template <class T>
 mango_component merge(const char *name, const char *version, const char *summary, const char *schema) {
     return component(MANGO_KIND_MERGE, name, version, summary, schema, &detail::MergeGlue<T>::vtable);
+}
+
+// `model_types`: a static NULL-terminated list of config.json model_type values.
+template <class T>
+mango_component architecture(const char *name, const char *version, const char *summary, const char *schema,
+                             const char *const *model_types) {
+    return component(MANGO_KIND_ARCHITECTURE, name, version, summary, schema,
+                     detail::ArchitectureGlue<T>::make(model_types));
 }
 
 }  // namespace mango

@@ -147,7 +147,7 @@ inline Tensor to_dtype(const Tensor &x, mango_dtype dt) {
     static const Op op("aten::to", "dtype");
     return op({x, Dtype{dt}});
 }
-// Elementwise: where mask is true take `value`, else x.
+// Elementwise: where mask is true take `value`, else x (mask broadcasts).
 inline Tensor masked_fill(const Tensor &x, const Tensor &mask, double value) {
     static const Op op("aten::masked_fill", "Scalar");
     return op({x, mask, value});
@@ -155,6 +155,74 @@ inline Tensor masked_fill(const Tensor &x, const Tensor &mask, double value) {
 inline Tensor eq_scalar(const Tensor &x, double value) {
     static const Op op("aten::eq", "Scalar");
     return op({x, value});
+}
+
+// ---- more for architectures ------------------------------------------------------
+inline Tensor arange(int64_t end, mango_dtype dt = MANGO_DTYPE_I64, mango_device dev = cpu) {
+    static const Op op("aten::arange");
+    return op({end, Dtype{dt}, nullptr, dev});
+}
+inline Tensor embedding(const Tensor &weight, const Tensor &ids) {
+    static const Op op("aten::embedding");
+    return op({weight, ids});
+}
+inline Tensor rsqrt(const Tensor &x) {
+    static const Op op("aten::rsqrt");
+    return op({x});
+}
+inline Tensor pow(const Tensor &x, double e) {
+    static const Op op("aten::pow", "Tensor_Scalar");
+    return op({x, e});
+}
+inline Tensor neg(const Tensor &x) {
+    static const Op op("aten::neg");
+    return op({x});
+}
+inline Tensor cos(const Tensor &x) {
+    static const Op op("aten::cos");
+    return op({x});
+}
+inline Tensor sin(const Tensor &x) {
+    static const Op op("aten::sin");
+    return op({x});
+}
+inline Tensor cat(const std::vector<Tensor> &ts, int64_t dim) {
+    static const Op op("aten::cat");
+    return op({ts, dim});
+}
+// x[..., start:start+length, ...] along dim (a view).
+inline Tensor narrow(const Tensor &x, int64_t dim, int64_t start, int64_t length) {
+    static const Op op("aten::narrow");
+    return op({x, dim, start, length});
+}
+inline Tensor contiguous(const Tensor &x) {
+    static const Op op("aten::contiguous");
+    return op({x});
+}
+inline Tensor expand(const Tensor &x, std::vector<int64_t> size) {
+    static const Op op("aten::expand");
+    return op({x, std::move(size)});
+}
+inline Tensor permute(const Tensor &x, std::vector<int64_t> dims) {
+    static const Op op("aten::permute");
+    return op({x, std::move(dims)});
+}
+// Elementwise comparisons with a tensor (broadcasting); bool results.
+inline Tensor le(const Tensor &a, const Tensor &b) {
+    static const Op op("aten::le", "Tensor");
+    return op({a, b});
+}
+inline Tensor gt(const Tensor &a, const Tensor &b) {
+    static const Op op("aten::gt", "Tensor");
+    return op({a, b});
+}
+inline Tensor logical_and(const Tensor &a, const Tensor &b) {
+    static const Op op("aten::logical_and");
+    return op({a, b});
+}
+inline Tensor logical_not(const Tensor &a) {
+    static const Op op("aten::logical_not");
+    return op({a});
 }
 
 }  // namespace mango::ops

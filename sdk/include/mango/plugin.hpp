@@ -239,6 +239,47 @@ public:
         check(host().weight(c_, name.c_str(), &t));
         return Tensor(t);
     }
+    // A weight whose shape must be `shape`; else an error naming the tensor,
+    // the expected and the found shape.
+    Tensor weight(const std::string &name, const std::vector<int64_t> &shape) const {
+        Tensor w = weight(name);
+        if (w.sizes() != shape) {
+            auto text = [](const std::vector<int64_t> &s) {
+                std::string t = "[";
+                for (size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
+                return t + "]";
+            };
+            throw Error(MANGO_ERR_SHAPE, "tensor '" + name + "' has shape " + text(w.sizes()) + ", expected " + text(shape));
+        }
+        return w;
+    }
+    // Optional config value readers (defaults when absent).
+    int64_t config_int(const char *key, int64_t fallback) const {
+        auto v = config(key);
+        if (!v || v->kind == MANGO_VALUE_NONE) return fallback;
+        if (v->kind != MANGO_VALUE_INT) throw Error(MANGO_ERR_INVALID_ARGUMENT, std::string("config key '") + key + "' must be an integer");
+        return v->u.i;
+    }
+    double config_double(const char *key, double fallback) const {
+        auto v = config(key);
+        if (!v || v->kind == MANGO_VALUE_NONE) return fallback;
+        if (v->kind == MANGO_VALUE_INT) return static_cast<double>(v->u.i);
+        if (v->kind != MANGO_VALUE_DOUBLE) throw Error(MANGO_ERR_INVALID_ARGUMENT, std::string("config key '") + key + "' must be a number");
+        return v->u.d;
+    }
+    bool config_bool(const char *key, bool fallback) const {
+        auto v = config(key);
+        if (!v || v->kind == MANGO_VALUE_NONE) return fallback;
+        if (v->kind != MANGO_VALUE_BOOL) throw Error(MANGO_ERR_INVALID_ARGUMENT, std::string("config key '") + key + "' must be true or false");
+        return v->u.b != 0;
+    }
+    std::string config_string(const char *key, const std::string &fallback) const {
+        auto v = config(key);
+        if (!v || v->kind == MANGO_VALUE_NONE) return fallback;
+        if (v->kind != MANGO_VALUE_STRING) throw Error(MANGO_ERR_INVALID_ARGUMENT, std::string("config key '") + key + "' must be a string");
+        return v->u.s;
+    }
+
     Tensor parameter(const std::string &name, const Tensor &init, bool trainable = true) const {
         mango_tensor t = nullptr;
         check(host().parameter(c_, name.c_str(), init.get(), trainable ? 1 : 0, &t));

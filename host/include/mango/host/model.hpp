@@ -1,0 +1,62 @@
+// A model folder (config.json + safetensors) run through its architecture
+// plugin, piece by piece (embed, any block, head) or whole, with a KV cache.
+#pragma once
+
+#include "mango/host/plugins.hpp"
+
+#include <mango/formats/hf_config.hpp>
+#include <mango/formats/safetensors.hpp>
+
+#include <memory>
+#include <string>
+
+namespace mango {
+
+struct ModelInfo {
+    bool is_causal = true;
+    int64_t hidden_size = 0, n_layers = 0, vocab_size = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, max_positions = 0;
+    bool tied_embeddings = false;
+};
+
+class Model {
+public:
+    // Loads MODEL_DIR with the architecture plugin that claims its model_type.
+    // dtype: weights are converted on load (kFloat by default).
+    static std::unique_ptr<Model> load(const PluginHost &host, const std::string &dir,
+                                       at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
+    // Config.json with transformers 5.x keys (rope_parameters, dtype) also
+    // offered under their 4.x names (rope_theta, rope_scaling, torch_dtype),
+    // which is what architecture plugins read.
+    static nlohmann::json normalized_config(const nlohmann::json &raw);
+
+    const ModelInfo &info() const { return info_; }
+    // Checkpoint tensor per (layer, role), as the plugin declared them; layer -1 = model-level.
+    const std::vector<InstanceContext::Role> &roles() const { return ctx_->roles; }
+    const formats::HfConfig &config() const { return config_; }
+    const std::string &dir() const { return dir_; }
+
+    at::Tensor embed(const at::Tensor &ids, const at::Tensor &positions);
+    at::Tensor block(int32_t layer, const at::Tensor &hidden, const at::Tensor &mask, const at::Tensor &positions, bool use_cache);
+    at::Tensor head(const at::Tensor &hidden);
+    // Whole forward: logits [B, T, V] (decoders) or final hidden states.
+    at::Tensor forward(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions, bool use_cache = false);
+    void clear_cache() { ctx_->cache.clear(); }
+    int64_t cached_length() const;  // keys in the cache (0 when empty)
+
+    ~Model();
+
+private:
+    Model() = default;
+    std::string dir_;
+    formats::HfConfig config_;
+    std::shared_ptr<formats::Checkpoint> ckpt_;
+    registry::ComponentInfo component_;
+    const mango_architecture_vtable *vt_ = nullptr;
+    std::unique_ptr<InstanceContext> ctx_;
+    void *self_ = nullptr;
+    ModelInfo info_;
+    at::ScalarType dtype_ = at::kFloat;
+    at::Device device_ = at::kCPU;
+};
+
+}  // namespace mango

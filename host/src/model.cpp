@@ -1,0 +1,115 @@
+#include "mango/host/model.hpp"
+
+#include <ATen/ATen.h>
+
+#include <filesystem>
+
+namespace mango {
+
+nlohmann::json Model::normalized_config(const nlohmann::json &raw) {
+    nlohmann::json c = raw;
+    if (c.contains("rope_parameters") && c["rope_parameters"].is_object()) {
+        const auto &rp = c["rope_parameters"];
+        if (!c.contains("rope_theta") && rp.contains("rope_theta")) c["rope_theta"] = rp["rope_theta"];
+        if ((!c.contains("rope_scaling") || c["rope_scaling"].is_null()) && rp.value("rope_type", "default") != "default")
+            c["rope_scaling"] = rp;
+    }
+    if (c.contains("rope_scaling") && c["rope_scaling"].is_object() && !c["rope_scaling"].contains("rope_type") &&
+        c["rope_scaling"].contains("type"))
+        c["rope_scaling"]["rope_type"] = c["rope_scaling"]["type"];
+    if (!c.contains("torch_dtype") && c.contains("dtype")) c["torch_dtype"] = c["dtype"];
+    return c;
+}
+
+std::unique_ptr<Model> Model::load(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device) {
+    std::unique_ptr<Model> m(new Model());
+    m->dir_ = dir;
+    m->dtype_ = dtype;
+    m->device_ = device;
+    m->config_ = formats::load_hf_config(dir);
+    const registry::ComponentInfo *arch = host.registry().architecture_for(m->config_.model_type);
+    if (!arch) {
+        std::string installed;
+        for (const auto &c : host.registry().components())
+            if (c.kind == "architecture") {
+                std::string types;
+                for (const auto &t : c.model_types) types += (types.empty() ? "" : ", ") + t;
+                installed += (installed.empty() ? "" : "; ") + c.name + " (" + types + ")";
+            }
+        throw Error(m->config_.path + ": no architecture plugin handles model_type = \"" + m->config_.model_type +
+                    "\" (installed: " + (installed.empty() ? "none" : installed) + ")");
+    }
+    m->component_ = *arch;
+    m->vt_ = static_cast<const mango_architecture_vtable *>(host.vtable(*arch));
+    m->ckpt_ = std::make_shared<formats::Checkpoint>(formats::Checkpoint::open(dir));
+    m->ctx_ = std::make_unique<InstanceContext>();
+    m->ctx_->label = "architecture '" + arch->name + "' for " + dir;
+    m->ctx_->config = normalized_config(m->config_.raw);
+    m->ctx_->param_options = at::TensorOptions().dtype(dtype).device(device);
+    auto ckpt = m->ckpt_;
+    const std::string where = dir;
+    m->ctx_->weights = [ckpt, dtype, device, where](const std::string &name) {
+        if (!ckpt->contains(name)) throw Error(where + " has no tensor '" + name + "'");
+        at::Tensor t = ckpt->tensor(name);
+        return t.is_floating_point() ? t.to(device, dtype) : t.to(device);
+    };
+    try {
+        check_plugin(m->vt_->create(m->ctx_.get(), &m->self_), m->ctx_->label);
+        mango_model_info info{};
+        info.struct_size = sizeof info;
+        check_plugin(m->vt_->describe(m->self_, m->ctx_.get(), &info), m->ctx_->label + " describe");
+        m->info_ = {info.is_causal != 0, info.hidden_size, info.n_layers, info.vocab_size, info.n_heads,
+                    info.n_kv_heads, info.head_dim, info.max_positions, info.tied_embeddings != 0};
+    } catch (...) {
+        if (m->self_) m->vt_->destroy(m->self_);
+        m->self_ = nullptr;
+        throw;
+    }
+    return m;
+}
+
+Model::~Model() {
+    if (self_) vt_->destroy(self_);
+}
+
+at::Tensor Model::embed(const at::Tensor &ids, const at::Tensor &positions) {
+    mango_tensor i = wrap(ids), p = wrap(positions), out = nullptr;
+    const mango_status s = vt_->embed(self_, ctx_.get(), i, p, &out);
+    host_api()->tensor_release(i);
+    host_api()->tensor_release(p);
+    check_plugin(s, ctx_->label + " embed");
+    return adopt(out);
+}
+
+at::Tensor Model::block(int32_t layer, const at::Tensor &hidden, const at::Tensor &mask, const at::Tensor &positions, bool use_cache) {
+    if (layer < 0 || layer >= info_.n_layers)
+        throw Error(ctx_->label + ": layer " + std::to_string(layer) + " out of range (model has " + std::to_string(info_.n_layers) + ")");
+    mango_tensor h = wrap(hidden), m = wrap(mask), p = wrap(positions), out = nullptr;
+    const mango_status s = vt_->block(self_, ctx_.get(), layer, h, m, p, use_cache ? 1 : 0, &out);
+    host_api()->tensor_release(h);
+    host_api()->tensor_release(m);
+    host_api()->tensor_release(p);
+    check_plugin(s, ctx_->label + " block " + std::to_string(layer));
+    return adopt(out);
+}
+
+at::Tensor Model::head(const at::Tensor &hidden) {
+    mango_tensor h = wrap(hidden), out = nullptr;
+    const mango_status s = vt_->head(self_, ctx_.get(), h, &out);
+    host_api()->tensor_release(h);
+    check_plugin(s, ctx_->label + " head");
+    return adopt(out);
+}
+
+at::Tensor Model::forward(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions, bool use_cache) {
+    at::Tensor h = embed(ids, positions);
+    for (int32_t l = 0; l < info_.n_layers; ++l) h = block(l, h, mask, positions, use_cache);
+    return head(h);
+}
+
+int64_t Model::cached_length() const {
+    auto it = ctx_->cache.find("layer0.k");
+    return it == ctx_->cache.end() ? 0 : it->second.size(2);
+}
+
+}  // namespace mango

@@ -1,0 +1,99 @@
+// mango/attention.hpp — pieces most decoder architectures share, built on
+// mango/ops.hpp: the additive attention mask from a padding mask, rotary
+// embeddings, grouped-query head repetition, and eager attention with a
+// per-layer KV cache kept in the host's cache slots.
+#pragma once
+
+#include "mango/ops.hpp"
+
+#include <cfloat>
+#include <cmath>
+#include <string>
+#include <vector>
+
+namespace mango::attention {
+
+// Additive mask [B, 1, T, S] for T new queries after `S - T` cached keys:
+// 0 where query i may see key j (causal, key not padding, and within
+// `window` positions when window > 0), the lowest float elsewhere.
+inline Tensor mask_bias(const Tensor &padding, int64_t T, int64_t window, mango_dtype dtype) {
+    const int64_t B = padding.size(0), S = padding.size(1);
+    const mango_device dev = padding.device();
+    Tensor kpos = ops::arange(S, MANGO_DTYPE_I64, dev);                                        // [S]
+    Tensor qpos = ops::unsqueeze(ops::narrow(ops::arange(S, MANGO_DTYPE_I64, dev), 0, S - T, T), 1);  // [T, 1]
+    Tensor allowed = ops::le(kpos, qpos);                                                        // [T, S]
+    if (window > 0) allowed = ops::logical_and(allowed, ops::gt(kpos, ops::add_scalar(qpos, -double(window))));
+    Tensor keys = ops::reshape(ops::logical_not(ops::eq_scalar(padding, 0.0)), {B, 1, 1, S});
+    allowed = ops::logical_and(keys, allowed);                                                   // [B, 1, T, S]
+    Tensor bias = ops::zeros({B, 1, T, S}, dtype, dev);
+    return ops::masked_fill(bias, ops::logical_not(allowed), dtype == MANGO_DTYPE_F32 ? -FLT_MAX : -65504.0);
+}
+
+// Inverse frequencies for rotary embeddings of `dim` channels.
+inline std::vector<double> rope_inv_freq(int64_t dim, double theta) {
+    std::vector<double> f;
+    for (int64_t i = 0; i < dim; i += 2) f.push_back(1.0 / std::pow(theta, double(i) / double(dim)));
+    return f;
+}
+
+inline Tensor to_tensor(const std::vector<double> &v, mango_device dev) {
+    std::vector<float> f(v.begin(), v.end());
+    const int64_t n = static_cast<int64_t>(f.size());
+    mango_tensor t = nullptr;
+    check(host().tensor_from_data(f.data(), MANGO_DTYPE_F32, &n, 1, dev, &t));
+    return Tensor(t);
+}
+
+// cos and sin [B, 1, T, 2 * len(inv_freq)] for position_ids [B, T] (float32
+// math, as transformers does), in `dtype`.
+inline std::pair<Tensor, Tensor> rope_cos_sin(const Tensor &inv_freq, const Tensor &positions, mango_dtype dtype) {
+    Tensor freqs = ops::mul(ops::unsqueeze(ops::to_dtype(positions, MANGO_DTYPE_F32), -1), inv_freq);  // [B, T, D/2]
+    Tensor emb = ops::unsqueeze(ops::cat({freqs, freqs}, -1), 1);
+    return {ops::to_dtype(ops::cos(emb), dtype), ops::to_dtype(ops::sin(emb), dtype)};
+}
+
+// x * cos + rotate_half(x) * sin over the last dim (x: [B, H, T, D]).
+inline Tensor apply_rope(const Tensor &x, const Tensor &cos, const Tensor &sin) {
+    const int64_t half = x.size(-1) / 2;
+    Tensor rotated = ops::cat({ops::neg(ops::narrow(x, -1, half, half)), ops::narrow(x, -1, 0, half)}, -1);
+    return ops::add(ops::mul(x, cos), ops::mul(rotated, sin));
+}
+
+// [B, T, heads * D] -> [B, heads, T, D]
+inline Tensor split_heads(const Tensor &x, int64_t heads, int64_t head_dim) {
+    return ops::transpose(ops::reshape(x, {x.size(0), x.size(1), heads, head_dim}), 1, 2);
+}
+// [B, heads, T, D] -> [B, T, heads * D]
+inline Tensor merge_heads(const Tensor &x) {
+    return ops::reshape(ops::transpose(x, 1, 2), {x.size(0), x.size(2), x.size(1) * x.size(3)});
+}
+
+// [B, KV, S, D] -> [B, KV * rep, S, D]
+inline Tensor repeat_kv(const Tensor &x, int64_t rep) {
+    if (rep == 1) return x;
+    const int64_t B = x.size(0), KV = x.size(1), S = x.size(2), D = x.size(3);
+    return ops::reshape(ops::expand(ops::unsqueeze(x, 2), {B, KV, rep, S, D}), {B, KV * rep, S, D});
+}
+
+// Appends k, v ([B, KV, T, D]) to this layer's cache slots and returns the
+// full keys and values; without a cache returns them as they are.
+inline std::pair<Tensor, Tensor> cached_kv(Context &ctx, int32_t layer, Tensor k, Tensor v, bool use_cache) {
+    if (!use_cache) return {k, v};
+    const std::string kk = "layer" + std::to_string(layer) + ".k", vk = "layer" + std::to_string(layer) + ".v";
+    if (Tensor pk = ctx.cache_get(kk)) {
+        k = ops::cat({pk, k}, 2);
+        v = ops::cat({ctx.cache_get(vk), v}, 2);
+    }
+    ctx.cache_set(kk, k);
+    ctx.cache_set(vk, v);
+    return {k, v};
+}
+
+// softmax(q k^T * scale + bias) v, softmax in float32 (q: [B, H, T, D]).
+inline Tensor eager(const Tensor &q, const Tensor &k, const Tensor &v, const Tensor &bias, double scale) {
+    Tensor scores = ops::add(ops::mul(ops::matmul(q, ops::transpose(k, 2, 3)), scale), bias);
+    Tensor probs = ops::to_dtype(ops::softmax(ops::to_dtype(scores, MANGO_DTYPE_F32), -1), q.dtype());
+    return ops::matmul(probs, v);
+}
+
+}  // namespace mango::attention
