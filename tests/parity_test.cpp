@@ -1,0 +1,174 @@
+// Architecture plugins against transformers (tests/golden/models): logits on
+// every real token of a padded batch within 1e-4, 20 greedy tokens identical
+// with and without the KV cache, and cached decoding equal to recomputation.
+#include <mango/host/generate.hpp>
+#include <mango/host/model.hpp>
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+const mango::PluginHost &plugins() {
+    static const mango::PluginHost host = [] {
+        mango::registry::Options o;
+        o.use_env = false;
+        o.use_builtin = false;
+        o.cache_file = "-";
+        o.scanner = MANGO_SCANNER_PATH;
+        o.plugin_paths = {MANGO_PLUGIN_DIR};
+        return mango::PluginHost(mango::registry::Registry::discover(o));
+    }();
+    return host;
+}
+
+std::string model_dir(const std::string &name) { return (fs::path(MANGO_SOURCE_DIR) / "tests/golden/models" / name).string(); }
+
+at::Tensor tensor_of(const json &j, at::ScalarType t) {
+    std::vector<int64_t> shape;
+    const json *p = &j;
+    while (p->is_array()) {
+        shape.push_back(static_cast<int64_t>(p->size()));
+        p = &(*p)[0];
+    }
+    std::vector<double> flat;
+    std::function<void(const json &)> walk = [&](const json &x) {
+        if (x.is_array())
+            for (const auto &e : x) walk(e);
+        else
+            flat.push_back(x.get<double>());
+    };
+    walk(j);
+    return at::tensor(flat, at::kDouble).reshape(shape).to(t);
+}
+
+struct Golden {
+    json j;
+    at::Tensor ids, mask, pos;
+    explicit Golden(const std::string &name) : j(json::parse(std::ifstream(fs::path(model_dir(name)) / "golden.json"))) {
+        ids = tensor_of(j["input_ids"], at::kLong);
+        mask = tensor_of(j["attention_mask"], at::kLong);
+        if (j.contains("position_ids")) pos = tensor_of(j["position_ids"], at::kLong);
+    }
+    std::vector<std::vector<int64_t>> prompts() const {
+        std::vector<std::vector<int64_t>> out;
+        for (int64_t b = 0; b < ids.size(0); ++b) {
+            std::vector<int64_t> p;
+            for (int64_t t = 0; t < ids.size(1); ++t)
+                if (mask[b][t].item<int64_t>()) p.push_back(ids[b][t].item<int64_t>());
+            out.push_back(p);
+        }
+        return out;
+    }
+};
+
+// Largest |a - b| over positions where mask is 1 (a, b: [B, T, ...]).
+double masked_max_diff(const at::Tensor &a, const at::Tensor &b, const at::Tensor &mask) {
+    at::Tensor keep = mask.to(at::kBool);
+    return (a.to(at::kDouble) - b.to(at::kDouble)).abs().index({keep}).max().item<double>();
+}
+
+}  // namespace
+
+class DecoderParity : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(DecoderParity, LogitsMatchTransformers) {
+    const Golden g(GetParam());
+    auto model = mango::Model::load(plugins(), model_dir(GetParam()));
+    at::NoGradGuard no_grad;
+    at::Tensor logits = model->forward(g.ids, g.mask, g.pos);
+    const double diff = masked_max_diff(logits, tensor_of(g.j["logits"], at::kDouble), g.mask);
+    EXPECT_LE(diff, 1e-4) << GetParam();
+    RecordProperty("max_abs_diff", std::to_string(diff));
+}
+
+TEST_P(DecoderParity, GreedyTokensMatchTransformersWithAndWithoutCache) {
+    const Golden g(GetParam());
+    auto model = mango::Model::load(plugins(), model_dir(GetParam()));
+    mango::GenerateOptions o;
+    o.max_new_tokens = 20;
+    const auto want = g.j["generated"].get<std::vector<std::vector<int64_t>>>();
+    EXPECT_EQ(mango::generate(*model, g.prompts(), o), want) << GetParam() << " with cache";
+    o.use_cache = false;
+    EXPECT_EQ(mango::generate(*model, g.prompts(), o), want) << GetParam() << " without cache";
+}
+
+TEST_P(DecoderParity, CachedDecodingEqualsRecomputation) {
+    const Golden g(GetParam());
+    auto model = mango::Model::load(plugins(), model_dir(GetParam()));
+    at::NoGradGuard no_grad;
+    const int64_t T = g.ids.size(1), split = T - 3;
+    at::Tensor full = model->forward(g.ids, g.mask, g.pos);
+    model->clear_cache();
+    at::Tensor first = model->forward(g.ids.narrow(1, 0, split), g.mask.narrow(1, 0, split), g.pos.narrow(1, 0, split), true);
+    EXPECT_EQ(model->cached_length(), split);
+    at::Tensor rest = model->forward(g.ids.narrow(1, split, T - split), g.mask, g.pos.narrow(1, split, T - split), true);
+    const at::Tensor both = at::cat({first, rest}, 1);
+    EXPECT_LE(masked_max_diff(both, full, g.mask), 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(Golden, DecoderParity,
+                         ::testing::Values("llama", "llama3_scaled", "llama_linear", "mistral", "qwen2"));
+
+TEST(Model, UnknownModelTypeListsInstalledArchitectures) {
+    const fs::path d = fs::path(MANGO_TEST_TMP) / "unknown_arch";
+    fs::create_directories(d);
+    std::ofstream(d / "config.json") << R"({"model_type": "falcon"})";
+    try {
+        mango::Model::load(plugins(), d.string());
+        FAIL();
+    } catch (const mango::Error &e) {
+        EXPECT_NE(std::string(e.what()).find("no architecture plugin handles model_type = \"falcon\" (installed: llama (llama, mistral, qwen2)"),
+                  std::string::npos) << e.what();
+    }
+}
+
+TEST(Model, MissingOrMisshapenTensorIsNamed) {
+    const fs::path d = fs::path(MANGO_TEST_TMP) / "broken_llama";
+    fs::remove_all(d);
+    fs::create_directories(d);
+    fs::copy_file(fs::path(model_dir("llama")) / "config.json", d / "config.json");
+    auto ckpt = mango::formats::Checkpoint::open(model_dir("llama"));
+    mango::formats::NamedTensors ts;
+    for (const auto &n : ckpt.names())
+        if (n != "model.layers.1.mlp.up_proj.weight") ts.emplace_back(n, ckpt.tensor(n));
+    mango::formats::write_checkpoint(d.string(), ts);
+    try {
+        mango::Model::load(plugins(), d.string());
+        FAIL();
+    } catch (const mango::Error &e) {
+        EXPECT_NE(std::string(e.what()).find("has no tensor 'model.layers.1.mlp.up_proj.weight'"), std::string::npos) << e.what();
+    }
+    ts.emplace_back("model.layers.1.mlp.up_proj.weight", at::zeros({128, 65}));
+    mango::formats::write_checkpoint(d.string(), ts);
+    try {
+        mango::Model::load(plugins(), d.string());
+        FAIL();
+    } catch (const mango::Error &e) {
+        EXPECT_NE(std::string(e.what()).find("tensor 'model.layers.1.mlp.up_proj.weight' has shape [128, 65], expected [128, 64]"),
+                  std::string::npos) << e.what();
+    }
+}
+
+TEST(Model, UnsupportedRopeScalingIsRefused) {
+    const fs::path d = fs::path(MANGO_TEST_TMP) / "yarn_llama";
+    fs::remove_all(d);
+    fs::create_directories(d);
+    json cfg = json::parse(std::ifstream(fs::path(model_dir("llama")) / "config.json"));
+    cfg["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+    std::ofstream(d / "config.json") << cfg.dump();
+    fs::copy_file(fs::path(model_dir("llama")) / "model.safetensors", d / "model.safetensors");
+    try {
+        mango::Model::load(plugins(), d.string());
+        FAIL();
+    } catch (const mango::Error &e) {
+        EXPECT_NE(std::string(e.what()).find("rope_scaling type 'yarn' is not supported"), std::string::npos) << e.what();
+    }
+}
