@@ -115,7 +115,7 @@ TEST_P(DecoderParity, CachedDecodingEqualsRecomputation) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, DecoderParity,
-                         ::testing::Values("llama", "llama3_scaled", "llama_linear", "mistral", "qwen2"));
+                         ::testing::Values("gpt2", "llama", "llama3_scaled", "llama_linear", "mistral", "qwen2"));
 
 TEST(Model, UnknownModelTypeListsInstalledArchitectures) {
     const fs::path d = fs::path(MANGO_TEST_TMP) / "unknown_arch";
@@ -125,7 +125,7 @@ TEST(Model, UnknownModelTypeListsInstalledArchitectures) {
         mango::Model::load(plugins(), d.string());
         FAIL();
     } catch (const mango::Error &e) {
-        EXPECT_NE(std::string(e.what()).find("no architecture plugin handles model_type = \"falcon\" (installed: llama (llama, mistral, qwen2)"),
+        EXPECT_NE(std::string(e.what()).find("no architecture plugin handles model_type = \"falcon\" (installed: gpt2 (gpt2); llama (llama, mistral, qwen2)"),
                   std::string::npos) << e.what();
     }
 }
