@@ -10,6 +10,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -171,4 +172,49 @@ TEST(Model, UnsupportedRopeScalingIsRefused) {
     } catch (const mango::Error &e) {
         EXPECT_NE(std::string(e.what()).find("rope_scaling type 'yarn' is not supported"), std::string::npos) << e.what();
     }
+}
+
+TEST(Generate, BatchWithPaddingEqualsOneByOne) {
+    const Golden g("llama");
+    auto model = mango::Model::load(plugins(), model_dir("llama"));
+    mango::GenerateOptions o;
+    o.max_new_tokens = 12;
+    const auto prompts = g.prompts();
+    const auto batch = mango::generate(*model, prompts, o);
+    for (size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(mango::generate(*model, {prompts[i]}, o)[0], batch[i]) << i;
+}
+
+TEST(Generate, SamplingIsReproducibleAndNgramsAreNotRepeated) {
+    const Golden g("gpt2");
+    auto model = mango::Model::load(plugins(), model_dir("gpt2"));
+    mango::GenerateOptions o;
+    o.max_new_tokens = 30;
+    o.greedy = false;
+    o.temperature = 0.7;
+    o.top_k = 20;
+    o.top_p = 0.9;
+    o.seed = 42;
+    o.no_repeat_ngram_size = 2;
+    const auto a = mango::generate(*model, g.prompts(), o), b = mango::generate(*model, g.prompts(), o);
+    EXPECT_EQ(a, b);
+    o.seed = 43;
+    EXPECT_NE(mango::generate(*model, g.prompts(), o), a);
+    const auto prompts = g.prompts();
+    for (size_t i = 0; i < a.size(); ++i) {
+        std::vector<int64_t> seq = prompts[i];
+        seq.insert(seq.end(), a[i].begin(), a[i].end());
+        std::set<std::pair<int64_t, int64_t>> seen;
+        for (size_t t = 0; t + 1 < seq.size(); ++t) EXPECT_TRUE(seen.insert({seq[t], seq[t + 1]}).second) << "bigram repeated at " << t;
+    }
+}
+
+TEST(Generate, StopsAtStopIds) {
+    const Golden g("llama");
+    auto model = mango::Model::load(plugins(), model_dir("llama"));
+    mango::GenerateOptions o;
+    o.max_new_tokens = 20;
+    const auto want = g.j["generated"].get<std::vector<std::vector<int64_t>>>();
+    o.stop_ids = {want[0][3]};  // row 0 stops after its 4th token
+    const auto out = mango::generate(*model, g.prompts(), o);
+    EXPECT_EQ(out[0], std::vector<int64_t>(want[0].begin(), want[0].begin() + 4));
 }

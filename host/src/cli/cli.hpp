@@ -1,6 +1,8 @@
 // The `mango` command line: a table of commands, each with its options.
 #pragma once
 
+#include <mango/registry/registry.hpp>
+
 #include <boost/program_options.hpp>
 
 #include <functional>
@@ -33,7 +35,11 @@ struct UsageError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// The registry search options the global flags ask for.
+registry::Options registry_options(const Global &g);
+
 std::vector<Command> plugin_commands();
+std::vector<Command> generate_commands();
 std::vector<Command> inspect_commands();
 std::vector<Command> tokenize_commands();
 

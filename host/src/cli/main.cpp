@@ -17,6 +17,7 @@ std::vector<Command> all_commands() {
     std::vector<Command> cmds = plugin_commands();
     for (auto &c : inspect_commands()) cmds.push_back(std::move(c));
     for (auto &c : tokenize_commands()) cmds.push_back(std::move(c));
+    for (auto &c : generate_commands()) cmds.push_back(std::move(c));
     return cmds;
 }
 

@@ -17,13 +17,6 @@ using registry::ComponentInfo;
 using registry::LibraryScan;
 using registry::Registry;
 
-registry::Options registry_options(const Global &g) {
-    registry::Options o;
-    o.plugin_paths = g.plugin_paths;
-    o.trust_file = g.trust_file;
-    return o;
-}
-
 json component_json(const ComponentInfo &c) {
     json j = {{"kind", c.kind}, {"name", c.name}, {"version", c.version}, {"summary", c.summary}, {"library", c.library}};
     if (!c.model_types.empty()) j["model_types"] = c.model_types;
@@ -185,6 +178,13 @@ int validate(const Global &g, const po::variables_map &vm) {
 }
 
 }  // namespace
+
+registry::Options registry_options(const Global &g) {
+    registry::Options o;
+    o.plugin_paths = g.plugin_paths;
+    o.trust_file = g.trust_file;
+    return o;
+}
 
 std::vector<Command> plugin_commands() {
     return {

@@ -1,0 +1,120 @@
+// mango generate MODEL_DIR --prompt TEXT [--prompt TEXT...] [options]
+#include "cli.hpp"
+
+#include "mango/formats/tokenizer.hpp"
+#include "mango/host/generate.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+namespace mango::cli {
+namespace {
+
+at::ScalarType parse_dtype(const std::string &s) {
+    if (s == "float32" || s == "fp32") return at::kFloat;
+    if (s == "bfloat16" || s == "bf16") return at::kBFloat16;
+    if (s == "float16" || s == "fp16") return at::kHalf;
+    throw UsageError("--dtype must be float32, bfloat16 or float16, not '" + s + "'");
+}
+
+// eos ids from config.json and generation_config.json.
+std::vector<int64_t> stop_ids(const Model &m) {
+    std::vector<int64_t> ids = m.config().eos_token_ids;
+    const auto gen = std::filesystem::path(m.dir()) / "generation_config.json";
+    if (std::filesystem::exists(gen)) {
+        try {
+            const auto j = nlohmann::json::parse(std::ifstream(gen));
+            if (j.contains("eos_token_id")) {
+                const auto &e = j["eos_token_id"];
+                if (e.is_number_integer()) ids.push_back(e.get<int64_t>());
+                if (e.is_array())
+                    for (const auto &x : e) ids.push_back(x.get<int64_t>());
+            }
+        } catch (const std::exception &e) {
+            throw std::runtime_error(gen.string() + ": " + e.what());
+        }
+    }
+    return ids;
+}
+
+int generate_cmd(const Global &g, const po::variables_map &vm) {
+    const std::string dir = vm["model"].as<std::string>();
+    const auto prompts = vm["prompt"].as<std::vector<std::string>>();
+    GenerateOptions o;
+    o.max_new_tokens = vm["max-new-tokens"].as<int64_t>();
+    const bool sampling = vm.count("temperature") || vm.count("top-k") || vm.count("top-p") || vm.count("seed");
+    if (sampling && vm.count("greedy")) throw UsageError("--greedy cannot be combined with --temperature/--top-k/--top-p/--seed");
+    o.greedy = !sampling;
+    if (vm.count("temperature")) o.temperature = vm["temperature"].as<double>();
+    if (vm.count("top-k")) o.top_k = vm["top-k"].as<int64_t>();
+    if (vm.count("top-p")) o.top_p = vm["top-p"].as<double>();
+    if (vm.count("seed")) o.seed = vm["seed"].as<uint64_t>();
+    if (o.temperature <= 0 || o.top_p <= 0 || o.top_p > 1 || o.top_k < 0 || o.max_new_tokens < 0)
+        throw UsageError("need --temperature > 0, 0 < --top-p <= 1, --top-k >= 0, --max-new-tokens >= 0");
+    o.no_repeat_ngram_size = vm["no-repeat-ngram-size"].as<int64_t>();
+    o.use_cache = !vm.count("no-cache");
+
+    const PluginHost host(registry::Registry::discover(registry_options(g)));
+    auto model = Model::load(host, dir, parse_dtype(vm["dtype"].as<std::string>()));
+    const auto tok = formats::Tokenizer::from_file(vm.count("tokenizer") ? vm["tokenizer"].as<std::string>() : dir);
+    o.stop_ids = stop_ids(*model);
+    o.pad_id = model->config().pad_token_id.value_or(o.stop_ids.empty() ? 0 : o.stop_ids[0]);
+
+    std::vector<std::vector<int64_t>> ids;
+    for (const auto &p : prompts) {
+        std::vector<int64_t> row;
+        for (int32_t id : tok.encode(p, true)) row.push_back(id);
+        if (row.empty()) throw std::runtime_error("prompt '" + p + "' encodes to no tokens");
+        for (int64_t id : row)
+            if (id >= model->info().vocab_size)
+                throw std::runtime_error("prompt token id " + std::to_string(id) + " is outside the model's vocabulary of " +
+                                         std::to_string(model->info().vocab_size) + " (tokenizer and model do not match)");
+        ids.push_back(std::move(row));
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto out = mango::generate(*model, ids, o);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    size_t n_new = 0;
+    nlohmann::json results = nlohmann::json::array();
+    for (size_t i = 0; i < prompts.size(); ++i) {
+        n_new += out[i].size();
+        std::vector<int32_t> gen(out[i].begin(), out[i].end());
+        const std::string text = tok.decode(gen, true);
+        results.push_back({{"prompt", prompts[i]}, {"prompt_ids", ids[i]}, {"generated_ids", out[i]}, {"text", text}});
+        if (!g.json) std::cout << prompts[i] << text << "\n";
+    }
+    if (g.json)
+        std::cout << nlohmann::json{{"results", results}, {"seconds", secs}, {"new_tokens", n_new}}.dump(2) << "\n";
+    else
+        std::cerr << n_new << " tokens in " << secs << " s (" << (secs > 0 ? n_new / secs : 0) << " tokens/s)\n";
+    return 0;
+}
+
+}  // namespace
+
+std::vector<Command> generate_commands() {
+    return {{"generate", "MODEL_DIR --prompt TEXT... [--max-new-tokens N] [--greedy | --temperature T --top-k K --top-p P --seed S]",
+             "continue prompts with a causal LM (several --prompt run as one padded batch)",
+             [](po::options_description &d, po::positional_options_description &p) {
+                 d.add_options()("model", po::value<std::string>()->required(), "model folder (config.json, safetensors, tokenizer.json)")(
+                     "prompt", po::value<std::vector<std::string>>()->required(), "prompt text (repeatable: one batch)")(
+                     "max-new-tokens", po::value<int64_t>()->default_value(32), "tokens to generate per prompt")(
+                     "greedy", "pick the most likely token (the default)")(
+                     "temperature", po::value<double>(), "sample with this temperature")(
+                     "top-k", po::value<int64_t>(), "sample among the k most likely tokens")(
+                     "top-p", po::value<double>(), "sample from the smallest set with probability >= p")(
+                     "seed", po::value<uint64_t>(), "random seed for sampling")(
+                     "no-repeat-ngram-size", po::value<int64_t>()->default_value(0), "never repeat an n-gram of this size")(
+                     "dtype", po::value<std::string>()->default_value("float32"), "float32 | bfloat16 | float16")(
+                     "tokenizer", po::value<std::string>(), "tokenizer.json or folder (default: MODEL_DIR)")(
+                     "no-cache", "recompute the whole sequence every step (no KV cache)");
+                 p.add("model", 1);
+             },
+             generate_cmd}};
+}
+
+}  // namespace mango::cli
