@@ -218,3 +218,25 @@ TEST(Generate, StopsAtStopIds) {
     const auto out = mango::generate(*model, g.prompts(), o);
     EXPECT_EQ(out[0], std::vector<int64_t>(want[0].begin(), want[0].begin() + 4));
 }
+
+TEST(Model, RandomInitFromConfigSavesAndReloads) {
+    for (const char *name : {"llama3_scaled", "gpt2"}) {
+        auto m = mango::Model::init_random(plugins(), model_dir(name), 7);
+        double std2d = 0;
+        for (const auto &[n, t] : m->named_weights()) {
+            if (t.dim() >= 2 && n.find("wpe") == std::string::npos) std2d = std::max(std2d, t.std().item<double>());
+            if (t.dim() == 1 && n.size() > 5 && n.substr(n.size() - 5) == ".bias") EXPECT_TRUE(at::equal(t, at::zeros_like(t))) << n;
+            if (t.dim() == 1 && n.size() > 7 && n.substr(n.size() - 7) == ".weight") EXPECT_TRUE(at::equal(t, at::ones_like(t))) << n;
+        }
+        EXPECT_NEAR(std2d, 0.02, 0.004) << name;  // initializer_range of the config
+        const Golden g(name);
+        at::NoGradGuard no_grad;
+        at::Tensor logits = m->forward(g.ids, g.mask, g.pos);
+        const fs::path d = fs::path(MANGO_TEST_TMP) / (std::string("random_") + name);
+        fs::remove_all(d);
+        m->save(d.string());
+        auto back = mango::Model::load(plugins(), d.string());
+        EXPECT_TRUE(at::equal(back->forward(g.ids, g.mask, g.pos), logits)) << name;
+        EXPECT_EQ(back->named_weights().size(), m->named_weights().size());
+    }
+}

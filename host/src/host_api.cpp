@@ -322,7 +322,9 @@ mango_status api_weight(mango_context *ctx, const char *name, mango_tensor *out)
     if (mango_status s = need_ctx(ctx, name)) return s;
     return guarded([&] {
         if (!ctx->weights) return fail(MANGO_ERR_NOT_FOUND, ctx->label + " has no checkpoint to read '" + name + "' from");
-        *out = wrap(ctx->weights(name));
+        at::Tensor t = ctx->weights(name);
+        ctx->weights_used.emplace_back(name, t);
+        *out = wrap(t);
         return MANGO_OK;
     });
 }
@@ -412,11 +414,37 @@ mango_status api_declare_tensor(mango_context *ctx, int32_t layer, const char *r
     return MANGO_OK;
 }
 
+mango_status api_weight_shaped(mango_context *ctx, const char *name, const int64_t *shape, int32_t ndim, mango_tensor *out) {
+    if (mango_status s = need_ctx(ctx, name)) return s;
+    return guarded([&] {
+        if (ndim < 0 || (ndim > 0 && !shape) || !out) return fail(MANGO_ERR_INVALID_ARGUMENT, "weight_shaped: bad shape");
+        const std::vector<int64_t> want(shape, shape + ndim);
+        if (ctx->random_init) {
+            const std::string n = name;
+            const bool bias = n.size() >= 5 && n.compare(n.size() - 5, 5, ".bias") == 0;
+            at::Tensor t = want.size() >= 2 ? at::randn(want, ctx->param_options) * ctx->initializer_range
+                           : bias           ? at::zeros(want, ctx->param_options)
+                                            : at::ones(want, ctx->param_options);
+            ctx->weights_used.emplace_back(name, t);
+            *out = wrap(t);
+            return MANGO_OK;
+        }
+        if (!ctx->weights) return fail(MANGO_ERR_NOT_FOUND, ctx->label + " has no checkpoint to read '" + name + "' from");
+        at::Tensor t = ctx->weights(name);
+        if (!t.sizes().equals(want))
+            return fail(MANGO_ERR_SHAPE, "tensor '" + std::string(name) + "' has shape " + c10::str(t.sizes()) + ", expected " + c10::str(at::IntArrayRef(want)));
+        ctx->weights_used.emplace_back(name, t);
+        *out = wrap(t);
+        return MANGO_OK;
+    });
+}
+
 const mango_host_api kApiV1 = {
     sizeof(mango_host_api), 1, api_last_error, api_set_error, api_log, api_is_cancelled,
     api_retain, api_release, api_ndim, api_size, api_stride, api_dtype, api_device, api_data, api_cuda_stream,
     api_from_data, api_find_op, api_call_op, api_option, api_config, api_weight, api_parameter,
     api_is_training, api_report, api_cache_get, api_cache_set, api_emit, api_model_option, api_declare_tensor,
+    api_weight_shaped,
 };
 
 const void *get_api(uint32_t version) { return version == 1 ? &kApiV1 : nullptr; }

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 
 #include <filesystem>
+#include <fstream>
+#include <set>
 
 namespace mango {
 
@@ -22,6 +24,37 @@ nlohmann::json Model::normalized_config(const nlohmann::json &raw) {
 }
 
 std::unique_ptr<Model> Model::load(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device) {
+    return build(host, dir, dtype, device, false, 0);
+}
+
+std::unique_ptr<Model> Model::init_random(const PluginHost &host, const std::string &dir, uint64_t seed, at::ScalarType dtype,
+                                          at::Device device) {
+    return build(host, dir, dtype, device, true, seed);
+}
+
+std::vector<std::pair<std::string, at::Tensor>> Model::named_weights() const {
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    std::set<std::string> seen;
+    for (const auto &[name, t] : ctx_->weights_used)
+        if (seen.insert(name).second) out.emplace_back(name, t);
+    return out;
+}
+
+void Model::save(const std::string &dir, uint64_t max_shard_bytes) const {
+    std::filesystem::create_directories(dir);
+    const std::string cfg = (std::filesystem::path(dir) / "config.json").string();
+    const std::string tmp = cfg + ".tmp";
+    {
+        std::ofstream out(tmp);
+        out << config_.raw.dump(2) << "\n";
+        if (!out.flush()) throw Error("cannot write " + cfg);
+    }
+    std::filesystem::rename(tmp, cfg);
+    formats::write_checkpoint(dir, named_weights(), max_shard_bytes);
+}
+
+std::unique_ptr<Model> Model::build(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device,
+                                    bool random, uint64_t seed) {
     std::unique_ptr<Model> m(new Model());
     m->dir_ = dir;
     m->dtype_ = dtype;
@@ -41,14 +74,20 @@ std::unique_ptr<Model> Model::load(const PluginHost &host, const std::string &di
     }
     m->component_ = *arch;
     m->vt_ = static_cast<const mango_architecture_vtable *>(host.vtable(*arch));
-    m->ckpt_ = std::make_shared<formats::Checkpoint>(formats::Checkpoint::open(dir));
     m->ctx_ = std::make_unique<InstanceContext>();
+    if (random) {
+        m->ctx_->random_init = true;
+        m->ctx_->initializer_range = m->config_.raw.value("initializer_range", 0.02);
+        at::manual_seed(seed);
+    } else {
+        m->ckpt_ = std::make_shared<formats::Checkpoint>(formats::Checkpoint::open(dir));
+    }
     m->ctx_->label = "architecture '" + arch->name + "' for " + dir;
     m->ctx_->config = normalized_config(m->config_.raw);
     m->ctx_->param_options = at::TensorOptions().dtype(dtype).device(device);
     auto ckpt = m->ckpt_;
     const std::string where = dir;
-    m->ctx_->weights = [ckpt, dtype, device, where](const std::string &name) {
+    if (ckpt) m->ctx_->weights = [ckpt, dtype, device, where](const std::string &name) {
         if (!ckpt->contains(name)) throw Error(where + " has no tensor '" + name + "'");
         at::Tensor t = ckpt->tensor(name);
         return t.is_floating_point() ? t.to(device, dtype) : t.to(device);

@@ -13,7 +13,8 @@ PIN(value, sizeof(mango_value) == 24);
 PIN(value_u, offsetof(mango_value, u) == 8);
 PIN(host_base, sizeof(mango_host_base) == 24);
 PIN(host_base_get_api, offsetof(mango_host_base, get_api) == 16);
-PIN(host_api, sizeof(mango_host_api) == 224);
+PIN(host_api, sizeof(mango_host_api) == 232);
+PIN(host_api_weight_shaped, offsetof(mango_host_api, weight_shaped) == 224); /* appended in 0.2 */
 PIN(host_api_find_op, offsetof(mango_host_api, find_op) == 120);
 PIN(host_api_declare_tensor, offsetof(mango_host_api, declare_tensor) == 216);
 PIN(adapter_vtable, sizeof(mango_adapter_vtable) == 32);

@@ -247,6 +247,15 @@ typedef struct mango_host_api {
      * README. Merging and MoE conversion use these. */
     mango_status (*declare_tensor)(mango_context *ctx, int32_t layer, const char *role,
                                    const char *name);
+
+    /* ---- appended in 0.2 (check struct_size before use) ---- */
+
+    /* Like weight(), with the shape the plugin expects: a checkpoint tensor of
+     * another shape is refused naming both shapes, and a model initialised
+     * from its config alone gets a fresh tensor (2-D and up: normal(0,
+     * initializer_range); 1-D "*.weight": ones; "*.bias": zeros). */
+    mango_status (*weight_shaped)(mango_context *ctx, const char *name, const int64_t *shape,
+                                  int32_t ndim, mango_tensor *out);
 } mango_host_api;
 
 /* ---- component tables (one per kind) ------------------------------------ */

@@ -9,6 +9,7 @@
 
 #include "mango/plugin.h"
 
+#include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 #include <optional>
@@ -240,18 +241,22 @@ public:
         return Tensor(t);
     }
     // A weight whose shape must be `shape`; else an error naming the tensor,
-    // the expected and the found shape.
+    // the expected and the found shape. Hosts that initialise models from a
+    // config alone create it.
     Tensor weight(const std::string &name, const std::vector<int64_t> &shape) const {
-        Tensor w = weight(name);
-        if (w.sizes() != shape) {
-            auto text = [](const std::vector<int64_t> &s) {
-                std::string t = "[";
-                for (size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
-                return t + "]";
-            };
-            throw Error(MANGO_ERR_SHAPE, "tensor '" + name + "' has shape " + text(w.sizes()) + ", expected " + text(shape));
+        if (host().struct_size >= offsetof(mango_host_api, weight_shaped) + sizeof(void *) && host().weight_shaped) {
+            mango_tensor t = nullptr;
+            check(host().weight_shaped(c_, name.c_str(), shape.data(), static_cast<int32_t>(shape.size()), &t));
+            return Tensor(t);
         }
+        Tensor w = weight(name);
+        if (w.sizes() != shape) throw Error(MANGO_ERR_SHAPE, "tensor '" + name + "' has shape " + shape_text(w.sizes()) + ", expected " + shape_text(shape));
         return w;
+    }
+    static std::string shape_text(const std::vector<int64_t> &s) {
+        std::string t = "[";
+        for (size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
+        return t + "]";
     }
     // Optional config value readers (defaults when absent).
     int64_t config_int(const char *key, int64_t fallback) const {

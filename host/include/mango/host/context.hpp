@@ -29,11 +29,14 @@ struct mango_context_t {
     std::vector<nlohmann::json> model_options;    // merge: one object per model
     nlohmann::json config = nlohmann::json::object();   // config.json (architectures)
     std::function<at::Tensor(const std::string &)> weights;  // lazy checkpoint reader
+    bool random_init = false;        // no checkpoint: weight_shaped() creates tensors
+    double initializer_range = 0.02; // std of random init
     std::map<std::string, at::Tensor> saved;      // parameter values to restore
     at::TensorOptions param_options = at::TensorOptions().dtype(at::kFloat);
     bool training = false;
 
     std::vector<Parameter> parameters;  // in declaration order
+    std::vector<std::pair<std::string, at::Tensor>> weights_used;  // every model weight handed out, in order
     std::vector<std::pair<std::string, at::Tensor>> losses, stats;  // cleared per forward
     std::map<std::string, at::Tensor> cache;
     std::vector<std::pair<std::string, at::Tensor>> emitted;

@@ -24,6 +24,16 @@ public:
     // dtype: weights are converted on load (kFloat by default).
     static std::unique_ptr<Model> load(const PluginHost &host, const std::string &dir,
                                        at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
+    // A model from MODEL_DIR/config.json alone, weights drawn at random:
+    // normal(0, initializer_range) for matrices, ones for norm gains, zeros
+    // for biases; all of them trainable.
+    static std::unique_ptr<Model> init_random(const PluginHost &host, const std::string &config_dir, uint64_t seed,
+                                              at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
+    // Every weight the architecture uses, by checkpoint name (tied ones once).
+    std::vector<std::pair<std::string, at::Tensor>> named_weights() const;
+    // Writes config.json and model.safetensors (sharded above max_shard_bytes > 0).
+    void save(const std::string &dir, uint64_t max_shard_bytes = 0) const;
+
     // Config.json with transformers 5.x keys (rope_parameters, dtype) also
     // offered under their 4.x names (rope_theta, rope_scaling, torch_dtype),
     // which is what architecture plugins read.
@@ -47,6 +57,8 @@ public:
 
 private:
     Model() = default;
+    static std::unique_ptr<Model> build(const PluginHost &host, const std::string &dir, at::ScalarType dtype,
+                                        at::Device device, bool random, uint64_t seed);
     std::string dir_;
     formats::HfConfig config_;
     std::shared_ptr<formats::Checkpoint> ckpt_;
