@@ -20,3 +20,28 @@ grep -Eq "router +hello +1.0.0" "$work/list.txt"
 "$work/prefix/bin/mango" plugins validate "$work/example"
 "$work/prefix/bin/mango" plugins info hello | grep -q "temperature"
 echo "out-of-tree plugin ok"
+
+# Drop in an architecture: take gpt2 out of the installed host, see it refused
+# by name, build the same plugin source out of tree against the installed SDK,
+# and load it through MANGO_PLUGIN_PATH into the unchanged host.
+src=$4 golden=$5 ascii=$6
+rm "$work/prefix/lib/mango/plugins/mango_arch_gpt2.so"
+set +e
+out=$(MANGO_PLUGIN_PATH= "$work/prefix/bin/mango" generate "$golden/models/gpt2" --tokenizer "$ascii" --prompt Hi 2>&1)
+rc=$?
+set -e
+echo "$out"
+[ "$rc" = 1 ] && grep -q 'no architecture plugin handles model_type = "gpt2"' <<<"$out"
+mkdir -p "$work/arch_gpt2"
+cat > "$work/arch_gpt2/CMakeLists.txt" <<CMAKE
+cmake_minimum_required(VERSION 3.16)
+project(arch_gpt2 LANGUAGES CXX)
+find_package(MangoSDK REQUIRED)
+mango_add_plugin(mango_arch_gpt2 $src/plugins/arch/gpt2/gpt2.cpp)
+CMAKE
+cmake -S "$work/arch_gpt2" -B "$work/arch_gpt2/build" -DCMAKE_PREFIX_PATH="$work/prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$work/arch_gpt2/build" >/dev/null
+MANGO_PLUGIN_PATH="$work/arch_gpt2/build" "$work/prefix/bin/mango" generate "$golden/models/gpt2" --tokenizer "$ascii" \
+  --prompt Hi --max-new-tokens 4 --json | tee "$work/gen.json"
+grep -q '"new_tokens": 4' "$work/gen.json"
+echo "dropped-in architecture ok"
