@@ -126,7 +126,7 @@ TEST(Model, UnknownModelTypeListsInstalledArchitectures) {
         mango::Model::load(plugins(), d.string());
         FAIL();
     } catch (const mango::Error &e) {
-        EXPECT_NE(std::string(e.what()).find("no architecture plugin handles model_type = \"falcon\" (installed: gpt2 (gpt2); llama (llama, mistral, qwen2)"),
+        EXPECT_NE(std::string(e.what()).find("no architecture plugin handles model_type = \"falcon\" (installed: bert (bert, roberta, distilbert); gpt2 (gpt2); llama (llama, mistral, qwen2)"),
                   std::string::npos) << e.what();
     }
 }
@@ -240,3 +240,24 @@ TEST(Model, RandomInitFromConfigSavesAndReloads) {
         EXPECT_EQ(back->named_weights().size(), m->named_weights().size());
     }
 }
+
+class EncoderParity : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(EncoderParity, HiddenStatesAndMaskedLmLogitsMatchTransformers) {
+    const Golden g(GetParam());
+    auto model = mango::Model::load(plugins(), model_dir(GetParam()));
+    EXPECT_FALSE(model->info().is_causal);
+    at::NoGradGuard no_grad;
+    at::Tensor pos = at::arange(g.ids.size(1)).unsqueeze(0).expand_as(g.ids);
+    at::Tensor h = model->embed(g.ids, pos);
+    for (int32_t l = 0; l < model->info().n_layers; ++l) h = model->block(l, h, g.mask, pos, false);
+    const double dh = masked_max_diff(h, tensor_of(g.j["last_hidden_state"], at::kDouble), g.mask);
+    const double dl = masked_max_diff(model->head(h), tensor_of(g.j["logits"], at::kDouble), g.mask);
+    EXPECT_LE(dh, 1e-4) << GetParam();
+    EXPECT_LE(dl, 1e-4) << GetParam();
+    RecordProperty("max_abs_diff", std::to_string(std::max(dh, dl)));
+    mango::GenerateOptions o;
+    EXPECT_THROW(mango::generate(*model, g.prompts(), o), mango::Error);  // encoders do not generate
+}
+
+INSTANTIATE_TEST_SUITE_P(Golden, EncoderParity, ::testing::Values("bert", "roberta", "distilbert"));
