@@ -116,7 +116,7 @@ TEST_P(DecoderParity, CachedDecodingEqualsRecomputation) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, DecoderParity,
-                         ::testing::Values("gpt2", "llama", "llama3_scaled", "llama_linear", "mistral", "qwen2"));
+                         ::testing::Values("gpt2", "gpt_neo", "gptj", "llama", "llama3_scaled", "llama_linear", "mistral", "qwen2"));
 
 TEST(Model, UnknownModelTypeListsInstalledArchitectures) {
     const fs::path d = fs::path(MANGO_TEST_TMP) / "unknown_arch";
@@ -126,7 +126,7 @@ TEST(Model, UnknownModelTypeListsInstalledArchitectures) {
         mango::Model::load(plugins(), d.string());
         FAIL();
     } catch (const mango::Error &e) {
-        EXPECT_NE(std::string(e.what()).find("no architecture plugin handles model_type = \"falcon\" (installed: bert (bert, roberta, distilbert); gpt2 (gpt2); llama (llama, mistral, qwen2)"),
+        EXPECT_NE(std::string(e.what()).find("no architecture plugin handles model_type = \"falcon\" (installed: bert (bert, roberta, distilbert); gpt2 (gpt2); gpt_neo (gpt_neo); gptj (gptj); llama (llama, mistral, qwen2)"),
                   std::string::npos) << e.what();
     }
 }

@@ -309,8 +309,13 @@ mango_status api_config(mango_context *ctx, const char *key, mango_value *out) {
         while (true) {
             const size_t dot = path.find('.', start);
             const std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
-            if (!node->is_object() || !node->contains(part)) return fail(MANGO_ERR_NOT_FOUND, "config has no key '" + path + "'");
-            node = &(*node)[part];
+            const bool index = node->is_array() && !part.empty() && part.find_first_not_of("0123456789") == std::string::npos;
+            if (index && std::stoull(part) < node->size()) {
+                node = &(*node)[std::stoull(part)];
+            } else {
+                if (!node->is_object() || !node->contains(part)) return fail(MANGO_ERR_NOT_FOUND, "config has no key '" + path + "'");
+                node = &(*node)[part];
+            }
             if (dot == std::string::npos) break;
             start = dot + 1;
         }

@@ -195,6 +195,15 @@ inline Tensor narrow(const Tensor &x, int64_t dim, int64_t start, int64_t length
     static const Op op("aten::narrow");
     return op({x, dim, start, length});
 }
+// x[..., start:end:step, ...] along dim (a view).
+inline Tensor slice(const Tensor &x, int64_t dim, int64_t start, int64_t end, int64_t step) {
+    static const Op op("aten::slice", "Tensor");
+    return op({x, dim, start, end, step});
+}
+inline Tensor stack(const std::vector<Tensor> &ts, int64_t dim) {
+    static const Op op("aten::stack");
+    return op({ts, dim});
+}
 inline Tensor contiguous(const Tensor &x) {
     static const Op op("aten::contiguous");
     return op({x});

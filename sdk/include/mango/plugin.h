@@ -213,7 +213,8 @@ typedef struct mango_host_api {
      * schema with defaults filled in. NOT_FOUND if absent and no default. */
     mango_status (*option)(mango_context *ctx, const char *key, mango_value *out);
     /* A key of the model's config.json (architectures); dotted path for nested
-     * objects ("rope_scaling.type"). NOT_FOUND if absent. */
+     * objects and list items ("rope_scaling.type", "attention_layers.0").
+     * NOT_FOUND if absent. */
     mango_status (*config)(mango_context *ctx, const char *key, mango_value *out);
     /* A weight of this instance's model by checkpoint name, loaded lazily.
      * `*out` is a new reference. NOT_FOUND names the tensor. */
