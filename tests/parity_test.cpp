@@ -261,3 +261,17 @@ TEST_P(EncoderParity, HiddenStatesAndMaskedLmLogitsMatchTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, EncoderParity, ::testing::Values("bert", "roberta", "distilbert"));
+
+TEST(Cuda, DecoderParityOnGpu) {
+    if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device (or a CPU-only LibTorch)";
+    for (const char *name : {"llama", "gpt2", "gptj"}) {
+        const Golden g(name);
+        auto model = mango::Model::load(plugins(), model_dir(name), at::kFloat, at::kCUDA);
+        at::NoGradGuard no_grad;
+        at::Tensor logits = model->forward(g.ids.cuda(), g.mask.cuda(), g.pos.cuda()).cpu();
+        EXPECT_LE(masked_max_diff(logits, tensor_of(g.j["logits"], at::kDouble), g.mask), 1e-3) << name;  // TF32 matmuls
+        mango::GenerateOptions o;
+        o.max_new_tokens = 20;
+        EXPECT_EQ(mango::generate(*model, g.prompts(), o), g.j["generated"].get<std::vector<std::vector<int64_t>>>()) << name;
+    }
+}

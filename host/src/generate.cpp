@@ -25,7 +25,7 @@ std::vector<int64_t> banned_by_ngrams(const std::vector<int64_t> &seq, int64_t n
 
 std::vector<int64_t> choose_next(const at::Tensor &logits_in, const std::vector<std::vector<int64_t>> &history,
                                  const GenerateOptions &o, at::Generator &gen) {
-    at::Tensor logits = logits_in.to(at::kFloat).clone();
+    at::Tensor logits = logits_in.to(at::kCPU, at::kFloat).clone();
     const float lowest = -std::numeric_limits<float>::infinity();
     if (o.no_repeat_ngram_size > 0)
         for (int64_t b = 0; b < logits.size(0); ++b)
@@ -75,6 +75,8 @@ std::vector<std::vector<int64_t>> generate(Model &model, const std::vector<std::
         }
         history[static_cast<size_t>(b)] = p;
     }
+    ids = ids.to(model.device());
+    mask = mask.to(model.device());
     at::Tensor pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1);
     at::Generator gen = at::detail::createCPUGenerator(o.seed);
     std::vector<bool> done(prompts.size(), false);
@@ -99,8 +101,9 @@ std::vector<std::vector<int64_t>> generate(Model &model, const std::vector<std::
             all_done = all_done && done[i];
         }
         if (all_done || step + 1 == o.max_new_tokens) break;
+        col = col.to(model.device());
         ids = at::cat({ids, col}, 1);
-        mask = at::cat({mask, at::ones({B, 1}, at::kLong)}, 1);
+        mask = at::cat({mask, at::ones({B, 1}, mask.options())}, 1);
         pos = at::cat({pos, pos.select(1, pos.size(1) - 1).unsqueeze(1) + 1}, 1);
         if (o.use_cache) {
             logits = model.forward(col, mask, pos.narrow(1, pos.size(1) - 1, 1), true).select(1, 0);

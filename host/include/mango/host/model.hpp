@@ -44,6 +44,7 @@ public:
     const std::vector<InstanceContext::Role> &roles() const { return ctx_->roles; }
     const formats::HfConfig &config() const { return config_; }
     const std::string &dir() const { return dir_; }
+    at::Device device() const { return device_; }
 
     at::Tensor embed(const at::Tensor &ids, const at::Tensor &positions);
     at::Tensor block(int32_t layer, const at::Tensor &hidden, const at::Tensor &mask, const at::Tensor &positions, bool use_cache);

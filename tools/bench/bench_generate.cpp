@@ -1,0 +1,79 @@
+// bench_generate MODEL_DIR [--device cpu|cuda] [--dtype float32|bfloat16]
+//                [--prefill N] [--prompt N] [--decode N] [--reps R]
+// Prefill tokens/s (one forward over N tokens, batch 1) and greedy decode
+// tokens/s (KV cache) of a model folder, as JSON. tools/bench/bench_gpu_llama.py
+// runs it beside transformers on the same folder.
+#include <mango/host/generate.hpp>
+#include <mango/host/runtime.hpp>
+
+#include <ATen/ATen.h>
+#ifdef MANGO_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
+
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+
+using Clock = std::chrono::steady_clock;
+
+static void sync(const at::Device &d) {
+#ifdef MANGO_WITH_CUDA
+    if (d.is_cuda()) at::cuda::getCurrentCUDAStream().synchronize();
+#else
+    (void)d;
+#endif
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        std::cerr << "usage: bench_generate MODEL_DIR [--device cpu|cuda] [--dtype float32|bfloat16] [--prefill N] [--prompt N] [--decode N] [--reps R]\n";
+        return 2;
+    }
+    std::string dir = argv[1], device = "cpu", dtype = "float32";
+    int64_t prefill = 512, prompt = 32, decode = 128;
+    int reps = 10;
+    for (int i = 2; i + 1 < argc; i += 2) {
+        const std::string a = argv[i], v = argv[i + 1];
+        if (a == "--device") device = v;
+        else if (a == "--dtype") dtype = v;
+        else if (a == "--prefill") prefill = std::stoll(v);
+        else if (a == "--prompt") prompt = std::stoll(v);
+        else if (a == "--decode") decode = std::stoll(v);
+        else if (a == "--reps") reps = std::stoi(v);
+    }
+    mango::init_runtime(0);
+    const at::Device dev(device == "cuda" ? at::kCUDA : at::kCPU);
+    const at::ScalarType dt = dtype == "bfloat16" ? at::kBFloat16 : dtype == "float16" ? at::kHalf : at::kFloat;
+    const mango::PluginHost host(mango::registry::Registry::discover({}));
+    auto model = mango::Model::load(host, dir, dt, dev);
+    at::NoGradGuard no_grad;
+    const int64_t V = model->info().vocab_size;
+    at::Tensor ids = at::randint(V, {1, prefill}, at::TensorOptions().dtype(at::kLong).device(dev));
+    at::Tensor mask = at::ones({1, prefill}, ids.options()), pos = at::arange(prefill, ids.options()).unsqueeze(0);
+    model->forward(ids, mask, pos);  // warm-up
+    sync(dev);
+    std::vector<double> t;
+    for (int r = 0; r < reps; ++r) {
+        const auto t0 = Clock::now();
+        model->forward(ids, mask, pos);
+        sync(dev);
+        t.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    std::sort(t.begin(), t.end());
+    mango::GenerateOptions o;
+    o.max_new_tokens = decode;
+    std::vector<std::vector<int64_t>> p = {std::vector<int64_t>(static_cast<size_t>(prompt), 5)};
+    mango::generate(*model, p, o);  // warm-up
+    std::vector<double> g;
+    for (int r = 0; r < 3; ++r) {
+        const auto t0 = Clock::now();
+        mango::generate(*model, p, o);
+        sync(dev);
+        g.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    std::sort(g.begin(), g.end());
+    std::cout << "{\"impl\": \"mango\", \"device\": \"" << device << "\", \"dtype\": \"" << dtype << "\", \"prefill_tokens\": " << prefill
+              << ", \"prefill_tok_s\": " << prefill / t[t.size() / 2] << ", \"decode_tokens\": " << decode
+              << ", \"decode_tok_s\": " << decode / g[1] << "}\n";
+}
