@@ -3,10 +3,10 @@
 // ever crosses into plugin code.
 #include "mango/host/context.hpp"
 #include "mango/host/host_api.hpp"
+#include "mango/host/logging.hpp"
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <spdlog/spdlog.h>
 #include <torch/version.h>
 #ifdef MANGO_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -56,11 +56,7 @@ mango_status guarded(F &&f) noexcept {
 const char *api_last_error() { return g_error.c_str(); }
 void api_set_error(const char *message) { g_error = message ? message : ""; }
 
-void api_log(int32_t level, const char *message) {
-    static const spdlog::level::level_enum levels[] = {spdlog::level::trace, spdlog::level::debug, spdlog::level::info,
-                                                       spdlog::level::warn, spdlog::level::err};
-    spdlog::log(levels[level < 0 ? 0 : level > 4 ? 4 : level], "{}", message ? message : "");
-}
+void api_log(int32_t level, const char *message) { log_message(level, message ? message : ""); }
 
 int32_t api_is_cancelled() { return g_cancel.load() ? 1 : 0; }
 

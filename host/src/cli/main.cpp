@@ -5,8 +5,7 @@
 #include "mango/host/host_api.hpp"
 #include "mango/host/runtime.hpp"
 
-#include <spdlog/sinks/stdout_color_sinks.h>
-#include <spdlog/spdlog.h>
+#include "mango/host/logging.hpp"
 
 #include <iostream>
 
@@ -102,11 +101,7 @@ int run(int argc, char **argv) {
         return 0;
     }
 
-    auto level = spdlog::level::from_str(g.log_level);
-    if (level == spdlog::level::off && g.log_level != "off") throw UsageError("unknown --log-level '" + g.log_level + "'");
-    spdlog::set_default_logger(spdlog::stderr_color_mt("mango"));
-    spdlog::set_level(level);
-    spdlog::set_pattern("%^%l%$: %v");
+    if (!init_logging(g.log_level)) throw UsageError("unknown --log-level '" + g.log_level + "'");
     return cmd->run(g, vm);
 }
 

@@ -7,6 +7,8 @@
 #include <mango/formats/hf_config.hpp>
 #include <mango/formats/safetensors.hpp>
 
+#include <ATen/core/grad_mode.h>
+
 #include <memory>
 #include <string>
 
