@@ -147,7 +147,16 @@ TEST(Model, MissingOrMisshapenTensorIsNamed) {
     } catch (const mango::Error &e) {
         EXPECT_NE(std::string(e.what()).find("has no tensor 'model.layers.1.mlp.up_proj.weight'"), std::string::npos) << e.what();
     }
-    ts.emplace_back("model.layers.1.mlp.up_proj.weight", at::zeros({128, 65}));
+    ts.emplace_back("model.layers.1.mlp.up_proj.weight", at::zeros({128, 64}, at::kLong));
+    mango::formats::write_checkpoint(d.string(), ts);
+    try {
+        mango::Model::load(plugins(), d.string());
+        FAIL();
+    } catch (const mango::Error &e) {
+        EXPECT_NE(std::string(e.what()).find("tensor 'model.layers.1.mlp.up_proj.weight' has dtype Long, expected a floating-point weight"),
+                  std::string::npos) << e.what();
+    }
+    ts.back() = {"model.layers.1.mlp.up_proj.weight", at::zeros({128, 65})};
     mango::formats::write_checkpoint(d.string(), ts);
     try {
         mango::Model::load(plugins(), d.string());

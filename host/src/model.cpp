@@ -90,7 +90,10 @@ std::unique_ptr<Model> Model::build(const PluginHost &host, const std::string &d
     if (ckpt) m->ctx_->weights = [ckpt, dtype, device, where](const std::string &name) {
         if (!ckpt->contains(name)) throw Error(where + " has no tensor '" + name + "'");
         at::Tensor t = ckpt->tensor(name);
-        return t.is_floating_point() ? t.to(device, dtype) : t.to(device);
+        if (!t.is_floating_point())
+            throw Error(where + ": tensor '" + name + "' has dtype " + c10::toString(t.scalar_type()) +
+                        ", expected a floating-point weight");
+        return t.to(device, dtype);
     };
     try {
         check_plugin(m->vt_->create(m->ctx_.get(), &m->self_), m->ctx_->label);
