@@ -5,6 +5,8 @@
 #include <mango/host/host_api.hpp>
 #include <mango/host/plugins.hpp>
 
+#include "test_plugins.hpp"
+
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
@@ -18,15 +20,8 @@ using mango::RouterInstance;
 namespace {
 
 const mango::PluginHost &plugins() {
-    static const mango::PluginHost host = [] {
-        mango::registry::Options o;
-        o.use_env = false;
-        o.use_builtin = false;
-        o.cache_file = "-";
-        o.scanner = MANGO_SCANNER_PATH;
-        o.plugin_paths = {MANGO_PLUGIN_DIR, std::string(MANGO_FIXTURE_DIR) + "/good", std::string(MANGO_FIXTURE_DIR) + "/throwing"};
-        return mango::PluginHost(mango::registry::Registry::discover(o));
-    }();
+    static const mango::PluginHost host =
+        make_test_plugin_host({std::string(MANGO_FIXTURE_DIR) + "/good", std::string(MANGO_FIXTURE_DIR) + "/throwing"});
     return host;
 }
 

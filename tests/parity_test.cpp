@@ -4,6 +4,8 @@
 #include <mango/host/generate.hpp>
 #include <mango/host/model.hpp>
 
+#include "test_plugins.hpp"
+
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -18,15 +20,7 @@ using nlohmann::json;
 namespace {
 
 const mango::PluginHost &plugins() {
-    static const mango::PluginHost host = [] {
-        mango::registry::Options o;
-        o.use_env = false;
-        o.use_builtin = false;
-        o.cache_file = "-";
-        o.scanner = MANGO_SCANNER_PATH;
-        o.plugin_paths = {MANGO_PLUGIN_DIR};
-        return mango::PluginHost(mango::registry::Registry::discover(o));
-    }();
+    static const mango::PluginHost host = make_test_plugin_host();
     return host;
 }
 

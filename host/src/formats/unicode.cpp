@@ -10,54 +10,42 @@
 namespace mango::formats::unicode {
 namespace {
 
+// What a UTF-8 lead byte announces: sequence length (0 = not a lead byte)
+// and the allowed range of the second byte (RFC 3629, no overlongs or surrogates).
+struct Lead {
+    size_t len;
+    uint8_t lo, hi;
+};
+Lead lead(uint8_t b) {
+    if (b < 0x80) return {1, 0x80, 0xBF};
+    if (b >= 0xC2 && b <= 0xDF) return {2, 0x80, 0xBF};
+    if (b >= 0xE0 && b <= 0xEF) return {3, uint8_t(b == 0xE0 ? 0xA0 : 0x80), uint8_t(b == 0xED ? 0x9F : 0xBF)};
+    if (b >= 0xF0 && b <= 0xF4) return {4, uint8_t(b == 0xF0 ? 0x90 : 0x80), uint8_t(b == 0xF4 ? 0x8F : 0xBF)};
+    return {0, 0, 0};
+}
+
+// Bytes after s[i] that continue the sequence its lead byte announces.
+size_t continuation(const std::string &s, size_t i, const Lead &l) {
+    const auto *p = reinterpret_cast<const uint8_t *>(s.data());
+    size_t k = 1;
+    for (; k < l.len && i + k < s.size(); ++k) {
+        const uint8_t c = p[i + k];
+        if (k == 1 ? (c < l.lo || c > l.hi) : (c < 0x80 || c > 0xBF)) break;
+    }
+    return k;
+}
+
 // Length of the valid UTF-8 sequence at s[i], 0 if invalid.
 size_t valid_len(const std::string &s, size_t i) {
-    const auto *p = reinterpret_cast<const uint8_t *>(s.data());
-    const size_t n = s.size();
-    const uint8_t b = p[i];
-    if (b < 0x80) return 1;
-    size_t len;
-    uint8_t lo = 0x80, hi = 0xBF;
-    if (b >= 0xC2 && b <= 0xDF) len = 2;
-    else if (b >= 0xE0 && b <= 0xEF) {
-        len = 3;
-        if (b == 0xE0) lo = 0xA0;
-        if (b == 0xED) hi = 0x9F;
-    } else if (b >= 0xF0 && b <= 0xF4) {
-        len = 4;
-        if (b == 0xF0) lo = 0x90;
-        if (b == 0xF4) hi = 0x8F;
-    } else return 0;
-    for (size_t k = 1; k < len; ++k) {
-        if (i + k >= n) return 0;
-        const uint8_t c = p[i + k];
-        if (k == 1 ? (c < lo || c > hi) : (c < 0x80 || c > 0xBF)) return 0;
-    }
-    return len;
+    const Lead l = lead(static_cast<uint8_t>(s[i]));
+    if (l.len <= 1) return l.len;
+    return continuation(s, i, l) == l.len ? l.len : 0;
 }
 
 // Bytes of the maximal invalid prefix at s[i] (what Rust replaces by one U+FFFD).
 size_t invalid_len(const std::string &s, size_t i) {
-    const auto *p = reinterpret_cast<const uint8_t *>(s.data());
-    const uint8_t b = p[i];
-    size_t len = 0;
-    uint8_t lo = 0x80, hi = 0xBF;
-    if (b >= 0xC2 && b <= 0xDF) len = 2;
-    else if (b >= 0xE0 && b <= 0xEF) {
-        len = 3;
-        if (b == 0xE0) lo = 0xA0;
-        if (b == 0xED) hi = 0x9F;
-    } else if (b >= 0xF0 && b <= 0xF4) {
-        len = 4;
-        if (b == 0xF0) lo = 0x90;
-        if (b == 0xF4) hi = 0x8F;
-    } else return 1;
-    size_t k = 1;
-    for (; k < len && i + k < s.size(); ++k) {
-        const uint8_t c = p[i + k];
-        if (k == 1 ? (c < lo || c > hi) : (c < 0x80 || c > 0xBF)) break;
-    }
-    return k;
+    const Lead l = lead(static_cast<uint8_t>(s[i]));
+    return l.len <= 1 ? 1 : continuation(s, i, l);
 }
 
 char32_t cp_at(const std::string &s, size_t i, size_t len) {
