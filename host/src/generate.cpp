@@ -54,9 +54,9 @@ std::vector<int64_t> choose_next(const at::Tensor &logits_in, const std::vector<
     return next;
 }
 
-std::vector<std::vector<int64_t>> generate(Model &model, const std::vector<std::vector<int64_t>> &prompts,
+std::vector<std::vector<int64_t>> generate(CausalLM &model, const std::vector<std::vector<int64_t>> &prompts,
                                            const GenerateOptions &o) {
-    if (!model.info().is_causal) throw Error(model.dir() + " is an encoder model; generation needs a causal LM");
+    if (!model.is_causal()) throw Error(model.describe() + " is an encoder model; generation needs a causal LM");
     if (prompts.empty()) return {};
     const int64_t B = static_cast<int64_t>(prompts.size());
     int64_t L = 0;
@@ -83,7 +83,7 @@ std::vector<std::vector<int64_t>> generate(Model &model, const std::vector<std::
 
     at::NoGradGuard no_grad;
     model.clear_cache();
-    at::Tensor logits = model.forward(ids, mask, pos, o.use_cache).select(1, L - 1);
+    at::Tensor logits = model.logits(ids, mask, pos, o.use_cache).select(1, L - 1);
     for (int64_t step = 0; step < o.max_new_tokens; ++step) {
         if (cancel_requested()) throw Error("generation cancelled");
         std::vector<int64_t> next = choose_next(logits, history, o, gen);
@@ -106,9 +106,9 @@ std::vector<std::vector<int64_t>> generate(Model &model, const std::vector<std::
         mask = at::cat({mask, at::ones({B, 1}, mask.options())}, 1);
         pos = at::cat({pos, pos.select(1, pos.size(1) - 1).unsqueeze(1) + 1}, 1);
         if (o.use_cache) {
-            logits = model.forward(col, mask, pos.narrow(1, pos.size(1) - 1, 1), true).select(1, 0);
+            logits = model.logits(col, mask, pos.narrow(1, pos.size(1) - 1, 1), true).select(1, 0);
         } else {
-            logits = model.forward(ids, mask, pos, false).select(1, ids.size(1) - 1);
+            logits = model.logits(ids, mask, pos, false).select(1, ids.size(1) - 1);
         }
     }
     model.clear_cache();

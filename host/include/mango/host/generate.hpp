@@ -23,7 +23,7 @@ struct GenerateOptions {
 };
 
 // Ids of the new tokens per prompt (a stop id included, nothing after it).
-std::vector<std::vector<int64_t>> generate(Model &model, const std::vector<std::vector<int64_t>> &prompts,
+std::vector<std::vector<int64_t>> generate(CausalLM &model, const std::vector<std::vector<int64_t>> &prompts,
                                            const GenerateOptions &options);
 
 // Greedy/sampling helper, exposed for tests: next token per row from logits

@@ -20,7 +20,20 @@ struct ModelInfo {
     bool tied_embeddings = false;
 };
 
-class Model {
+// What generation needs from a model: a forward pass over new tokens with
+// the KV cache, and where its tensors live. Model and FusedModel are both.
+class CausalLM {
+public:
+    virtual ~CausalLM() = default;
+    // Logits [B, T, V] for `ids` at `positions`; `mask` covers cached + new tokens.
+    virtual at::Tensor logits(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions, bool use_cache) = 0;
+    virtual void clear_cache() = 0;
+    virtual bool is_causal() const = 0;
+    virtual at::Device device() const = 0;
+    virtual std::string describe() const = 0;  // for messages
+};
+
+class Model : public CausalLM {
 public:
     // Loads MODEL_DIR with the architecture plugin that claims its model_type.
     // dtype: weights are converted on load (kFloat by default).
@@ -46,14 +59,19 @@ public:
     const std::vector<InstanceContext::Role> &roles() const { return ctx_->roles; }
     const formats::HfConfig &config() const { return config_; }
     const std::string &dir() const { return dir_; }
-    at::Device device() const { return device_; }
+    at::Device device() const override { return device_; }
+    bool is_causal() const override { return info_.is_causal; }
+    std::string describe() const override { return dir_; }
+    at::Tensor logits(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions, bool use_cache) override {
+        return forward(ids, mask, positions, use_cache);
+    }
 
     at::Tensor embed(const at::Tensor &ids, const at::Tensor &positions);
     at::Tensor block(int32_t layer, const at::Tensor &hidden, const at::Tensor &mask, const at::Tensor &positions, bool use_cache);
     at::Tensor head(const at::Tensor &hidden);
     // Whole forward: logits [B, T, V] (decoders) or final hidden states.
     at::Tensor forward(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions, bool use_cache = false);
-    void clear_cache() { ctx_->cache.clear(); }
+    void clear_cache() override { ctx_->cache.clear(); }
     int64_t cached_length() const;  // keys in the cache (0 when empty)
 
     ~Model();

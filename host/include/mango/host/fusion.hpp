@@ -1,0 +1,78 @@
+// Modular Layers (MoL): blocks of different models fused into one model.
+//
+// Embeddings, final norm and LM head come from the base model. The hidden
+// state flows at a target size (default: the largest model's). Each fusion
+// layer runs one block from each of its experts (model, layer); an adapter
+// maps into and out of every block whose size differs from the target (or
+// every block, when asked), and a router mixes the block outputs:
+//   h <- sum_e w_e * out_e(block_e(in_e(h)))
+// Adapters and routers are plugins; only they are trainable by default.
+#pragma once
+
+#include "mango/host/model.hpp"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace mango {
+
+struct FusionExpert {
+    size_t model = 0;   // index into the fused model's models
+    int32_t layer = 0;  // block of that model
+};
+
+struct FusionLayer {
+    std::vector<FusionExpert> experts;
+    InstanceSpec router;  // router plugin name + options
+};
+
+struct FusionSpec {
+    size_t base = 0;             // embeddings and head from this model
+    int64_t target_hidden = 0;   // 0 = the largest hidden size
+    bool always_adapt = false;   // adapters also where sizes match
+    InstanceSpec adapter;        // adapter plugin name + options
+    std::vector<FusionLayer> layers;
+};
+
+// Per fusion layer: router weights [B, E] or [B, T, E], and statistics.
+struct FusionLayerStats {
+    at::Tensor weights;
+    at::Tensor entropy;  // mean entropy of the weight rows (scalar)
+    at::Tensor load;     // mean weight per expert over real tokens [E]
+    std::vector<std::pair<std::string, at::Tensor>> losses;  // the router's auxiliary losses
+};
+
+class FusedModel : public CausalLM {
+public:
+    // Checks the spec (indices, layer ranges, sizes that need adapters,
+    // repeated blocks) before creating anything; errors name the layer.
+    static std::unique_ptr<FusedModel> build(const PluginHost &host, std::vector<std::shared_ptr<Model>> models, FusionSpec spec);
+
+    at::Tensor logits(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions, bool use_cache) override;
+    // Logits and the statistics of every fusion layer from the last forward.
+    const std::vector<FusionLayerStats> &stats() const { return stats_; }
+    void clear_cache() override;
+    bool is_causal() const override { return true; }
+    at::Device device() const override { return models_[spec_.base]->device(); }
+    std::string describe() const override { return "fused model (" + std::to_string(spec_.layers.size()) + " fusion layers)"; }
+
+    int64_t target_hidden() const { return target_; }
+    // Trainable tensors: adapters' and routers' parameters, by qualified name
+    // ("layers.1.router.gate.weight", "adapters.m1.in.proj.weight", ...).
+    std::vector<std::pair<std::string, at::Tensor>> trainable() const;
+    void train(bool on);
+
+private:
+    FusedModel() = default;
+    at::Tensor adapt(const std::string &key, const at::Tensor &x);
+
+    std::vector<std::shared_ptr<Model>> models_;
+    FusionSpec spec_;
+    int64_t target_ = 0;
+    std::map<std::string, std::unique_ptr<AdapterInstance>> adapters_;  // "m<i>.in", "m<i>.out"
+    std::vector<std::unique_ptr<RouterInstance>> routers_;
+    std::vector<FusionLayerStats> stats_;
+};
+
+}  // namespace mango

@@ -1,0 +1,138 @@
+// The fused model (MoL): an untrained fusion of one model reproduces it
+// exactly (against transformers' own logits and tokens); two models of
+// different hidden sizes join through adapters and a router; router
+// statistics; gradients reach only adapters and routers; bad specs are
+// refused before anything is created.
+#include <mango/host/fusion.hpp>
+#include <mango/host/generate.hpp>
+
+#include "test_plugins.hpp"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+namespace fs = std::filesystem;
+using namespace mango;
+
+namespace {
+
+const PluginHost &plugins() {
+    static const PluginHost host = make_test_plugin_host();
+    return host;
+}
+
+std::string golden(const std::string &name) { return (fs::path(MANGO_SOURCE_DIR) / "tests/golden/models" / name).string(); }
+
+// A small random llama of the given hidden size (config written to a temp folder).
+std::shared_ptr<Model> random_llama(int64_t hidden, uint64_t seed) {
+    const fs::path d = fs::path(MANGO_TEST_TMP) / ("fusion_llama_" + std::to_string(hidden));
+    fs::create_directories(d);
+    std::ofstream(d / "config.json") << nlohmann::json{{"model_type", "llama"}, {"hidden_size", hidden}, {"num_hidden_layers", 2},
+                                                       {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"intermediate_size", 2 * hidden},
+                                                       {"vocab_size", 128}, {"initializer_range", 0.1}}.dump();
+    return Model::init_random(plugins(), d.string(), seed);
+}
+
+InstanceSpec named(const std::string &name, nlohmann::json options = nlohmann::json::object()) {
+    InstanceSpec s;
+    s.name = name;
+    s.options = std::move(options);
+    return s;
+}
+
+struct Batch {
+    at::Tensor ids, mask, pos;
+};
+Batch batch() {
+    at::Tensor ids = at::randint(3, 128, {2, 7}), mask = at::ones({2, 7}, at::kLong);
+    mask[1].narrow(0, 0, 3).fill_(0);
+    return {ids, mask, (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)};
+}
+
+}  // namespace
+
+TEST(Fusion, OneModelFusionReproducesTheModel) {
+    auto m = std::shared_ptr<Model>(Model::load(plugins(), golden("llama")));
+    FusionSpec spec;
+    for (int32_t l = 0; l < m->info().n_layers; ++l) spec.layers.push_back({{{0, l}}, named("simple")});
+    auto fused = FusedModel::build(plugins(), {m}, spec);
+    at::NoGradGuard no_grad;
+    const Batch b = batch();
+    EXPECT_TRUE(at::equal(fused->logits(b.ids, b.mask, b.pos, false), m->forward(b.ids, b.mask, b.pos)));
+    ASSERT_EQ(fused->stats().size(), 2u);
+    EXPECT_TRUE(at::equal(fused->stats()[0].weights, at::ones({2, 1})));
+    // Generation through the fusion gives transformers' greedy tokens.
+    const auto g = nlohmann::json::parse(std::ifstream(fs::path(golden("llama")) / "golden.json"));
+    std::vector<std::vector<int64_t>> prompts;
+    for (size_t r = 0; r < 2; ++r) {
+        std::vector<int64_t> p;
+        for (size_t t = 0; t < g["input_ids"][r].size(); ++t)
+            if (g["attention_mask"][r][t] == 1) p.push_back(g["input_ids"][r][t]);
+        prompts.push_back(p);
+    }
+    GenerateOptions o;
+    o.max_new_tokens = 20;
+    EXPECT_EQ(generate(*fused, prompts, o), g["generated"].get<std::vector<std::vector<int64_t>>>());
+}
+
+TEST(Fusion, TwoModelsOfDifferentSizesJoinThroughAdapters) {
+    auto small = random_llama(64, 1), large = random_llama(96, 2);
+    FusionSpec spec;
+    spec.adapter = named("linear");
+    for (int32_t l = 0; l < 2; ++l) spec.layers.push_back({{{0, l}, {1, l}}, named("simple", {{"pooling", "mean"}})});
+    auto fused = FusedModel::build(plugins(), {small, large}, spec);
+    EXPECT_EQ(fused->target_hidden(), 96);
+    const Batch b = batch();
+    at::Tensor logits = fused->logits(b.ids, b.mask, b.pos, false);
+    EXPECT_EQ(logits.sizes(), at::IntArrayRef({2, 7, 128}));
+    for (const auto &s : fused->stats()) {
+        EXPECT_TRUE(at::allclose(s.weights.sum(-1), at::ones({2})));
+        EXPECT_NEAR(s.entropy.item<double>(), std::log(2.0), 1e-5);  // uniform at init
+        EXPECT_EQ(s.load.sizes(), at::IntArrayRef({2}));
+        EXPECT_FALSE(s.losses.empty());
+    }
+    // Only adapters and routers learn; the models' weights stay frozen.
+    const auto trainable = fused->trainable();
+    ASSERT_FALSE(trainable.empty());
+    logits.pow(2).mean().backward();
+    size_t with_grad = 0;
+    for (const auto &[name, t] : trainable) with_grad += t.grad().defined();
+    EXPECT_GT(with_grad, trainable.size() / 2);
+    for (const auto &[name, w] : small->named_weights()) EXPECT_FALSE(w.requires_grad()) << name;
+    // KV cache inside every expert block: cached generation equals recomputation.
+    GenerateOptions o;
+    o.max_new_tokens = 8;
+    const std::vector<std::vector<int64_t>> prompts = {{5, 6, 7, 8}, {9, 10}};
+    const auto cached = generate(*fused, prompts, o);
+    o.use_cache = false;
+    EXPECT_EQ(generate(*fused, prompts, o), cached);
+}
+
+TEST(Fusion, BadSpecsAreRefusedBeforeAnythingRuns) {
+    auto small = random_llama(64, 1), large = random_llama(96, 2);
+    auto error = [&](FusionSpec spec) {
+        try {
+            FusedModel::build(plugins(), {small, large}, spec);
+        } catch (const Error &e) {
+            return std::string(e.what());
+        }
+        return std::string();
+    };
+    FusionSpec s;
+    s.layers = {{{{0, 0}, {1, 0}}, named("simple")}};
+    EXPECT_NE(error(s).find("has hidden size 64, the fused model 96, and no adapter is configured"), std::string::npos) << error(s);
+    s.adapter = named("linear");
+    s.layers = {{{{0, 5}}, named("simple")}};
+    EXPECT_NE(error(s).find("fusion layer 0: layer 5 is out of range"), std::string::npos) << error(s);
+    s.layers = {{{{1, 0}}, named("simple")}, {{{1, 0}}, named("simple")}};
+    EXPECT_NE(error(s).find("fusion layer 1: block 0 of"), std::string::npos) << error(s);
+    s.layers = {{{{1, 0}}, named("simpel")}};
+    EXPECT_NE(error(s).find("did you mean 'simple'"), std::string::npos) << error(s);
+    s.layers = {{{{2, 0}}, named("simple")}};
+    EXPECT_NE(error(s).find("model #2 does not exist"), std::string::npos) << error(s);
+}
