@@ -5,6 +5,7 @@
 // refused before anything is created.
 #include <mango/host/fusion.hpp>
 #include <mango/host/generate.hpp>
+#include <mango/host/train.hpp>
 
 #include "test_plugins.hpp"
 
@@ -135,4 +136,35 @@ TEST(Fusion, BadSpecsAreRefusedBeforeAnythingRuns) {
     EXPECT_NE(error(s).find("did you mean 'simple'"), std::string::npos) << error(s);
     s.layers = {{{{2, 0}}, named("simple")}};
     EXPECT_NE(error(s).find("model #2 does not exist"), std::string::npos) << error(s);
+}
+
+TEST(Fusion, TrainingLowersTheLossAndLeavesExpertsBitwiseUnchanged) {
+    auto small = random_llama(64, 1), large = random_llama(96, 2);
+    FusionSpec spec;
+    spec.adapter = named("linear");
+    for (int32_t l = 0; l < 2; ++l) spec.layers.push_back({{{0, l}, {1, l}}, named("simple")});
+    auto fused = FusedModel::build(plugins(), {small, large}, spec);
+    std::vector<std::pair<std::string, at::Tensor>> before;
+    for (const auto &m : {small, large})
+        for (const auto &[n, w] : m->named_weights()) before.emplace_back(n, w.clone());
+    // A fixed batch with a learnable pattern: token t+1 = token t + 1.
+    at::Tensor ids = (at::arange(12).unsqueeze(0) + at::arange(4).unsqueeze(1) * 7) % 120 + 3;
+    at::Tensor mask = at::ones_like(ids);
+    TrainOptions o;
+    o.steps = 40;
+    o.lr = 3e-3;
+    o.router_lr = 1e-2;
+    o.warmup_steps = 5;
+    Trainer t(*fused, o);
+    const double first = t.step(ids, mask).lm_loss;
+    double last = first;
+    for (int i = 1; i < o.steps; ++i) last = t.step(ids, mask).lm_loss;
+    EXPECT_LT(last, first * 0.8) << "first " << first << " last " << last;
+    size_t i = 0;
+    for (const auto &m : {small, large})
+        for (const auto &[n, w] : m->named_weights()) EXPECT_TRUE(at::equal(w, before[i++].second)) << n << " changed";
+    // Schedule: warmup rises linearly, then cosine decays to min_lr_ratio.
+    EXPECT_NEAR(t.lr_at(0), 0.2, 1e-12);
+    EXPECT_NEAR(t.lr_at(4), 1.0, 1e-12);
+    EXPECT_NEAR(t.lr_at(39), 0.1, 0.01);
 }
