@@ -168,3 +168,37 @@ TEST(Fusion, TrainingLowersTheLossAndLeavesExpertsBitwiseUnchanged) {
     EXPECT_NEAR(t.lr_at(4), 1.0, 1e-12);
     EXPECT_NEAR(t.lr_at(39), 0.1, 0.01);
 }
+
+TEST(Fusion, SaveAndLoadGiveIdenticalLogitsAndDetectChangedBaseModels) {
+    auto small = random_llama(64, 1), large = random_llama(96, 2);
+    const fs::path base_dir = fs::path(MANGO_TEST_TMP) / "fusion_saved_base";
+    fs::remove_all(base_dir);
+    small->save((base_dir / "small").string());
+    large->save((base_dir / "large").string());
+    auto a = std::shared_ptr<Model>(Model::load(plugins(), (base_dir / "small").string()));
+    auto b = std::shared_ptr<Model>(Model::load(plugins(), (base_dir / "large").string()));
+    FusionSpec spec;
+    spec.adapter = named("bottleneck", {{"bottleneck_size", 8}, {"dropout", 0.0}});
+    spec.layers = {{{{0, 0}, {1, 0}}, named("simple", {{"pooling", "attention"}})}, {{{1, 1}}, named("simple")}};
+    auto fused = FusedModel::build(plugins(), {a, b}, spec);
+    at::Tensor ids = (at::arange(10).unsqueeze(0) + at::arange(2).unsqueeze(1) * 5) % 120 + 3, mask = at::ones_like(ids);
+    Trainer t(*fused, TrainOptions{});
+    for (int i = 0; i < 3; ++i) t.step(ids, mask);  // move the weights away from their start
+    fused->train(false);
+    const Batch x = batch();
+    at::NoGradGuard no_grad;
+    const at::Tensor want = fused->logits(x.ids, x.mask, x.pos, false);
+    const fs::path saved = fs::path(MANGO_TEST_TMP) / "fusion_saved";
+    fs::remove_all(saved);
+    fused->save(saved.string());
+    auto back = FusedModel::load(plugins(), saved.string());
+    EXPECT_TRUE(at::equal(back->logits(x.ids, x.mask, x.pos, false), want));
+    // A changed base model is detected by its content hash.
+    std::ofstream(base_dir / "large" / "config.json", std::ios::app) << " ";
+    try {
+        FusedModel::load(plugins(), saved.string());
+        FAIL();
+    } catch (const Error &e) {
+        EXPECT_NE(std::string(e.what()).find("changed since the fusion was saved (config.json has another sha256)"), std::string::npos) << e.what();
+    }
+}

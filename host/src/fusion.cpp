@@ -2,9 +2,48 @@
 
 #include <ATen/ATen.h>
 
+#include <mango/formats/safetensors.hpp>
+#include <mango/registry/registry.hpp>
+
+#include <filesystem>
+#include <fstream>
 #include <set>
 
 namespace mango {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::map<std::string, at::Tensor> saved_under(const std::map<std::string, at::Tensor> &all, const std::string &prefix) {
+    std::map<std::string, at::Tensor> out;
+    for (const auto &[name, t] : all)
+        if (name.rfind(prefix, 0) == 0) out[name.substr(prefix.size())] = t;
+    return out;
+}
+
+// sha256 of config.json and every .safetensors / index file of a model folder.
+json model_hashes(const std::string &dir) {
+    json h = json::object();
+    std::vector<fs::path> files;
+    for (const auto &e : fs::directory_iterator(dir)) {
+        const std::string n = e.path().filename().string();
+        if (n == "config.json" || e.path().extension() == ".safetensors" || n == "model.safetensors.index.json") files.push_back(e.path());
+    }
+    std::sort(files.begin(), files.end());
+    for (const auto &f : files) h[f.filename().string()] = registry::sha256_file(f.string());
+    return h;
+}
+
+json spec_json(const InstanceSpec &s) { return {{"name", s.name}, {"options", s.options}}; }
+InstanceSpec spec_from(const json &j) {
+    InstanceSpec s;
+    s.name = j.at("name").get<std::string>();
+    s.options = j.value("options", json::object());
+    return s;
+}
+
+}  // namespace
 
 std::unique_ptr<FusedModel> FusedModel::build(const PluginHost &host, std::vector<std::shared_ptr<Model>> models, FusionSpec spec) {
     if (models.empty()) throw Error("fusion needs at least one model");
@@ -52,6 +91,7 @@ std::unique_ptr<FusedModel> FusedModel::build(const PluginHost &host, std::vecto
             InstanceSpec a = f->spec_.adapter;
             a.where = (a.where.empty() ? "" : a.where + ": ") + "adapter " + dir + " of model #" + std::to_string(m);
             const std::string key = "m" + std::to_string(m) + "." + dir;
+            a.saved = saved_under(f->spec_.saved, "adapters." + key + ".");
             f->adapters_[key] = std::string(dir) == "in" ? AdapterInstance::create(host, a, f->target_, h)
                                                          : AdapterInstance::create(host, a, h, f->target_);
         }
@@ -59,6 +99,7 @@ std::unique_ptr<FusedModel> FusedModel::build(const PluginHost &host, std::vecto
     for (size_t li = 0; li < f->spec_.layers.size(); ++li) {
         InstanceSpec r = f->spec_.layers[li].router;
         r.where = (r.where.empty() ? "" : r.where + ": ") + "router of fusion layer " + std::to_string(li);
+        r.saved = saved_under(f->spec_.saved, "layers." + std::to_string(li) + ".router.");
         f->routers_.push_back(RouterInstance::create(host, r, f->target_, static_cast<int64_t>(f->spec_.layers[li].experts.size())));
     }
     return f;
@@ -122,6 +163,76 @@ std::vector<std::pair<std::string, at::Tensor>> FusedModel::trainable() const {
 void FusedModel::train(bool on) {
     for (auto &[_, a] : adapters_) a->train(on);
     for (auto &r : routers_) r->train(on);
+}
+
+}  // namespace mango
+
+namespace mango {
+
+void FusedModel::save(const std::string &dir) const {
+    fs::create_directories(dir);
+    json j = {{"format", "mango-fusion"}, {"version", 1}, {"base", spec_.base}, {"target_hidden", target_},
+              {"always_adapt", spec_.always_adapt}, {"models", json::array()}, {"layers", json::array()}};
+    if (!spec_.adapter.name.empty()) j["adapter"] = spec_json(spec_.adapter);
+    for (const auto &m : models_)
+        j["models"].push_back({{"path", fs::absolute(m->dir()).lexically_normal().string()}, {"sha256", model_hashes(m->dir())}});
+    for (const auto &l : spec_.layers) {
+        json experts = json::array();
+        for (const auto &e : l.experts) experts.push_back({e.model, e.layer});
+        j["layers"].push_back({{"experts", experts}, {"router", spec_json(l.router)}});
+    }
+    formats::write_safetensors((fs::path(dir) / "fusion.safetensors").string(), trainable(), {{"format", "pt"}, {"mango", "fusion"}});
+    const fs::path cfg = fs::path(dir) / "fusion.json", tmp = fs::path(dir) / "fusion.json.tmp";
+    {
+        std::ofstream out(tmp);
+        out << j.dump(2) << "\n";
+        if (!out.flush()) throw Error("cannot write " + tmp.string());
+    }
+    fs::rename(tmp, cfg);
+}
+
+std::unique_ptr<FusedModel> FusedModel::load(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device) {
+    const fs::path cfg = fs::path(dir) / "fusion.json";
+    json j;
+    try {
+        j = json::parse(std::ifstream(cfg));
+    } catch (const std::exception &e) {
+        throw Error(cfg.string() + ": cannot read a fusion description: " + e.what());
+    }
+    try {
+        if (j.value("format", "") != "mango-fusion") throw Error(cfg.string() + ": not a mango fusion (format != mango-fusion)");
+        std::vector<std::shared_ptr<Model>> models;
+        for (const json &m : j.at("models")) {
+            const std::string path = m.at("path").get<std::string>();
+            const json now = model_hashes(path);
+            for (const auto &[file, hash] : m.at("sha256").items())
+                if (!now.contains(file) || now[file] != hash)
+                    throw Error(cfg.string() + ": base model " + path + " changed since the fusion was saved (" + file +
+                                (now.contains(file) ? " has another sha256)" : " is missing)"));
+            models.push_back(std::shared_ptr<Model>(Model::load(host, path, dtype, device)));
+        }
+        FusionSpec spec;
+        spec.base = j.at("base").get<size_t>();
+        spec.target_hidden = j.at("target_hidden").get<int64_t>();
+        spec.always_adapt = j.value("always_adapt", false);
+        if (j.contains("adapter")) spec.adapter = spec_from(j["adapter"]);
+        for (const json &l : j.at("layers")) {
+            FusionLayer layer;
+            for (const json &e : l.at("experts")) layer.experts.push_back({e.at(0).get<size_t>(), e.at(1).get<int32_t>()});
+            layer.router = spec_from(l.at("router"));
+            spec.layers.push_back(std::move(layer));
+        }
+        auto weights = formats::SafetensorsFile::open((fs::path(dir) / "fusion.safetensors").string());
+        for (const auto &e : weights->header().tensors) spec.saved[e.name] = weights->tensor(e).clone();
+        auto f = build(host, std::move(models), std::move(spec));
+        const auto restored = f->trainable();
+        if (restored.size() != weights->header().tensors.size())
+            throw Error(dir + ": fusion.safetensors holds " + std::to_string(weights->header().tensors.size()) + " tensors, the fusion has " +
+                        std::to_string(restored.size()) + " trainable ones");
+        return f;
+    } catch (const json::exception &e) {
+        throw Error(cfg.string() + ": malformed: " + e.what());
+    }
 }
 
 }  // namespace mango

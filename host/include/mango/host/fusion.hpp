@@ -33,6 +33,8 @@ struct FusionSpec {
     bool always_adapt = false;   // adapters also where sizes match
     InstanceSpec adapter;        // adapter plugin name + options
     std::vector<FusionLayer> layers;
+    // Trainable values to restore, by qualified name (see trainable()).
+    std::map<std::string, at::Tensor> saved;
 };
 
 // Per fusion layer: router weights [B, E] or [B, T, E], and statistics.
@@ -62,6 +64,15 @@ public:
     // ("layers.1.router.gate.weight", "adapters.m1.in.proj.weight", ...).
     std::vector<std::pair<std::string, at::Tensor>> trainable() const;
     void train(bool on);
+
+    // Saves DIR/fusion.json (the spec, each model's folder and the sha256 of
+    // its config.json and weight files) and DIR/fusion.safetensors (the
+    // trainable weights), atomically.
+    void save(const std::string &dir) const;
+    // Loads a saved fusion; a base model whose files changed since is refused
+    // naming the file.
+    static std::unique_ptr<FusedModel> load(const PluginHost &host, const std::string &dir,
+                                            at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
 
 private:
     FusedModel() = default;
