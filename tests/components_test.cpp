@@ -197,3 +197,33 @@ TEST_F(Components, SavedParametersAreRestored) {
     auto a = AdapterInstance::create(plugins(), s, 4, 4);
     EXPECT_TRUE(at::equal(param(*a, "proj.weight"), at::full({4, 4}, 2.0)));
 }
+
+TEST_F(Components, TokenLevelRouterTopKMatchesFormula) {
+    auto r = RouterInstance::create(plugins(), spec("token_level", {{"top_k", 2}, {"temperature", 0.7}}), 8, 4);
+    at::Tensor h = at::randn({2, 5, 8});
+    at::Tensor mask = at::ones({2, 5}, at::kLong);
+    mask[1].narrow(0, 3, 2).fill_(0);
+    auto out = r->route(h, mask);
+    ASSERT_EQ(out.weights.sizes(), at::IntArrayRef({2, 5, 4}));
+    EXPECT_TRUE(at::allclose(out.weights.sum(-1), at::ones({2, 5})));
+    EXPECT_TRUE(at::equal((out.weights > 0).sum(-1), at::full({2, 5}, 2, at::kLong)));
+    // Reference: softmax(W h / T), top-2 renormalised.
+    at::Tensor p = at::softmax(at::linear(h, param(*r, "gate.weight")) / param(*r, "log_temperature").exp(), -1);
+    auto [top, idx] = p.topk(2, -1);
+    at::Tensor want = at::zeros_like(p).scatter(-1, idx, top / top.sum(-1, true));
+    EXPECT_TRUE(at::allclose(out.weights, want, 1e-5, 1e-6));
+    // Switch load balance over real tokens: E * sum_e f_e * P_e.
+    at::Tensor keep = mask.to(at::kFloat).unsqueeze(-1);
+    at::Tensor P = (p * keep).sum(at::IntArrayRef{0, 1}) / keep.sum();
+    at::Tensor f = (at::zeros_like(p).scatter(-1, idx, 1.0) * keep).sum(at::IntArrayRef{0, 1}) / (keep.sum() * 2);
+    std::map<std::string, at::Tensor> losses(out.losses.begin(), out.losses.end());
+    EXPECT_NEAR(losses.at("load_balance").item<double>(), (4 * (f * P).sum()).item<double>(), 1e-5);
+    // Padding does not change the statistics.
+    at::Tensor h2 = h.clone();
+    h2[1].narrow(0, 3, 2).fill_(50);
+    auto out2 = r->route(h2, mask);
+    std::map<std::string, at::Tensor> stats(out.stats.begin(), out.stats.end()), stats2(out2.stats.begin(), out2.stats.end());
+    EXPECT_TRUE(at::allclose(stats.at("load"), stats2.at("load")));
+    randomize(*r);
+    expect_all_gradients(*r, r->route(h, mask).weights);
+}

@@ -204,6 +204,34 @@ inline Tensor stack(const std::vector<Tensor> &ts, int64_t dim) {
     static const Op op("aten::stack");
     return op({ts, dim});
 }
+// (values, indices) of the k largest along dim.
+inline std::pair<Tensor, Tensor> topk(const Tensor &x, int64_t k, int64_t dim = -1) {
+    static const Op op("aten::topk");
+    Results r;
+    op.call({x, k, dim}, r);
+    return {r.tensor(0), r.tensor(1)};
+}
+// A copy of x with src written at index along dim.
+inline Tensor scatter(const Tensor &x, int64_t dim, const Tensor &index, const Tensor &src) {
+    static const Op op("aten::scatter", "src");
+    return op({x, dim, index, src});
+}
+inline Tensor exp(const Tensor &x) {
+    static const Op op("aten::exp");
+    return op({x});
+}
+inline Tensor zeros_like(const Tensor &x) {
+    static const Op op("aten::zeros_like");
+    return op({x});
+}
+inline Tensor ones_like(const Tensor &x) {
+    static const Op op("aten::ones_like");
+    return op({x});
+}
+inline Tensor detach(const Tensor &x) {
+    static const Op op("aten::detach");
+    return op({x});
+}
 inline Tensor contiguous(const Tensor &x) {
     static const Op op("aten::contiguous");
     return op({x});
