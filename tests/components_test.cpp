@@ -164,7 +164,7 @@ TEST_F(Components, UnknownComponentSuggestsCloseNames) {
         RouterInstance::create(plugins(), spec("simpel"), 4, 2);
         FAIL();
     } catch (const mango::Error &e) {
-        EXPECT_STREQ(e.what(), "no router plugin named 'simpel'; did you mean 'simple'? (installed routers: simple)");
+        EXPECT_STREQ(e.what(), "no router plugin named 'simpel'; did you mean 'simple'? (installed routers: simple, token_level)");
     }
 }
 
