@@ -182,13 +182,7 @@ void FusedModel::save(const std::string &dir) const {
         j["layers"].push_back({{"experts", experts}, {"router", spec_json(l.router)}});
     }
     formats::write_safetensors((fs::path(dir) / "fusion.safetensors").string(), trainable(), {{"format", "pt"}, {"mango", "fusion"}});
-    const fs::path cfg = fs::path(dir) / "fusion.json", tmp = fs::path(dir) / "fusion.json.tmp";
-    {
-        std::ofstream out(tmp);
-        out << j.dump(2) << "\n";
-        if (!out.flush()) throw Error("cannot write " + tmp.string());
-    }
-    fs::rename(tmp, cfg);
+    formats::write_file_atomic((fs::path(dir) / "fusion.json").string(), j.dump(2) + "\n");
 }
 
 std::unique_ptr<FusedModel> FusedModel::load(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device) {

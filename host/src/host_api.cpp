@@ -69,17 +69,20 @@ void api_release(mango_tensor t) {
     delete t;
 }
 int32_t api_ndim(mango_tensor t) { return t ? static_cast<int32_t>(t->t.dim()) : -1; }
-int64_t api_size(mango_tensor t, int32_t d) {
+// Dimension d (negative counts from the end) of t, or -1 when out of range.
+int64_t dim_index(mango_tensor t, int32_t d) {
     if (!t || t->t.dim() == 0) return -1;
     const int64_t n = t->t.dim();
     const int64_t i = d < 0 ? d + n : d;
-    return i >= 0 && i < n ? t->t.size(i) : -1;
+    return i >= 0 && i < n ? i : -1;
+}
+int64_t api_size(mango_tensor t, int32_t d) {
+    const int64_t i = dim_index(t, d);
+    return i < 0 ? -1 : t->t.size(i);
 }
 int64_t api_stride(mango_tensor t, int32_t d) {
-    if (!t || t->t.dim() == 0) return -1;
-    const int64_t n = t->t.dim();
-    const int64_t i = d < 0 ? d + n : d;
-    return i >= 0 && i < n ? t->t.stride(i) : -1;
+    const int64_t i = dim_index(t, d);
+    return i < 0 ? -1 : t->t.stride(i);
 }
 mango_dtype api_dtype(mango_tensor t) { return t ? from_scalar_type(t->t.scalar_type()) : 0; }
 
@@ -319,14 +322,18 @@ mango_status api_config(mango_context *ctx, const char *key, mango_value *out) {
     });
 }
 
+// Hands a model weight to the plugin and records it (Model::named_weights).
+mango_status give_weight(mango_context *ctx, const char *name, at::Tensor t, mango_tensor *out) {
+    ctx->weights_used.emplace_back(name, t);
+    *out = wrap(std::move(t));
+    return MANGO_OK;
+}
+
 mango_status api_weight(mango_context *ctx, const char *name, mango_tensor *out) {
     if (mango_status s = need_ctx(ctx, name)) return s;
     return guarded([&] {
         if (!ctx->weights) return fail(MANGO_ERR_NOT_FOUND, ctx->label + " has no checkpoint to read '" + name + "' from");
-        at::Tensor t = ctx->weights(name);
-        ctx->weights_used.emplace_back(name, t);
-        *out = wrap(t);
-        return MANGO_OK;
+        return give_weight(ctx, name, ctx->weights(name), out);
     });
 }
 
@@ -426,17 +433,13 @@ mango_status api_weight_shaped(mango_context *ctx, const char *name, const int64
             at::Tensor t = want.size() >= 2 ? at::randn(want, ctx->param_options) * ctx->initializer_range
                            : bias           ? at::zeros(want, ctx->param_options)
                                             : at::ones(want, ctx->param_options);
-            ctx->weights_used.emplace_back(name, t);
-            *out = wrap(t);
-            return MANGO_OK;
+            return give_weight(ctx, name, t, out);
         }
         if (!ctx->weights) return fail(MANGO_ERR_NOT_FOUND, ctx->label + " has no checkpoint to read '" + name + "' from");
         at::Tensor t = ctx->weights(name);
         if (!t.sizes().equals(want))
             return fail(MANGO_ERR_SHAPE, "tensor '" + std::string(name) + "' has shape " + c10::str(t.sizes()) + ", expected " + c10::str(at::IntArrayRef(want)));
-        ctx->weights_used.emplace_back(name, t);
-        *out = wrap(t);
-        return MANGO_OK;
+        return give_weight(ctx, name, t, out);
     });
 }
 

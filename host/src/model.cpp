@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 
 #include <filesystem>
-#include <fstream>
 #include <set>
 
 namespace mango {
@@ -42,14 +41,7 @@ std::vector<std::pair<std::string, at::Tensor>> Model::named_weights() const {
 
 void Model::save(const std::string &dir, uint64_t max_shard_bytes) const {
     std::filesystem::create_directories(dir);
-    const std::string cfg = (std::filesystem::path(dir) / "config.json").string();
-    const std::string tmp = cfg + ".tmp";
-    {
-        std::ofstream out(tmp);
-        out << config_.raw.dump(2) << "\n";
-        if (!out.flush()) throw Error("cannot write " + cfg);
-    }
-    std::filesystem::rename(tmp, cfg);
+    formats::write_file_atomic((std::filesystem::path(dir) / "config.json").string(), config_.raw.dump(2) + "\n");
     formats::write_checkpoint(dir, named_weights(), max_shard_bytes);
 }
 

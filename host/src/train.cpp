@@ -19,6 +19,7 @@ at::Tensor lm_loss(const at::Tensor &logits, const at::Tensor &ids, const at::Te
 struct Trainer::Impl {
     std::unique_ptr<torch::optim::AdamW> opt;
     std::vector<at::Tensor> adapters, routers;
+    std::vector<double> base_lr;  // per optimizer group, before the schedule
 };
 
 Trainer::Trainer(FusedModel &model, TrainOptions options) : model_(model), o_(options), impl_(std::make_unique<Impl>()) {
@@ -30,6 +31,7 @@ Trainer::Trainer(FusedModel &model, TrainOptions options) : model_(model), o_(op
         auto opts = std::make_unique<torch::optim::AdamWOptions>(lr);
         opts->weight_decay(o_.weight_decay);
         groups.emplace_back(std::move(ps), std::move(opts));
+        impl_->base_lr.push_back(lr);
     };
     group(impl_->adapters, o_.lr);
     group(impl_->routers, o_.router_lr > 0 ? o_.router_lr : o_.lr);
@@ -49,11 +51,8 @@ TrainStepResult Trainer::step(const at::Tensor &ids, const at::Tensor &mask) {
     model_.train(true);
     const double factor = lr_at(done_);
     auto &groups = impl_->opt->param_groups();
-    for (size_t g = 0; g < groups.size(); ++g) {
-        const bool router = g == 1 || impl_->adapters.empty();
-        const double base = router && o_.router_lr > 0 ? o_.router_lr : o_.lr;
-        static_cast<torch::optim::AdamWOptions &>(groups[g].options()).lr(base * factor);
-    }
+    for (size_t g = 0; g < groups.size(); ++g)
+        static_cast<torch::optim::AdamWOptions &>(groups[g].options()).lr(impl_->base_lr[g] * factor);
     impl_->opt->zero_grad();
     at::Tensor pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1);
     at::Tensor logits = model_.logits(ids, mask, pos, false);

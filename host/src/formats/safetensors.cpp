@@ -151,6 +151,10 @@ std::string dtype_name(at::ScalarType t) {
     }
 }
 
+void write_file_atomic(const std::string &path, const std::string &text) {
+    atomic_write(path, [&](int fd, const std::string &tmp) { write_all(fd, text.data(), text.size(), tmp); });
+}
+
 std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string &path) {
     auto f = std::shared_ptr<SafetensorsFile>(new SafetensorsFile());
     f->path_ = path;
@@ -318,8 +322,7 @@ std::vector<std::string> write_checkpoint(const std::string &dir, const NamedTen
         written.push_back((fs::path(dir) / name).string());
         for (const auto &nt : shards[i]) weight_map[nt.first] = name;
     }
-    const std::string text = nlohmann::json{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}}.dump(2) + "\n";
-    atomic_write(index.string(), [&](int fd, const std::string &tmp) { write_all(fd, text.data(), text.size(), tmp); });
+    write_file_atomic(index.string(), nlohmann::json{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}}.dump(2) + "\n");
     written.push_back(index.string());
     return written;
 }

@@ -76,7 +76,6 @@ public:
         inv_freq_ = scaled_inv_freq(ctx, head_dim_);
 
         embed_ = ctx.weight("model.embed_tokens.weight", {vocab_, hidden_});
-        dtype_ = embed_.dtype();
         inv_freq_t_ = attn::to_tensor(inv_freq_, embed_.device());
         for (int64_t i = 0; i < layers_; ++i) {
             Layer l;
@@ -167,7 +166,6 @@ private:
     int64_t hidden_ = 0, layers_ = 0, heads_ = 0, kv_heads_ = 0, head_dim_ = 0, inter_ = 0, vocab_ = 0, window_ = 0;
     double eps_ = 1e-6;
     bool tied_ = false, bias_ = false;
-    mango_dtype dtype_ = MANGO_DTYPE_F32;
     std::vector<double> inv_freq_;
     Tensor inv_freq_t_, embed_, norm_, lm_head_;
     std::vector<Layer> layers;

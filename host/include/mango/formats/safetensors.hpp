@@ -67,6 +67,9 @@ void write_safetensors(const std::string &path, const NamedTensors &tensors,
 std::vector<std::string> write_checkpoint(const std::string &dir, const NamedTensors &tensors, uint64_t max_shard_bytes = 0,
                                           const std::map<std::string, std::string> &metadata = {{"format", "pt"}});
 
+// Writes `text` to `path` atomically (temp file, fsync, rename).
+void write_file_atomic(const std::string &path, const std::string &text);
+
 std::string dtype_name(at::ScalarType t);  // "F32", ...; throws if unsupported
 
 }  // namespace mango::formats
