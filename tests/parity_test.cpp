@@ -228,8 +228,12 @@ TEST(Model, RandomInitFromConfigSavesAndReloads) {
         double std2d = 0;
         for (const auto &[n, t] : m->named_weights()) {
             if (t.dim() >= 2 && n.find("wpe") == std::string::npos) std2d = std::max(std2d, t.std().item<double>());
-            if (t.dim() == 1 && n.size() > 5 && n.substr(n.size() - 5) == ".bias") EXPECT_TRUE(at::equal(t, at::zeros_like(t))) << n;
-            if (t.dim() == 1 && n.size() > 7 && n.substr(n.size() - 7) == ".weight") EXPECT_TRUE(at::equal(t, at::ones_like(t))) << n;
+            if (t.dim() == 1 && n.size() > 5 && n.substr(n.size() - 5) == ".bias") {
+                EXPECT_TRUE(at::equal(t, at::zeros_like(t))) << n;
+            }
+            if (t.dim() == 1 && n.size() > 7 && n.substr(n.size() - 7) == ".weight") {
+                EXPECT_TRUE(at::equal(t, at::ones_like(t))) << n;
+            }
         }
         EXPECT_NEAR(std2d, 0.02, 0.004) << name;  // initializer_range of the config
         const Golden g(name);

@@ -36,7 +36,7 @@ int main(int argc, char **argv) {
         const int64_t per = 4 << 20;  // 4 MB tensors, a mix of dtypes
         for (int64_t i = 0; i < size_mb / 4; ++i) {
             const auto dt = i % 3 == 0 ? at::kFloat : i % 3 == 1 ? at::kBFloat16 : at::kHalf;
-            ts.emplace_back("layers." + std::to_string(i) + ".weight", at::randn({per / at::elementSize(dt)}).to(dt));
+            ts.emplace_back("layers." + std::to_string(i) + ".weight", at::randn({per / static_cast<int64_t>(at::elementSize(dt))}).to(dt));
         }
         mango::formats::write_safetensors(file, ts);
     }
