@@ -164,9 +164,9 @@ TEST(Fusion, TrainingLowersTheLossAndLeavesExpertsBitwiseUnchanged) {
     for (const auto &m : {small, large})
         for (const auto &[n, w] : m->named_weights()) EXPECT_TRUE(at::equal(w, before[i++].second)) << n << " changed";
     // Schedule: warmup rises linearly, then cosine decays to min_lr_ratio.
-    EXPECT_NEAR(t.lr_at(0), 0.2, 1e-12);
-    EXPECT_NEAR(t.lr_at(4), 1.0, 1e-12);
-    EXPECT_NEAR(t.lr_at(39), 0.1, 0.01);
+    EXPECT_NEAR(t.lr_factor(0), 0.2, 1e-12);
+    EXPECT_NEAR(t.lr_factor(4), 1.0, 1e-12);
+    EXPECT_NEAR(t.lr_factor(39), 0.1, 0.01);
 }
 
 TEST(Fusion, SaveAndLoadGiveIdenticalLogitsAndDetectChangedBaseModels) {

@@ -1,5 +1,7 @@
 #include "mango/host/fusion.hpp"
 
+#include "mango/host/checkpointing.hpp"
+
 #include <ATen/ATen.h>
 
 #include <mango/formats/safetensors.hpp>
@@ -120,10 +122,13 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
     for (size_t li = 0; li < spec_.layers.size(); ++li) {
         const FusionLayer &l = spec_.layers[li];
         std::vector<at::Tensor> outs;
+        const bool recompute = checkpoint_blocks_ && at::GradMode::is_enabled() && !use_cache;
         for (const FusionExpert &e : l.experts) {
             const std::string m = "m" + std::to_string(e.model);
-            at::Tensor y = models_[e.model]->block(e.layer, adapt(m + ".in", h), mask, positions, use_cache);
-            outs.push_back(adapt(m + ".out", y));
+            auto path = [this, m, e, mask, positions, use_cache](const at::Tensor &x) {  // copies: it may run again in backward
+                return adapt(m + ".out", models_[e.model]->block(e.layer, adapt(m + ".in", x), mask, positions, use_cache));
+            };
+            outs.push_back(recompute ? checkpointed(path, h, trainable_tensors(*this)) : path(h));
         }
         RouterOutput r = routers_[li]->route(h, new_mask);
         at::Tensor stacked = at::stack(outs, -1);                                      // [B, T, H, E]
@@ -150,6 +155,26 @@ void FusedModel::clear_cache() {
 }
 
 std::vector<std::pair<std::string, at::Tensor>> FusedModel::trainable() const {
+    auto out = fusion_parameters();
+    if (experts_trainable_)
+        for (size_t i = 0; i < models_.size(); ++i)
+            for (auto &[name, t] : models_[i]->trainable()) out.emplace_back("models." + std::to_string(i) + "." + name, t);
+    return out;
+}
+
+void FusedModel::set_experts_trainable(bool on) {
+    experts_trainable_ = on;
+    for (auto &m : models_) m->set_trainable(on);
+}
+
+std::vector<std::pair<std::string, at::Tensor>> FusedModel::aux_losses() const {
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    for (const auto &s : stats_)
+        for (const auto &l : s.losses) out.push_back(l);
+    return out;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> FusedModel::fusion_parameters() const {
     std::vector<std::pair<std::string, at::Tensor>> out;
     for (const auto &[key, a] : adapters_)
         for (const auto &p : a->parameters())
@@ -169,19 +194,31 @@ void FusedModel::train(bool on) {
 
 namespace mango {
 
-void FusedModel::save(const std::string &dir) const {
+void FusedModel::save(const std::string &dir, bool self_contained) const {
+    self_contained = self_contained || experts_trainable_;
     fs::create_directories(dir);
     json j = {{"format", "mango-fusion"}, {"version", 1}, {"base", spec_.base}, {"target_hidden", target_},
               {"always_adapt", spec_.always_adapt}, {"models", json::array()}, {"layers", json::array()}};
     if (!spec_.adapter.name.empty()) j["adapter"] = spec_json(spec_.adapter);
-    for (const auto &m : models_)
-        j["models"].push_back({{"path", fs::absolute(m->dir()).lexically_normal().string()}, {"sha256", model_hashes(m->dir())}});
+    for (size_t i = 0; i < models_.size(); ++i) {
+        const Model &m = *models_[i];
+        if (self_contained) {
+            const std::string rel = "models/" + std::to_string(i);
+            const fs::path copy = fs::path(dir) / rel;
+            m.save(copy.string());
+            const fs::path tok = fs::path(m.dir()) / "tokenizer.json";
+            if (fs::exists(tok) && !fs::exists(copy / "tokenizer.json")) fs::copy_file(tok, copy / "tokenizer.json");
+            j["models"].push_back({{"path", rel}, {"sha256", model_hashes(copy.string())}});
+        } else {
+            j["models"].push_back({{"path", fs::absolute(m.dir()).lexically_normal().string()}, {"sha256", model_hashes(m.dir())}});
+        }
+    }
     for (const auto &l : spec_.layers) {
         json experts = json::array();
         for (const auto &e : l.experts) experts.push_back({e.model, e.layer});
         j["layers"].push_back({{"experts", experts}, {"router", spec_json(l.router)}});
     }
-    formats::write_safetensors((fs::path(dir) / "fusion.safetensors").string(), trainable(), {{"format", "pt"}, {"mango", "fusion"}});
+    formats::write_safetensors((fs::path(dir) / "fusion.safetensors").string(), fusion_parameters(), {{"format", "pt"}, {"mango", "fusion"}});
     formats::write_file_atomic((fs::path(dir) / "fusion.json").string(), j.dump(2) + "\n");
 }
 
@@ -197,7 +234,8 @@ std::unique_ptr<FusedModel> FusedModel::load(const PluginHost &host, const std::
         if (j.value("format", "") != "mango-fusion") throw Error(cfg.string() + ": not a mango fusion (format != mango-fusion)");
         std::vector<std::shared_ptr<Model>> models;
         for (const json &m : j.at("models")) {
-            const std::string path = m.at("path").get<std::string>();
+            std::string path = m.at("path").get<std::string>();
+            if (fs::path(path).is_relative()) path = (fs::path(dir) / path).string();  // a self-contained export
             const json now = model_hashes(path);
             for (const auto &[file, hash] : m.at("sha256").items())
                 if (!now.contains(file) || now[file] != hash)
@@ -219,7 +257,7 @@ std::unique_ptr<FusedModel> FusedModel::load(const PluginHost &host, const std::
         auto weights = formats::SafetensorsFile::open((fs::path(dir) / "fusion.safetensors").string());
         for (const auto &e : weights->header().tensors) spec.saved[e.name] = weights->tensor(e).clone();
         auto f = build(host, std::move(models), std::move(spec));
-        const auto restored = f->trainable();
+        const auto restored = f->fusion_parameters();
         if (restored.size() != weights->header().tensors.size())
             throw Error(dir + ": fusion.safetensors holds " + std::to_string(weights->header().tensors.size()) + " tensors, the fusion has " +
                         std::to_string(restored.size()) + " trainable ones");

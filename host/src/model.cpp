@@ -1,5 +1,7 @@
 #include "mango/host/model.hpp"
 
+#include "mango/host/checkpointing.hpp"
+
 #include <ATen/ATen.h>
 
 #include <filesystem>
@@ -36,6 +38,17 @@ std::vector<std::pair<std::string, at::Tensor>> Model::named_weights() const {
     std::set<std::string> seen;
     for (const auto &[name, t] : ctx_->weights_used)
         if (seen.insert(name).second) out.emplace_back(name, t);
+    return out;
+}
+
+void Model::set_trainable(bool on) {
+    for (auto &[_, t] : named_weights()) t.set_requires_grad(on);
+}
+
+std::vector<std::pair<std::string, at::Tensor>> Model::trainable() const {
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    for (auto &[name, t] : named_weights())
+        if (t.requires_grad()) out.emplace_back(name, t);
     return out;
 }
 
@@ -137,7 +150,13 @@ at::Tensor Model::head(const at::Tensor &hidden) {
 
 at::Tensor Model::forward(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions, bool use_cache) {
     at::Tensor h = embed(ids, positions);
-    for (int32_t l = 0; l < info_.n_layers; ++l) h = block(l, h, mask, positions, use_cache);
+    const bool recompute = checkpoint_blocks_ && at::GradMode::is_enabled() && !use_cache;
+    for (int32_t l = 0; l < info_.n_layers; ++l) {
+        if (recompute)
+            h = checkpointed([this, l, mask, positions](const at::Tensor &x) { return block(l, x, mask, positions, false); }, h, trainable_tensors(*this));
+        else
+            h = block(l, h, mask, positions, use_cache);
+    }
     return head(h);
 }
 

@@ -1,9 +1,14 @@
 #include "mango/host/train.hpp"
 
+#include <mango/formats/safetensors.hpp>
+
 #include <ATen/ATen.h>
-#include <torch/optim/adamw.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/autocast_mode.h>
+#include <torch/version.h>
 
 #include <cmath>
+#include <mutex>
 
 namespace mango {
 
@@ -16,74 +21,173 @@ at::Tensor lm_loss(const at::Tensor &logits, const at::Tensor &ids, const at::Te
     return (nll * keep.reshape({-1})).sum() / keep.sum().clamp_min(1);
 }
 
-struct Trainer::Impl {
-    std::unique_ptr<torch::optim::AdamW> opt;
-    std::vector<at::Tensor> adapters, routers;
-    std::vector<double> base_lr;  // per optimizer group, before the schedule
+namespace {
+
+bool is_router(const std::string &name) { return name.find(".router.") != std::string::npos || name.rfind("router.", 0) == 0; }
+
+// bf16 autocast for CUDA, on for one scope.
+struct Autocast {
+    bool on;
+    explicit Autocast(bool enable) : on(enable) {
+        if (!on) return;
+#if TORCH_VERSION_MAJOR >= 2 && TORCH_VERSION_MINOR >= 4 || TORCH_VERSION_MAJOR > 2
+        at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+        at::autocast::set_autocast_enabled(at::kCUDA, true);
+#else
+        at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+        at::autocast::set_enabled(true);
+#endif
+    }
+    ~Autocast() {
+        if (!on) return;
+#if TORCH_VERSION_MAJOR >= 2 && TORCH_VERSION_MINOR >= 4 || TORCH_VERSION_MAJOR > 2
+        at::autocast::set_autocast_enabled(at::kCUDA, false);
+#else
+        at::autocast::set_enabled(false);
+#endif
+        at::autocast::clear_cache();
+    }
 };
 
-Trainer::Trainer(FusedModel &model, TrainOptions options) : model_(model), o_(options), impl_(std::make_unique<Impl>()) {
-    for (const auto &[name, t] : model.trainable()) (name.rfind("layers.", 0) == 0 ? impl_->routers : impl_->adapters).push_back(t);
-    if (impl_->adapters.empty() && impl_->routers.empty()) throw Error("nothing to train: the fused model has no trainable parameters");
-    std::vector<torch::optim::OptimizerParamGroup> groups;
-    auto group = [&](std::vector<at::Tensor> ps, double lr) {
-        if (ps.empty()) return;
-        auto opts = std::make_unique<torch::optim::AdamWOptions>(lr);
-        opts->weight_decay(o_.weight_decay);
-        groups.emplace_back(std::move(ps), std::move(opts));
-        impl_->base_lr.push_back(lr);
+}  // namespace
+
+struct Trainer::Impl {
+    struct Param {
+        std::string name;
+        at::Tensor value, m, v;
+        bool router, decay, adapter;
     };
-    group(impl_->adapters, o_.lr);
-    group(impl_->routers, o_.router_lr > 0 ? o_.router_lr : o_.lr);
-    impl_->opt = std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(o_.lr));
+    std::vector<Param> params;
+};
+
+Trainer::Trainer(CausalLM &model, TrainOptions options) : model_(model), o_(options), impl_(std::make_unique<Impl>()) {
+    for (const auto &[name, t] : model.trainable())
+        impl_->params.push_back({name, t, at::zeros_like(t, at::MemoryFormat::Contiguous), at::zeros_like(t, at::MemoryFormat::Contiguous),
+                                 is_router(name), t.dim() >= 2, name.rfind("adapters.", 0) == 0});
+    if (impl_->params.empty()) throw Error("nothing to train: " + model.describe() + " has no trainable parameters");
+    if (o_.steps < 1 || o_.batch_size < 1) throw Error("training needs steps >= 1 and batch_size >= 1");
+    model.set_gradient_checkpointing(o_.gradient_checkpointing);
 }
 
-Trainer::~Trainer() = default;
+Trainer::~Trainer() { model_.set_gradient_checkpointing(false); }
 
-double Trainer::lr_at(int64_t step) const {
+double Trainer::lr_factor(int64_t step) const {
     if (o_.warmup_steps > 0 && step < o_.warmup_steps) return double(step + 1) / double(o_.warmup_steps);
     const double span = std::max<int64_t>(1, o_.steps - o_.warmup_steps);
     const double progress = std::min(1.0, double(step - o_.warmup_steps) / span);
     return o_.min_lr_ratio + (1 - o_.min_lr_ratio) * 0.5 * (1 + std::cos(M_PI * progress));
 }
 
-TrainStepResult Trainer::step(const at::Tensor &ids, const at::Tensor &mask) {
-    model_.train(true);
-    const double factor = lr_at(done_);
-    auto &groups = impl_->opt->param_groups();
-    for (size_t g = 0; g < groups.size(); ++g)
-        static_cast<torch::optim::AdamWOptions &>(groups[g].options()).lr(impl_->base_lr[g] * factor);
-    impl_->opt->zero_grad();
-    at::Tensor pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1);
-    at::Tensor logits = model_.logits(ids, mask, pos, false);
-    at::Tensor lm = lm_loss(logits, ids, mask);
-    at::Tensor loss = lm;
-    for (const auto &s : model_.stats())
-        for (const auto &[name, value] : s.losses) {
-            if (name == "load_balance" && o_.balance_weight != 0) loss = loss + o_.balance_weight * value;
-            if (name == "entropy" && o_.entropy_weight != 0) loss = loss + o_.entropy_weight * value;
+at::Tensor Trainer::batch_rows(const at::Tensor &data, int64_t step) const {
+    const int64_t n = data.size(0), b = o_.batch_size;
+    std::vector<int64_t> rows;
+    at::Tensor perm;
+    int64_t epoch = -1;
+    for (int64_t k = step * b; k < (step + 1) * b; ++k) {
+        if (k / n != epoch) {
+            epoch = k / n;
+            auto gen = at::make_generator<at::CPUGeneratorImpl>(o_.seed * 1000003ULL + static_cast<uint64_t>(epoch));
+            perm = at::randperm(n, gen, at::kLong);
         }
-    if (o_.adapter_weight != 0 && !impl_->adapters.empty()) {
-        at::Tensor reg = at::zeros({}, loss.options());
-        for (const auto &p : impl_->adapters) reg = reg + p.pow(2).mean();
-        loss = loss + o_.adapter_weight * reg / double(impl_->adapters.size());
+        rows.push_back(perm[k % n].item<int64_t>());
     }
-    if (!loss.isfinite().item<bool>()) throw Error("training loss became " + std::to_string(loss.item<double>()) + " at step " + std::to_string(done_));
+    return data.index_select(0, at::tensor(rows, at::kLong).to(data.device()));
+}
+
+TrainStepResult Trainer::step(const at::Tensor &ids, const at::Tensor &mask) {
+    // Random numbers (dropout) depend only on the seed and the step.
+    {
+        at::Generator gen = at::detail::getDefaultCPUGenerator();
+        std::lock_guard<std::mutex> lock(gen.mutex());
+        gen.set_current_seed(o_.seed * 7919ULL + static_cast<uint64_t>(done_) + 1);
+    }
+    model_.train(true);
+    const double lr = o_.lr * lr_factor(done_), router_lr = (o_.router_lr > 0 ? o_.router_lr : o_.lr) * lr_factor(done_);
+    for (auto &p : impl_->params) p.value.mutable_grad() = at::Tensor();
+
+    at::Tensor pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1);
+    at::Tensor loss, lm;
+    {
+        Autocast autocast(o_.bf16_autocast && ids.is_cuda());
+        at::Tensor logits = model_.logits(ids, mask, pos, false);
+        lm = lm_loss(logits, ids, mask);
+        loss = lm;
+        for (const auto &[name, value] : model_.aux_losses()) {
+            if (name == "load_balance" && o_.balance_weight != 0) loss = loss + o_.balance_weight * value.to(at::kFloat);
+            if (name == "entropy" && o_.entropy_weight != 0) loss = loss + o_.entropy_weight * value.to(at::kFloat);
+        }
+        if (o_.adapter_weight != 0) {
+            at::Tensor reg = at::zeros({}, loss.options());
+            int64_t n = 0;
+            for (const auto &p : impl_->params)
+                if (p.adapter) reg = reg + p.value.pow(2).mean(), ++n;
+            if (n) loss = loss + o_.adapter_weight * reg / double(n);
+        }
+    }
+    const double loss_value = loss.item<double>();
+    if (!std::isfinite(loss_value)) throw Error("training loss became " + std::to_string(loss_value) + " at step " + std::to_string(done_));
     loss.backward();
-    if (o_.clip_norm > 0) {
-        std::vector<at::Tensor> all = impl_->adapters;
-        all.insert(all.end(), impl_->routers.begin(), impl_->routers.end());
-        at::Tensor total = at::zeros({});
-        for (const auto &p : all)
-            if (p.grad().defined()) total = total + p.grad().pow(2).sum();
-        const double norm = std::sqrt(total.item<double>());
-        if (norm > o_.clip_norm)
-            for (auto &p : all)
-                if (p.grad().defined()) p.mutable_grad().mul_(o_.clip_norm / (norm + 1e-6));
+
+    at::NoGradGuard no_grad;
+    at::Tensor total = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(ids.device()));
+    for (const auto &p : impl_->params)
+        if (p.value.grad().defined()) total += p.value.grad().to(at::kDouble).pow(2).sum();
+    const double norm = std::sqrt(total.item<double>());
+    const double scale = o_.clip_norm > 0 && norm > o_.clip_norm ? o_.clip_norm / (norm + 1e-6) : 1.0;
+    const int64_t t = done_ + 1;
+    const double bc1 = 1 - std::pow(o_.beta1, double(t)), bc2 = 1 - std::pow(o_.beta2, double(t));
+    for (auto &p : impl_->params) {
+        if (!p.value.grad().defined()) continue;
+        at::Tensor g = p.value.grad();
+        if (scale != 1.0) g = g * scale;
+        const double step_lr = p.router ? router_lr : lr;
+        if (p.decay && o_.weight_decay != 0) p.value.mul_(1 - step_lr * o_.weight_decay);
+        p.m.mul_(o_.beta1).add_(g, 1 - o_.beta1);
+        p.v.mul_(o_.beta2).addcmul_(g, g, 1 - o_.beta2);
+        p.value.addcdiv_(p.m, (p.v / bc2).sqrt_().add_(o_.eps), -step_lr / bc1);
     }
-    impl_->opt->step();
     ++done_;
-    return {loss.item<double>(), lm.item<double>(), o_.lr * factor, mask.sum().item<int64_t>()};
+    return {loss_value, lm.item<double>(), lr, norm, mask.sum().item<int64_t>()};
+}
+
+void Trainer::save_state(const std::string &path, const std::map<std::string, std::string> &metadata) const {
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    for (const auto &p : impl_->params) {
+        tensors.emplace_back("param." + p.name, p.value.detach());
+        tensors.emplace_back("adam_m." + p.name, p.m);
+        tensors.emplace_back("adam_v." + p.name, p.v);
+    }
+    auto meta = metadata;
+    meta["format"] = "pt";
+    meta["mango"] = "train-state";
+    meta["step"] = std::to_string(done_);
+    formats::write_safetensors(path, tensors, meta);
+}
+
+std::map<std::string, std::string> Trainer::load_state(const std::string &path) {
+    auto file = formats::SafetensorsFile::open(path);
+    const auto &meta = file->header().metadata;
+    auto it = meta.find("mango");
+    if (it == meta.end() || it->second != "train-state") throw Error(path + ": not a mango training state (metadata mango != train-state)");
+    if (file->header().tensors.size() != 3 * impl_->params.size())
+        throw Error(path + ": holds " + std::to_string(file->header().tensors.size() / 3) + " trained tensors, this model has " +
+                    std::to_string(impl_->params.size()));
+    at::NoGradGuard no_grad;
+    auto restore = [&](const std::string &name, at::Tensor &into) {
+        const auto *e = file->find(name);
+        if (!e) throw Error(path + ": has no tensor '" + name + "'");
+        at::Tensor t = file->tensor(*e);
+        if (t.sizes() != into.sizes())
+            throw Error(path + ": tensor '" + name + "' has shape " + c10::str(t.sizes()) + ", expected " + c10::str(into.sizes()));
+        into.copy_(t);
+    };
+    for (auto &p : impl_->params) {
+        restore("param." + p.name, p.value);
+        restore("adam_m." + p.name, p.m);
+        restore("adam_v." + p.name, p.v);
+    }
+    done_ = std::stoll(meta.at("step"));
+    return meta;
 }
 
 }  // namespace mango

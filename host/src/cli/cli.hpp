@@ -42,5 +42,6 @@ std::vector<Command> plugin_commands();
 std::vector<Command> generate_commands();
 std::vector<Command> inspect_commands();
 std::vector<Command> tokenize_commands();
+std::vector<Command> run_commands();
 
 }  // namespace mango::cli

@@ -17,6 +17,7 @@ std::vector<Command> all_commands() {
     for (auto &c : inspect_commands()) cmds.push_back(std::move(c));
     for (auto &c : tokenize_commands()) cmds.push_back(std::move(c));
     for (auto &c : generate_commands()) cmds.push_back(std::move(c));
+    for (auto &c : run_commands()) cmds.push_back(std::move(c));
     return cmds;
 }
 

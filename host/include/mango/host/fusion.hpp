@@ -60,15 +60,23 @@ public:
     std::string describe() const override { return "fused model (" + std::to_string(spec_.layers.size()) + " fusion layers)"; }
 
     int64_t target_hidden() const { return target_; }
-    // Trainable tensors: adapters' and routers' parameters, by qualified name
+    // Adapters' and routers' parameters, by qualified name
     // ("layers.1.router.gate.weight", "adapters.m1.in.proj.weight", ...).
-    std::vector<std::pair<std::string, at::Tensor>> trainable() const;
-    void train(bool on);
+    std::vector<std::pair<std::string, at::Tensor>> fusion_parameters() const;
+    // fusion_parameters(), plus the experts' weights ("models.1.<tensor>")
+    // once set_experts_trainable(true) unfroze them.
+    std::vector<std::pair<std::string, at::Tensor>> trainable() const override;
+    std::vector<std::pair<std::string, at::Tensor>> aux_losses() const override;
+    void train(bool on) override;
+    void set_experts_trainable(bool on);
+    const std::vector<std::shared_ptr<Model>> &models() const { return models_; }
 
     // Saves DIR/fusion.json (the spec, each model's folder and the sha256 of
     // its config.json and weight files) and DIR/fusion.safetensors (the
-    // trainable weights), atomically.
-    void save(const std::string &dir) const;
+    // adapter and router weights), atomically. self_contained also writes
+    // every model into DIR/models/<i> and refers to those copies, so DIR
+    // can be moved; it is forced when the experts were trained.
+    void save(const std::string &dir, bool self_contained = false) const;
     // Loads a saved fusion; a base model whose files changed since is refused
     // naming the file.
     static std::unique_ptr<FusedModel> load(const PluginHost &host, const std::string &dir,
@@ -84,6 +92,7 @@ private:
     std::map<std::string, std::unique_ptr<AdapterInstance>> adapters_;  // "m<i>.in", "m<i>.out"
     std::vector<std::unique_ptr<RouterInstance>> routers_;
     std::vector<FusionLayerStats> stats_;
+    bool experts_trainable_ = false;
 };
 
 }  // namespace mango

@@ -31,6 +31,18 @@ public:
     virtual bool is_causal() const = 0;
     virtual at::Device device() const = 0;
     virtual std::string describe() const = 0;  // for messages
+
+    // Training: the tensors an optimiser updates, by qualified name (leaf
+    // tensors with requires_grad); auxiliary losses of the last forward
+    // (e.g. a router's "load_balance"); train/eval mode; recomputing each
+    // block in the backward pass instead of keeping its activations.
+    virtual std::vector<std::pair<std::string, at::Tensor>> trainable() const = 0;
+    virtual std::vector<std::pair<std::string, at::Tensor>> aux_losses() const { return {}; }
+    virtual void train(bool) {}
+    void set_gradient_checkpointing(bool on) { checkpoint_blocks_ = on; }
+
+protected:
+    bool checkpoint_blocks_ = false;
 };
 
 class Model : public CausalLM {
@@ -46,6 +58,10 @@ public:
                                               at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
     // Every weight the architecture uses, by checkpoint name (tied ones once).
     std::vector<std::pair<std::string, at::Tensor>> named_weights() const;
+    // Weights are frozen after load and init_random; this makes all of them
+    // trainable (or frozen again).
+    void set_trainable(bool on);
+    std::vector<std::pair<std::string, at::Tensor>> trainable() const override;
     // Writes config.json and model.safetensors (sharded above max_shard_bytes > 0).
     void save(const std::string &dir, uint64_t max_shard_bytes = 0) const;
 

@@ -1,10 +1,14 @@
-// Training the trainable part of a fused model (adapters and routers; the
-// experts stay frozen): LM loss + router load balancing + router entropy +
-// adapter L2, AdamW with a separate router learning rate, linear warmup then
-// cosine decay, gradient clipping.
+// Training any CausalLM's trainable tensors (a fused model's adapters and
+// routers, or a whole model from random initialisation): LM loss + the
+// model's auxiliary losses (router load balancing and entropy) + adapter L2,
+// AdamW with a separate router learning rate, linear warmup then cosine
+// decay, gradient clipping, optional gradient checkpointing and bf16 autocast
+// (CUDA). The state (weights, moments, step) saves to one safetensors file and
+// a resumed run continues bit-exactly: step s always sees the same batch and
+// the same random numbers.
 #pragma once
 
-#include "mango/host/fusion.hpp"
+#include "mango/host/model.hpp"
 
 #include <memory>
 
@@ -12,19 +16,24 @@ namespace mango {
 
 struct TrainOptions {
     int64_t steps = 100;
+    int64_t batch_size = 8;
     double lr = 1e-3;
-    double router_lr = 0;  // 0 = lr
-    double weight_decay = 0.01;
+    double router_lr = 0;  // 0 = lr; applies to tensors named "*.router.*"
+    double weight_decay = 0.01;   // on matrices only (not on gains and biases)
+    double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
     int64_t warmup_steps = 0;
     double min_lr_ratio = 0.1;     // cosine decays to lr * this
     double clip_norm = 1.0;        // 0 = no clipping
-    double balance_weight = 0.01;  // x router "load_balance" losses
-    double entropy_weight = 0.0;   // x router "entropy" losses (> 0 sharpens nothing: it rewards spread)
-    double adapter_weight = 0.0;   // x mean squared adapter parameters
+    double balance_weight = 0.01;  // x auxiliary losses named "load_balance"
+    double entropy_weight = 0.0;   // x auxiliary losses named "entropy"
+    double adapter_weight = 0.0;   // x mean squared adapter parameters ("adapters.*")
+    uint64_t seed = 0;             // batch order and dropout
+    bool gradient_checkpointing = false;
+    bool bf16_autocast = false;    // CUDA only; ignored on CPU
 };
 
 struct TrainStepResult {
-    double loss = 0, lm_loss = 0, lr = 0;
+    double loss = 0, lm_loss = 0, lr = 0, grad_norm = 0;
     int64_t tokens = 0;
 };
 
@@ -33,16 +42,25 @@ at::Tensor lm_loss(const at::Tensor &logits, const at::Tensor &ids, const at::Te
 
 class Trainer {
 public:
-    Trainer(FusedModel &model, TrainOptions options);
+    Trainer(CausalLM &model, TrainOptions options);
     ~Trainer();
-    // One optimisation step on a batch ids [B, T] with mask [B, T].
+    // One optimisation step on ids [B, T] with mask [B, T].
     TrainStepResult step(const at::Tensor &ids, const at::Tensor &mask);
-    double lr_at(int64_t step) const;  // schedule factor x base lr, for the adapters
+    // The rows of `data` [N, T] that step `step` trains on: epochs of a
+    // seeded permutation, so a resumed run sees the same batches.
+    at::Tensor batch_rows(const at::Tensor &data, int64_t step) const;
+    double lr_factor(int64_t step) const;  // warmup + cosine, times the base lr
     int64_t steps_done() const { return done_; }
+    const TrainOptions &options() const { return o_; }
+
+    // Trainable tensors, AdamW moments and the step count, atomically to one
+    // file; load_state restores them into the same model (names must match).
+    void save_state(const std::string &path, const std::map<std::string, std::string> &metadata = {}) const;
+    std::map<std::string, std::string> load_state(const std::string &path);
 
 private:
     struct Impl;
-    FusedModel &model_;
+    CausalLM &model_;
     TrainOptions o_;
     int64_t done_ = 0;
     std::unique_ptr<Impl> impl_;

@@ -1,0 +1,37 @@
+// A training run: batches drawn by the Trainer's seeded order, a progress
+// bar (loss, perplexity, tokens/s, ETA), a JSONL metrics log, periodic
+// validation, and the training state checkpointed atomically every N steps.
+// Started again with the same state file, it resumes where the last
+// checkpoint left off (and does nothing if that run had finished).
+#pragma once
+
+#include "mango/host/train.hpp"
+
+#include <functional>
+#include <string>
+
+namespace mango {
+
+struct TrainRunOptions {
+    TrainOptions train;
+    std::string state_path;        // "" = no checkpoints, no resume
+    int64_t checkpoint_every = 0;  // steps; 0 = only at the end
+    std::string log_path;          // JSONL metrics log ("" = none); appended to on resume
+    at::Tensor validation;         // [M, T] or undefined
+    int64_t eval_every = 0;        // steps; 0 = only at the end
+    std::string label = "train";   // progress bar label
+    bool progress = true;
+    // Identifies the run (model, data, options); a state file written by a
+    // different run is refused instead of resumed.
+    std::string fingerprint;
+};
+
+struct TrainRunResult {
+    int64_t steps = 0, resumed_from = 0, tokens = 0;
+    double last_loss = 0, seconds = 0, tokens_per_s = 0;
+    double validation_perplexity = 0;  // 0 when no validation data
+};
+
+TrainRunResult run_training(CausalLM &model, const at::Tensor &train_data, const TrainRunOptions &options);
+
+}  // namespace mango

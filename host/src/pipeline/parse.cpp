@@ -1,0 +1,469 @@
+// Pipeline::parse: TOML -> PipelineSpec, validated before anything runs.
+#include "toml_reader.hpp"
+
+#include <mango/formats/hf_config.hpp>
+#include <mango/formats/tokenizer.hpp>
+#include <mango/registry/options.hpp>
+
+#include <map>
+#include <set>
+
+namespace mango {
+
+using namespace pipeline;
+namespace fs = std::filesystem;
+
+namespace {
+
+InstanceSpec plugin_spec(const PluginHost &host, Table t, const std::string &kind) {
+    InstanceSpec s;
+    s.where = t.here();
+    s.name = t.required_string("name");
+    if (const toml::node *o = t.get("options")) {
+        if (!o->is_table()) throw PipelineError(t.at("options") + ": expected a table of options");
+        s.options = to_json(*o);
+    } else {
+        s.options = nlohmann::json::object();
+    }
+    t.finish();
+    const registry::ComponentInfo *info = nullptr;
+    try {
+        info = &host.require(kind, s.name);
+    } catch (const std::exception &e) {
+        throw PipelineError(t.at("name") + ": " + e.what());
+    }
+    try {
+        registry::resolve_options(info->options_schema, s.options, t.at("options") + ": " + kind + " '" + s.name + "'");
+    } catch (const std::exception &e) {
+        throw PipelineError(e.what());
+    }
+    return s;
+}
+
+at::Device parse_device(const std::string &s, const std::string &where) {
+    if (s == "cpu") return at::kCPU;
+    if (s == "cuda" || s.rfind("cuda:", 0) == 0) return at::Device(s);
+    throw PipelineError(where + ": device must be \"cpu\" or \"cuda[:N]\", not \"" + s + "\"");
+}
+
+at::ScalarType parse_dtype(const std::string &s, const std::string &where) {
+    if (s == "float32") return at::kFloat;
+    if (s == "bfloat16") return at::kBFloat16;
+    if (s == "float16") return at::kHalf;
+    throw PipelineError(where + ": dtype must be float32, bfloat16 or float16, not \"" + s + "\"");
+}
+
+std::string closest(const std::string &name, const std::vector<std::string> &known) {
+    std::string all;
+    for (const auto &k : known) all += (all.empty() ? "" : ", ") + k;
+    return all.empty() ? "none are defined" : "defined: " + all;
+}
+
+struct Names {
+    std::vector<std::string> models, data;
+    std::map<std::string, const ModelDef *> defs;
+};
+
+// Data sets: [data.NAME] path = FILE | mix = [NAMES].
+void read_data(PipelineSpec &spec, Table data) {
+    std::vector<std::string> names = data.keys();
+    for (const std::string &name : names) {
+        Table t = *data.table(name);
+        DataDef d;
+        d.name = name;
+        d.where = t.here();
+        d.options.seq_len = t.integer("seq_len", 128, 2);
+        d.options.validation_fraction = t.number("validation", 0.1, 0, 0.99);
+        d.options.line_documents = t.boolean("line_documents", false);
+        d.options.jsonl_field = t.string("jsonl_field", "text");
+        d.max_documents = t.integer("max_documents", 0, 0);
+        d.mix = t.strings("mix");
+        auto path = t.path("path");
+        if (path.has_value() == !d.mix.empty())
+            throw PipelineError(t.here() + ": give exactly one of 'path' (a .txt or .jsonl file) or 'mix' (names of other data sets)");
+        if (path) {
+            d.path = *path;
+            if (!fs::exists(d.path)) throw PipelineError(t.at("path") + ": " + d.path + " does not exist");
+            try {
+                d.documents = read_documents(d.path, d.options);
+            } catch (const std::exception &e) {
+                throw PipelineError(t.at("path") + ": " + e.what());
+            }
+            if (d.max_documents > 0 && int64_t(d.documents.size()) > d.max_documents) d.documents.resize(size_t(d.max_documents));
+        }
+        for (const auto &m : d.mix) {
+            auto it = std::find(names.begin(), names.end(), m);
+            if (it == names.end() || m == name) throw PipelineError(t.at("mix") + ": no data set '" + m + "' (" + closest(m, names) + ")");
+        }
+        t.finish();
+        spec.data.push_back(std::move(d));
+    }
+    for (const auto &d : spec.data)
+        for (const auto &m : d.mix)
+            for (const auto &o : spec.data)
+                if (o.name == m && !o.mix.empty()) throw PipelineError(d.where + ": mix of '" + m + "', which is itself a mix");
+}
+
+void read_hf_sizes(ModelDef &m, const std::string &dir, const PluginHost &host, const std::string &where) {
+    formats::HfConfig c;
+    try {
+        c = formats::load_hf_config(dir);
+    } catch (const std::exception &e) {
+        throw PipelineError(where + ": " + e.what());
+    }
+    if (!host.registry().architecture_for(c.model_type))
+        throw PipelineError(where + ": " + c.path + ": no installed architecture plugin handles model_type \"" + c.model_type +
+                            "\" (mango plugins list)");
+    m.hidden_size = c.hidden_size;
+    m.n_layers = c.num_layers;
+}
+
+// "name:3" -> (name, 3)
+std::pair<std::string, int32_t> expert_ref(const std::string &s, const std::string &where) {
+    const size_t c = s.rfind(':');
+    try {
+        if (c == std::string::npos || c == 0) throw std::invalid_argument("");
+        size_t used = 0;
+        const int v = std::stoi(s.substr(c + 1), &used);
+        if (used != s.size() - c - 1) throw std::invalid_argument("");
+        return {s.substr(0, c), v};
+    } catch (const std::exception &) {
+        throw PipelineError(where + ": expected \"MODEL:LAYER\" (e.g. \"a:0\"), found \"" + s + "\"");
+    }
+}
+
+void read_fusion(const PluginHost &host, ModelDef &m, Table &t) {
+    FusionDef &f = m.fusion;
+    f.members = t.strings("fuse");
+    f.base = t.string("base", f.members.empty() ? "" : f.members[0]);
+    f.target_hidden = t.integer("target_hidden", 0, 0);
+    f.always_adapt = t.boolean("always_adapt", false);
+    if (auto a = t.table("adapter")) f.adapter = plugin_spec(host, *a, "adapter");
+    if (auto r = t.table("router")) f.router = plugin_spec(host, *r, "router");
+    const toml::node *layers = t.get("layers");
+    if (!layers || (layers->is_string() && layers->as_string()->get() == "zip")) {
+        f.layers.clear();  // filled once member sizes are known: layer i of every member
+    } else if (layers->is_array()) {
+        size_t i = 0;
+        for (const toml::node &l : *layers->as_array()) {
+            const std::string name = t.name() + ".layers[" + std::to_string(i++) + "]";
+            const std::string w = where(t.source(), &l, name);
+            InstanceSpec own_router;
+            const toml::array *list = l.as_array();
+            if (l.is_table()) {
+                Table lt(t.source(), *l.as_table(), name);
+                const toml::node *e = lt.get("experts");
+                if (!e || !e->is_array()) throw PipelineError(w + ": expected experts = [\"MODEL:LAYER\", ...]");
+                list = e->as_array();
+                if (auto r = lt.table("router")) own_router = plugin_spec(host, *r, "router");
+                lt.finish();
+            }
+            if (!list) throw PipelineError(w + ": expected an array of \"MODEL:LAYER\" or a table with experts = [...]");
+            std::vector<std::pair<std::string, int32_t>> experts;
+            for (const toml::node &e : *list) {
+                if (!e.is_string()) throw PipelineError(w + ": expected \"MODEL:LAYER\" strings");
+                experts.push_back(expert_ref(e.as_string()->get(), w));
+            }
+            if (experts.empty()) throw PipelineError(w + ": a fusion layer needs at least one expert");
+            if (own_router.name.empty() && f.router.name.empty())
+                throw PipelineError(w + ": no router (set " + t.name() + ".router, or a router for this layer)");
+            f.layers.push_back(std::move(experts));
+            f.routers.push_back(own_router.name.empty() ? f.router : own_router);
+        }
+    } else {
+        throw PipelineError(t.at("layers") + ": expected \"zip\" or an array of fusion layers");
+    }
+    if (f.layers.empty() && f.router.name.empty()) throw PipelineError(t.here() + ": missing key 'router' (a table: name, options)");
+}
+
+// Members exist and are plain models; layers in range; sizes joinable.
+void check_fusion(ModelDef &m, const Names &names, const std::string &where) {
+    FusionDef &f = m.fusion;
+    if (f.members.empty()) throw PipelineError(where + ".fuse: name at least one model");
+    std::vector<const ModelDef *> members;
+    for (const auto &name : f.members) {
+        auto it = names.defs.find(name);
+        if (it == names.defs.end()) throw PipelineError(where + ".fuse: no model '" + name + "' (" + closest(name, names.models) + ")");
+        if (it->second->kind == ModelDef::Kind::Fusion || it->second->kind == ModelDef::Kind::SavedFusion)
+            throw PipelineError(where + ".fuse: '" + name + "' is a fusion; fusions take plain models");
+        members.push_back(it->second);
+    }
+    auto index = [&](const std::string &name, const std::string &w) -> size_t {
+        auto it = std::find(f.members.begin(), f.members.end(), name);
+        if (it == f.members.end()) throw PipelineError(w + ": '" + name + "' is not one of this fusion's models (fuse = [...])");
+        return size_t(it - f.members.begin());
+    };
+    index(f.base, where + ".base");
+    if (f.layers.empty()) {  // zip
+        int64_t n = members[0]->n_layers;
+        for (const auto *d : members)
+            if (d->n_layers != n)
+                throw PipelineError(where + ".layers: \"zip\" pairs layer i of every model, but " + members[0]->name + " has " +
+                                    std::to_string(n) + " layers and " + d->name + " " + std::to_string(d->n_layers) +
+                                    "; list the fusion layers explicitly");
+        for (int32_t l = 0; l < n; ++l) {
+            std::vector<std::pair<std::string, int32_t>> experts;
+            for (const auto &name : f.members) experts.push_back({name, l});
+            f.layers.push_back(experts);
+        }
+        f.routers.assign(f.layers.size(), f.router);
+    }
+    int64_t target = f.target_hidden;
+    for (const auto *d : members) target = f.target_hidden ? target : std::max(target, d->hidden_size);
+    const bool adapter = !f.adapter.name.empty();
+    if (f.always_adapt && !adapter) throw PipelineError(where + ".always_adapt: needs an adapter (" + where + ".adapter)");
+    std::set<std::pair<std::string, int32_t>> used;
+    for (size_t li = 0; li < f.layers.size(); ++li) {
+        const std::string w = where + ".layers[" + std::to_string(li) + "]";
+        for (const auto &[name, layer] : f.layers[li]) {
+            const ModelDef &d = *members[index(name, w)];
+            if (layer < 0 || layer >= d.n_layers)
+                throw PipelineError(w + ": layer " + std::to_string(layer) + " of '" + name + "' is out of range (it has " +
+                                    std::to_string(d.n_layers) + " layers: 0.." + std::to_string(d.n_layers - 1) + ")");
+            if (!used.insert({name, layer}).second)
+                throw PipelineError(w + ": layer " + std::to_string(layer) + " of '" + name + "' is used twice");
+        }
+    }
+    for (const auto *d : members)
+        if (d->hidden_size != target && !adapter)
+            throw PipelineError(where + ": '" + d->name + "' has hidden size " + std::to_string(d->hidden_size) + " and the fused model " +
+                                std::to_string(target) + "; set an adapter (" + where + ".adapter = { name = \"linear\" }) to join them");
+}
+
+void read_models(const PluginHost &host, PipelineSpec &spec, Table models) {
+    for (const std::string &name : models.keys()) {
+        Table t = *models.table(name);
+        ModelDef m;
+        m.name = name;
+        m.where = t.here();
+        auto path = t.path("path");
+        auto config = t.path("config");
+        const bool fuse = t.has("fuse");
+        if (int(path.has_value()) + int(config.has_value()) + int(fuse) != 1)
+            throw PipelineError(t.here() + ": give exactly one of 'path' (a model folder or a saved fusion), 'config' (a folder "
+                                "with config.json: random initialisation) or 'fuse' (models to fuse)");
+        if (path) {
+            m.path = *path;
+            if (fs::exists(fs::path(m.path) / "fusion.json")) m.kind = ModelDef::Kind::SavedFusion;
+            else read_hf_sizes(m, m.path, host, t.at("path"));
+        } else if (config) {
+            m.kind = ModelDef::Kind::RandomInit;
+            m.path = *config;
+            if (fs::is_regular_file(m.path)) {
+                if (fs::path(m.path).filename() != "config.json")
+                    throw PipelineError(t.at("config") + ": expected a folder holding config.json, found the file " + m.path);
+                m.path = fs::path(m.path).parent_path().string();
+            }
+            read_hf_sizes(m, m.path, host, t.at("config"));
+            m.seed = static_cast<uint64_t>(t.integer("seed", 0, 0));
+        } else {
+            m.kind = ModelDef::Kind::Fusion;
+            read_fusion(host, m, t);
+        }
+        t.finish();
+        spec.models.push_back(std::move(m));
+    }
+}
+
+TrainStep read_train(Table &t, const PipelineSpec &spec, size_t index) {
+    TrainStep s;
+    s.model = t.required_string("model");
+    s.data = t.strings("data");
+    TrainOptions &o = s.run.train;
+    o.steps = t.integer("steps", 100, 1);
+    o.batch_size = t.integer("batch_size", 8, 1);
+    o.lr = t.number("lr", 1e-3, 0);
+    o.router_lr = t.number("router_lr", 0, 0);
+    o.weight_decay = t.number("weight_decay", 0.01, 0);
+    o.warmup_steps = t.integer("warmup_steps", 0, 0);
+    o.min_lr_ratio = t.number("min_lr_ratio", 0.1, 0, 1);
+    o.clip_norm = t.number("clip_norm", 1.0, 0);
+    o.balance_weight = t.number("balance_weight", 0.01);
+    o.entropy_weight = t.number("entropy_weight", 0.0);
+    o.adapter_weight = t.number("adapter_weight", 0.0, 0);
+    o.seed = static_cast<uint64_t>(t.integer("seed", 0, 0));
+    o.gradient_checkpointing = t.boolean("gradient_checkpointing", false);
+    o.bf16_autocast = t.boolean("bf16", false);
+    s.run.checkpoint_every = t.integer("checkpoint_every", 0, 0);
+    s.run.eval_every = t.integer("eval_every", 0, 0);
+    const std::string what = t.string("train", "default");
+    if (what != "default" && what != "all") throw PipelineError(t.at("train") + ": expected \"default\" or \"all\", found \"" + what + "\"");
+    s.all_weights = what == "all";
+    const bool resume = t.boolean("resume", true);
+    const std::string stem = spec.output + "/train/step" + std::to_string(index) + "-" + s.model;
+    s.run.state_path = stem + ".state.safetensors";
+    s.run.log_path = stem + ".metrics.jsonl";
+    if (!resume) s.run.fingerprint = "no-resume";
+    s.run.label = "train " + s.model;
+    return s;
+}
+
+void check_names(const std::vector<std::string> &given, const std::vector<std::string> &known, const std::string &what,
+                 const std::string &where) {
+    for (const auto &g : given)
+        if (std::find(known.begin(), known.end(), g) == known.end())
+            throw PipelineError(where + ": no " + what + " '" + g + "' (" + closest(g, known) + ")");
+}
+
+void read_steps(PipelineSpec &spec, const toml::node *steps, const Source &src, Names &names) {
+    if (!steps) throw PipelineError(src.file + ": no [[steps]]: nothing to do");
+    if (!steps->is_array_of_tables()) throw PipelineError(where(src, steps, "steps") + ": expected [[steps]] tables");
+    std::map<std::string, size_t> fused_used_at;  // plain model -> first step that used a fusion of it
+    size_t i = 0;
+    for (const toml::node &n : *steps->as_array()) {
+        Table t(src, *n.as_table(), "steps[" + std::to_string(i) + "]");
+        StepDef s;
+        s.where = t.here();
+        s.kind = t.required_string("run");
+        auto model_name = [&](const std::string &key) {
+            const std::string m = t.required_string(key);
+            check_names({m}, names.models, "model", t.at(key));
+            return m;
+        };
+        auto data_names = [&](const std::string &key) {
+            auto d = t.strings(key);
+            if (d.empty()) throw PipelineError(t.here() + ": missing key '" + key + "' (data set names)");
+            check_names(d, names.data, "data set", t.at(key));
+            return d;
+        };
+        auto mark_fusion_use = [&](const std::string &m) {
+            auto it = names.defs.find(m);
+            if (it != names.defs.end() && it->second->kind == ModelDef::Kind::Fusion)
+                for (const auto &member : it->second->fusion.members) fused_used_at.emplace(member, i);
+        };
+        if (s.kind == "train") {
+            TrainStep st = read_train(t, spec, i);
+            check_names({st.model}, names.models, "model", t.at("model"));
+            if (st.data.empty()) throw PipelineError(t.here() + ": missing key 'data' (data set names)");
+            check_names(st.data, names.data, "data set", t.at("data"));
+            if (fused_used_at.count(st.model))
+                throw PipelineError(t.at("model") + ": '" + st.model + "' is trained after step " + std::to_string(fused_used_at[st.model]) +
+                                    " used a fusion of it; train the models before the fusions that use them");
+            mark_fusion_use(st.model);
+            s.step = st;
+        } else if (s.kind == "eval") {
+            EvalStep st;
+            st.models = t.strings("models");
+            if (st.models.empty()) throw PipelineError(t.here() + ": missing key 'models'");
+            check_names(st.models, names.models, "model", t.at("models"));
+            st.data = data_names("data");
+            st.batch_size = t.integer("batch_size", 8, 1);
+            st.max_sequences = t.integer("max_sequences", 0, 0);
+            st.heatmap = t.string("heatmap", "");
+            if (!st.heatmap.empty()) check_names({st.heatmap}, st.models, "evaluated model", t.at("heatmap"));
+            for (const auto &m : st.models) mark_fusion_use(m);
+            s.step = st;
+        } else if (s.kind == "generate") {
+            GenerateStep st;
+            st.model = model_name("model");
+            st.prompts = t.strings("prompt");
+            for (const auto &p : t.strings("prompts")) st.prompts.push_back(p);
+            if (st.prompts.empty()) throw PipelineError(t.here() + ": missing key 'prompt'");
+            GenerateOptions &o = st.options;
+            o.max_new_tokens = t.integer("max_new_tokens", 32, 0);
+            o.greedy = t.boolean("greedy", !t.has("temperature") && !t.has("top_k") && !t.has("top_p"));
+            o.temperature = t.number("temperature", 1.0, 1e-6);
+            o.top_k = t.integer("top_k", 0, 0);
+            o.top_p = t.number("top_p", 1.0, 1e-6, 1.0);
+            o.seed = static_cast<uint64_t>(t.integer("seed", 0, 0));
+            o.no_repeat_ngram_size = t.integer("no_repeat_ngram_size", 0, 0);
+            mark_fusion_use(st.model);
+            s.step = st;
+        } else if (s.kind == "save") {
+            SaveStep st;
+            st.model = model_name("model");
+            auto p = t.path("path");
+            if (!p) throw PipelineError(t.here() + ": missing key 'path'");
+            st.path = *p;
+            st.self_contained = t.boolean("self_contained", false);
+            mark_fusion_use(st.model);
+            s.step = st;
+        } else if (s.kind == "load") {
+            LoadStep st;
+            st.model = t.required_string("model");
+            auto p = t.path("path");
+            if (!p) throw PipelineError(t.here() + ": missing key 'path'");
+            st.path = *p;
+            if (std::find(names.models.begin(), names.models.end(), st.model) == names.models.end()) names.models.push_back(st.model);
+            names.defs.erase(st.model);  // known only at run time
+            s.step = st;
+        } else {
+            throw PipelineError(t.at("run") + ": unknown step \"" + s.kind + "\" (expected train, eval, generate, save or load)");
+        }
+        t.finish();
+        spec.steps.push_back(std::move(s));
+        ++i;
+    }
+}
+
+}  // namespace
+
+PipelineSpec Pipeline::parse(const PluginHost &host, const std::string &file, const RunSettings &settings) {
+    toml::table root;
+    try {
+        root = toml::parse_file(file);
+    } catch (const toml::parse_error &e) {
+        throw PipelineError(file + ":" + std::to_string(e.source().begin.line) + ":" + std::to_string(e.source().begin.column) + ": " +
+                            std::string(e.description()));
+    }
+    for (const auto &s : settings.sets) apply_set(root, s);
+
+    PipelineSpec spec;
+    spec.file = file;
+    Source src{file, fs::absolute(file).parent_path(), ""};
+    Table top(src, root, "");
+    const std::string file_output = top.string("output", "");
+    const std::string out = settings.output.empty() ? file_output : settings.output;
+    if (out.empty()) throw PipelineError(file + ": no output folder (set output = \"...\" in the file or pass --output DIR)");
+    spec.output = settings.output.empty() ? resolve_path(src, out) : fs::absolute(out).lexically_normal().string();
+    src.output = spec.output;
+    spec.device = parse_device(top.string("device", "cpu"), top.at("device"));
+    spec.dtype = parse_dtype(top.string("dtype", "float32"), top.at("dtype"));
+
+    if (auto tok = top.table("tokenizer")) {
+        auto p = tok->path("path");
+        if (!p) throw PipelineError(tok->here() + ": missing key 'path'");
+        spec.tokenizer = *p;
+        try {
+            const auto t = formats::Tokenizer::from_file(spec.tokenizer);
+            if (auto eos = tok->string("eos")) {
+                auto id = t.token_to_id(*eos);
+                if (!id) throw PipelineError(tok->at("eos") + ": the tokenizer has no token \"" + *eos + "\"");
+                spec.eos_id = *id;
+            }
+        } catch (const PipelineError &) {
+            throw;
+        } catch (const std::exception &e) {
+            throw PipelineError(tok->at("path") + ": " + e.what());
+        }
+        tok->finish();
+    }
+    if (auto data = top.table("data")) read_data(spec, *data);
+    if (auto models = top.table("models")) read_models(host, spec, *models);
+    if (spec.models.empty()) throw PipelineError(file + ": no [models.NAME] tables");
+
+    Names names;
+    for (const auto &m : spec.models) {
+        names.models.push_back(m.name);
+        names.defs[m.name] = &m;
+    }
+    for (const auto &d : spec.data) names.data.push_back(d.name);
+    for (auto &m : spec.models)
+        if (m.kind == ModelDef::Kind::Fusion) check_fusion(m, names, "models." + m.name);
+    if (spec.tokenizer.empty()) {  // the first model folder's tokenizer, when there is one
+        for (const auto &m : spec.models)
+            if (m.kind != ModelDef::Kind::Fusion && fs::exists(fs::path(m.path) / "tokenizer.json")) {
+                spec.tokenizer = (fs::path(m.path) / "tokenizer.json").string();
+                break;
+            }
+    }
+    read_steps(spec, top.get("steps"), src, names);
+    top.finish();
+    bool needs_tokenizer = !spec.data.empty();
+    for (const auto &s : spec.steps) needs_tokenizer = needs_tokenizer || s.kind == "generate";
+    if (needs_tokenizer && spec.tokenizer.empty())
+        throw PipelineError(file + ": no tokenizer: add [tokenizer] path = \"...\" (or use a model folder holding tokenizer.json)");
+    return spec;
+}
+
+}  // namespace mango

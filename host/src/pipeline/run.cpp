@@ -1,0 +1,388 @@
+// Pipeline::run: builds models when a step first needs them, tokenises and
+// packs data once, and runs the steps in order.
+#include "mango/host/pipeline.hpp"
+
+#include "mango/host/evaluate.hpp"
+#include "mango/host/logging.hpp"
+
+#include <mango/formats/safetensors.hpp>
+
+#include <ATen/ATen.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <sstream>
+
+namespace mango {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::string fixed(double v, int digits) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+    return buf;
+}
+
+// FNV-1a, stable across runs and builds: identifies a training run's inputs.
+struct Fingerprint {
+    uint64_t h = 1469598103934665603ULL;
+    void add(const void *p, size_t n) {
+        for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const unsigned char *>(p)[i]) * 1099511628211ULL;
+    }
+    void add(const std::string &s) { add(s.data(), s.size()); }
+    void add(const at::Tensor &t) {
+        const at::Tensor c = t.to(at::kCPU).contiguous();
+        add(c.data_ptr(), size_t(c.numel()) * c.element_size());
+    }
+    std::string hex() const {
+        char buf[20];
+        std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+        return buf;
+    }
+};
+
+json spec_json(const InstanceSpec &s) { return {{"name", s.name}, {"options", s.options}}; }
+
+class Runner {
+public:
+    Runner(const PluginHost &host, const PipelineSpec &spec, const RunSettings &settings)
+        : host_(host), spec_(spec), settings_(settings) {}
+
+    json run() {
+        fs::create_directories(spec_.output);
+        if (!spec_.tokenizer.empty()) tok_.emplace(formats::Tokenizer::from_file(spec_.tokenizer));
+        eos_ = spec_.eos_id.value_or(-1);
+        json steps = json::array();
+        for (size_t i = 0; i < spec_.steps.size(); ++i) {
+            const StepDef &s = spec_.steps[i];
+            say("\n== step " + std::to_string(i + 1) + "/" + std::to_string(spec_.steps.size()) + ": " + s.kind);
+            json r = std::visit([&](const auto &st) { return this->step(st, i); }, s.step);
+            r["run"] = s.kind;
+            steps.push_back(r);
+            summary_["steps"] = steps;
+            formats::write_file_atomic((fs::path(spec_.output) / "summary.json").string(), summary_.dump(2) + "\n");
+        }
+        summary_["output"] = spec_.output;
+        formats::write_file_atomic((fs::path(spec_.output) / "summary.json").string(), summary_.dump(2) + "\n");
+        return summary_;
+    }
+
+private:
+    void say(const std::string &line) {
+        if (!settings_.json) std::cout << line << "\n" << std::flush;
+    }
+
+    const ModelDef *def(const std::string &name) const {
+        for (const auto &m : spec_.models)
+            if (m.name == name) return &m;
+        return nullptr;
+    }
+
+    std::shared_ptr<Model> plain(const std::string &name) {
+        if (auto it = plain_.find(name); it != plain_.end()) return it->second;
+        const ModelDef *d = def(name);
+        std::shared_ptr<Model> m;
+        if (d->kind == ModelDef::Kind::RandomInit) {
+            say("model " + name + ": random initialisation from " + d->path + "/config.json (seed " + std::to_string(d->seed) + ")");
+            m = Model::init_random(host_, d->path, d->seed, spec_.dtype, spec_.device);
+        } else {
+            say("model " + name + ": " + d->path);
+            m = Model::load(host_, d->path, spec_.dtype, spec_.device);
+        }
+        plain_[name] = m;
+        live_[name] = m;
+        return m;
+    }
+
+    CausalLM &model(const std::string &name) {
+        if (auto it = live_.find(name); it != live_.end()) return *it->second;
+        const ModelDef *d = def(name);
+        if (d->kind == ModelDef::Kind::SavedFusion) {
+            say("model " + name + ": saved fusion " + d->path);
+            live_[name] = FusedModel::load(host_, d->path, spec_.dtype, spec_.device);
+        } else if (d->kind == ModelDef::Kind::Fusion) {
+            const FusionDef &f = d->fusion;
+            std::vector<std::shared_ptr<Model>> members;
+            for (const auto &m : f.members) members.push_back(plain(m));
+            FusionSpec fs;
+            auto index = [&](const std::string &n) { return size_t(std::find(f.members.begin(), f.members.end(), n) - f.members.begin()); };
+            fs.base = index(f.base);
+            fs.target_hidden = f.target_hidden;
+            fs.always_adapt = f.always_adapt;
+            fs.adapter = f.adapter;
+            for (size_t l = 0; l < f.layers.size(); ++l) {
+                FusionLayer layer;
+                for (const auto &[m, i] : f.layers[l]) layer.experts.push_back({index(m), i});
+                layer.router = f.routers[l];
+                fs.layers.push_back(layer);
+            }
+            fs.adapter.param_options = at::TensorOptions().dtype(at::kFloat).device(spec_.device);
+            for (auto &l : fs.layers) l.router.param_options = fs.adapter.param_options;
+            auto fused = FusedModel::build(host_, members, fs);
+            say("model " + name + ": fusion of " + std::to_string(f.members.size()) + " models, " + std::to_string(f.layers.size()) +
+                " fusion layers, hidden size " + std::to_string(fused->target_hidden()));
+            live_[name] = std::move(fused);
+        } else {
+            plain(name);
+        }
+        return *live_[name];
+    }
+
+    // Packed sequences of a data set (a mix concatenates its members').
+    const PackedData &data(const std::string &name) {
+        if (auto it = packed_.find(name); it != packed_.end()) return it->second;
+        const DataDef *d = nullptr;
+        for (const auto &x : spec_.data)
+            if (x.name == name) d = &x;
+        PackedData p;
+        if (!d->mix.empty()) {
+            std::vector<at::Tensor> tr, va;
+            for (const auto &m : d->mix) {
+                const PackedData &q = data(m);
+                tr.push_back(q.train);
+                va.push_back(q.validation);
+                p.documents += q.documents;
+                p.tokens += q.tokens;
+            }
+            p.train = at::cat(tr);
+            p.validation = at::cat(va);
+        } else {
+            DataOptions o = d->options;
+            o.eos_id = eos_;
+            p = pack(*tok_, d->documents, o, d->where);
+            say("data " + name + ": " + std::to_string(p.documents) + " documents, " + std::to_string(p.tokens) + " tokens, " +
+                std::to_string(p.train.size(0)) + " training + " + std::to_string(p.validation.size(0)) + " validation sequences of " +
+                std::to_string(o.seq_len));
+        }
+        return packed_[name] = p;
+    }
+
+    at::Tensor joined(const std::vector<std::string> &names, bool validation) {
+        std::vector<at::Tensor> parts;
+        for (const auto &n : names) parts.push_back(validation ? data(n).validation : data(n).train);
+        for (size_t i = 1; i < parts.size(); ++i)
+            if (parts[i].size(1) != parts[0].size(1))
+                throw PipelineError("data sets " + names[0] + " and " + names[i] + " have different seq_len; one training step needs one");
+        return at::cat(parts);
+    }
+
+    json step(const TrainStep &s, size_t index) {
+        CausalLM &m = model(s.model);
+        const ModelDef *d = def(s.model);
+        if (auto *fused = dynamic_cast<FusedModel *>(&m)) fused->set_experts_trainable(s.all_weights);
+        else if (auto *plain_model = dynamic_cast<Model *>(&m)) plain_model->set_trainable(true);
+        TrainRunOptions o = s.run;
+        const at::Tensor train = joined(s.data, false);
+        o.validation = joined(s.data, true);
+        o.progress = settings_.progress && !settings_.json;
+        if (o.fingerprint != "no-resume") {
+            Fingerprint f;
+            json what = {{"model", s.model}, {"train", s.all_weights}, {"step", index}, {"opts", json::array()}};
+            const TrainOptions &t = o.train;
+            for (double v : {double(t.steps), double(t.batch_size), t.lr, t.router_lr, t.weight_decay, double(t.warmup_steps), t.min_lr_ratio,
+                             t.clip_norm, t.balance_weight, t.entropy_weight, t.adapter_weight, double(t.seed)})
+                what["opts"].push_back(v);
+            if (d) what["def"] = {d->path, d->seed, int(d->kind)};
+            if (d && d->kind == ModelDef::Kind::Fusion) {
+                what["adapter"] = spec_json(d->fusion.adapter);
+                for (const auto &r : d->fusion.routers) what["routers"].push_back(spec_json(r));
+                what["layers"] = d->fusion.layers;
+            }
+            f.add(what.dump());
+            f.add(train);
+            for (const auto &[name, t] : m.trainable()) f.add(name + c10::str(t.sizes()));
+            o.fingerprint = f.hex();
+        } else {
+            fs::remove(o.state_path);
+            o.fingerprint = "";
+        }
+        std::string names;
+        for (const auto &n : s.data) names += (names.empty() ? "" : ", ") + n;
+        int64_t n_params = 0;
+        for (const auto &[_, t] : m.trainable()) n_params += t.numel();
+        say("training " + s.model + " (" + std::to_string(n_params) + " trainable parameters) on " + names + ": " +
+            std::to_string(o.train.steps) + " steps of " + std::to_string(o.train.batch_size) + " x " + std::to_string(train.size(1)) +
+            " tokens");
+        const TrainRunResult r = run_training(m, train, o);
+        json out = {{"model", s.model}, {"steps", r.steps}, {"resumed_from", r.resumed_from}, {"tokens", r.tokens},
+                    {"seconds", r.seconds}, {"tokens_per_s", r.tokens_per_s}, {"last_loss", r.last_loss},
+                    {"validation_perplexity", r.validation_perplexity}, {"state", o.state_path}, {"log", o.log_path}};
+        if (r.resumed_from == r.steps && r.steps > 0) say("(restored from " + o.state_path + ": already trained)");
+        // A trained plain model is written out, so fusions can refer to it by path and content hash.
+        if (auto *pm = dynamic_cast<Model *>(&m)) {
+            const std::string dir = (fs::path(spec_.output) / "models" / s.model).string();
+            pm->set_trainable(false);
+            pm->save(dir);
+            if (tok_) copy_tokenizer(dir);
+            auto reloaded = std::shared_ptr<Model>(Model::load(host_, dir, spec_.dtype, spec_.device));
+            plain_[s.model] = reloaded;
+            live_[s.model] = reloaded;
+            out["saved"] = dir;
+        } else if (auto *fused = dynamic_cast<FusedModel *>(&m)) {
+            if (s.all_weights) fused->set_experts_trainable(false);
+        }
+        return out;
+    }
+
+    json step(const EvalStep &s, size_t index) {
+        std::vector<json> rows;
+        std::map<std::string, std::map<std::string, double>> ppl;
+        std::string heat = s.heatmap;
+        std::vector<HeatmapGroup> groups;
+        json router = json::object();
+        for (const auto &name : s.models) {
+            CausalLM &m = model(name);
+            auto *fused = dynamic_cast<FusedModel *>(&m);
+            if (heat.empty() && fused) heat = name;
+            for (const auto &dn : s.data) {
+                at::Tensor seqs = data(dn).validation;
+                if (seqs.size(0) == 0) throw PipelineError("data set " + dn + " has no validation sequences (raise its 'validation' fraction)");
+                if (s.max_sequences > 0 && seqs.size(0) > s.max_sequences) seqs = seqs.narrow(0, 0, s.max_sequences);
+                const EvalResult r = evaluate(m, seqs, s.batch_size);
+                ppl[name][dn] = r.perplexity;
+                json row = {{"model", name}, {"data", dn}, {"perplexity", r.perplexity}, {"nll", r.nll}, {"tokens", r.tokens},
+                            {"sequences", r.sequences}};
+                if (fused && r.router_weights.defined()) {
+                    const at::Tensor mean = r.router_weights.mean(1);  // [layers, E]
+                    json layers = json::array();
+                    for (int64_t l = 0; l < mean.size(0); ++l) {
+                        json w = json::array();
+                        for (int64_t e = 0; e < mean.size(1); ++e) w.push_back(mean[l][e].item<double>());
+                        layers.push_back(w);
+                    }
+                    row["router_mean_weights"] = layers;
+                    if (name == heat) groups.push_back({dn, r.router_weights});
+                }
+                rows.push_back(row);
+            }
+        }
+        // The table: models x data sets; * marks the best per column.
+        std::ostringstream t;
+        size_t w = 12;
+        for (const auto &m : s.models) w = std::max(w, m.size() + 2);
+        t << "\nperplexity" << std::string(w > 10 ? w - 10 : 1, ' ');
+        for (const auto &dn : s.data) t << std::string(dn.size() < 12 ? 12 - dn.size() : 1, ' ') << dn;
+        t << "\n";
+        for (const auto &m : s.models) {
+            t << m << std::string(w - m.size(), ' ');
+            for (const auto &dn : s.data) {
+                bool best = true;
+                for (const auto &o : s.models) best = best && ppl[o][dn] >= ppl[m][dn];
+                const std::string cell = fixed(ppl[m][dn], 2) + (best && s.models.size() > 1 ? "*" : " ");
+                t << std::string(cell.size() < 12 ? 12 - cell.size() : 1, ' ') << cell;
+            }
+            t << "\n";
+        }
+        say(t.str());
+        json out = {{"results", rows}};
+        for (auto &r : rows) metrics_["evaluations"].push_back(r);
+        if (!groups.empty()) {
+            const ModelDef *d = def(heat);
+            std::vector<std::string> experts;
+            auto *fused = dynamic_cast<FusedModel *>(&model(heat));
+            const int64_t E = groups[0].weights.size(2);
+            for (int64_t e = 0; e < E; ++e) experts.push_back("expert " + std::to_string(e));
+            if (d && d->kind == ModelDef::Kind::Fusion && fused) {
+                // Name experts by model when every layer lists the models in the same order.
+                bool same = true;
+                for (const auto &l : d->fusion.layers) same = same && int64_t(l.size()) == E;
+                if (same)
+                    for (int64_t e = 0; e < E; ++e) experts[size_t(e)] = d->fusion.layers[0][size_t(e)].first;
+            }
+            const fs::path svg = fs::path(spec_.output) / "router_heatmap.svg";
+            formats::write_file_atomic(svg.string(), router_heatmap_svg("Router weights of " + heat + " (eval step " +
+                                                                            std::to_string(index + 1) + ")", experts, groups));
+            say("router heatmap: " + svg.string());
+            for (const auto &g : groups) {
+                const at::Tensor mean = g.weights.mean(at::IntArrayRef{0, 1});
+                std::string line = "  router of " + heat + " on " + g.label + ": mean weight";
+                for (int64_t e = 0; e < E; ++e) line += " " + experts[size_t(e)] + " " + fixed(mean[e].item<double>(), 2);
+                say(line);
+            }
+            out["heatmap"] = svg.string();
+        }
+        metrics_["output"] = spec_.output;
+        formats::write_file_atomic((fs::path(spec_.output) / "metrics.json").string(), metrics_.dump(2) + "\n");
+        out["metrics"] = (fs::path(spec_.output) / "metrics.json").string();
+        return out;
+    }
+
+    json step(const GenerateStep &s, size_t) {
+        CausalLM &m = model(s.model);
+        if (!tok_) throw PipelineError("generate needs a tokenizer");
+        std::vector<std::vector<int64_t>> prompts;
+        for (const auto &p : s.prompts) {
+            auto ids = tok_->encode(p, false);
+            if (ids.empty()) throw PipelineError("generate: the prompt \"" + p + "\" has no tokens");
+            prompts.emplace_back(ids.begin(), ids.end());
+        }
+        GenerateOptions o = s.options;
+        if (eos_ >= 0) o.stop_ids = {eos_};
+        for (const auto &d : {def(s.model)})
+            if (d && (d->kind == ModelDef::Kind::Folder) && o.stop_ids.empty()) {
+                auto p = plain(s.model);
+                o.stop_ids = p->config().eos_token_ids;
+            }
+        at::NoGradGuard no_grad;
+        m.train(false);
+        const auto out = generate(m, prompts, o);
+        json samples = json::array();
+        for (size_t i = 0; i < out.size(); ++i) {
+            std::vector<int32_t> ids(out[i].begin(), out[i].end());
+            const std::string text = tok_->decode(ids, true);
+            say(s.model + ": " + s.prompts[i] + "\u2192" + text);
+            samples.push_back({{"prompt", s.prompts[i]}, {"text", text}, {"ids", out[i]}});
+        }
+        return {{"model", s.model}, {"samples", samples}};
+    }
+
+    json step(const SaveStep &s, size_t) {
+        CausalLM &m = model(s.model);
+        if (auto *fused = dynamic_cast<FusedModel *>(&m)) fused->save(s.path, s.self_contained);
+        else dynamic_cast<Model &>(m).save(s.path);
+        if (tok_) copy_tokenizer(s.path);
+        say("saved " + s.model + " to " + s.path);
+        return {{"model", s.model}, {"path", s.path}};
+    }
+
+    json step(const LoadStep &s, size_t) {
+        if (fs::exists(fs::path(s.path) / "fusion.json")) {
+            live_[s.model] = FusedModel::load(host_, s.path, spec_.dtype, spec_.device);
+            plain_.erase(s.model);
+        } else {
+            auto m = std::shared_ptr<Model>(Model::load(host_, s.path, spec_.dtype, spec_.device));
+            plain_[s.model] = m;
+            live_[s.model] = m;
+        }
+        say("loaded " + s.model + " from " + s.path);
+        return {{"model", s.model}, {"path", s.path}};
+    }
+
+    void copy_tokenizer(const std::string &dir) {
+        const fs::path src = fs::is_directory(spec_.tokenizer) ? fs::path(spec_.tokenizer) / "tokenizer.json" : fs::path(spec_.tokenizer);
+        const fs::path dst = fs::path(dir) / "tokenizer.json";
+        if (fs::exists(dst) && fs::equivalent(src, dst)) return;
+        fs::copy_file(src, dst, fs::copy_options::overwrite_existing);
+    }
+
+    const PluginHost &host_;
+    const PipelineSpec &spec_;
+    const RunSettings &settings_;
+    std::optional<formats::Tokenizer> tok_;
+    int64_t eos_ = -1;
+    std::map<std::string, std::shared_ptr<CausalLM>> live_;
+    std::map<std::string, std::shared_ptr<Model>> plain_;
+    std::map<std::string, PackedData> packed_;
+    json summary_ = json::object(), metrics_ = {{"evaluations", json::array()}};
+};
+
+}  // namespace
+
+json Pipeline::run(const PluginHost &host, const PipelineSpec &spec, const RunSettings &settings) {
+    return Runner(host, spec, settings).run();
+}
+
+}  // namespace mango

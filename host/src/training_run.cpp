@@ -1,0 +1,96 @@
+#include "mango/host/training_run.hpp"
+
+#include "mango/host/evaluate.hpp"
+#include "mango/host/progress.hpp"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+namespace mango {
+namespace {
+
+std::string fixed(double v, int digits) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+    return buf;
+}
+
+std::string rate(double tokens_per_s) {
+    return tokens_per_s >= 1000 ? fixed(tokens_per_s / 1000, 1) + "k tok/s" : fixed(tokens_per_s, 0) + " tok/s";
+}
+
+}  // namespace
+
+TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const TrainRunOptions &o) {
+    if (data.dim() != 2 || data.size(0) == 0) throw Error("training needs at least one packed sequence");
+    Trainer trainer(model, o.train);
+    TrainRunResult r;
+    if (!o.state_path.empty() && std::filesystem::exists(o.state_path)) {
+        const auto meta = trainer.load_state(o.state_path);
+        auto it = meta.find("fingerprint");
+        if (it == meta.end() || it->second != o.fingerprint)
+            throw Error(o.state_path + ": this training state belongs to another run (different model, data or options); "
+                        "remove it to start afresh");
+        r.resumed_from = trainer.steps_done();
+    }
+    std::ofstream log;
+    if (!o.log_path.empty()) {
+        std::filesystem::create_directories(std::filesystem::path(o.log_path).parent_path().empty() ? "." : std::filesystem::path(o.log_path).parent_path());
+        log.open(o.log_path, r.resumed_from > 0 ? std::ios::app : std::ios::trunc);
+        if (!log) throw Error(o.log_path + ": cannot write the metrics log");
+    }
+    auto checkpoint = [&] {
+        if (!o.state_path.empty()) trainer.save_state(o.state_path, {{"fingerprint", o.fingerprint}});
+    };
+    auto validate = [&]() -> double {
+        if (!o.validation.defined() || o.validation.size(0) == 0) return 0;
+        const double ppl = evaluate(model, o.validation, o.train.batch_size).perplexity;
+        model.train(true);
+        return ppl;
+    };
+
+    Progress bar(o.label, o.train.steps, o.progress);
+    const int64_t start = trainer.steps_done();
+    double smoothed = 0;
+    int64_t tokens = 0;
+    for (int64_t s = start; s < o.train.steps; ++s) {
+        at::Tensor ids = trainer.batch_rows(data, s).to(model.device());
+        at::Tensor mask = at::ones_like(ids);
+        const TrainStepResult st = trainer.step(ids, mask);
+        tokens += st.tokens;
+        smoothed = s == start ? st.lm_loss : 0.9 * smoothed + 0.1 * st.lm_loss;
+        const double tps = double(tokens) / std::max(1e-9, bar.elapsed_s());
+        const bool ckpt = o.checkpoint_every > 0 && (s + 1) % o.checkpoint_every == 0 && s + 1 < o.train.steps;
+        const bool eval = o.eval_every > 0 && (s + 1) % o.eval_every == 0 && s + 1 < o.train.steps;
+        const double vppl = eval ? validate() : 0;
+        if (log) {
+            nlohmann::json j = {{"step", s + 1}, {"loss", st.loss}, {"lm_loss", st.lm_loss}, {"perplexity", std::exp(st.lm_loss)},
+                                {"lr", st.lr}, {"grad_norm", st.grad_norm}, {"tokens", st.tokens}, {"tokens_per_s", tps}};
+            if (eval) j["validation_perplexity"] = vppl;
+            log << j.dump() << "\n" << std::flush;
+        }
+        if (ckpt) checkpoint();
+        bar.update(s + 1, "loss " + fixed(smoothed, 3) + " ppl " + fixed(std::exp(smoothed), 1) + "  " + rate(tps));
+        r.last_loss = st.lm_loss;
+    }
+    if (trainer.steps_done() > start) checkpoint();
+    r.steps = trainer.steps_done();
+    r.tokens = tokens;
+    r.seconds = bar.elapsed_s();
+    r.tokens_per_s = double(tokens) / std::max(1e-9, r.seconds);
+    r.validation_perplexity = validate();
+    model.train(false);
+    if (log && r.validation_perplexity > 0)
+        log << nlohmann::json{{"step", r.steps}, {"validation_perplexity", r.validation_perplexity}}.dump() << "\n";
+    bar.finish(start == o.train.steps ? "already trained (" + o.state_path + ")"
+                                      : "loss " + fixed(smoothed, 3) + "  " + rate(r.tokens_per_s) +
+                                            (r.validation_perplexity > 0 ? "  validation ppl " + fixed(r.validation_perplexity, 2) : ""));
+    return r;
+}
+
+}  // namespace mango
