@@ -19,7 +19,7 @@ struct Piece : torch::CustomClassHolder {
 };
 
 struct Recompute : torch::autograd::Function<Recompute> {
-    static variable_list forward(AutogradContext *ctx, const at::Tensor &x, const variable_list &params,
+    static variable_list forward(AutogradContext *ctx, const at::Tensor &x, at::TensorList params,
                                  c10::intrusive_ptr<Piece> piece) {
         at::Generator gen = at::detail::getDefaultCPUGenerator();
         piece->rng_state = gen.get_state();
@@ -31,7 +31,7 @@ struct Recompute : torch::autograd::Function<Recompute> {
         variable_list saved{x};
         saved.insert(saved.end(), params.begin(), params.end());
         ctx->save_for_backward(saved);
-        ctx->saved_data["piece"] = c10::IValue(c10::intrusive_ptr<torch::CustomClassHolder>(piece));
+        ctx->saved_data["piece"] = c10::IValue::make_capsule(c10::intrusive_ptr<torch::CustomClassHolder>(piece));
         return {y};
     }
 
@@ -72,7 +72,7 @@ struct Recompute : torch::autograd::Function<Recompute> {
 at::Tensor checkpointed(std::function<at::Tensor(const at::Tensor &)> fn, const at::Tensor &x, const std::vector<at::Tensor> &params) {
     auto piece = c10::make_intrusive<Piece>();
     piece->fn = std::move(fn);
-    return Recompute::apply(x, params, piece)[0];
+    return Recompute::apply(x, at::TensorList(params), piece)[0];
 }
 
 std::vector<at::Tensor> trainable_tensors(const CausalLM &model) {

@@ -329,7 +329,7 @@ void read_steps(PipelineSpec &spec, const toml::node *steps, const Source &src, 
         auto mark_fusion_use = [&](const std::string &m) {
             auto it = names.defs.find(m);
             if (it != names.defs.end() && it->second->kind == ModelDef::Kind::Fusion)
-                for (const auto &member : it->second->fusion.members) fused_used_at.emplace(member, i);
+                for (const auto &member : it->second->fusion.members) fused_used_at.emplace(member, i + 1);
         };
         if (s.kind == "train") {
             TrainStep st = read_train(t, spec, i);

@@ -1,0 +1,242 @@
+// Training: a resumed run continues bit-exactly; gradient checkpointing gives
+// the same gradients as keeping activations; a whole model trains from random
+// initialisation; AdamW matches its formula (Loshchilov & Hutter, decoupled
+// weight decay) on a hand-computed step; a finished run restored from its
+// state does no more steps.
+#include <mango/host/fusion.hpp>
+#include <mango/host/train.hpp>
+#include <mango/host/training_run.hpp>
+
+#include "test_plugins.hpp"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+namespace fs = std::filesystem;
+using namespace mango;
+
+namespace {
+
+const PluginHost &plugins() {
+    static const PluginHost host = make_test_plugin_host();
+    return host;
+}
+
+std::shared_ptr<Model> llama(int64_t hidden, uint64_t seed) {
+    const fs::path d = fs::path(MANGO_TEST_TMP) / ("train_llama_" + std::to_string(hidden));
+    fs::create_directories(d);
+    std::ofstream(d / "config.json") << nlohmann::json{{"model_type", "llama"}, {"hidden_size", hidden}, {"num_hidden_layers", 2},
+                                                       {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"intermediate_size", 2 * hidden},
+                                                       {"vocab_size", 64}, {"initializer_range", 0.1}}.dump();
+    return Model::init_random(plugins(), d.string(), seed);
+}
+
+InstanceSpec named(const std::string &name, nlohmann::json options = nlohmann::json::object()) {
+    InstanceSpec s;
+    s.name = name;
+    s.options = std::move(options);
+    return s;
+}
+
+// Two models of different sizes; bottleneck adapters with dropout, so the
+// random state matters; token-level routers.
+std::unique_ptr<FusedModel> fusion() {
+    FusionSpec spec;
+    spec.adapter = named("bottleneck", {{"bottleneck_size", 8}, {"dropout", 0.2}});
+    spec.always_adapt = true;
+    for (int32_t l = 0; l < 2; ++l) spec.layers.push_back({{{0, l}, {1, l}}, named("token_level", {{"top_k", 2}})});
+    return FusedModel::build(plugins(), {llama(32, 1), llama(48, 2)}, spec);
+}
+
+at::Tensor data() { return (at::arange(24 * 10).reshape({24, 10}) * 7 + 3) % 61 + 2; }
+
+TrainOptions options() {
+    TrainOptions o;
+    o.steps = 6;
+    o.batch_size = 4;
+    o.lr = 5e-3;
+    o.router_lr = 2e-2;
+    o.warmup_steps = 2;
+    o.seed = 11;
+    o.adapter_weight = 0.1;
+    return o;
+}
+
+void steps(Trainer &t, const at::Tensor &d, int64_t from, int64_t to) {
+    for (int64_t s = from; s < to; ++s) {
+        at::Tensor ids = t.batch_rows(d, s);
+        t.step(ids, at::ones_like(ids));
+    }
+}
+
+}  // namespace
+
+TEST(Training, ResumeFromAStateFileIsBitExact) {
+    const at::Tensor d = data();
+    auto straight = fusion();
+    Trainer a(*straight, options());
+    steps(a, d, 0, 6);
+
+    const std::string state = (fs::path(MANGO_TEST_TMP) / "resume.state.safetensors").string();
+    {
+        auto first = fusion();
+        Trainer b(*first, options());
+        steps(b, d, 0, 3);
+        b.save_state(state, {{"fingerprint", "x"}});
+    }  // "the process dies" after its checkpoint
+    auto resumed = fusion();
+    Trainer c(*resumed, options());
+    const auto meta = c.load_state(state);
+    EXPECT_EQ(meta.at("fingerprint"), "x");
+    ASSERT_EQ(c.steps_done(), 3);
+    steps(c, d, 3, 6);
+
+    const auto want = straight->trainable(), got = resumed->trainable();
+    ASSERT_EQ(want.size(), got.size());
+    for (size_t i = 0; i < want.size(); ++i) EXPECT_TRUE(at::equal(want[i].second, got[i].second)) << want[i].first;
+    // And the batches are the seeded order, not the data order.
+    EXPECT_FALSE(at::equal(a.batch_rows(d, 0), d.narrow(0, 0, 4)));
+    EXPECT_TRUE(at::equal(a.batch_rows(d, 5), c.batch_rows(d, 5)));
+}
+
+TEST(Training, StateFromAnotherModelIsRefused) {
+    auto f = fusion();
+    Trainer t(*f, options());
+    const std::string state = (fs::path(MANGO_TEST_TMP) / "other.state.safetensors").string();
+    t.save_state(state);
+    auto m = llama(32, 3);
+    m->set_trainable(true);
+    Trainer other(*m, options());
+    try {
+        other.load_state(state);
+        FAIL();
+    } catch (const Error &e) {
+        EXPECT_NE(std::string(e.what()).find("trained tensors, this model has"), std::string::npos) << e.what();
+    }
+}
+
+TEST(Training, GradientCheckpointingGivesTheSameGradients) {
+    at::manual_seed(0);
+    const at::Tensor ids = data().narrow(0, 0, 3), mask = at::ones_like(ids);
+    const at::Tensor pos = at::arange(ids.size(1)).unsqueeze(0).expand_as(ids);
+    for (bool whole_model : {false, true}) {
+        std::shared_ptr<Model> whole = whole_model ? llama(32, 5) : nullptr;
+        if (whole) whole->set_trainable(true);
+        auto f = whole_model ? nullptr : fusion();
+        CausalLM &m = whole_model ? static_cast<CausalLM &>(*whole) : static_cast<CausalLM &>(*f);
+        m.train(false);  // no dropout: both runs must see the same function
+        std::vector<at::Tensor> plain_grads;
+        for (bool recompute : {false, true}) {
+            m.set_gradient_checkpointing(recompute);
+            for (auto &[_, p] : m.trainable()) p.mutable_grad() = at::Tensor();
+            lm_loss(m.logits(ids, mask, pos, false), ids, mask).backward();
+            size_t i = 0, with_grad = 0;
+            for (auto &[name, p] : m.trainable()) {
+                if (!recompute) {
+                    plain_grads.push_back(p.grad().defined() ? p.grad().clone() : at::Tensor());
+                    continue;
+                }
+                ASSERT_EQ(p.grad().defined(), plain_grads[i].defined()) << name;
+                if (p.grad().defined()) {
+                    ++with_grad;
+                    EXPECT_TRUE(at::allclose(p.grad(), plain_grads[i], 1e-5, 1e-6)) << name;
+                }
+                ++i;
+            }
+            if (recompute) {
+                EXPECT_GT(with_grad, 4u);
+            }
+        }
+        m.set_gradient_checkpointing(false);
+    }
+}
+
+TEST(Training, AdamWStepMatchesTheFormula) {
+    // One tensor, one step by hand: m = (1-b1) g, v = (1-b2) g^2,
+    // p <- p (1 - lr wd) - lr * (m / (1-b1)) / (sqrt(v / (1-b2)) + eps).
+    auto m = llama(32, 7);
+    m->set_trainable(true);
+    TrainOptions o;
+    o.steps = 1;
+    o.batch_size = 2;
+    o.lr = 1e-2;
+    o.weight_decay = 0.1;
+    o.clip_norm = 0;
+    o.balance_weight = 0;
+    Trainer t(*m, o);
+    const at::Tensor ids = data().narrow(0, 0, 2), mask = at::ones_like(ids);
+    std::vector<at::Tensor> before, grads;
+    for (auto &[_, p] : m->trainable()) before.push_back(p.detach().clone());
+    // The gradient the trainer will see, computed the same way first.
+    {
+        for (auto &[_, p] : m->trainable()) p.mutable_grad() = at::Tensor();
+        const at::Tensor pos = at::arange(ids.size(1)).unsqueeze(0).expand_as(ids);
+        lm_loss(m->logits(ids, mask, pos, false), ids, mask).backward();
+        for (auto &[_, p] : m->trainable()) grads.push_back(p.grad().clone());
+    }
+    t.step(ids, mask);
+    size_t i = 0;
+    for (auto &[name, p] : m->trainable()) {
+        const at::Tensor g = grads[i], p0 = before[i];
+        const double decay = p0.dim() >= 2 ? 0.1 : 0.0;
+        const at::Tensor mh = g * 0.1 / 0.1, vh = g * g * 0.001 / 0.001;
+        const at::Tensor want = p0 * (1 - 1e-2 * decay) - 1e-2 * mh / (vh.sqrt() + 1e-8);
+        EXPECT_TRUE(at::allclose(p.detach(), want, 1e-5, 1e-6)) << name;
+        ++i;
+    }
+}
+
+TEST(Training, WholeModelFromRandomInitLearnsAndRestoredRunDoesNothing) {
+    auto m = llama(32, 9);
+    m->set_trainable(true);
+    TrainRunOptions o;
+    o.train = options();
+    o.train.steps = 30;
+    o.train.lr = 1e-2;
+    o.state_path = (fs::path(MANGO_TEST_TMP) / "whole.state.safetensors").string();
+    o.log_path = (fs::path(MANGO_TEST_TMP) / "whole.metrics.jsonl").string();
+    o.checkpoint_every = 10;
+    o.fingerprint = "whole";
+    o.validation = data().narrow(0, 20, 4);
+    o.progress = false;
+    fs::remove(o.state_path);
+    const at::Tensor d = data().narrow(0, 0, 20);
+    const double before = [&] {
+        at::NoGradGuard g;
+        const at::Tensor v = o.validation, pos = at::arange(v.size(1)).unsqueeze(0).expand_as(v);
+        return std::exp(lm_loss(m->logits(v, at::ones_like(v), pos, false), v, at::ones_like(v)).item<double>());
+    }();
+    const TrainRunResult r = run_training(*m, d, o);
+    EXPECT_EQ(r.steps, 30);
+    EXPECT_LT(r.validation_perplexity, before * 0.5) << "before " << before;
+    // The log holds one line per step plus the final validation.
+    std::ifstream log(o.log_path);
+    int lines = 0;
+    for (std::string line; std::getline(log, line);) {
+        const auto j = nlohmann::json::parse(line);
+        EXPECT_TRUE(j.contains("step"));
+        ++lines;
+    }
+    EXPECT_EQ(lines, 31);
+    // Running again with the same state: restored, no steps, same weights.
+    auto again = llama(32, 9);
+    again->set_trainable(true);
+    const TrainRunResult r2 = run_training(*again, d, o);
+    EXPECT_EQ(r2.resumed_from, 30);
+    EXPECT_EQ(r2.tokens, 0);
+    const auto a = m->trainable(), b = again->trainable();
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(at::equal(a[i].second, b[i].second)) << a[i].first;
+    // Another run's state is refused, not silently resumed.
+    o.fingerprint = "something else";
+    try {
+        run_training(*again, d, o);
+        FAIL();
+    } catch (const Error &e) {
+        EXPECT_NE(std::string(e.what()).find("belongs to another run"), std::string::npos) << e.what();
+    }
+}
