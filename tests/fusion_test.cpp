@@ -114,6 +114,28 @@ TEST(Fusion, TwoModelsOfDifferentSizesJoinThroughAdapters) {
     EXPECT_EQ(generate(*fused, prompts, o), cached);
 }
 
+TEST(Fusion, AnAdaptedBlockAddsOnlyItsUpdate) {
+    // Expert B's blocks are the identity (attention and MLP outputs zeroed),
+    // so its path y = h + out(block(in h)) - out(in h) must give back h
+    // exactly, whatever the adapters do, and the fused stream is
+    // 0.5 * A.block(h) + 0.5 * h at every layer (the router starts uniform).
+    auto a = random_llama(96, 1), b = random_llama(64, 2);
+    {
+        at::NoGradGuard no_grad;
+        for (auto &[name, w] : b->named_weights())
+            if (name.find("o_proj") != std::string::npos || name.find("down_proj") != std::string::npos) w.zero_();
+    }
+    FusionSpec spec;
+    spec.adapter = named("linear");
+    for (int32_t l = 0; l < 2; ++l) spec.layers.push_back({{{0, l}, {1, l}}, named("simple")});
+    auto fused = FusedModel::build(plugins(), {a, b}, spec);
+    at::NoGradGuard no_grad;
+    const Batch x = batch();
+    at::Tensor h = a->embed(x.ids, x.pos);
+    for (int32_t l = 0; l < 2; ++l) h = 0.5 * a->block(l, h, x.mask, x.pos, false) + 0.5 * h;
+    EXPECT_TRUE(at::allclose(fused->logits(x.ids, x.mask, x.pos, false), a->head(h), 1e-5, 1e-6));
+}
+
 TEST(Fusion, BadSpecsAreRefusedBeforeAnythingRuns) {
     auto small = random_llama(64, 1), large = random_llama(96, 2);
     auto error = [&](FusionSpec spec) {

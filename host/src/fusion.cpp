@@ -126,7 +126,12 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
         for (const FusionExpert &e : l.experts) {
             const std::string m = "m" + std::to_string(e.model);
             auto path = [this, m, e, mask, positions, use_cache](const at::Tensor &x) {  // copies: it may run again in backward
-                return adapt(m + ".out", models_[e.model]->block(e.layer, adapt(m + ".in", x), mask, positions, use_cache));
+                Model &model = *models_[e.model];
+                if (!adapters_.count(m + ".in")) return model.block(e.layer, x, mask, positions, use_cache);
+                // An adapted block contributes its update, mapped back: the
+                // residual stream itself never makes the round trip.
+                const at::Tensor inner = adapt(m + ".in", x);
+                return x + adapt(m + ".out", model.block(e.layer, inner, mask, positions, use_cache)) - adapt(m + ".out", inner);
             };
             outs.push_back(recompute ? checkpointed(path, h, trainable_tensors(*this)) : path(h));
         }
@@ -148,6 +153,42 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
         stats_.push_back(std::move(s));
     }
     return base.head(adapt(b + ".in", h));  // target -> base size
+}
+
+at::Tensor FusedModel::alignment_loss(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions) {
+    const std::string b = "m" + std::to_string(spec_.base);
+    if (adapters_.count(b + ".in")) throw Error("adapter alignment needs the base model at the fused hidden size (it has adapters itself)");
+    // Each model's own residual stream: states[m][k] = input of block k, [n] = output of the last.
+    std::map<size_t, std::vector<at::Tensor>> states;
+    {
+        at::NoGradGuard no_grad;
+        for (size_t m = 0; m < models_.size(); ++m) {
+            Model &model = *models_[m];
+            std::vector<at::Tensor> s{model.embed(ids, positions)};
+            for (int32_t k = 0; k < model.info().n_layers; ++k) s.push_back(model.block(k, s.back(), mask, positions, false));
+            states[m] = std::move(s);
+        }
+    }
+    auto rel = [&](const at::Tensor &got, const at::Tensor &want) {
+        at::Tensor keep = mask.to(got.dtype()).unsqueeze(-1);
+        return ((got - want).pow(2) * keep).sum() / ((want.pow(2) * keep).sum() + 1e-6);
+    };
+    std::vector<at::Tensor> terms;
+    for (const FusionLayer &l : spec_.layers) {
+        int32_t k = -1;
+        for (const FusionExpert &e : l.experts)
+            if (e.model == spec_.base) k = e.layer;
+        if (k < 0) continue;
+        const at::Tensor &before = states[spec_.base][size_t(k)], &after = states[spec_.base][size_t(k) + 1];
+        for (const FusionExpert &e : l.experts) {
+            const std::string m = "m" + std::to_string(e.model);
+            if (!adapters_.count(m + ".in")) continue;
+            terms.push_back(rel(adapters_[m + ".in"]->forward(before), states[e.model][size_t(e.layer)]));
+            terms.push_back(rel(adapters_[m + ".out"]->forward(states[e.model][size_t(e.layer) + 1]), after));
+        }
+    }
+    if (terms.empty()) throw Error("adapter alignment: no fusion layer pairs a block of the base model with an adapted expert");
+    return at::stack(terms).mean();
 }
 
 void FusedModel::clear_cache() {

@@ -41,6 +41,10 @@ std::vector<std::pair<std::string, at::Tensor>> Model::named_weights() const {
     return out;
 }
 
+at::Tensor CausalLM::alignment_loss(const at::Tensor &, const at::Tensor &, const at::Tensor &) {
+    throw Error(describe() + ": adapter alignment applies to fused models only");
+}
+
 void Model::set_trainable(bool on) {
     for (auto &[_, t] : named_weights()) t.set_requires_grad(on);
 }

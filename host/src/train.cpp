@@ -109,10 +109,11 @@ TrainStepResult Trainer::step(const at::Tensor &ids, const at::Tensor &mask) {
     at::Tensor loss, lm;
     {
         Autocast autocast(o_.bf16_autocast && ids.is_cuda());
-        at::Tensor logits = model_.logits(ids, mask, pos, false);
-        lm = lm_loss(logits, ids, mask);
+        const bool aligning = done_ < o_.align_steps;
+        at::Tensor logits = aligning ? at::Tensor() : model_.logits(ids, mask, pos, false);
+        lm = aligning ? model_.alignment_loss(ids, mask, pos) : lm_loss(logits, ids, mask);
         loss = lm;
-        for (const auto &[name, value] : model_.aux_losses()) {
+        for (const auto &[name, value] : aligning ? decltype(model_.aux_losses()){} : model_.aux_losses()) {
             if (name == "load_balance" && o_.balance_weight != 0) loss = loss + o_.balance_weight * value.to(at::kFloat);
             if (name == "entropy" && o_.entropy_weight != 0) loss = loss + o_.entropy_weight * value.to(at::kFloat);
         }
@@ -147,7 +148,7 @@ TrainStepResult Trainer::step(const at::Tensor &ids, const at::Tensor &mask) {
         p.value.addcdiv_(p.m, (p.v / bc2).sqrt_().add_(o_.eps), -step_lr / bc1);
     }
     ++done_;
-    return {loss_value, lm.item<double>(), lr, norm, mask.sum().item<int64_t>()};
+    return {loss_value, lm.item<double>(), lr, norm, mask.sum().item<int64_t>(), t <= o_.align_steps};
 }
 
 void Trainer::save_state(const std::string &path, const std::map<std::string, std::string> &metadata) const {

@@ -1,7 +1,10 @@
 #include "mango/host/training_run.hpp"
 
 #include "mango/host/evaluate.hpp"
+#include "mango/host/logging.hpp"
 #include "mango/host/progress.hpp"
+
+#include <mango/formats/safetensors.hpp>
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -31,12 +34,18 @@ TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const Train
     Trainer trainer(model, o.train);
     TrainRunResult r;
     if (!o.state_path.empty() && std::filesystem::exists(o.state_path)) {
-        const auto meta = trainer.load_state(o.state_path);
+        // Another run's state (other model, data or options) is kept aside, not resumed.
+        const auto meta = formats::SafetensorsFile::open(o.state_path)->header().metadata;
         auto it = meta.find("fingerprint");
-        if (it == meta.end() || it->second != o.fingerprint)
-            throw Error(o.state_path + ": this training state belongs to another run (different model, data or options); "
-                        "remove it to start afresh");
-        r.resumed_from = trainer.steps_done();
+        if (it == meta.end() || it->second != o.fingerprint) {
+            r.set_aside = o.state_path + ".previous";
+            std::filesystem::rename(o.state_path, r.set_aside);
+            log_message(3, o.state_path + " was written by another run (different model, data or options); kept as " + r.set_aside +
+                     ", training from the start");
+        } else {
+            trainer.load_state(o.state_path);
+            r.resumed_from = trainer.steps_done();
+        }
     }
     std::ofstream log;
     if (!o.log_path.empty()) {
@@ -63,19 +72,23 @@ TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const Train
         at::Tensor mask = at::ones_like(ids);
         const TrainStepResult st = trainer.step(ids, mask);
         tokens += st.tokens;
-        smoothed = s == start ? st.lm_loss : 0.9 * smoothed + 0.1 * st.lm_loss;
+        const bool first_lm = s == start || s == o.train.align_steps;
+        smoothed = first_lm ? st.lm_loss : 0.9 * smoothed + 0.1 * st.lm_loss;
         const double tps = double(tokens) / std::max(1e-9, bar.elapsed_s());
         const bool ckpt = o.checkpoint_every > 0 && (s + 1) % o.checkpoint_every == 0 && s + 1 < o.train.steps;
         const bool eval = o.eval_every > 0 && (s + 1) % o.eval_every == 0 && s + 1 < o.train.steps;
         const double vppl = eval ? validate() : 0;
         if (log) {
-            nlohmann::json j = {{"step", s + 1}, {"loss", st.loss}, {"lm_loss", st.lm_loss}, {"perplexity", std::exp(st.lm_loss)},
-                                {"lr", st.lr}, {"grad_norm", st.grad_norm}, {"tokens", st.tokens}, {"tokens_per_s", tps}};
+            nlohmann::json j = {{"step", s + 1}, {"loss", st.loss}, {"lr", st.lr}, {"grad_norm", st.grad_norm}, {"tokens", st.tokens},
+                                {"tokens_per_s", tps}};
+            if (st.aligning) j["alignment_loss"] = st.lm_loss;
+            else j["lm_loss"] = st.lm_loss, j["perplexity"] = std::exp(st.lm_loss);
             if (eval) j["validation_perplexity"] = vppl;
             log << j.dump() << "\n" << std::flush;
         }
         if (ckpt) checkpoint();
-        bar.update(s + 1, "loss " + fixed(smoothed, 3) + " ppl " + fixed(std::exp(smoothed), 1) + "  " + rate(tps));
+        bar.update(s + 1, (st.aligning ? "aligning adapters, relative error " + fixed(smoothed, 3)
+                                        : "loss " + fixed(smoothed, 3) + " ppl " + fixed(std::exp(smoothed), 1)) + "  " + rate(tps));
         r.last_loss = st.lm_loss;
     }
     if (trainer.steps_done() > start) checkpoint();
@@ -85,7 +98,7 @@ TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const Train
     r.tokens_per_s = double(tokens) / std::max(1e-9, r.seconds);
     r.validation_perplexity = validate();
     model.train(false);
-    if (log && r.validation_perplexity > 0)
+    if (log && r.validation_perplexity > 0 && trainer.steps_done() > start)
         log << nlohmann::json{{"step", r.steps}, {"validation_perplexity", r.validation_perplexity}}.dump() << "\n";
     bar.finish(start == o.train.steps ? "already trained (" + o.state_path + ")"
                                       : "loss " + fixed(smoothed, 3) + "  " + rate(r.tokens_per_s) +

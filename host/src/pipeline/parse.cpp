@@ -283,6 +283,7 @@ TrainStep read_train(Table &t, const PipelineSpec &spec, size_t index) {
     o.adapter_weight = t.number("adapter_weight", 0.0, 0);
     o.seed = static_cast<uint64_t>(t.integer("seed", 0, 0));
     o.gradient_checkpointing = t.boolean("gradient_checkpointing", false);
+    o.align_steps = t.integer("align_steps", 0, 0);
     o.bf16_autocast = t.boolean("bf16", false);
     s.run.checkpoint_every = t.integer("checkpoint_every", 0, 0);
     s.run.eval_every = t.integer("eval_every", 0, 0);

@@ -183,7 +183,7 @@ private:
             json what = {{"model", s.model}, {"train", s.all_weights}, {"step", index}, {"opts", json::array()}};
             const TrainOptions &t = o.train;
             for (double v : {double(t.steps), double(t.batch_size), t.lr, t.router_lr, t.weight_decay, double(t.warmup_steps), t.min_lr_ratio,
-                             t.clip_norm, t.balance_weight, t.entropy_weight, t.adapter_weight, double(t.seed)})
+                             t.clip_norm, t.balance_weight, t.entropy_weight, t.adapter_weight, double(t.seed), double(t.align_steps)})
                 what["opts"].push_back(v);
             if (d) what["def"] = {d->path, d->seed, int(d->kind)};
             if (d && d->kind == ModelDef::Kind::Fusion) {
@@ -240,7 +240,8 @@ private:
             for (const auto &dn : s.data) {
                 at::Tensor seqs = data(dn).validation;
                 if (seqs.size(0) == 0) throw PipelineError("data set " + dn + " has no validation sequences (raise its 'validation' fraction)");
-                if (s.max_sequences > 0 && seqs.size(0) > s.max_sequences) seqs = seqs.narrow(0, 0, s.max_sequences);
+                if (s.max_sequences > 0 && seqs.size(0) > s.max_sequences)  // evenly spaced, so a mix keeps its proportions
+                    seqs = seqs.index_select(0, at::linspace(0, double(seqs.size(0) - 1), s.max_sequences).round().to(at::kLong));
                 const EvalResult r = evaluate(m, seqs, s.batch_size);
                 ppl[name][dn] = r.perplexity;
                 json row = {{"model", name}, {"data", dn}, {"perplexity", r.perplexity}, {"nll", r.nll}, {"tokens", r.tokens},

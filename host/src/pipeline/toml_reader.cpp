@@ -166,21 +166,23 @@ std::vector<std::string> split(const std::string &s, char sep) {
     return out;
 }
 
-void assign(toml::node &at, const std::vector<std::string> &keys, size_t i, const toml::node &value, const std::string &full) {
+// wild: reached through "*", so only keys that exist are changed.
+void assign(toml::node &at, const std::vector<std::string> &keys, size_t i, const toml::node &value, const std::string &full, bool wild) {
     const std::string &k = keys[i];
     const bool last = i + 1 == keys.size();
     if (auto *t = at.as_table()) {
         if (k == "*") {
             for (auto &[_, child] : *t)
-                if (!last) assign(child, keys, i + 1, value, full);
+                if (!last) assign(child, keys, i + 1, value, full, true);
             return;
         }
+        if (wild && !t->contains(k)) return;
         if (last) {
             t->insert_or_assign(k, value);
             return;
         }
         if (!t->contains(k)) t->insert(k, toml::table{});
-        assign(*t->get(k), keys, i + 1, value, full);
+        assign(*t->get(k), keys, i + 1, value, full, wild);
         return;
     }
     if (auto *a = at.as_array()) {
@@ -199,7 +201,7 @@ void assign(toml::node &at, const std::vector<std::string> &keys, size_t i, cons
         }
         for (size_t j : idx) {
             if (last) a->replace(a->cbegin() + static_cast<std::ptrdiff_t>(j), value);
-            else assign(*a->get(j), keys, i + 1, value, full);
+            else assign(*a->get(j), keys, i + 1, value, full, wild || k == "*");
         }
         return;
     }
@@ -218,7 +220,7 @@ void apply_set(toml::table &root, const std::string &assignment) {
     } catch (const toml::parse_error &) {
         parsed = toml::table{{"v", text}};  // a bare word: a string
     }
-    assign(root, split(key, '.'), 0, *parsed.get("v"), key);
+    assign(root, split(key, '.'), 0, *parsed.get("v"), key, false);
 }
 
 }  // namespace mango::pipeline

@@ -56,7 +56,9 @@ private:
 std::string resolve_path(const Source &src, const std::string &p);
 nlohmann::json to_json(const toml::node &n);
 // Applies "a.b.0.c=value" (TOML value, or a bare string); "*" matches every
-// element of an array or table. Throws when the path leads nowhere.
+// element of an array or table, and below a "*" only keys that exist change
+// ("steps.*.steps=2" shortens the train steps and adds nothing to the others).
+// Throws when the path leads nowhere.
 void apply_set(toml::table &root, const std::string &assignment);
 
 }  // namespace mango::pipeline

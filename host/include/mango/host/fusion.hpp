@@ -5,7 +5,12 @@
 // layer runs one block from each of its experts (model, layer); an adapter
 // maps into and out of every block whose size differs from the target (or
 // every block, when asked), and a router mixes the block outputs:
-//   h <- sum_e w_e * out_e(block_e(in_e(h)))
+//   h <- sum_e w_e * y_e,  y_e = block_e(h)                           (no adapters)
+//                          y_e = h + out_e(block_e(x)) - out_e(x),    x = in_e(h)
+// An adapted block thus adds its own update, carried back by the out
+// adapter, to the fused stream, instead of replacing the stream with a copy
+// that went through two adapters: adapter error does not pile up layer after
+// layer. With identity adapters both forms are the same.
 // Adapters and routers are plugins; only they are trainable by default.
 #pragma once
 
@@ -69,6 +74,13 @@ public:
     std::vector<std::pair<std::string, at::Tensor>> aux_losses() const override;
     void train(bool on) override;
     void set_experts_trainable(bool on);
+    // Adapters as stitches (a warm start before LM training): each model runs
+    // alone; in every fusion layer that holds a block k of the base model, an
+    // expert (m, j) with adapters should see in_m(base state before k) ==
+    // m's own state before j, and give out_m(m's state after j) == base state
+    // after k. Mean relative squared error over those pairs; gradients reach
+    // only the adapters. Needs the base model at the target size.
+    at::Tensor alignment_loss(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions) override;
     const std::vector<std::shared_ptr<Model>> &models() const { return models_; }
 
     // Saves DIR/fusion.json (the spec, each model's folder and the sha256 of

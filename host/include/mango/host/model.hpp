@@ -39,6 +39,9 @@ public:
     virtual std::vector<std::pair<std::string, at::Tensor>> trainable() const = 0;
     virtual std::vector<std::pair<std::string, at::Tensor>> aux_losses() const { return {}; }
     virtual void train(bool) {}
+    // Fused models: how far the adapters are from stitching each expert into
+    // the base model's hidden states (see FusedModel); others have none.
+    virtual at::Tensor alignment_loss(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions);
     void set_gradient_checkpointing(bool on) { checkpoint_blocks_ = on; }
 
 protected:

@@ -28,13 +28,15 @@ struct TrainOptions {
     double entropy_weight = 0.0;   // x auxiliary losses named "entropy"
     double adapter_weight = 0.0;   // x mean squared adapter parameters ("adapters.*")
     uint64_t seed = 0;             // batch order and dropout
+    int64_t align_steps = 0;       // fused models: the first N steps fit the adapters as stitches (alignment_loss) instead of the LM loss
     bool gradient_checkpointing = false;
     bool bf16_autocast = false;    // CUDA only; ignored on CPU
 };
 
 struct TrainStepResult {
-    double loss = 0, lm_loss = 0, lr = 0, grad_norm = 0;
+    double loss = 0, lm_loss = 0, lr = 0, grad_norm = 0;  // lm_loss: the alignment loss while aligning
     int64_t tokens = 0;
+    bool aligning = false;
 };
 
 // Mean next-token cross-entropy over positions where both tokens are real.

@@ -22,7 +22,7 @@ struct TrainRunOptions {
     std::string label = "train";   // progress bar label
     bool progress = true;
     // Identifies the run (model, data, options); a state file written by a
-    // different run is refused instead of resumed.
+    // different run is not resumed: it is renamed to STATE.previous.
     std::string fingerprint;
 };
 
@@ -30,6 +30,7 @@ struct TrainRunResult {
     int64_t steps = 0, resumed_from = 0, tokens = 0;
     double last_loss = 0, seconds = 0, tokens_per_s = 0;
     double validation_perplexity = 0;  // 0 when no validation data
+    std::string set_aside;             // where another run's state file was moved, if one was
 };
 
 TrainRunResult run_training(CausalLM &model, const at::Tensor &train_data, const TrainRunOptions &options);

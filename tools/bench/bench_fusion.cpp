@@ -1,0 +1,141 @@
+// bench_fusion [--layers 4] [--hidden 512] [--hidden-b 384] [--batch 4] [--tokens 128]
+//              [--reps 10] [--train-steps 10] [--device cpu|cuda] [--bf16]
+// Cost of fusion: the fused forward of two LLaMA-style models (2 experts per
+// layer, linear adapters for the smaller one, a simple router per layer)
+// against the sum of running the same expert blocks alone, plus the base
+// model's embedding and head, on inputs of the same shapes, in one run.
+// The ratio is the price of adapters, routers and mixing (goal <= 1.10).
+// Then training throughput: adapters + routers of the fusion, and a whole
+// model from random initialisation, in tokens/s.
+#include <mango/host/fusion.hpp>
+#include <mango/host/runtime.hpp>
+#include <mango/host/train.hpp>
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string llama_config(const std::string &name, int64_t hidden, int64_t layers) {
+    const fs::path dir = fs::temp_directory_path() / ("mango-bench-fusion-" + name);
+    fs::create_directories(dir);
+    std::ofstream(dir / "config.json") << nlohmann::json{{"model_type", "llama"}, {"hidden_size", hidden}, {"num_hidden_layers", layers},
+        {"num_attention_heads", hidden / 64}, {"num_key_value_heads", std::max<int64_t>(1, hidden / 128)},
+        {"intermediate_size", hidden * 8 / 3}, {"vocab_size", 32000}, {"rms_norm_eps", 1e-6}, {"rope_theta", 10000.0},
+        {"max_position_embeddings", 4096}}.dump();
+    return dir.string();
+}
+
+// Median wall time of fn over reps runs (after one warm-up); fn returns a
+// tensor that is read back, which waits for the device.
+template <class F>
+double median_s(int reps, F fn) {
+    fn().sum().item<double>();
+    std::vector<double> t;
+    for (int r = 0; r < reps; ++r) {
+        const auto start = Clock::now();
+        fn().sum().item<double>();
+        t.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+    int64_t layers = 4, hidden = 512, hidden_b = 384, batch = 4, tokens = 128;
+    int reps = 10, train_steps = 10;
+    std::string device = "cpu";
+    bool bf16 = false;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        auto next = [&] { return std::string(i + 1 < argc ? argv[++i] : "0"); };
+        if (a == "--layers") layers = std::stoll(next());
+        else if (a == "--hidden") hidden = std::stoll(next());
+        else if (a == "--hidden-b") hidden_b = std::stoll(next());
+        else if (a == "--batch") batch = std::stoll(next());
+        else if (a == "--tokens") tokens = std::stoll(next());
+        else if (a == "--reps") reps = std::stoi(next());
+        else if (a == "--train-steps") train_steps = std::stoi(next());
+        else if (a == "--device") device = next();
+        else if (a == "--bf16") bf16 = true;
+        else {
+            std::cerr << "usage: bench_fusion [--layers N] [--hidden H] [--hidden-b H] [--batch B] [--tokens T] [--reps R] "
+                         "[--train-steps S] [--device cpu|cuda] [--bf16]\n";
+            return 2;
+        }
+    }
+    mango::init_runtime(0);
+    const at::Device dev(device);
+    const mango::PluginHost host(mango::registry::Registry::discover(mango::registry::Options{}));
+    std::shared_ptr<mango::Model> a = mango::Model::init_random(host, llama_config("a", hidden, layers), 1, at::kFloat, dev);
+    std::shared_ptr<mango::Model> b = mango::Model::init_random(host, llama_config("b", hidden_b, layers), 2, at::kFloat, dev);
+    mango::FusionSpec spec;
+    spec.adapter.name = "linear";
+    spec.adapter.options = nlohmann::json::object();
+    spec.adapter.param_options = at::TensorOptions().device(dev);
+    for (int32_t l = 0; l < layers; ++l) {
+        mango::FusionLayer fl;
+        fl.experts = {{0, l}, {1, l}};
+        fl.router.name = "simple";
+        fl.router.options = nlohmann::json::object();
+        fl.router.param_options = spec.adapter.param_options;
+        spec.layers.push_back(fl);
+    }
+    auto fused = mango::FusedModel::build(host, {a, b}, spec);
+    fused->train(false);
+
+    const at::TensorOptions ids_opt = at::TensorOptions().dtype(at::kLong).device(dev);
+    const at::Tensor ids = at::randint(0, 32000, {batch, tokens}, ids_opt), mask = at::ones({batch, tokens}, ids_opt);
+    const at::Tensor pos = at::arange(tokens, ids_opt).unsqueeze(0).expand({batch, tokens});
+    const at::Tensor ha = at::randn({batch, tokens, hidden}, at::TensorOptions().device(dev));
+    const at::Tensor hb = at::randn({batch, tokens, hidden_b}, at::TensorOptions().device(dev));
+
+    double t_fused, t_alone;
+    {
+        at::NoGradGuard no_grad;
+        t_fused = median_s(reps, [&] { return fused->logits(ids, mask, pos, false); });
+        t_alone = median_s(reps, [&] {
+            at::Tensor s = a->embed(ids, pos).sum();
+            for (int32_t l = 0; l < layers; ++l) {
+                s = s + a->block(l, ha, mask, pos, false).sum();
+                s = s + b->block(l, hb, mask, pos, false).sum();
+            }
+            return s + a->head(ha).sum();
+        });
+    }
+    std::cout << "fused forward, " << layers << " layers x 2 experts (hidden " << hidden << " + " << hidden_b << "), batch " << batch
+              << " x " << tokens << " tokens, " << device << ":\n"
+              << "  fused model:              " << t_fused * 1e3 << " ms\n"
+              << "  expert blocks alone (sum): " << t_alone * 1e3 << " ms\n"
+              << "  ratio fused/alone:        " << t_fused / t_alone << "\n";
+
+    // Training throughput.
+    auto rate = [&](mango::CausalLM &m, const char *what) {
+        mango::TrainOptions o;
+        o.steps = train_steps + 1;
+        o.batch_size = batch;
+        o.bf16_autocast = bf16;
+        mango::Trainer t(m, o);
+        t.step(ids, mask);  // warm-up
+        const auto start = Clock::now();
+        int64_t n = 0;
+        for (int s = 0; s < train_steps; ++s) n += t.step(ids, mask).tokens;
+        const double sec = std::chrono::duration<double>(Clock::now() - start).count();
+        std::cout << "  training " << what << ": " << double(n) / sec << " tokens/s (" << sec / train_steps * 1e3 << " ms/step)\n";
+    };
+    std::cout << "training, batch " << batch << " x " << tokens << (bf16 ? ", bf16 autocast" : "") << ":\n";
+    rate(*fused, "fusion (adapters + routers)");
+    a->set_trainable(true);
+    rate(*a, "whole base model");
+    return 0;
+}
