@@ -240,3 +240,50 @@ TEST(Training, WholeModelFromRandomInitLearnsAndRestoredRunDoesNothing) {
     EXPECT_EQ(r3.set_aside, o.state_path + ".previous");
     EXPECT_TRUE(fs::exists(r3.set_aside));
 }
+
+TEST(Cuda, FusionTrainsOnGpuWithBf16AutocastAndCheckpointing) {
+    if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device (or a CPU-only LibTorch)";
+    auto build = [] {
+        const fs::path d32 = fs::path(MANGO_TEST_TMP) / "train_llama_32", d48 = fs::path(MANGO_TEST_TMP) / "train_llama_48";
+        llama(32, 1), llama(48, 2);  // write the configs
+        std::shared_ptr<Model> a = Model::init_random(plugins(), d32.string(), 1, at::kFloat, at::kCUDA);
+        std::shared_ptr<Model> b = Model::init_random(plugins(), d48.string(), 2, at::kFloat, at::kCUDA);
+        FusionSpec spec;
+        spec.adapter = named("linear");
+        spec.adapter.param_options = at::TensorOptions().device(at::kCUDA);
+        for (int32_t l = 0; l < 2; ++l) {
+            spec.layers.push_back({{{0, l}, {1, l}}, named("simple")});
+            spec.layers.back().router.param_options = spec.adapter.param_options;
+        }
+        return FusedModel::build(plugins(), {a, b}, spec);
+    };
+    const at::Tensor d = data().cuda();
+    double first_fp32 = 0;
+    {
+        auto f = build();
+        Trainer t(*f, options());
+        at::Tensor ids = t.batch_rows(d, 0);
+        first_fp32 = t.step(ids, at::ones_like(ids)).lm_loss;
+    }
+    auto f = build();
+    TrainOptions o = options();
+    o.steps = 30;
+    o.lr = 1e-2;
+    o.bf16_autocast = true;
+    o.gradient_checkpointing = true;
+    Trainer t(*f, o);
+    double first = 0, last = 0;
+    for (int64_t s = 0; s < o.steps; ++s) {
+        at::Tensor ids = t.batch_rows(d, s);
+        const double loss = t.step(ids, at::ones_like(ids)).lm_loss;
+        if (s == 0) first = loss;
+        last = loss;
+    }
+    EXPECT_NE(first, first_fp32);                // autocast changed the arithmetic...
+    EXPECT_NEAR(first, first_fp32, 0.05);        // ...by bf16 rounding only
+    EXPECT_LT(last, first * 0.9) << "first " << first << " last " << last;
+    for (const auto &[name, p] : f->trainable()) {
+        EXPECT_TRUE(p.is_cuda()) << name;
+        EXPECT_EQ(p.scalar_type(), at::kFloat) << name;  // master weights stay fp32
+    }
+}

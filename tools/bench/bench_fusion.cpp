@@ -38,11 +38,12 @@ std::string llama_config(const std::string &name, int64_t hidden, int64_t layers
 // tensor that is read back, which waits for the device.
 template <class F>
 double median_s(int reps, F fn) {
-    fn().sum().item<double>();
+    auto wait = [&] { const at::Tensor r = fn(); return r.sum().item<double>(); };
+    wait();
     std::vector<double> t;
     for (int r = 0; r < reps; ++r) {
         const auto start = Clock::now();
-        fn().sum().item<double>();
+        wait();
         t.push_back(std::chrono::duration<double>(Clock::now() - start).count());
     }
     std::sort(t.begin(), t.end());
