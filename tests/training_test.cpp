@@ -250,11 +250,7 @@ TEST(Cuda, FusionTrainsOnGpuWithBf16AutocastAndCheckpointing) {
         std::shared_ptr<Model> b = Model::init_random(plugins(), d48.string(), 2, at::kFloat, at::kCUDA);
         FusionSpec spec;
         spec.adapter = named("linear");
-        spec.adapter.param_options = at::TensorOptions().device(at::kCUDA);
-        for (int32_t l = 0; l < 2; ++l) {
-            spec.layers.push_back({{{0, l}, {1, l}}, named("simple")});
-            spec.layers.back().router.param_options = spec.adapter.param_options;
-        }
+        for (int32_t l = 0; l < 2; ++l) spec.layers.push_back({{{0, l}, {1, l}}, named("simple")});
         return FusedModel::build(plugins(), {a, b}, spec);
     };
     const at::Tensor d = data().cuda();

@@ -56,11 +56,15 @@ std::string escape(const std::string &s) {
     return o;
 }
 
-// White (0) to deep orange (1).
-std::string colour(double w) {
+// Diverging around the uniform weight 1/E: white there, deepening to orange
+// as an expert gets more than its share (1 = all), to blue as it gets less (0).
+std::string colour(double w, double uniform) {
     w = std::min(1.0, std::max(0.0, w));
+    const double up = w >= uniform ? (w - uniform) / std::max(1e-9, 1 - uniform) : 0;
+    const double down = w < uniform ? (uniform - w) / std::max(1e-9, uniform) : 0;
+    const auto mix = [&](int white, int orange, int blue) { return int(white - up * (white - orange) - down * (white - blue)); };
     char buf[16];
-    std::snprintf(buf, sizeof buf, "#%02x%02x%02x", int(255 - w * (255 - 200)), int(255 - w * (255 - 80)), int(255 - w * 255));
+    std::snprintf(buf, sizeof buf, "#%02x%02x%02x", mix(255, 214, 44), mix(255, 96, 110), mix(255, 10, 200));
     return buf;
 }
 
@@ -80,7 +84,8 @@ std::string router_heatmap_svg(const std::string &title, const std::vector<std::
     o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
       << "\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
       << "<text x=\"8\" y=\"18\" font-size=\"14\">" << escape(title) << "</text>\n"
-      << "<text x=\"8\" y=\"34\" fill=\"#555\">router weight per sequence (white 0, orange 1); columns: validation sequences</text>\n";
+      << "<text x=\"8\" y=\"34\" fill=\"#555\">router weight of each expert per validation sequence: white = an even share (1/" << E
+      << "), orange = more (up to 1), blue = less (down to 0); hover a cell for its value</text>\n";
     double x0 = left;
     for (const auto &g : groups) {
         const at::Tensor w = g.weights.to(at::kCPU, at::kDouble).contiguous();
@@ -90,7 +95,7 @@ std::string router_heatmap_svg(const std::string &title, const std::vector<std::
                 const double y = top + double(l) * band + double(e) * cell_h;
                 for (int64_t s = 0; s < w.size(1); ++s) {
                     o << "<rect x=\"" << x0 + double(s) * cell_w << "\" y=\"" << y << "\" width=\"" << cell_w << "\" height=\"" << cell_h
-                      << "\" fill=\"" << colour(a[l][s][e]) << "\"><title>" << escape(g.label) << " seq " << s << ", layer " << l << ", "
+                      << "\" fill=\"" << colour(a[l][s][e], 1.0 / double(E)) << "\"><title>" << escape(g.label) << " seq " << s << ", layer " << l << ", "
                       << escape(experts[e]) << ": " << a[l][s][e] << "</title></rect>";
                 }
                 o << "\n";

@@ -83,13 +83,11 @@ int main(int argc, char **argv) {
     mango::FusionSpec spec;
     spec.adapter.name = "linear";
     spec.adapter.options = nlohmann::json::object();
-    spec.adapter.param_options = at::TensorOptions().device(dev);
     for (int32_t l = 0; l < layers; ++l) {
         mango::FusionLayer fl;
         fl.experts = {{0, l}, {1, l}};
         fl.router.name = "simple";
         fl.router.options = nlohmann::json::object();
-        fl.router.param_options = spec.adapter.param_options;
         spec.layers.push_back(fl);
     }
     auto fused = mango::FusedModel::build(host, {a, b}, spec);

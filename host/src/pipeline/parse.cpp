@@ -400,6 +400,7 @@ void read_steps(PipelineSpec &spec, const toml::node *steps, const Source &src, 
 }  // namespace
 
 PipelineSpec Pipeline::parse(const PluginHost &host, const std::string &file, const RunSettings &settings) {
+    if (!fs::is_regular_file(file)) throw PipelineError(file + ": no such pipeline file");
     toml::table root;
     try {
         root = toml::parse_file(file);

@@ -119,8 +119,6 @@ private:
                 layer.router = f.routers[l];
                 fs.layers.push_back(layer);
             }
-            fs.adapter.param_options = at::TensorOptions().dtype(at::kFloat).device(spec_.device);
-            for (auto &l : fs.layers) l.router.param_options = fs.adapter.param_options;
             auto fused = FusedModel::build(host_, members, fs);
             say("model " + name + ": fusion of " + std::to_string(f.members.size()) + " models, " + std::to_string(f.layers.size()) +
                 " fusion layers, hidden size " + std::to_string(fused->target_hidden()));
