@@ -138,9 +138,9 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
             outs.push_back(recompute ? checkpointed(path, h, trainable_tensors(*this)) : path(h));
         }
         RouterOutput r = routers_[li]->route(h, new_mask);
-        at::Tensor stacked = at::stack(outs, -1);                                      // [B, T, H, E]
-        at::Tensor w = r.weights.dim() == 2 ? r.weights.unsqueeze(1) : r.weights;       // [B, 1|T, E]
-        h = (stacked * w.unsqueeze(2)).sum(-1);
+        at::Tensor w = (r.weights.dim() == 2 ? r.weights.unsqueeze(1) : r.weights).to(outs[0].scalar_type());  // [B, 1|T, E]
+        h = outs[0] * w.narrow(-1, 0, 1);
+        for (size_t e = 1; e < outs.size(); ++e) h = h + outs[e] * w.narrow(-1, int64_t(e), 1);
         FusionLayerStats s;
         s.weights = r.weights;
         at::Tensor p = r.weights.clamp_min(1e-9);
