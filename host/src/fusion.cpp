@@ -91,7 +91,7 @@ std::unique_ptr<FusedModel> FusedModel::build(const PluginHost &host, std::vecto
         const int64_t h = f->models_[m]->info().hidden_size;
         for (const char *dir : {"in", "out"}) {
             InstanceSpec a = f->spec_.adapter;
-            a.param_options = a.param_options.device(f->device());  // parameters live with the models
+            a.param_options = a.param_options.device(f->device()).dtype(f->models_[f->spec_.base]->dtype());  // as the models' weights
             a.where = (a.where.empty() ? "" : a.where + ": ") + "adapter " + dir + " of model #" + std::to_string(m);
             const std::string key = "m" + std::to_string(m) + "." + dir;
             a.saved = saved_under(f->spec_.saved, "adapters." + key + ".");
@@ -101,7 +101,7 @@ std::unique_ptr<FusedModel> FusedModel::build(const PluginHost &host, std::vecto
     }
     for (size_t li = 0; li < f->spec_.layers.size(); ++li) {
         InstanceSpec r = f->spec_.layers[li].router;
-        r.param_options = r.param_options.device(f->device());
+        r.param_options = r.param_options.device(f->device()).dtype(f->models_[f->spec_.base]->dtype());
         r.where = (r.where.empty() ? "" : r.where + ": ") + "router of fusion layer " + std::to_string(li);
         r.saved = saved_under(f->spec_.saved, "layers." + std::to_string(li) + ".router.");
         f->routers_.push_back(RouterInstance::create(host, r, f->target_, static_cast<int64_t>(f->spec_.layers[li].experts.size())));

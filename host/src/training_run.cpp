@@ -1,6 +1,7 @@
 #include "mango/host/training_run.hpp"
 
 #include "mango/host/evaluate.hpp"
+#include "mango/host/host_api.hpp"
 #include "mango/host/logging.hpp"
 #include "mango/host/progress.hpp"
 
@@ -13,6 +14,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 
 namespace mango {
 namespace {
@@ -45,6 +47,8 @@ TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const Train
         } else {
             trainer.load_state(o.state_path);
             r.resumed_from = trainer.steps_done();
+            if (o.progress && r.resumed_from < o.train.steps)
+                std::cerr << o.label << ": resuming at step " << r.resumed_from << " from " << o.state_path << "\n";
         }
     }
     std::ofstream log;
@@ -87,6 +91,12 @@ TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const Train
             log << j.dump() << "\n" << std::flush;
         }
         if (ckpt) checkpoint();
+        if (cancel_requested()) {  // Ctrl-C: keep every finished step, then stop
+            checkpoint();
+            bar.finish("interrupted at step " + std::to_string(s + 1));
+            throw Error("training interrupted at step " + std::to_string(s + 1) + " of " + std::to_string(o.train.steps) +
+                        (o.state_path.empty() ? "" : "; its state is in " + o.state_path + ", and running the pipeline again resumes there"));
+        }
         bar.update(s + 1, (st.aligning ? "aligning adapters, relative error " + fixed(smoothed, 3)
                                         : "loss " + fixed(smoothed, 3) + " ppl " + fixed(std::exp(smoothed), 1)) + "  " + rate(tps));
         r.last_loss = st.lm_loss;

@@ -20,6 +20,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 
 namespace fs = std::filesystem;
@@ -37,20 +38,24 @@ std::string llama_config(const std::string &name, int64_t hidden, int64_t layers
     return dir.string();
 }
 
-// Median wall time of fn over reps runs (after one warm-up); fn returns a
-// tensor that is read back, which waits for the device.
-template <class F>
-double median_s(int reps, F fn) {
-    auto wait = [&] { const at::Tensor r = fn(); return r.sum().item<double>(); };
-    wait();
-    std::vector<double> t;
-    for (int r = 0; r < reps; ++r) {
-        const auto start = Clock::now();
-        wait();
-        t.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+// Median wall times of each function over reps rounds (after one warm-up);
+// the functions take turns within a round, so drifting machine load hits
+// them alike. Each returns a tensor that is read back, which waits for the device.
+std::vector<double> medians_s(int reps, const std::vector<std::function<at::Tensor()>> &fns) {
+    std::vector<std::vector<double>> t(fns.size());
+    for (int r = -1; r < reps; ++r)
+        for (size_t i = 0; i < fns.size(); ++i) {
+            const auto start = Clock::now();
+            const at::Tensor out = fns[i]();
+            out.sum().item<double>();
+            if (r >= 0) t[i].push_back(std::chrono::duration<double>(Clock::now() - start).count());
+        }
+    std::vector<double> med;
+    for (auto &v : t) {
+        std::sort(v.begin(), v.end());
+        med.push_back(v[v.size() / 2]);
     }
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
+    return med;
 }
 
 }  // namespace
@@ -82,7 +87,7 @@ int main(int argc, char **argv) {
     mango::init_runtime(0);
     const at::Device dev(device);
     const mango::PluginHost host(mango::registry::Registry::discover(mango::registry::Options{}));
-    const at::ScalarType wt = weights_bf16 ? at::kBFloat16 : at::kFloat;  // the experts' weights; adapters and routers stay fp32
+    const at::ScalarType wt = weights_bf16 ? at::kBFloat16 : at::kFloat;  // all weights: experts, adapters, routers
     std::shared_ptr<mango::Model> a = mango::Model::init_random(host, llama_config("a", hidden, layers), 1, wt, dev);
     std::shared_ptr<mango::Model> b = mango::Model::init_random(host, llama_config("b", hidden_b, layers), 2, wt, dev);
     mango::FusionSpec spec;
@@ -108,24 +113,26 @@ int main(int argc, char **argv) {
     double t_fused, t_alone, t_with_adapters;
     {
         at::NoGradGuard no_grad;
-        t_fused = median_s(reps, [&] { return fused->logits(ids, mask, pos, false); });
-        t_alone = median_s(reps, [&] {
-            at::Tensor s = a->embed(ids, pos).sum();
-            for (int32_t l = 0; l < layers; ++l) {
-                s = s + a->block(l, ha, mask, pos, false).sum();
-                s = s + b->block(l, hb, mask, pos, false).sum();
-            }
-            return s + a->head(ha).sum();
-        });
-        t_with_adapters = median_s(reps, [&] {
-            at::Tensor s = a->embed(ids, pos).sum();
-            for (int32_t l = 0; l < layers; ++l) {
-                s = s + a->block(l, ha, mask, pos, false).sum();
-                s = s + b->block(l, at::linear(ha, w_in), mask, pos, false).sum();
-                s = s + (at::linear(hb, w_out) - at::linear(hb, w_out)).sum();
-            }
-            return s + a->head(ha).sum();
-        });
+        const auto t = medians_s(reps, {
+            [&] { return fused->logits(ids, mask, pos, false); },
+            [&] {
+                at::Tensor s = a->embed(ids, pos).sum();
+                for (int32_t l = 0; l < layers; ++l) {
+                    s = s + a->block(l, ha, mask, pos, false).sum();
+                    s = s + b->block(l, hb, mask, pos, false).sum();
+                }
+                return s + a->head(ha).sum();
+            },
+            [&] {
+                at::Tensor s = a->embed(ids, pos).sum();
+                for (int32_t l = 0; l < layers; ++l) {
+                    s = s + a->block(l, ha, mask, pos, false).sum();
+                    s = s + b->block(l, at::linear(ha, w_in), mask, pos, false).sum();
+                    s = s + (at::linear(hb, w_out) - at::linear(hb, w_out)).sum();
+                }
+                return s + a->head(ha).sum();
+            }});
+        t_fused = t[0], t_alone = t[1], t_with_adapters = t[2];
     }
     std::cout << "fused forward, " << layers << " layers x 2 experts (hidden " << hidden << " + " << hidden_b << "), batch " << batch
               << " x " << tokens << " tokens, " << device << ":\n"
@@ -149,7 +156,7 @@ int main(int argc, char **argv) {
         const double sec = std::chrono::duration<double>(Clock::now() - start).count();
         std::cout << "  training " << what << ": " << double(n) / sec << " tokens/s (" << sec / train_steps * 1e3 << " ms/step)\n";
     };
-    std::cout << "training, batch " << batch << " x " << tokens << (bf16 ? ", bf16 autocast" : "") << (weights_bf16 ? ", bf16 expert weights" : "")
+    std::cout << "training, batch " << batch << " x " << tokens << (bf16 ? ", bf16 autocast" : "") << (weights_bf16 ? ", bf16 weights" : "")
               << ":\n";
     rate(*fused, "fusion (adapters + routers)");
     if (!weights_bf16) {  // an optimiser over bf16 weights is not what anyone would run

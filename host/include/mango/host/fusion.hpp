@@ -11,7 +11,8 @@
 // adapter, to the fused stream, instead of replacing the stream with a copy
 // that went through two adapters: adapter error does not pile up layer after
 // layer. With identity adapters both forms are the same.
-// Adapters and routers are plugins; only they are trainable by default.
+// Adapters and routers are plugins; only they are trainable by default. Their
+// parameters take the base model's device and dtype.
 #pragma once
 
 #include "mango/host/model.hpp"

@@ -79,6 +79,7 @@ public:
     const formats::HfConfig &config() const { return config_; }
     const std::string &dir() const { return dir_; }
     at::Device device() const override { return device_; }
+    at::ScalarType dtype() const { return dtype_; }
     bool is_causal() const override { return info_.is_causal; }
     std::string describe() const override { return dir_; }
     at::Tensor logits(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions, bool use_cache) override {
