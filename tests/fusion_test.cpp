@@ -22,22 +22,7 @@ using namespace mango;
 
 namespace {
 
-const PluginHost &plugins() {
-    static const PluginHost host = make_test_plugin_host();
-    return host;
-}
-
 std::string golden(const std::string &name) { return (fs::path(MANGO_SOURCE_DIR) / "tests/golden/models" / name).string(); }
-
-// A small random llama of the given hidden size (config written to a temp folder).
-std::shared_ptr<Model> random_llama(int64_t hidden, uint64_t seed) {
-    const fs::path d = fs::path(MANGO_TEST_TMP) / ("fusion_llama_" + std::to_string(hidden));
-    fs::create_directories(d);
-    std::ofstream(d / "config.json") << nlohmann::json{{"model_type", "llama"}, {"hidden_size", hidden}, {"num_hidden_layers", 2},
-                                                       {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"intermediate_size", 2 * hidden},
-                                                       {"vocab_size", 128}, {"initializer_range", 0.1}}.dump();
-    return Model::init_random(plugins(), d.string(), seed);
-}
 
 InstanceSpec named(const std::string &name, nlohmann::json options = nlohmann::json::object()) {
     InstanceSpec s;
@@ -58,10 +43,10 @@ Batch batch() {
 }  // namespace
 
 TEST(Fusion, OneModelFusionReproducesTheModel) {
-    auto m = std::shared_ptr<Model>(Model::load(plugins(), golden("llama")));
+    auto m = std::shared_ptr<Model>(Model::load(shared_plugins(), golden("llama")));
     FusionSpec spec;
     for (int32_t l = 0; l < m->info().n_layers; ++l) spec.layers.push_back({{{0, l}}, named("simple")});
-    auto fused = FusedModel::build(plugins(), {m}, spec);
+    auto fused = FusedModel::build(shared_plugins(), {m}, spec);
     at::NoGradGuard no_grad;
     const Batch b = batch();
     EXPECT_TRUE(at::equal(fused->logits(b.ids, b.mask, b.pos, false), m->forward(b.ids, b.mask, b.pos)));
@@ -86,7 +71,7 @@ TEST(Fusion, TwoModelsOfDifferentSizesJoinThroughAdapters) {
     FusionSpec spec;
     spec.adapter = named("linear");
     for (int32_t l = 0; l < 2; ++l) spec.layers.push_back({{{0, l}, {1, l}}, named("simple", {{"pooling", "mean"}})});
-    auto fused = FusedModel::build(plugins(), {small, large}, spec);
+    auto fused = FusedModel::build(shared_plugins(), {small, large}, spec);
     EXPECT_EQ(fused->target_hidden(), 96);
     const Batch b = batch();
     at::Tensor logits = fused->logits(b.ids, b.mask, b.pos, false);
@@ -128,7 +113,7 @@ TEST(Fusion, AnAdaptedBlockAddsOnlyItsUpdate) {
     FusionSpec spec;
     spec.adapter = named("linear");
     for (int32_t l = 0; l < 2; ++l) spec.layers.push_back({{{0, l}, {1, l}}, named("simple")});
-    auto fused = FusedModel::build(plugins(), {a, b}, spec);
+    auto fused = FusedModel::build(shared_plugins(), {a, b}, spec);
     at::NoGradGuard no_grad;
     const Batch x = batch();
     at::Tensor h = a->embed(x.ids, x.pos);
@@ -140,7 +125,7 @@ TEST(Fusion, BadSpecsAreRefusedBeforeAnythingRuns) {
     auto small = random_llama(64, 1), large = random_llama(96, 2);
     auto error = [&](FusionSpec spec) {
         try {
-            FusedModel::build(plugins(), {small, large}, spec);
+            FusedModel::build(shared_plugins(), {small, large}, spec);
         } catch (const Error &e) {
             return std::string(e.what());
         }
@@ -165,7 +150,7 @@ TEST(Fusion, TrainingLowersTheLossAndLeavesExpertsBitwiseUnchanged) {
     FusionSpec spec;
     spec.adapter = named("linear");
     for (int32_t l = 0; l < 2; ++l) spec.layers.push_back({{{0, l}, {1, l}}, named("simple")});
-    auto fused = FusedModel::build(plugins(), {small, large}, spec);
+    auto fused = FusedModel::build(shared_plugins(), {small, large}, spec);
     std::vector<std::pair<std::string, at::Tensor>> before;
     for (const auto &m : {small, large})
         for (const auto &[n, w] : m->named_weights()) before.emplace_back(n, w.clone());
@@ -197,12 +182,12 @@ TEST(Fusion, SaveAndLoadGiveIdenticalLogitsAndDetectChangedBaseModels) {
     fs::remove_all(base_dir);
     small->save((base_dir / "small").string());
     large->save((base_dir / "large").string());
-    auto a = std::shared_ptr<Model>(Model::load(plugins(), (base_dir / "small").string()));
-    auto b = std::shared_ptr<Model>(Model::load(plugins(), (base_dir / "large").string()));
+    auto a = std::shared_ptr<Model>(Model::load(shared_plugins(), (base_dir / "small").string()));
+    auto b = std::shared_ptr<Model>(Model::load(shared_plugins(), (base_dir / "large").string()));
     FusionSpec spec;
     spec.adapter = named("bottleneck", {{"bottleneck_size", 8}, {"dropout", 0.0}});
     spec.layers = {{{{0, 0}, {1, 0}}, named("simple", {{"pooling", "attention"}})}, {{{1, 1}}, named("simple")}};
-    auto fused = FusedModel::build(plugins(), {a, b}, spec);
+    auto fused = FusedModel::build(shared_plugins(), {a, b}, spec);
     at::Tensor ids = (at::arange(10).unsqueeze(0) + at::arange(2).unsqueeze(1) * 5) % 120 + 3, mask = at::ones_like(ids);
     Trainer t(*fused, TrainOptions{});
     for (int i = 0; i < 3; ++i) t.step(ids, mask);  // move the weights away from their start
@@ -213,12 +198,12 @@ TEST(Fusion, SaveAndLoadGiveIdenticalLogitsAndDetectChangedBaseModels) {
     const fs::path saved = fs::path(MANGO_TEST_TMP) / "fusion_saved";
     fs::remove_all(saved);
     fused->save(saved.string());
-    auto back = FusedModel::load(plugins(), saved.string());
+    auto back = FusedModel::load(shared_plugins(), saved.string());
     EXPECT_TRUE(at::equal(back->logits(x.ids, x.mask, x.pos, false), want));
     // A changed base model is detected by its content hash.
     std::ofstream(base_dir / "large" / "config.json", std::ios::app) << " ";
     try {
-        FusedModel::load(plugins(), saved.string());
+        FusedModel::load(shared_plugins(), saved.string());
         FAIL();
     } catch (const Error &e) {
         EXPECT_NE(std::string(e.what()).find("changed since the fusion was saved (config.json has another sha256)"), std::string::npos) << e.what();

@@ -19,11 +19,6 @@ using nlohmann::json;
 
 namespace {
 
-const mango::PluginHost &plugins() {
-    static const mango::PluginHost host = make_test_plugin_host();
-    return host;
-}
-
 std::string model_dir(const std::string &name) { return (fs::path(MANGO_SOURCE_DIR) / "tests/golden/models" / name).string(); }
 
 at::Tensor tensor_of(const json &j, at::ScalarType t) {
@@ -76,7 +71,7 @@ class DecoderParity : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(DecoderParity, LogitsMatchTransformers) {
     const Golden g(GetParam());
-    auto model = mango::Model::load(plugins(), model_dir(GetParam()));
+    auto model = mango::Model::load(shared_plugins(), model_dir(GetParam()));
     at::NoGradGuard no_grad;
     at::Tensor logits = model->forward(g.ids, g.mask, g.pos);
     const double diff = masked_max_diff(logits, tensor_of(g.j["logits"], at::kDouble), g.mask);
@@ -86,7 +81,7 @@ TEST_P(DecoderParity, LogitsMatchTransformers) {
 
 TEST_P(DecoderParity, GreedyTokensMatchTransformersWithAndWithoutCache) {
     const Golden g(GetParam());
-    auto model = mango::Model::load(plugins(), model_dir(GetParam()));
+    auto model = mango::Model::load(shared_plugins(), model_dir(GetParam()));
     mango::GenerateOptions o;
     o.max_new_tokens = 20;
     const auto want = g.j["generated"].get<std::vector<std::vector<int64_t>>>();
@@ -97,7 +92,7 @@ TEST_P(DecoderParity, GreedyTokensMatchTransformersWithAndWithoutCache) {
 
 TEST_P(DecoderParity, CachedDecodingEqualsRecomputation) {
     const Golden g(GetParam());
-    auto model = mango::Model::load(plugins(), model_dir(GetParam()));
+    auto model = mango::Model::load(shared_plugins(), model_dir(GetParam()));
     at::NoGradGuard no_grad;
     const int64_t T = g.ids.size(1), split = T - 3;
     at::Tensor full = model->forward(g.ids, g.mask, g.pos);
@@ -117,7 +112,7 @@ TEST(Model, UnknownModelTypeListsInstalledArchitectures) {
     fs::create_directories(d);
     std::ofstream(d / "config.json") << R"({"model_type": "falcon"})";
     try {
-        mango::Model::load(plugins(), d.string());
+        mango::Model::load(shared_plugins(), d.string());
         FAIL();
     } catch (const mango::Error &e) {
         EXPECT_NE(std::string(e.what()).find("no architecture plugin handles model_type = \"falcon\" (installed: bert (bert, roberta, distilbert); gpt2 (gpt2); gpt_neo (gpt_neo); gptj (gptj); llama (llama, mistral, qwen2)"),
@@ -136,7 +131,7 @@ TEST(Model, MissingOrMisshapenTensorIsNamed) {
         if (n != "model.layers.1.mlp.up_proj.weight") ts.emplace_back(n, ckpt.tensor(n));
     mango::formats::write_checkpoint(d.string(), ts);
     try {
-        mango::Model::load(plugins(), d.string());
+        mango::Model::load(shared_plugins(), d.string());
         FAIL();
     } catch (const mango::Error &e) {
         EXPECT_NE(std::string(e.what()).find("has no tensor 'model.layers.1.mlp.up_proj.weight'"), std::string::npos) << e.what();
@@ -144,7 +139,7 @@ TEST(Model, MissingOrMisshapenTensorIsNamed) {
     ts.emplace_back("model.layers.1.mlp.up_proj.weight", at::zeros({128, 64}, at::kLong));
     mango::formats::write_checkpoint(d.string(), ts);
     try {
-        mango::Model::load(plugins(), d.string());
+        mango::Model::load(shared_plugins(), d.string());
         FAIL();
     } catch (const mango::Error &e) {
         EXPECT_NE(std::string(e.what()).find("tensor 'model.layers.1.mlp.up_proj.weight' has dtype Long, expected a floating-point weight"),
@@ -153,7 +148,7 @@ TEST(Model, MissingOrMisshapenTensorIsNamed) {
     ts.back() = {"model.layers.1.mlp.up_proj.weight", at::zeros({128, 65})};
     mango::formats::write_checkpoint(d.string(), ts);
     try {
-        mango::Model::load(plugins(), d.string());
+        mango::Model::load(shared_plugins(), d.string());
         FAIL();
     } catch (const mango::Error &e) {
         EXPECT_NE(std::string(e.what()).find("tensor 'model.layers.1.mlp.up_proj.weight' has shape [128, 65], expected [128, 64]"),
@@ -170,7 +165,7 @@ TEST(Model, UnsupportedRopeScalingIsRefused) {
     std::ofstream(d / "config.json") << cfg.dump();
     fs::copy_file(fs::path(model_dir("llama")) / "model.safetensors", d / "model.safetensors");
     try {
-        mango::Model::load(plugins(), d.string());
+        mango::Model::load(shared_plugins(), d.string());
         FAIL();
     } catch (const mango::Error &e) {
         EXPECT_NE(std::string(e.what()).find("rope_scaling type 'yarn' is not supported"), std::string::npos) << e.what();
@@ -179,7 +174,7 @@ TEST(Model, UnsupportedRopeScalingIsRefused) {
 
 TEST(Generate, BatchWithPaddingEqualsOneByOne) {
     const Golden g("llama");
-    auto model = mango::Model::load(plugins(), model_dir("llama"));
+    auto model = mango::Model::load(shared_plugins(), model_dir("llama"));
     mango::GenerateOptions o;
     o.max_new_tokens = 12;
     const auto prompts = g.prompts();
@@ -189,7 +184,7 @@ TEST(Generate, BatchWithPaddingEqualsOneByOne) {
 
 TEST(Generate, SamplingIsReproducibleAndNgramsAreNotRepeated) {
     const Golden g("gpt2");
-    auto model = mango::Model::load(plugins(), model_dir("gpt2"));
+    auto model = mango::Model::load(shared_plugins(), model_dir("gpt2"));
     mango::GenerateOptions o;
     o.max_new_tokens = 30;
     o.greedy = false;
@@ -213,7 +208,7 @@ TEST(Generate, SamplingIsReproducibleAndNgramsAreNotRepeated) {
 
 TEST(Generate, StopsAtStopIds) {
     const Golden g("llama");
-    auto model = mango::Model::load(plugins(), model_dir("llama"));
+    auto model = mango::Model::load(shared_plugins(), model_dir("llama"));
     mango::GenerateOptions o;
     o.max_new_tokens = 20;
     const auto want = g.j["generated"].get<std::vector<std::vector<int64_t>>>();
@@ -224,7 +219,7 @@ TEST(Generate, StopsAtStopIds) {
 
 TEST(Model, RandomInitFromConfigSavesAndReloads) {
     for (const char *name : {"llama3_scaled", "gpt2"}) {
-        auto m = mango::Model::init_random(plugins(), model_dir(name), 7);
+        auto m = mango::Model::init_random(shared_plugins(), model_dir(name), 7);
         double std2d = 0;
         for (const auto &[n, t] : m->named_weights()) {
             if (t.dim() >= 2 && n.find("wpe") == std::string::npos) std2d = std::max(std2d, t.std().item<double>());
@@ -242,7 +237,7 @@ TEST(Model, RandomInitFromConfigSavesAndReloads) {
         const fs::path d = fs::path(MANGO_TEST_TMP) / (std::string("random_") + name);
         fs::remove_all(d);
         m->save(d.string());
-        auto back = mango::Model::load(plugins(), d.string());
+        auto back = mango::Model::load(shared_plugins(), d.string());
         EXPECT_TRUE(at::equal(back->forward(g.ids, g.mask, g.pos), logits)) << name;
         EXPECT_EQ(back->named_weights().size(), m->named_weights().size());
     }
@@ -252,7 +247,7 @@ class EncoderParity : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(EncoderParity, HiddenStatesAndMaskedLmLogitsMatchTransformers) {
     const Golden g(GetParam());
-    auto model = mango::Model::load(plugins(), model_dir(GetParam()));
+    auto model = mango::Model::load(shared_plugins(), model_dir(GetParam()));
     EXPECT_FALSE(model->info().is_causal);
     at::NoGradGuard no_grad;
     at::Tensor pos = at::arange(g.ids.size(1)).unsqueeze(0).expand_as(g.ids);
@@ -273,7 +268,7 @@ TEST(Cuda, DecoderParityOnGpu) {
     if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device (or a CPU-only LibTorch)";
     for (const char *name : {"llama", "gpt2", "gptj"}) {
         const Golden g(name);
-        auto model = mango::Model::load(plugins(), model_dir(name), at::kFloat, at::kCUDA);
+        auto model = mango::Model::load(shared_plugins(), model_dir(name), at::kFloat, at::kCUDA);
         at::NoGradGuard no_grad;
         at::Tensor logits = model->forward(g.ids.cuda(), g.mask.cuda(), g.pos.cuda()).cpu();
         EXPECT_LE(masked_max_diff(logits, tensor_of(g.j["logits"], at::kDouble), g.mask), 1e-3) << name;  // TF32 matmuls

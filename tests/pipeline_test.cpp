@@ -14,11 +14,6 @@ using namespace mango;
 
 namespace {
 
-const PluginHost &plugins() {
-    static const PluginHost host = make_test_plugin_host();
-    return host;
-}
-
 const fs::path dir = fs::path(MANGO_TEST_TMP) / "pipelines";
 
 std::string models() { return (fs::path(MANGO_SOURCE_DIR) / "tests/golden/models").string(); }
@@ -57,7 +52,7 @@ PipelineSpec parse(const std::string &text, std::vector<std::string> sets = {}) 
     std::ofstream(file) << text;
     RunSettings s;
     s.sets = std::move(sets);
-    return Pipeline::parse(plugins(), file.string(), s);
+    return Pipeline::parse(shared_plugins(), file.string(), s);
 }
 
 std::string replace(std::string s, const std::string &from, const std::string &to) {

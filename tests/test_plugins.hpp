@@ -2,9 +2,13 @@
 // extra fixture folders), scanned without cache or environment.
 #pragma once
 
+#include <mango/host/model.hpp>
 #include <mango/host/plugins.hpp>
 
+#include <filesystem>
+#include <fstream>
 #include <string>
+#include <unistd.h>
 #include <vector>
 
 inline mango::PluginHost make_test_plugin_host(std::vector<std::string> extra = {}) {
@@ -16,4 +20,25 @@ inline mango::PluginHost make_test_plugin_host(std::vector<std::string> extra = 
     o.plugin_paths = {MANGO_PLUGIN_DIR};
     for (auto &e : extra) o.plugin_paths.push_back(std::move(e));
     return mango::PluginHost(mango::registry::Registry::discover(o));
+}
+
+// One host for a whole test binary: the build's plugins.
+inline const mango::PluginHost &shared_plugins() {
+    static const mango::PluginHost host = make_test_plugin_host();
+    return host;
+}
+
+// A small random LLaMA (2 layers, 4 heads, 2 KV heads) of the given width,
+// its config.json written to a folder under the test's temp dir.
+inline std::shared_ptr<mango::Model> random_llama(int64_t hidden, uint64_t seed, int64_t vocab = 128,
+                                                  at::Device device = at::kCPU) {
+    const auto dir = std::filesystem::path(MANGO_TEST_TMP) / ("llama_" + std::to_string(hidden) + "_v" + std::to_string(vocab));
+    std::filesystem::create_directories(dir);
+    // ctest runs tests in parallel processes: write aside, then rename, so no one reads half a file.
+    const auto tmp = dir / ("config.json." + std::to_string(::getpid()));
+    std::ofstream(tmp) << nlohmann::json{{"model_type", "llama"}, {"hidden_size", hidden}, {"num_hidden_layers", 2},
+                                         {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"intermediate_size", 2 * hidden},
+                                         {"vocab_size", vocab}, {"initializer_range", 0.1}}.dump();
+    std::filesystem::rename(tmp, dir / "config.json");
+    return mango::Model::init_random(shared_plugins(), dir.string(), seed, at::kFloat, device);
 }

@@ -22,19 +22,7 @@ using namespace mango;
 
 namespace {
 
-const PluginHost &plugins() {
-    static const PluginHost host = make_test_plugin_host();
-    return host;
-}
-
-std::shared_ptr<Model> llama(int64_t hidden, uint64_t seed) {
-    const fs::path d = fs::path(MANGO_TEST_TMP) / ("train_llama_" + std::to_string(hidden));
-    fs::create_directories(d);
-    std::ofstream(d / "config.json") << nlohmann::json{{"model_type", "llama"}, {"hidden_size", hidden}, {"num_hidden_layers", 2},
-                                                       {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"intermediate_size", 2 * hidden},
-                                                       {"vocab_size", 64}, {"initializer_range", 0.1}}.dump();
-    return Model::init_random(plugins(), d.string(), seed);
-}
+std::shared_ptr<Model> llama(int64_t hidden, uint64_t seed, at::Device device = at::kCPU) { return random_llama(hidden, seed, 64, device); }
 
 InstanceSpec named(const std::string &name, nlohmann::json options = nlohmann::json::object()) {
     InstanceSpec s;
@@ -50,7 +38,7 @@ std::unique_ptr<FusedModel> fusion() {
     spec.adapter = named("bottleneck", {{"bottleneck_size", 8}, {"dropout", 0.2}});
     spec.always_adapt = true;
     for (int32_t l = 0; l < 2; ++l) spec.layers.push_back({{{0, l}, {1, l}}, named("token_level", {{"top_k", 2}})});
-    return FusedModel::build(plugins(), {llama(32, 1), llama(48, 2)}, spec);
+    return FusedModel::build(shared_plugins(), {llama(32, 1), llama(48, 2)}, spec);
 }
 
 at::Tensor data() { return (at::arange(24 * 10).reshape({24, 10}) * 7 + 3) % 61 + 2; }
@@ -244,14 +232,11 @@ TEST(Training, WholeModelFromRandomInitLearnsAndRestoredRunDoesNothing) {
 TEST(Cuda, FusionTrainsOnGpuWithBf16AutocastAndCheckpointing) {
     if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device (or a CPU-only LibTorch)";
     auto build = [] {
-        const fs::path d32 = fs::path(MANGO_TEST_TMP) / "train_llama_32", d48 = fs::path(MANGO_TEST_TMP) / "train_llama_48";
-        llama(32, 1), llama(48, 2);  // write the configs
-        std::shared_ptr<Model> a = Model::init_random(plugins(), d32.string(), 1, at::kFloat, at::kCUDA);
-        std::shared_ptr<Model> b = Model::init_random(plugins(), d48.string(), 2, at::kFloat, at::kCUDA);
+        std::shared_ptr<Model> a = llama(32, 1, at::kCUDA), b = llama(48, 2, at::kCUDA);
         FusionSpec spec;
         spec.adapter = named("linear");
         for (int32_t l = 0; l < 2; ++l) spec.layers.push_back({{{0, l}, {1, l}}, named("simple")});
-        return FusedModel::build(plugins(), {a, b}, spec);
+        return FusedModel::build(shared_plugins(), {a, b}, spec);
     };
     const at::Tensor d = data().cuda();
     double first_fp32 = 0;
