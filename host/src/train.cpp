@@ -113,7 +113,8 @@ TrainStepResult Trainer::step(const at::Tensor &ids, const at::Tensor &mask) {
         at::Tensor logits = aligning ? at::Tensor() : model_.logits(ids, mask, pos, false);
         lm = aligning ? model_.alignment_loss(ids, mask, pos) : lm_loss(logits, ids, mask);
         loss = lm;
-        for (const auto &[name, value] : aligning ? decltype(model_.aux_losses()){} : model_.aux_losses()) {
+        const auto aux = aligning ? std::vector<std::pair<std::string, at::Tensor>>{} : model_.aux_losses();
+        for (const auto &[name, value] : aux) {
             if (name == "load_balance" && o_.balance_weight != 0) loss = loss + o_.balance_weight * value.to(at::kFloat);
             if (name == "entropy" && o_.entropy_weight != 0) loss = loss + o_.entropy_weight * value.to(at::kFloat);
         }

@@ -320,11 +320,8 @@ private:
         }
         GenerateOptions o = s.options;
         if (eos_ >= 0) o.stop_ids = {eos_};
-        for (const auto &d : {def(s.model)})
-            if (d && (d->kind == ModelDef::Kind::Folder) && o.stop_ids.empty()) {
-                auto p = plain(s.model);
-                o.stop_ids = p->config().eos_token_ids;
-            }
+        const ModelDef *d = def(s.model);
+        if (o.stop_ids.empty() && d && d->kind == ModelDef::Kind::Folder) o.stop_ids = plain(s.model)->config().eos_token_ids;
         at::NoGradGuard no_grad;
         m.train(false);
         const auto out = generate(m, prompts, o);
