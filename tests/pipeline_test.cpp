@@ -14,12 +14,16 @@ using namespace mango;
 
 namespace {
 
-const fs::path dir = fs::path(MANGO_TEST_TMP) / "pipelines";
+// One folder per test: ctest runs the tests of this file as parallel processes.
+fs::path test_dir() {
+    return fs::path(MANGO_TEST_TMP) / "pipelines" / ::testing::UnitTest::GetInstance()->current_test_info()->name();
+}
 
 std::string models() { return (fs::path(MANGO_SOURCE_DIR) / "tests/golden/models").string(); }
 
 // A valid pipeline: two golden llamas of hidden size 64 fused, one data file.
 std::string valid() {
+    const fs::path dir = test_dir();
     fs::create_directories(dir);
     std::ofstream(dir / "text.txt") << "one two three four five six seven eight nine ten eleven twelve\n\nthirteen fourteen fifteen\n";
     return "output = \"out\"\n"                                                                   // 1
@@ -47,6 +51,7 @@ std::string valid() {
 }
 
 PipelineSpec parse(const std::string &text, std::vector<std::string> sets = {}) {
+    const fs::path dir = test_dir();
     fs::create_directories(dir);
     const fs::path file = dir / "p.toml";
     std::ofstream(file) << text;
@@ -87,7 +92,7 @@ TEST(Pipeline, ValidFileParses) {
     ASSERT_EQ(f.kind, ModelDef::Kind::Fusion);
     ASSERT_EQ(f.fusion.layers.size(), 2u);  // "zip": layer i of each
     EXPECT_EQ(f.fusion.layers[1][1], (std::pair<std::string, int32_t>{"b", 1}));
-    EXPECT_EQ(s.output, (dir / "out").string());
+    EXPECT_EQ(s.output, (test_dir() / "out").string());
     EXPECT_EQ(std::get<TrainStep>(s.steps[0].step).run.train.steps, 2);
 }
 
@@ -127,6 +132,7 @@ TEST(Pipeline, BadInputIsRefusedWithFileLineAndKey) {
     EXPECT_ERROR(replace(valid(), "data = \"text\"", "data = \"txt\""), "p.toml:17", "no data set 'txt'");
     // Missing and empty data files.
     EXPECT_ERROR(replace(valid(), "path = \"text.txt\"", "path = \"nothing.txt\""), "p.toml:5: data.text.path", "nothing.txt does not exist");
+    const fs::path dir = test_dir();
     std::ofstream(dir / "empty.txt") << "\n \n";
     EXPECT_ERROR(replace(valid(), "path = \"text.txt\"", "path = \"empty.txt\""), "p.toml:5", "holds no text");
     // A model folder whose model_type no plugin handles.
