@@ -121,6 +121,27 @@ TEST(Fusion, AnAdaptedBlockAddsOnlyItsUpdate) {
     EXPECT_TRUE(at::allclose(fused->logits(x.ids, x.mask, x.pos, false), a->head(h), 1e-5, 1e-6));
 }
 
+TEST(Fusion, InitialValuesDependOnlyOnTheSeed) {
+    auto small = random_llama(64, 1), large = random_llama(96, 2);
+    FusionSpec spec;
+    spec.adapter = named("bottleneck");  // random matrices
+    for (int32_t l = 0; l < 2; ++l) spec.layers.push_back({{{0, l}, {1, l}}, named("simple", {{"pooling", "attention"}})});
+    spec.seed = 7;
+    const auto first = FusedModel::build(shared_plugins(), {small, large}, spec)->trainable();
+    at::randn({1000});  // whatever ran before must not matter
+    const auto again = FusedModel::build(shared_plugins(), {small, large}, spec)->trainable();
+    spec.seed = 8;
+    const auto other = FusedModel::build(shared_plugins(), {small, large}, spec)->trainable();
+    ASSERT_EQ(first.size(), again.size());
+    size_t differs = 0;
+    for (size_t i = 0; i < first.size(); ++i) {
+        EXPECT_EQ(first[i].first, again[i].first);
+        EXPECT_TRUE(at::equal(first[i].second, again[i].second)) << first[i].first;
+        differs += !at::equal(first[i].second, other[i].second);
+    }
+    EXPECT_GT(differs, 0u);
+}
+
 TEST(Fusion, BadSpecsAreRefusedBeforeAnythingRuns) {
     auto small = random_llama(64, 1), large = random_llama(96, 2);
     auto error = [&](FusionSpec spec) {

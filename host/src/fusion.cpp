@@ -87,6 +87,9 @@ std::unique_ptr<FusedModel> FusedModel::build(const PluginHost &host, std::vecto
     }
     f->models_ = std::move(models);
     f->spec_ = std::move(spec);
+    // Plugins draw initial values from the default generator: seed it, so a
+    // fusion starts the same whatever ran before it in this process.
+    at::manual_seed(f->spec_.seed);
     for (size_t m : needs_adapter) {
         const int64_t h = f->models_[m]->info().hidden_size;
         for (const char *dir : {"in", "out"}) {

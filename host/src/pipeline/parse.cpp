@@ -259,6 +259,7 @@ void read_models(const PluginHost &host, PipelineSpec &spec, Table models) {
         } else {
             m.kind = ModelDef::Kind::Fusion;
             read_fusion(host, m, t);
+            m.seed = static_cast<uint64_t>(t.integer("seed", 0, 0));
         }
         t.finish();
         spec.models.push_back(std::move(m));

@@ -112,6 +112,7 @@ private:
             fs.base = index(f.base);
             fs.target_hidden = f.target_hidden;
             fs.always_adapt = f.always_adapt;
+            fs.seed = d->seed;
             fs.adapter = f.adapter;
             for (size_t l = 0; l < f.layers.size(); ++l) {
                 FusionLayer layer;
