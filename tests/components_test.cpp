@@ -172,6 +172,9 @@ TEST_F(Components, PluginWrittenInCWorks) {
     auto a = AdapterInstance::create(plugins(), spec("c_identity"), 4, 4);
     at::Tensor x = at::randn({2, 4});
     EXPECT_TRUE(at::equal(a->forward(x), x));
+    // Its table has the 0.1 size, without is_affine: the host does not read past it.
+    EXPECT_FALSE(a->affine());
+    EXPECT_TRUE(at::equal(a->difference(x, 2 * x), -x));
     try {
         AdapterInstance::create(plugins(), spec("c_identity"), 4, 5);
         FAIL();

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 namespace fs = std::filesystem;
 using namespace mango;
@@ -78,8 +79,8 @@ TEST(Fusion, TwoModelsOfDifferentSizesJoinThroughAdapters) {
     EXPECT_EQ(logits.sizes(), at::IntArrayRef({2, 7, 128}));
     for (const auto &s : fused->stats()) {
         EXPECT_TRUE(at::allclose(s.weights.sum(-1), at::ones({2})));
-        EXPECT_NEAR(s.entropy.item<double>(), std::log(2.0), 1e-5);  // uniform at init
-        EXPECT_EQ(s.load.sizes(), at::IntArrayRef({2}));
+        EXPECT_NEAR(s.entropy().item<double>(), std::log(2.0), 1e-5);  // uniform at init
+        EXPECT_TRUE(at::allclose(s.load(), at::full({2}, 0.5)));
         EXPECT_FALSE(s.losses.empty());
     }
     // Only adapters and routers learn; the models' weights stay frozen.
@@ -119,6 +120,41 @@ TEST(Fusion, AnAdaptedBlockAddsOnlyItsUpdate) {
     at::Tensor h = a->embed(x.ids, x.pos);
     for (int32_t l = 0; l < 2; ++l) h = 0.5 * a->block(l, h, x.mask, x.pos, false) + 0.5 * h;
     EXPECT_TRUE(at::allclose(fused->logits(x.ids, x.mask, x.pos, false), a->head(h), 1e-5, 1e-6));
+}
+
+TEST(Fusion, AffineAdaptersMapTheUpdateWithOneProjection) {
+    // linear without its norm is affine: the fusion computes out(u) - out(v)
+    // as out(u - v) - out(0). Written out here with plain at::linear, the
+    // fused stream is 0.5 * A.block(h) + 0.5 * (h + out(B.block(in h)) - out(in h)).
+    auto a = random_llama(96, 1), b = random_llama(64, 2);
+    FusionSpec spec;
+    spec.adapter = named("linear", {{"layer_norm", false}});
+    for (int32_t l = 0; l < 2; ++l) spec.layers.push_back({{{0, l}, {1, l}}, named("simple", {{"pooling", "mean"}})});
+    auto fused = FusedModel::build(shared_plugins(), {a, b}, spec);
+    at::NoGradGuard no_grad;
+    std::map<std::string, at::Tensor> p;
+    for (auto &[name, t] : fused->trainable()) {
+        if (name.find("adapters.") == 0) t.add_(at::randn(t.sizes()) * 0.1);  // away from the identity start
+        p[name] = t;
+    }
+    ASSERT_TRUE(p.count("adapters.m1.in.proj.weight") && p.count("adapters.m1.out.proj.bias"));
+    auto in = [&](const at::Tensor &x) { return at::linear(x, p["adapters.m1.in.proj.weight"], p["adapters.m1.in.proj.bias"]); };
+    auto out = [&](const at::Tensor &x) { return at::linear(x, p["adapters.m1.out.proj.weight"], p["adapters.m1.out.proj.bias"]); };
+    const Batch x = batch();
+    at::Tensor h = a->embed(x.ids, x.pos);
+    for (int32_t l = 0; l < 2; ++l) {
+        const at::Tensor inner = in(h);
+        h = 0.5 * a->block(l, h, x.mask, x.pos, false) + 0.5 * (h + out(b->block(l, inner, x.mask, x.pos, false)) - out(inner));
+    }
+    EXPECT_TRUE(at::allclose(fused->logits(x.ids, x.mask, x.pos, false), a->head(h), 1e-4, 1e-5));
+    // With the norm, the same adapter is not affine.
+    auto affine = [&](nlohmann::json options) {
+        InstanceSpec s = named("linear", std::move(options));
+        return AdapterInstance::create(shared_plugins(), s, 64, 96)->affine();
+    };
+    EXPECT_TRUE(affine({{"layer_norm", false}}));
+    EXPECT_FALSE(affine({{"layer_norm", true}}));
+    EXPECT_FALSE(AdapterInstance::create(shared_plugins(), named("bottleneck"), 64, 96)->affine());
 }
 
 TEST(Fusion, InitialValuesDependOnlyOnTheSeed) {

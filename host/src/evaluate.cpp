@@ -30,8 +30,14 @@ EvalResult evaluate(CausalLM &model, const at::Tensor &seqs, int64_t batch_size)
         r.tokens += n;
         if (fused) {
             std::vector<at::Tensor> per_layer;
-            for (const auto &st : fused->stats())
-                per_layer.push_back((st.weights.dim() == 3 ? st.weights.mean(1) : st.weights).to(at::kCPU, at::kFloat));
+            for (const auto &st : fused->stats()) {
+                at::Tensor w = st.weights;  // per token: the mean over the sequence's real tokens
+                if (w.dim() == 3) {
+                    const at::Tensor keep = st.mask.to(w.dtype()).unsqueeze(-1);
+                    w = (w * keep).sum(1) / keep.sum(1).clamp_min(1);
+                }
+                per_layer.push_back(w.to(at::kCPU, at::kFloat));
+            }
             weights.push_back(at::stack(per_layer));
         }
     }

@@ -117,6 +117,16 @@ at::Tensor FusedModel::adapt(const std::string &key, const at::Tensor &x) {
     return it == adapters_.end() ? x : it->second->forward(x);
 }
 
+at::Tensor FusionLayerStats::entropy() const {
+    return -(weights * weights.clamp_min(1e-9).log()).sum(-1).mean();
+}
+
+at::Tensor FusionLayerStats::load() const {
+    if (weights.dim() == 2) return weights.mean(0);
+    const at::Tensor keep = mask.to(weights.dtype()).unsqueeze(-1);
+    return (weights * keep).sum(at::IntArrayRef{0, 1}) / keep.sum().clamp_min(1);
+}
+
 at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions, bool use_cache) {
     Model &base = *models_[spec_.base];
     const std::string b = "m" + std::to_string(spec_.base);
@@ -136,7 +146,7 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
                 // An adapted block contributes its update, mapped back: the
                 // residual stream itself never makes the round trip.
                 const at::Tensor inner = adapt(m + ".in", x);
-                return x + adapt(m + ".out", model.block(e.layer, inner, mask, positions, use_cache)) - adapt(m + ".out", inner);
+                return x + adapters_.at(m + ".out")->difference(model.block(e.layer, inner, mask, positions, use_cache), inner);
             };
             outs.push_back(recompute ? checkpointed(path, h, trainable_tensors(*this)) : path(h));
         }
@@ -146,14 +156,7 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
         for (size_t e = 1; e < outs.size(); ++e) h = h + outs[e] * w.narrow(-1, int64_t(e), 1);
         FusionLayerStats s;
         s.weights = r.weights;
-        at::Tensor p = r.weights.clamp_min(1e-9);
-        s.entropy = -(r.weights * p.log()).sum(-1).mean();
-        if (r.weights.dim() == 2) {
-            s.load = r.weights.mean(0);
-        } else {
-            at::Tensor keep = new_mask.to(r.weights.dtype()).unsqueeze(-1);
-            s.load = (r.weights * keep).sum(at::IntArrayRef{0, 1}) / keep.sum().clamp_min(1);
-        }
+        s.mask = new_mask;
         s.losses = std::move(r.losses);
         stats_.push_back(std::move(s));
     }

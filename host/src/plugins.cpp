@@ -2,9 +2,12 @@
 
 #include <mango/registry/options.hpp>
 
+#include <ATen/ATen.h>
+
 #define BOOST_DLL_USE_STD_FS
 #include <boost/dll/shared_library.hpp>
 
+#include <cstddef>
 #include <mutex>
 
 namespace mango {
@@ -83,7 +86,15 @@ std::unique_ptr<AdapterInstance> AdapterInstance::create(const PluginHost &host,
     a->d_out_ = d_out;
     check_plugin(vt->create(a->ctx_.get(), d_in, d_out, &a->self_), a->ctx_->label + " create");
     a->destroy_ = vt->destroy;
+    const bool has_is_affine = vt->struct_size >= offsetof(mango_adapter_vtable, is_affine) + sizeof(vt->is_affine);
+    a->affine_ = has_is_affine && vt->is_affine && vt->is_affine(a->self_) != 0;
     return a;
+}
+
+at::Tensor AdapterInstance::difference(const at::Tensor &u, const at::Tensor &v) {
+    if (!affine_) return forward(u) - forward(v);
+    // (A u + b) - (A v + b) = A (u - v) = forward(u - v) - forward(0).
+    return forward(u - v) - forward(at::zeros({1, d_in_}, u.options()));
 }
 
 at::Tensor AdapterInstance::forward(const at::Tensor &x) {

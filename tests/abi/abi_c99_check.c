@@ -17,7 +17,9 @@ PIN(host_api, sizeof(mango_host_api) == 232);
 PIN(host_api_weight_shaped, offsetof(mango_host_api, weight_shaped) == 224); /* appended in 0.2 */
 PIN(host_api_find_op, offsetof(mango_host_api, find_op) == 120);
 PIN(host_api_declare_tensor, offsetof(mango_host_api, declare_tensor) == 216);
-PIN(adapter_vtable, sizeof(mango_adapter_vtable) == 32);
+PIN(adapter_vtable, sizeof(mango_adapter_vtable) == 40);
+PIN(adapter_vtable_destroy, offsetof(mango_adapter_vtable, destroy) == 24);
+PIN(adapter_vtable_is_affine, offsetof(mango_adapter_vtable, is_affine) == 32); /* appended in 0.3 */
 PIN(router_vtable, sizeof(mango_router_vtable) == 32);
 PIN(merge_vtable, sizeof(mango_merge_vtable) == 32);
 PIN(moe_vtable, sizeof(mango_moe_converter_vtable) == 40);

@@ -1,13 +1,16 @@
 // bench_fusion [--layers 4] [--hidden 512] [--hidden-b 384] [--batch 4] [--tokens 128]
 //              [--reps 10] [--train-steps 10] [--device cpu|cuda] [--bf16] [--weights-bf16]
+//              [--no-adapter-norm]
 // Cost of fusion: the fused forward of two LLaMA-style models (2 experts per
 // layer, linear adapters for the smaller one, a simple router per layer)
 // against the sum of running the same expert blocks alone, plus the base
 // model's embedding and head, on inputs of the same shapes, in one run.
 // The ratio is the price of adapters, routers and mixing (goal <= 1.10); a
 // second reference adds the adapters' own projections (plain at::linear of
-// the same shapes: in, and out twice, as an adapted block needs), so what is
-// left over is routing, mixing and the plugin calls.
+// the same shapes: in, and out twice, as an adapted block needs; out once
+// with --no-adapter-norm, where the adapter is affine and the host maps the
+// block's update with one projection), so what is left over is routing,
+// mixing and the plugin calls.
 // Then training throughput: adapters + routers of the fusion, and a whole
 // model from random initialisation, in tokens/s.
 #include <mango/host/fusion.hpp>
@@ -64,7 +67,7 @@ int main(int argc, char **argv) {
     int64_t layers = 4, hidden = 512, hidden_b = 384, batch = 4, tokens = 128;
     int reps = 10, train_steps = 10;
     std::string device = "cpu";
-    bool bf16 = false, weights_bf16 = false;
+    bool bf16 = false, weights_bf16 = false, adapter_norm = true;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         auto next = [&] { return std::string(i + 1 < argc ? argv[++i] : "0"); };
@@ -78,9 +81,10 @@ int main(int argc, char **argv) {
         else if (a == "--device") device = next();
         else if (a == "--bf16") bf16 = true;
         else if (a == "--weights-bf16") weights_bf16 = true;
+        else if (a == "--no-adapter-norm") adapter_norm = false;
         else {
             std::cerr << "usage: bench_fusion [--layers N] [--hidden H] [--hidden-b H] [--batch B] [--tokens T] [--reps R] "
-                         "[--train-steps S] [--device cpu|cuda] [--bf16] [--weights-bf16]\n";
+                         "[--train-steps S] [--device cpu|cuda] [--bf16] [--weights-bf16] [--no-adapter-norm]\n";
             return 2;
         }
     }
@@ -92,7 +96,7 @@ int main(int argc, char **argv) {
     std::shared_ptr<mango::Model> b = mango::Model::init_random(host, llama_config("b", hidden_b, layers), 2, wt, dev);
     mango::FusionSpec spec;
     spec.adapter.name = "linear";
-    spec.adapter.options = nlohmann::json::object();
+    spec.adapter.options = {{"layer_norm", adapter_norm}};
     for (int32_t l = 0; l < layers; ++l) {
         mango::FusionLayer fl;
         fl.experts = {{0, l}, {1, l}};
@@ -128,14 +132,15 @@ int main(int argc, char **argv) {
                 for (int32_t l = 0; l < layers; ++l) {
                     s = s + a->block(l, ha, mask, pos, false).sum();
                     s = s + b->block(l, at::linear(ha, w_in), mask, pos, false).sum();
-                    s = s + (at::linear(hb, w_out) - at::linear(hb, w_out)).sum();
+                    s = s + (adapter_norm ? at::linear(hb, w_out) - at::linear(hb, w_out) : at::linear(hb, w_out)).sum();
                 }
                 return s + a->head(ha).sum();
             }});
         t_fused = t[0], t_alone = t[1], t_with_adapters = t[2];
     }
     std::cout << "fused forward, " << layers << " layers x 2 experts (hidden " << hidden << " + " << hidden_b << "), batch " << batch
-              << " x " << tokens << " tokens, " << device << ":\n"
+              << " x " << tokens << " tokens, " << device << ", linear adapters " << (adapter_norm ? "with" : "without")
+              << " LayerNorm:\n"
               << "  fused model:              " << t_fused * 1e3 << " ms\n"
               << "  expert blocks alone (sum): " << t_alone * 1e3 << " ms\n"
               << "  ratio fused/alone:        " << t_fused / t_alone << "\n"

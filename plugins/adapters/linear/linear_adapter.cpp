@@ -35,6 +35,10 @@ public:
         return residual_ ? ops::add(x, y) : y;
     }
 
+    // Without the norm, y = (W [+ I]) x + b: the host may then map an expert's
+    // update with one projection instead of two.
+    bool affine() const { return !norm_w_; }
+
 private:
     int64_t d_out_;
     bool residual_;

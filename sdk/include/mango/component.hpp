@@ -7,6 +7,10 @@
 //   MANGO_PLUGIN("my_plugin", "1.0.0", "What it is",
 //                mango::router<MyRouter>("my_router", "1.0.0", "One line", kSchemaJson))
 //
+// Adapters have the same shape: `MyAdapter(Context &, int64_t d_in, int64_t
+// d_out)` and `Tensor forward(Context &, const Tensor &x)`, plus, optionally,
+// `bool affine() const` when forward is x -> A x + b (see is_affine).
+//
 // Every C entry catches all exceptions and turns them into a status code plus
 // set_error(), so nothing thrown ever crosses the ABI.
 #pragma once
@@ -55,7 +59,13 @@ struct AdapterGlue {
             *y = static_cast<T *>(self)->forward(ctx, Tensor::borrow(x)).release();
         });
     }
-    static inline const mango_adapter_vtable vtable{sizeof(mango_adapter_vtable), &create, &forward, &destroy<T>};
+    // Filled when the class has `bool affine() const` (see is_affine in plugin.h).
+    template <class U>
+    static auto affine_of(const U *a, int) -> decltype(a->affine(), int32_t()) { return a->affine() ? 1 : 0; }
+    template <class U>
+    static int32_t affine_of(const U *, long) { return 0; }
+    static int32_t is_affine(void *self) noexcept { return affine_of(static_cast<const T *>(self), 0); }
+    static inline const mango_adapter_vtable vtable{sizeof(mango_adapter_vtable), &create, &forward, &destroy<T>, &is_affine};
 };
 
 template <class T>

@@ -270,6 +270,14 @@ typedef struct mango_adapter_vtable {
     mango_status (*create)(mango_context *ctx, int64_t d_in, int64_t d_out, void **self);
     mango_status (*forward)(void *self, mango_context *ctx, mango_tensor x, mango_tensor *y);
     void (*destroy)(void *self);
+
+    /* ---- appended in 0.3 (read only when struct_size covers it) ---- */
+
+    /* Optional; NULL means "no". Non-zero when this instance's forward is
+     * affine, forward(x) = A x + b for every x (e.g. a projection without a
+     * norm). The host then computes forward(u) - forward(v) with one
+     * projection, as forward(u - v) - forward(0). */
+    int32_t (*is_affine)(void *self);
 } mango_adapter_vtable;
 
 /* Router: mixes `n_experts` block outputs. route() gets the hidden states

@@ -44,12 +44,14 @@ struct FusionSpec {
     std::map<std::string, at::Tensor> saved;
 };
 
-// Per fusion layer: router weights [B, E] or [B, T, E], and statistics.
+// Per fusion layer: router weights [B, E] or [B, T, E], and statistics
+// (computed when asked, so a forward pays only for the weights).
 struct FusionLayerStats {
     at::Tensor weights;
-    at::Tensor entropy;  // mean entropy of the weight rows (scalar)
-    at::Tensor load;     // mean weight per expert over real tokens [E]
+    at::Tensor mask;  // [B, T] of the tokens routed (1 token, 0 pad)
     std::vector<std::pair<std::string, at::Tensor>> losses;  // the router's auxiliary losses
+    at::Tensor entropy() const;  // mean entropy of the weight rows (scalar)
+    at::Tensor load() const;     // mean weight per expert over real tokens [E]
 };
 
 class FusedModel : public CausalLM {

@@ -61,11 +61,16 @@ public:
     static std::unique_ptr<AdapterInstance> create(const PluginHost &host, const InstanceSpec &spec, int64_t d_in,
                                                    int64_t d_out);
     at::Tensor forward(const at::Tensor &x);
+    // forward(u) - forward(v), with one projection when the plugin says its
+    // map is affine (plugins older than ABI 0.3 never do).
+    at::Tensor difference(const at::Tensor &u, const at::Tensor &v);
+    bool affine() const { return affine_; }
 
 private:
     using Instance::Instance;
     const mango_adapter_vtable *vt_ = nullptr;
     int64_t d_in_ = 0, d_out_ = 0;
+    bool affine_ = false;
 };
 
 struct RouterOutput {
