@@ -156,7 +156,7 @@ typedef struct mango_value {
 typedef struct mango_host_base {
     uint32_t struct_size;
     uint32_t abi_version;     /* newest ABI the host speaks */
-    const char *host_version; /* e.g. "0.1.0"; static */
+    const char *host_version; /* e.g. "0.3.0"; static */
     const void *(*get_api)(uint32_t version);
 } mango_host_base;
 
