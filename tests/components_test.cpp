@@ -117,6 +117,8 @@ TEST_F(Components, BottleneckAdapterBetweenSizesWithDropout) {
 
 TEST_F(Components, SimpleRouterUniformAtInitWithReports) {
     auto r = RouterInstance::create(plugins(), spec("simple"), 8, 3);
+    EXPECT_TRUE(r->route(at::randn({4, 5, 8}), at::Tensor()).losses.empty());  // reports are for training
+    r->train(true);
     auto out = r->route(at::randn({4, 5, 8}), at::Tensor());
     ASSERT_EQ(out.weights.sizes(), at::IntArrayRef({4, 3}));
     EXPECT_TRUE(at::allclose(out.weights, at::full({4, 3}, 1.0 / 3)));
@@ -206,6 +208,7 @@ TEST_F(Components, TokenLevelRouterTopKMatchesFormula) {
     at::Tensor h = at::randn({2, 5, 8});
     at::Tensor mask = at::ones({2, 5}, at::kLong);
     mask[1].narrow(0, 3, 2).fill_(0);
+    r->train(true);
     auto out = r->route(h, mask);
     ASSERT_EQ(out.weights.sizes(), at::IntArrayRef({2, 5, 4}));
     EXPECT_TRUE(at::allclose(out.weights.sum(-1), at::ones({2, 5})));

@@ -4,7 +4,7 @@
 //   w      = softmax((W pooled + b) / temperature)      [B, E]
 //
 // W starts at zero, so a new router mixes its experts uniformly.
-// Reports: loss "load_balance" = E * sum_e load_e^2 (1 when balanced, E when
+// Reports, in training mode only (inference skips their cost): loss "load_balance" = E * sum_e load_e^2 (1 when balanced, E when
 // collapsed), loss "entropy" = mean over sequences of -sum_e w log w;
 // stat "load" = mean weight per expert [E], stat "entropy".
 #include <mango/component.hpp>
@@ -43,6 +43,7 @@ public:
         Tensor logits = ops::linear(pooled, weight_, bias_);                  // [B, E]
         if (temperature_ != 1.0) logits = ops::mul(logits, 1.0 / temperature_);
         Tensor w = ops::softmax(logits, -1);
+        if (!ctx.training()) return w;
 
         Tensor load = ops::mean(w, {0});                                      // [E]
         Tensor entropy = ops::mean_all(ops::mul(ops::sum(ops::mul(w, ops::log(ops::clamp_min(w, 1e-9))), {-1}), -1.0));

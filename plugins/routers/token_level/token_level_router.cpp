@@ -3,7 +3,7 @@
 //
 //   p = softmax(W h / exp(log_t))        [B, T, E]
 //   w = top_k(p) / sum(top_k(p)), scattered back to [B, T, E]
-// Reports (over real tokens): loss "load_balance" = E * sum_e f_e * P_e
+// Reports (over real tokens; in training mode only, inference skips their cost): loss "load_balance" = E * sum_e f_e * P_e
 // (Switch Transformer: f_e the share of top-k slots given to expert e, P_e the
 // mean probability; 1 when balanced), loss "entropy" = mean -sum p log p;
 // stats "load" (P_e) and "entropy".
@@ -37,6 +37,7 @@ public:
         Tensor p = ops::softmax(logits, -1);
         auto [top, idx] = ops::topk(p, k_, -1);
         Tensor w = ops::scatter(ops::zeros_like(p), -1, idx, ops::div(top, ops::sum(top, {-1}, true)));
+        if (!ctx.training()) return w;
 
         // Statistics over real tokens only.
         Tensor keep = mask ? ops::unsqueeze(ops::to_dtype(mask, p.dtype()), -1) : ops::full({1}, 1.0, p.dtype(), p.device());

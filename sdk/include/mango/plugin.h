@@ -284,7 +284,8 @@ typedef struct mango_adapter_vtable {
  * [B, T, H] entering the fused layer and a mask [B, T] (1 = token, 0 = pad;
  * NULL = all tokens). It writes expert weights, either pooled [B, E] or per
  * token [B, T, E]; each row sums to 1 (over the chosen experts, for top-k).
- * Auxiliary losses and statistics go through report(). */
+ * Auxiliary losses and statistics go through report(); the host uses them
+ * only in training mode (is_training), so a router may skip them otherwise. */
 typedef struct mango_router_vtable {
     uint32_t struct_size;
     mango_status (*create)(mango_context *ctx, int64_t hidden_size, int64_t n_experts, void **self);
