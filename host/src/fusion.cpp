@@ -37,7 +37,6 @@ json model_hashes(const std::string &dir) {
     return h;
 }
 
-json spec_json(const InstanceSpec &s) { return {{"name", s.name}, {"options", s.options}}; }
 InstanceSpec spec_from(const json &j) {
     InstanceSpec s;
     s.name = j.at("name").get<std::string>();

@@ -91,6 +91,8 @@ std::unique_ptr<AdapterInstance> AdapterInstance::create(const PluginHost &host,
     return a;
 }
 
+nlohmann::json spec_json(const InstanceSpec &s) { return {{"name", s.name}, {"options", s.options}}; }
+
 at::Tensor AdapterInstance::difference(const at::Tensor &u, const at::Tensor &v) {
     if (!affine_) return forward(u) - forward(v);
     // (A u + b) - (A v + b) = A (u - v) = forward(u - v) - forward(0).

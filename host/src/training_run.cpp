@@ -11,7 +11,6 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -19,14 +18,8 @@
 namespace mango {
 namespace {
 
-std::string fixed(double v, int digits) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%.*f", digits, v);
-    return buf;
-}
-
 std::string rate(double tokens_per_s) {
-    return tokens_per_s >= 1000 ? fixed(tokens_per_s / 1000, 1) + "k tok/s" : fixed(tokens_per_s, 0) + " tok/s";
+    return tokens_per_s >= 1000 ? format_fixed(tokens_per_s / 1000, 1) + "k tok/s" : format_fixed(tokens_per_s, 0) + " tok/s";
 }
 
 }  // namespace
@@ -97,8 +90,8 @@ TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const Train
             throw Error("training interrupted at step " + std::to_string(s + 1) + " of " + std::to_string(o.train.steps) +
                         (o.state_path.empty() ? "" : "; its state is in " + o.state_path + ", and running the pipeline again resumes there"));
         }
-        bar.update(s + 1, (st.aligning ? "aligning adapters, relative error " + fixed(smoothed, 3)
-                                        : "loss " + fixed(smoothed, 3) + " ppl " + fixed(std::exp(smoothed), 1)) + "  " + rate(tps));
+        bar.update(s + 1, (st.aligning ? "aligning adapters, relative error " + format_fixed(smoothed, 3)
+                                        : "loss " + format_fixed(smoothed, 3) + " ppl " + format_fixed(std::exp(smoothed), 1)) + "  " + rate(tps));
         r.last_loss = st.lm_loss;
     }
     if (trainer.steps_done() > start) checkpoint();
@@ -111,8 +104,8 @@ TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const Train
     if (log && r.validation_perplexity > 0 && trainer.steps_done() > start)
         log << nlohmann::json{{"step", r.steps}, {"validation_perplexity", r.validation_perplexity}}.dump() << "\n";
     bar.finish(start == o.train.steps ? "already trained (" + o.state_path + ")"
-                                      : "loss " + fixed(smoothed, 3) + "  " + rate(r.tokens_per_s) +
-                                            (r.validation_perplexity > 0 ? "  validation ppl " + fixed(r.validation_perplexity, 2) : ""));
+                                      : "loss " + format_fixed(smoothed, 3) + "  " + rate(r.tokens_per_s) +
+                                            (r.validation_perplexity > 0 ? "  validation ppl " + format_fixed(r.validation_perplexity, 2) : ""));
     return r;
 }
 

@@ -4,6 +4,7 @@
 
 #include "mango/host/evaluate.hpp"
 #include "mango/host/logging.hpp"
+#include "mango/host/progress.hpp"
 
 #include <mango/formats/safetensors.hpp>
 
@@ -19,12 +20,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-std::string fixed(double v, int digits) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%.*f", digits, v);
-    return buf;
-}
 
 // FNV-1a, stable across runs and builds: identifies a training run's inputs.
 struct Fingerprint {
@@ -43,8 +38,6 @@ struct Fingerprint {
         return buf;
     }
 };
-
-json spec_json(const InstanceSpec &s) { return {{"name", s.name}, {"options", s.options}}; }
 
 class Runner {
 public:
@@ -271,7 +264,7 @@ private:
             for (const auto &dn : s.data) {
                 bool best = true;
                 for (const auto &o : s.models) best = best && ppl[o][dn] >= ppl[m][dn];
-                const std::string cell = fixed(ppl[m][dn], 2) + (best && s.models.size() > 1 ? "*" : " ");
+                const std::string cell = format_fixed(ppl[m][dn], 2) + (best && s.models.size() > 1 ? "*" : " ");
                 t << std::string(cell.size() < 12 ? 12 - cell.size() : 1, ' ') << cell;
             }
             t << "\n";
@@ -299,7 +292,7 @@ private:
             for (const auto &g : groups) {
                 const at::Tensor mean = g.weights.mean(at::IntArrayRef{0, 1});
                 std::string line = "  router of " + heat + " on " + g.label + ": mean weight";
-                for (int64_t e = 0; e < E; ++e) line += " " + experts[size_t(e)] + " " + fixed(mean[e].item<double>(), 2);
+                for (int64_t e = 0; e < E; ++e) line += " " + experts[size_t(e)] + " " + format_fixed(mean[e].item<double>(), 2);
                 say(line);
             }
             out["heatmap"] = svg.string();

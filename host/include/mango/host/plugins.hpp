@@ -55,6 +55,9 @@ struct InstanceSpec {
     std::map<std::string, at::Tensor> saved;  // parameter values to restore
     at::TensorOptions param_options = at::TensorOptions().dtype(at::kFloat);
 };
+// {"name": ..., "options": ...}: how fusion.json stores an instance, and what
+// identifies it in a training run's fingerprint.
+nlohmann::json spec_json(const InstanceSpec &s);
 
 class AdapterInstance : public Instance {
 public:

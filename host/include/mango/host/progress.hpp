@@ -26,5 +26,7 @@ private:
 
 // "1:05" / "1:02:03"
 std::string format_duration(double seconds);
+// v with `digits` decimals: format_fixed(3.14159, 2) == "3.14".
+std::string format_fixed(double v, int digits);
 
 }  // namespace mango
