@@ -136,16 +136,19 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
     for (size_t li = 0; li < spec_.layers.size(); ++li) {
         const FusionLayer &l = spec_.layers[li];
         std::vector<at::Tensor> outs;
-        const bool recompute = checkpoint_blocks_ && at::GradMode::is_enabled() && !use_cache;
+        const bool recompute = recompute_blocks(use_cache);
         for (const FusionExpert &e : l.experts) {
+            Model *model = models_[e.model].get();
             const std::string m = "m" + std::to_string(e.model);
-            auto path = [this, m, e, mask, positions, use_cache](const at::Tensor &x) {  // copies: it may run again in backward
-                Model &model = *models_[e.model];
-                if (!adapters_.count(m + ".in")) return model.block(e.layer, x, mask, positions, use_cache);
+            auto in = adapters_.find(m + ".in"), out = adapters_.find(m + ".out");
+            AdapterInstance *in_adapter = in == adapters_.end() ? nullptr : in->second.get();
+            AdapterInstance *out_adapter = out == adapters_.end() ? nullptr : out->second.get();
+            auto path = [=](const at::Tensor &x) {  // by value: it may run again in backward
+                if (!in_adapter) return model->block(e.layer, x, mask, positions, use_cache);
                 // An adapted block contributes its update, mapped back: the
                 // residual stream itself never makes the round trip.
-                const at::Tensor inner = adapt(m + ".in", x);
-                return x + adapters_.at(m + ".out")->difference(model.block(e.layer, inner, mask, positions, use_cache), inner);
+                const at::Tensor inner = in_adapter->forward(x);
+                return x + out_adapter->difference(model->block(e.layer, inner, mask, positions, use_cache), inner);
             };
             outs.push_back(recompute ? checkpointed(path, h, trainable_tensors(*this)) : path(h));
         }

@@ -154,7 +154,7 @@ at::Tensor Model::head(const at::Tensor &hidden) {
 
 at::Tensor Model::forward(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions, bool use_cache) {
     at::Tensor h = embed(ids, positions);
-    const bool recompute = checkpoint_blocks_ && at::GradMode::is_enabled() && !use_cache;
+    const bool recompute = recompute_blocks(use_cache);
     for (int32_t l = 0; l < info_.n_layers; ++l) {
         if (recompute)
             h = checkpointed([this, l, mask, positions](const at::Tensor &x) { return block(l, x, mask, positions, false); }, h, trainable_tensors(*this));

@@ -45,6 +45,9 @@ public:
     void set_gradient_checkpointing(bool on) { checkpoint_blocks_ = on; }
 
 protected:
+    // Recompute blocks in the backward pass: checkpointing is on, autograd
+    // records, and no KV cache is being filled.
+    bool recompute_blocks(bool use_cache) const { return checkpoint_blocks_ && at::GradMode::is_enabled() && !use_cache; }
     bool checkpoint_blocks_ = false;
 };
 
