@@ -53,7 +53,8 @@ at::ScalarType parse_dtype(const std::string &s, const std::string &where) {
     throw PipelineError(where + ": dtype must be float32, bfloat16 or float16, not \"" + s + "\"");
 }
 
-std::string closest(const std::string &name, const std::vector<std::string> &known) {
+// "defined: a, b, c", for errors about a name that is not one of them.
+std::string defined(const std::vector<std::string> &known) {
     std::string all;
     for (const auto &k : known) all += (all.empty() ? "" : ", ") + k;
     return all.empty() ? "none are defined" : "defined: " + all;
@@ -93,7 +94,7 @@ void read_data(PipelineSpec &spec, Table data) {
         }
         for (const auto &m : d.mix) {
             auto it = std::find(names.begin(), names.end(), m);
-            if (it == names.end() || m == name) throw PipelineError(t.at("mix") + ": no data set '" + m + "' (" + closest(m, names) + ")");
+            if (it == names.end() || m == name) throw PipelineError(t.at("mix") + ": no data set '" + m + "' (" + defined(names) + ")");
         }
         t.finish();
         spec.data.push_back(std::move(d));
@@ -183,7 +184,7 @@ void check_fusion(ModelDef &m, const Names &names, const std::string &where) {
     std::vector<const ModelDef *> members;
     for (const auto &name : f.members) {
         auto it = names.defs.find(name);
-        if (it == names.defs.end()) throw PipelineError(where + ".fuse: no model '" + name + "' (" + closest(name, names.models) + ")");
+        if (it == names.defs.end()) throw PipelineError(where + ".fuse: no model '" + name + "' (" + defined(names.models) + ")");
         if (it->second->kind == ModelDef::Kind::Fusion || it->second->kind == ModelDef::Kind::SavedFusion)
             throw PipelineError(where + ".fuse: '" + name + "' is a fusion; fusions take plain models");
         members.push_back(it->second);
@@ -266,10 +267,10 @@ void read_models(const PluginHost &host, PipelineSpec &spec, Table models) {
     }
 }
 
-TrainStep read_train(Table &t, const PipelineSpec &spec, size_t index) {
+TrainStep read_train(Table &t, const PipelineSpec &spec, size_t index, std::string model, std::vector<std::string> data) {
     TrainStep s;
-    s.model = t.required_string("model");
-    s.data = t.strings("data");
+    s.model = std::move(model);
+    s.data = std::move(data);
     TrainOptions &o = s.run.train;
     o.steps = t.integer("steps", 100, 1);
     o.batch_size = t.integer("batch_size", 8, 1);
@@ -304,7 +305,7 @@ void check_names(const std::vector<std::string> &given, const std::vector<std::s
                  const std::string &where) {
     for (const auto &g : given)
         if (std::find(known.begin(), known.end(), g) == known.end())
-            throw PipelineError(where + ": no " + what + " '" + g + "' (" + closest(g, known) + ")");
+            throw PipelineError(where + ": no " + what + " '" + g + "' (" + defined(known) + ")");
 }
 
 void read_steps(PipelineSpec &spec, const toml::node *steps, const Source &src, Names &names) {
@@ -334,10 +335,7 @@ void read_steps(PipelineSpec &spec, const toml::node *steps, const Source &src, 
                 for (const auto &member : it->second->fusion.members) fused_used_at.emplace(member, i + 1);
         };
         if (s.kind == "train") {
-            TrainStep st = read_train(t, spec, i);
-            check_names({st.model}, names.models, "model", t.at("model"));
-            if (st.data.empty()) throw PipelineError(t.here() + ": missing key 'data' (data set names)");
-            check_names(st.data, names.data, "data set", t.at("data"));
+            TrainStep st = read_train(t, spec, i, model_name("model"), data_names("data"));
             if (fused_used_at.count(st.model))
                 throw PipelineError(t.at("model") + ": '" + st.model + "' is trained after step " + std::to_string(fused_used_at[st.model]) +
                                     " used a fusion of it; train the models before the fusions that use them");

@@ -13,7 +13,7 @@ Table::Table(const Source &src, const toml::table &t, std::string path) : src_(s
 
 std::string Table::at(const std::string &key) const {
     const toml::node *n = t_.get(key);
-    return where(src_, n ? n : &t_, path_.empty() ? key : path_ + "." + key);
+    return where(src_, n ? n : &t_, qualified(key));
 }
 
 std::string Table::here() const { return where(src_, &t_, path_.empty() ? "(top level)" : path_); }
@@ -115,7 +115,7 @@ std::optional<Table> Table::table(const std::string &key) {
     const toml::node *n = get(key);
     if (!n) return std::nullopt;
     if (!n->is_table()) throw PipelineError(at(key) + ": expected a table, found " + type_name(*n));
-    return Table(src_, *n->as_table(), path_.empty() ? key : path_ + "." + key);
+    return Table(src_, *n->as_table(), qualified(key));
 }
 
 std::vector<std::string> Table::keys() const {
@@ -130,7 +130,7 @@ void Table::finish() const {
         if (read_.count(key)) continue;
         std::string allowed;
         for (const auto &r : read_) allowed += (allowed.empty() ? "" : ", ") + r;
-        throw PipelineError(where(src_, &v, path_.empty() ? key : path_ + "." + key) + ": unknown key '" + key + "'" +
+        throw PipelineError(where(src_, &v, qualified(key)) + ": unknown key '" + key + "'" +
                             (allowed.empty() ? "" : " (expected one of: " + allowed + ")"));
     }
 }

@@ -47,6 +47,7 @@ public:
     const std::string &name() const { return path_; }
 
 private:
+    std::string qualified(const std::string &key) const { return path_.empty() ? key : path_ + "." + key; }  // "steps[0].lr"
     const Source &src_;
     const toml::table &t_;
     std::string path_;
