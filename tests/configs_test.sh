@@ -14,21 +14,19 @@ mkdir -p "$work/demo/data"
 for i in 1 2 3 4 5 6; do cat "$src/configs/data/notes.txt"; echo; done > "$work/demo/data/press.txt"
 for i in 1 2 3 4 5 6; do tac "$src/configs/data/notes.txt"; echo; done > "$work/demo/data/fiction.txt"
 
+tiny=(--set 'steps.*.steps=2' --set 'steps.*.batch_size=2' --set 'steps.*.checkpoint_every=1'
+      --set 'steps.*.align_steps=1' --set 'steps.*.max_new_tokens=4' --set 'steps.*.warmup_steps=1')
 n=0
 for cfg in "$src"/configs/*.toml; do
   name=$(basename "$cfg" .toml)
   out="$work/$name"
   echo "== $name"
   "$mango" run "$cfg" --check --output "$out"
-  "$mango" run "$cfg" --output "$out" --no-progress \
-    --set 'steps.*.steps=2' --set 'steps.*.batch_size=2' --set 'steps.*.checkpoint_every=1' \
-    --set 'steps.*.align_steps=1' --set 'steps.*.max_new_tokens=4' --set 'steps.*.warmup_steps=1'
+  "$mango" run "$cfg" --output "$out" --no-progress "${tiny[@]}"
   [[ -s $out/summary.json ]] || fail "$name wrote no summary.json"
   if grep -q '"run": "eval"' "$out/summary.json"; then [[ -s $out/metrics.json ]] || fail "$name wrote no metrics.json"; fi
   # A second run restores every training step instead of training again.
-  "$mango" run "$cfg" --output "$out" --no-progress --json \
-    --set 'steps.*.steps=2' --set 'steps.*.batch_size=2' --set 'steps.*.checkpoint_every=1' \
-    --set 'steps.*.align_steps=1' --set 'steps.*.max_new_tokens=4' --set 'steps.*.warmup_steps=1' > "$out/rerun.json"
+  "$mango" run "$cfg" --output "$out" --no-progress --json "${tiny[@]}" > "$out/rerun.json"
   if grep -q '"resumed_from": 0' "$out/rerun.json"; then fail "$name: the rerun trained again instead of restoring"; fi
   n=$((n + 1))
 done
