@@ -25,13 +25,6 @@ namespace {
 
 std::string golden(const std::string &name) { return (fs::path(MANGO_SOURCE_DIR) / "tests/golden/models" / name).string(); }
 
-InstanceSpec named(const std::string &name, nlohmann::json options = nlohmann::json::object()) {
-    InstanceSpec s;
-    s.name = name;
-    s.options = std::move(options);
-    return s;
-}
-
 struct Batch {
     at::Tensor ids, mask, pos;
 };

@@ -28,6 +28,14 @@ inline const mango::PluginHost &shared_plugins() {
     return host;
 }
 
+// An adapter or router by plugin name, with options.
+inline mango::InstanceSpec named(const std::string &name, nlohmann::json options = nlohmann::json::object()) {
+    mango::InstanceSpec s;
+    s.name = name;
+    s.options = std::move(options);
+    return s;
+}
+
 // A small random LLaMA (2 layers, 4 heads, 2 KV heads) of the given width,
 // its config.json written to a folder under the test's temp dir.
 inline std::shared_ptr<mango::Model> random_llama(int64_t hidden, uint64_t seed, int64_t vocab = 128,

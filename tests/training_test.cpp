@@ -24,13 +24,6 @@ namespace {
 
 std::shared_ptr<Model> llama(int64_t hidden, uint64_t seed, at::Device device = at::kCPU) { return random_llama(hidden, seed, 64, device); }
 
-InstanceSpec named(const std::string &name, nlohmann::json options = nlohmann::json::object()) {
-    InstanceSpec s;
-    s.name = name;
-    s.options = std::move(options);
-    return s;
-}
-
 // Two models of different sizes; bottleneck adapters with dropout, so the
 // random state matters; token-level routers.
 std::unique_ptr<FusedModel> fusion() {
