@@ -2,8 +2,8 @@
 // run through the host API: identity-like start, the math against the same
 // formula written directly in LibTorch, masks, options, gradients reaching
 // every parameter, plugin failures as errors, and no leaked handles.
-#include <mango/host/host_api.hpp>
-#include <mango/host/plugins.hpp>
+#include "abi/host_api.hpp"
+#include "abi/plugins.hpp"
 
 #include "test_plugins.hpp"
 
@@ -155,17 +155,17 @@ TEST_F(Components, OptionErrorsNameComponentAndKey) {
     try {
         AdapterInstance::create(plugins(), spec("bottleneck", {{"activaton", "relu"}}), 4, 4);
         FAIL() << "accepted an unknown option";
-    } catch (const mango::Error &e) {
+    } catch (const mango::HostError &e) {
         EXPECT_NE(std::string(e.what()).find("test: adapter 'bottleneck': unknown option 'activaton'"), std::string::npos) << e.what();
     }
-    EXPECT_THROW(RouterInstance::create(plugins(), spec("simple", {{"pooling", "median"}}), 4, 2), mango::Error);
+    EXPECT_THROW(RouterInstance::create(plugins(), spec("simple", {{"pooling", "median"}}), 4, 2), mango::HostError);
 }
 
 TEST_F(Components, UnknownComponentSuggestsCloseNames) {
     try {
         RouterInstance::create(plugins(), spec("simpel"), 4, 2);
         FAIL();
-    } catch (const mango::Error &e) {
+    } catch (const mango::HostError &e) {
         EXPECT_STREQ(e.what(), "no router plugin named 'simpel'; did you mean 'simple'? (installed routers: simple, token_level)");
     }
 }
@@ -180,7 +180,7 @@ TEST_F(Components, PluginWrittenInCWorks) {
     try {
         AdapterInstance::create(plugins(), spec("c_identity"), 4, 5);
         FAIL();
-    } catch (const mango::Error &e) {
+    } catch (const mango::HostError &e) {
         EXPECT_NE(std::string(e.what()).find("c_identity needs d_in == d_out"), std::string::npos) << e.what();
     }
 }
@@ -190,10 +190,10 @@ TEST_F(Components, PluginExceptionBecomesHostError) {
     try {
         a->forward(at::randn({1, 4}));
         FAIL();
-    } catch (const mango::Error &e) {
-        EXPECT_STREQ(e.what(), "adapter 'thrower' forward: deliberate failure in forward");
+    } catch (const mango::HostError &e) {
+        EXPECT_STREQ(e.what(), "test: adapter 'thrower': forward: deliberate failure in forward");
     }
-    EXPECT_THROW(a->forward(at::randn({1, 5})), mango::Error);  // wrong size caught by the host
+    EXPECT_THROW(a->forward(at::randn({1, 5})), mango::HostError);  // wrong size caught by the host
 }
 
 TEST_F(Components, SavedParametersAreRestored) {

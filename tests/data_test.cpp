@@ -1,7 +1,7 @@
 // Training data: text and JSONL documents, packing, split, and errors that
 // name the file and line.
-#include <mango/host/data.hpp>
-#include <mango/host/host_api.hpp>
+#include "train/data.hpp"
+#include "abi/host_api.hpp"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -53,7 +53,7 @@ TEST(Data, BadFilesAreNamed) {
     auto error = [&](const std::string &path) {
         try {
             read_documents(path, o);
-        } catch (const Error &e) {
+        } catch (const HostError &e) {
             return std::string(e.what());
         }
         return std::string();
@@ -64,5 +64,5 @@ TEST(Data, BadFilesAreNamed) {
     const std::string bad = write("bad.jsonl", "{\"text\": \"ok\"}\n{\"txt\": 1}\n");
     EXPECT_EQ(error(bad), bad + ":2: expected an object with a string \"text\" field");
     o.seq_len = 1000;
-    EXPECT_THROW(pack(gpt2(), {"short"}, o, "x"), Error);
+    EXPECT_THROW(pack(gpt2(), {"short"}, o, "x"), HostError);
 }

@@ -1,6 +1,6 @@
 // config.json: both generations of keys, GPT-2 style names, and errors that
 // name the file and key.
-#include <mango/formats/hf_config.hpp>
+#include "formats/hf_config.hpp"
 
 #include <gtest/gtest.h>
 

@@ -1,7 +1,7 @@
 // The host API table as a plugin sees it: boxed operator calls, argument
 // coercion and defaults, errors as status + message, handle bookkeeping.
-#include <mango/host/context.hpp>
-#include <mango/host/host_api.hpp>
+#include "abi/context.hpp"
+#include "abi/host_api.hpp"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -110,7 +110,7 @@ TEST_F(HostApi, ErrorsComeBackAsStatusAndMessage) {
 
     mango_value wrong[] = {tensor_value(a), mango_value{MANGO_VALUE_DOUBLE, 0, {}}};
     EXPECT_EQ(api().call_op(op("aten::softmax", "int"), wrong, 2, out, 1, &n), MANGO_ERR_INVALID_ARGUMENT);
-    EXPECT_NE(std::string(api().last_error()).find("argument 'dim' expects int, got a float"), std::string::npos) << api().last_error();
+    EXPECT_NE(std::string(api().last_error()).find("argument 2 ('dim') expects int, got a float"), std::string::npos) << api().last_error();
 
     mango_value too_few[] = {tensor_value(a)};
     EXPECT_EQ(api().call_op(op("aten::matmul", ""), too_few, 1, out, 1, &n), MANGO_ERR_INVALID_ARGUMENT);

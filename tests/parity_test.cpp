@@ -1,8 +1,8 @@
 // Architecture plugins against transformers (tests/golden/models): logits on
 // every real token of a padded batch within 1e-4, 20 greedy tokens identical
 // with and without the KV cache, and cached decoding equal to recomputation.
-#include <mango/host/generate.hpp>
-#include <mango/host/model.hpp>
+#include "model/generate.hpp"
+#include "model/model.hpp"
 
 #include "test_plugins.hpp"
 
@@ -98,7 +98,7 @@ TEST_P(DecoderParity, CachedDecodingEqualsRecomputation) {
     at::Tensor full = model->forward(g.ids, g.mask, g.pos);
     model->clear_cache();
     at::Tensor first = model->forward(g.ids.narrow(1, 0, split), g.mask.narrow(1, 0, split), g.pos.narrow(1, 0, split), true);
-    EXPECT_EQ(model->cached_length(), split);
+    EXPECT_EQ(model->cached_tokens(), split);
     at::Tensor rest = model->forward(g.ids.narrow(1, split, T - split), g.mask, g.pos.narrow(1, split, T - split), true);
     const at::Tensor both = at::cat({first, rest}, 1);
     EXPECT_LE(masked_max_diff(both, full, g.mask), 1e-5);
@@ -114,7 +114,7 @@ TEST(Model, UnknownModelTypeListsInstalledArchitectures) {
     try {
         mango::Model::load(shared_plugins(), d.string());
         FAIL();
-    } catch (const mango::Error &e) {
+    } catch (const mango::HostError &e) {
         EXPECT_NE(std::string(e.what()).find("no architecture plugin handles model_type = \"falcon\" (installed: bert (bert, roberta, distilbert); gpt2 (gpt2); gpt_neo (gpt_neo); gptj (gptj); llama (llama, mistral, qwen2)"),
                   std::string::npos) << e.what();
     }
@@ -133,7 +133,7 @@ TEST(Model, MissingOrMisshapenTensorIsNamed) {
     try {
         mango::Model::load(shared_plugins(), d.string());
         FAIL();
-    } catch (const mango::Error &e) {
+    } catch (const mango::HostError &e) {
         EXPECT_NE(std::string(e.what()).find("has no tensor 'model.layers.1.mlp.up_proj.weight'"), std::string::npos) << e.what();
     }
     ts.emplace_back("model.layers.1.mlp.up_proj.weight", at::zeros({128, 64}, at::kLong));
@@ -141,7 +141,7 @@ TEST(Model, MissingOrMisshapenTensorIsNamed) {
     try {
         mango::Model::load(shared_plugins(), d.string());
         FAIL();
-    } catch (const mango::Error &e) {
+    } catch (const mango::HostError &e) {
         EXPECT_NE(std::string(e.what()).find("tensor 'model.layers.1.mlp.up_proj.weight' has dtype Long, expected a floating-point weight"),
                   std::string::npos) << e.what();
     }
@@ -150,7 +150,7 @@ TEST(Model, MissingOrMisshapenTensorIsNamed) {
     try {
         mango::Model::load(shared_plugins(), d.string());
         FAIL();
-    } catch (const mango::Error &e) {
+    } catch (const mango::HostError &e) {
         EXPECT_NE(std::string(e.what()).find("tensor 'model.layers.1.mlp.up_proj.weight' has shape [128, 65], expected [128, 64]"),
                   std::string::npos) << e.what();
     }
@@ -167,7 +167,7 @@ TEST(Model, UnsupportedRopeScalingIsRefused) {
     try {
         mango::Model::load(shared_plugins(), d.string());
         FAIL();
-    } catch (const mango::Error &e) {
+    } catch (const mango::HostError &e) {
         EXPECT_NE(std::string(e.what()).find("rope_scaling type 'yarn' is not supported"), std::string::npos) << e.what();
     }
 }
@@ -259,7 +259,7 @@ TEST_P(EncoderParity, HiddenStatesAndMaskedLmLogitsMatchTransformers) {
     EXPECT_LE(dl, 1e-4) << GetParam();
     RecordProperty("max_abs_diff", std::to_string(std::max(dh, dl)));
     mango::GenerateOptions o;
-    EXPECT_THROW(mango::generate(*model, g.prompts(), o), mango::Error);  // encoders do not generate
+    EXPECT_THROW(mango::generate(*model, g.prompts(), o), mango::HostError);  // encoders do not generate
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, EncoderParity, ::testing::Values("bert", "roberta", "distilbert"));

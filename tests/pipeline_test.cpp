@@ -1,6 +1,6 @@
 // Pipeline files: every kind of bad input is refused before any work, with
 // the file, line and key; --set overrides apply before validation.
-#include <mango/host/pipeline.hpp>
+#include "pipeline/pipeline.hpp"
 
 #include "test_plugins.hpp"
 
@@ -126,7 +126,7 @@ TEST(Pipeline, BadInputIsRefusedWithFileLineAndKey) {
                  "layers[0]", "layer 2 of 'b' is out of range (it has 2 layers: 0..1)");
     // Sizes that need an adapter.
     EXPECT_ERROR(replace(valid(), "fuse = [\"a\", \"b\"]\n", "fuse = [\"a\", \"b\"]\ntarget_hidden = 96\n"),
-                 "models.f", "has hidden size 64 and the fused model 96", "set an adapter");
+                 "models.f", "has hidden size 64 and the fused model 96", "configure an adapter");
     // Unknown model in a step, unknown data set.
     EXPECT_ERROR(replace(valid(), "model = \"f\"", "model = \"g\""), "p.toml:16: steps[0].model: no model 'g'", "defined: a, b, f");
     EXPECT_ERROR(replace(valid(), "data = \"text\"", "data = \"txt\""), "p.toml:17", "no data set 'txt'");

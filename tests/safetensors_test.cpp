@@ -1,6 +1,6 @@
 // Safetensors against files written by the reference `safetensors` library
 // (tests/golden), every validation rule of the format, and our writer.
-#include <mango/formats/safetensors.hpp>
+#include "formats/safetensors.hpp"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>

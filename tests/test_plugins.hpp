@@ -2,8 +2,8 @@
 // extra fixture folders), scanned without cache or environment.
 #pragma once
 
-#include <mango/host/model.hpp>
-#include <mango/host/plugins.hpp>
+#include "model/model.hpp"
+#include "abi/plugins.hpp"
 
 #include <filesystem>
 #include <fstream>

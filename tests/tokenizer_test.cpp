@@ -1,6 +1,6 @@
 // Tokenizers against Hugging Face tokenizers' own ids and decodes
 // (tests/golden/tokenizers, made by tools/golden/make_fixtures.py).
-#include <mango/formats/tokenizer.hpp>
+#include "formats/tokenizer.hpp"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>

@@ -13,19 +13,25 @@ PIN(value, sizeof(mango_value) == 24);
 PIN(value_u, offsetof(mango_value, u) == 8);
 PIN(host_base, sizeof(mango_host_base) == 24);
 PIN(host_base_get_api, offsetof(mango_host_base, get_api) == 16);
-PIN(host_api, sizeof(mango_host_api) == 232);
-PIN(host_api_weight_shaped, offsetof(mango_host_api, weight_shaped) == 224); /* appended in 0.2 */
+PIN(host_api, sizeof(mango_host_api) == 272);
+PIN(host_api_weight_shaped, offsetof(mango_host_api, weight_shaped) == 224); /* revision 2 */
+PIN(host_api_wants_reports, offsetof(mango_host_api, wants_reports) == 232);   /* revision 3 */
+PIN(host_api_declare_tensor_v2, offsetof(mango_host_api, declare_tensor_v2) == 264);
 PIN(host_api_find_op, offsetof(mango_host_api, find_op) == 120);
 PIN(host_api_declare_tensor, offsetof(mango_host_api, declare_tensor) == 216);
 PIN(adapter_vtable, sizeof(mango_adapter_vtable) == 40);
 PIN(adapter_vtable_destroy, offsetof(mango_adapter_vtable, destroy) == 24);
-PIN(adapter_vtable_is_affine, offsetof(mango_adapter_vtable, is_affine) == 32); /* appended in 0.3 */
-PIN(router_vtable, sizeof(mango_router_vtable) == 32);
+PIN(adapter_vtable_is_affine, offsetof(mango_adapter_vtable, is_affine) == 32); /* revision 2 */
+PIN(router_vtable, sizeof(mango_router_vtable) == 40);
+PIN(router_vtable_route_v2, offsetof(mango_router_vtable, route_v2) == 32); /* revision 2 */
 PIN(merge_vtable, sizeof(mango_merge_vtable) == 32);
 PIN(moe_vtable, sizeof(mango_moe_converter_vtable) == 40);
 PIN(dense_ffn, sizeof(mango_dense_ffn) == 56);
 PIN(model_info, sizeof(mango_model_info) == 72);
-PIN(architecture_vtable, sizeof(mango_architecture_vtable) == 64);
+PIN(architecture_vtable, sizeof(mango_architecture_vtable) == 72);
+PIN(architecture_vtable_tensors, offsetof(mango_architecture_vtable, tensors) == 64); /* revision 2 */
+PIN(tensor_decl, sizeof(mango_tensor_decl) == 48);
+PIN(tensor_decl_tied_to, offsetof(mango_tensor_decl, tied_to) == 40);
 PIN(component, sizeof(mango_component) == 48);
 PIN(component_vtable, offsetof(mango_component, vtable) == 40);
 PIN(plugin, sizeof(mango_plugin) == 48);
@@ -37,5 +43,6 @@ PIN(abi_version, MANGO_ABI_VERSION == 1u);
 PIN(dtype_bf16, MANGO_DTYPE_BF16 == 3);
 PIN(kind_moe, MANGO_KIND_MOE_CONVERTER == 5);
 PIN(value_device, MANGO_VALUE_DEVICE == 10);
+PIN(tensor_tied, MANGO_TENSOR_TIED == 2u);
 
 int mango_abi_c99_check(void) { return 0; }

@@ -1,5 +1,5 @@
 // Fuzz target: any bytes as config.json parse or are refused with a ConfigError.
-#include <mango/formats/hf_config.hpp>
+#include "formats/hf_config.hpp"
 
 #include <string>
 

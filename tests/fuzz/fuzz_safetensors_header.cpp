@@ -1,6 +1,6 @@
 // Fuzz target: any bytes as a safetensors file must parse or be refused with
 // a FormatError; nothing else (crash, hang, other exception) is allowed.
-#include <mango/formats/safetensors_header.hpp>
+#include "formats/safetensors_header.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     try {

@@ -1,6 +1,6 @@
 // Fuzz target: any bytes as text through every golden tokenizer; ids must
 // decode, and byte-level BPE must round-trip valid UTF-8 exactly.
-#include <mango/formats/tokenizer.hpp>
+#include "formats/tokenizer.hpp"
 
 #include <cstdlib>
 #include <string>

@@ -1,6 +1,6 @@
 // Fuzz target: any bytes as tokenizer.json load or are refused with a
 // TokenizerError; a loaded tokenizer must encode and decode without failing.
-#include <mango/formats/tokenizer.hpp>
+#include "formats/tokenizer.hpp"
 
 #include <string>
 

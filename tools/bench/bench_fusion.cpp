@@ -13,9 +13,9 @@
 // mixing and the plugin calls.
 // Then training throughput: adapters + routers of the fusion, and a whole
 // model from random initialisation, in tokens/s.
-#include <mango/host/fusion.hpp>
-#include <mango/host/runtime.hpp>
-#include <mango/host/train.hpp>
+#include "fusion/fusion.hpp"
+#include "abi/runtime.hpp"
+#include "train/train.hpp"
 
 #include <ATen/ATen.h>
 

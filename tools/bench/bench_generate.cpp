@@ -3,8 +3,8 @@
 // Prefill tokens/s (one forward over N tokens, batch 1) and greedy decode
 // tokens/s (KV cache) of a model folder, as JSON. tools/bench/bench_gpu_llama.py
 // runs it beside transformers on the same folder.
-#include <mango/host/generate.hpp>
-#include <mango/host/runtime.hpp>
+#include "model/generate.hpp"
+#include "abi/runtime.hpp"
 
 #include <ATen/ATen.h>
 #ifdef MANGO_WITH_CUDA

@@ -3,9 +3,9 @@
 // plugin (every op a boxed call through the host API) against the same math
 // written directly with LibTorch here, same weights, same inputs, in one run.
 // Also greedy decode tokens/s with the KV cache.
-#include <mango/host/generate.hpp>
-#include <mango/host/model.hpp>
-#include <mango/host/runtime.hpp>
+#include "model/generate.hpp"
+#include "model/model.hpp"
+#include "abi/runtime.hpp"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

@@ -3,7 +3,7 @@
 // Mango's reader, against plain read() of the same file into memory, side by
 // side in one run (warm page cache, median of R alternating runs). Prints the
 // ratio mango / read().
-#include <mango/formats/safetensors.hpp>
+#include "formats/safetensors.hpp"
 
 #include <ATen/ATen.h>
 

@@ -1,7 +1,7 @@
 // bench_tokenizer TOKENIZER_JSON TEXT_FILE [--reps R]
 // Encodes TEXT_FILE line by line (one thread) and prints MB/s; run
 // bench_tokenizer_hf.py on the same files for Hugging Face tokenizers' figure.
-#include <mango/formats/tokenizer.hpp>
+#include "formats/tokenizer.hpp"
 
 #include <algorithm>
 #include <chrono>

@@ -36,12 +36,35 @@ struct UsageError : std::runtime_error {
 };
 
 // The registry search options the global flags ask for.
-registry::Options registry_options(const Global &g);
+inline registry::Options registry_options(const Global &g) {
+    registry::Options o;
+    o.plugin_paths = g.plugin_paths;
+    o.trust_file = g.trust_file;
+    return o;
+}
 
+// In the `mango` executable (no LibTorch): plugins list, info, validate.
 std::vector<Command> plugin_commands();
+
+// In lib/mango/libmango-commands.so, loaded when a command needs the runtime.
 std::vector<Command> generate_commands();
 std::vector<Command> inspect_commands();
 std::vector<Command> tokenize_commands();
 std::vector<Command> run_commands();
+std::vector<Command> plugin_test_commands();
+
+// What the thin executable finds in the runtime library (load_commands.cpp).
+struct RuntimeCommands {
+    std::vector<Command> commands;
+    // "LibTorch 1.13.1, 2 threads, CUDA: not built", with the threads the flags ask for.
+    std::function<std::string(const Global &)> describe;
+};
+// Loads the runtime library once; throws naming the file when it cannot.
+const RuntimeCommands &runtime_commands();
+
+// The symbol the runtime library exports: fills `out` (C++ types: the library
+// and the executable are built together, never mixed across versions).
+#define MANGO_COMMANDS_SYMBOL "mango_runtime_commands_v1"
+using RuntimeCommandsFn = void (*)(RuntimeCommands *out);
 
 }  // namespace mango::cli

@@ -1,8 +1,8 @@
 // mango generate MODEL_DIR --prompt TEXT [--prompt TEXT...] [options]
 #include "cli.hpp"
 
-#include "mango/formats/tokenizer.hpp"
-#include "mango/host/generate.hpp"
+#include "formats/tokenizer.hpp"
+#include "model/generate.hpp"
 
 #include <nlohmann/json.hpp>
 

@@ -1,7 +1,8 @@
 // mango inspect PATH — what a checkpoint holds, read from headers only.
 #include "cli.hpp"
 
-#include "mango/formats/safetensors.hpp"
+#include "formats/safetensors.hpp"
+#include "model/model.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -35,8 +36,48 @@ std::string human(uint64_t n) {
     return buf;
 }
 
+std::string flags_text(uint32_t flags, const std::string &tied_to) {
+    std::string t;
+    if (flags & MANGO_TENSOR_OPTIONAL) t += "optional";
+    if (flags & MANGO_TENSOR_TIED) t += std::string(t.empty() ? "" : ",") + "tied to " + tied_to;
+    return t;
+}
+
+// --roles: every tensor the architecture declares for this config, without loading weights.
+int inspect_roles(const Global &g, const std::string &dir) {
+    const PluginHost host(registry::Registry::discover(registry_options(g)));
+    const bool has_checkpoint = fs::exists(fs::path(dir) / "model.safetensors") || fs::exists(fs::path(dir) / "model.safetensors.index.json");
+    const std::vector<TensorDecl> table = Model::tensor_table(host, dir, has_checkpoint);
+    json rows = json::array();
+    for (const auto &t : table) {
+        json r = {{"layer", t.layer}, {"role", t.role}, {"name", t.name}, {"shape", t.shape}};
+        if (t.flags & MANGO_TENSOR_OPTIONAL) r["optional"] = true;
+        if (t.flags & MANGO_TENSOR_TIED) r["tied_to"] = t.tied_to;
+        rows.push_back(r);
+    }
+    if (g.json) {
+        std::cout << json{{"path", dir}, {"tensors", rows}}.dump(2) << "\n";
+        return 0;
+    }
+    size_t rw = 4, nw = 4;
+    for (const auto &t : table) rw = std::max(rw, t.role.size()), nw = std::max(nw, t.name.size());
+    std::cout << "LAYER  ROLE" << std::string(rw - 2, ' ') << "NAME" << std::string(nw - 2, ' ') << "SHAPE\n";
+    for (const auto &t : table) {
+        const std::string layer = t.layer < 0 ? "-" : std::to_string(t.layer);
+        std::cout << layer << std::string(7 - std::min<size_t>(6, layer.size()), ' ') << t.role << std::string(rw - t.role.size() + 2, ' ') << t.name
+                  << std::string(nw - t.name.size() + 2, ' ') << shape_text(t.shape);
+        const std::string f = flags_text(t.flags, t.tied_to);
+        if (!f.empty()) std::cout << "  (" << f << ")";
+        std::cout << "\n";
+    }
+    std::cout << table.size() << " tensors (from " << dir << "/config.json" << (has_checkpoint ? "; optional ones checked against the checkpoint" : "")
+              << ")\n";
+    return 0;
+}
+
 int inspect(const Global &g, const po::variables_map &vm) {
     const std::string path = vm["path"].as<std::string>();
+    if (vm.count("roles")) return inspect_roles(g, path);
     const formats::Checkpoint ckpt = formats::Checkpoint::open(path);
 
     json config;
@@ -95,9 +136,10 @@ int inspect(const Global &g, const po::variables_map &vm) {
 }  // namespace
 
 std::vector<Command> inspect_commands() {
-    return {{"inspect", "PATH [--json]", "show a checkpoint (folder or .safetensors): architecture, parameters, dtypes, tensors",
+    return {{"inspect", "PATH [--roles] [--json]", "show a checkpoint (folder or .safetensors): architecture, parameters, dtypes, tensors",
              [](po::options_description &d, po::positional_options_description &p) {
-                 d.add_options()("path", po::value<std::string>()->required(), "checkpoint folder or .safetensors file");
+                 d.add_options()("path", po::value<std::string>()->required(), "checkpoint folder or .safetensors file")(
+                     "roles", "list every tensor the architecture declares (layer, role, name, shape) from config.json alone");
                  p.add("path", 1);
              },
              inspect}};

@@ -1,25 +1,19 @@
 // mango — entry point: global options, command dispatch, exit codes.
 //   0 success, 1 the command failed, 2 bad command line.
+// This executable does not link LibTorch: the plugin commands run here
+// directly, everything else comes from the runtime library (load_commands.cpp)
+// the first time a command needs it.
 #include "cli.hpp"
 
-#include "mango/host/host_api.hpp"
-#include "mango/host/runtime.hpp"
+#include "util/logging.hpp"
 
-#include "mango/host/logging.hpp"
+#include <mango/plugin.h>
 
+#include <algorithm>
 #include <iostream>
 
 namespace mango::cli {
 namespace {
-
-std::vector<Command> all_commands() {
-    std::vector<Command> cmds = plugin_commands();
-    for (auto &c : inspect_commands()) cmds.push_back(std::move(c));
-    for (auto &c : tokenize_commands()) cmds.push_back(std::move(c));
-    for (auto &c : generate_commands()) cmds.push_back(std::move(c));
-    for (auto &c : run_commands()) cmds.push_back(std::move(c));
-    return cmds;
-}
 
 po::options_description global_options(Global &g) {
     po::options_description d("Global options");
@@ -34,7 +28,7 @@ po::options_description global_options(Global &g) {
 
 const std::vector<std::string> kValued = {"--plugin-path", "--log-level", "--trust-file", "--threads"};
 
-void print_overview(std::ostream &out, const std::vector<Command> &cmds) {
+void print_overview(std::ostream &out, const std::vector<Command> &cmds, const std::string &note) {
     Global g;
     out << "mango " << MANGO_VERSION_STRING << " — compose large language models from plugins\n\n"
         << "Usage: mango [GLOBAL OPTIONS] COMMAND [ARGS]\n\nCommands:\n";
@@ -42,32 +36,99 @@ void print_overview(std::ostream &out, const std::vector<Command> &cmds) {
         std::string head = "  " + c.name + " " + c.usage;
         out << head << std::string(head.size() < 44 ? 44 - head.size() : 1, ' ') << c.summary << "\n";
     }
+    if (!note.empty()) out << "  (" << note << ")\n";
     out << "\n" << global_options(g) << "\nEnvironment: MANGO_PLUGIN_PATH (colon-separated plugin folders), MANGO_TRUST_FILE,\n"
         << "MANGO_CACHE_DIR (plugin scan cache), MANGO_SCAN_TIMEOUT_MS.\n";
 }
 
-int run(int argc, char **argv) {
-    const std::vector<Command> cmds = all_commands();
-    std::vector<std::string> args(argv + 1, argv + argc);
-
-    // Find the command words: leading non-option tokens.
+// Leading words that are not options: "plugins list", "run", ...
+struct Words {
     std::string words;
     std::vector<std::string> rest;
-    const Command *cmd = nullptr;
+};
+
+Words split(const std::vector<std::string> &args) {
+    Words w;
+    bool done = false;
     for (size_t i = 0; i < args.size(); ++i) {
         const std::string &a = args[i];
-        if (cmd || (!a.empty() && a[0] == '-')) {
-            rest.push_back(a);
-            if (!cmd && std::find(kValued.begin(), kValued.end(), a) != kValued.end() && i + 1 < args.size())
-                rest.push_back(args[++i]);
+        if (done || (!a.empty() && a[0] == '-')) {
+            w.rest.push_back(a);
+            if (!done && std::find(kValued.begin(), kValued.end(), a) != kValued.end() && i + 1 < args.size()) w.rest.push_back(args[++i]);
             continue;
         }
-        words += (words.empty() ? "" : " ") + a;
-        for (const Command &c : cmds)
-            if (c.name == words) cmd = &c;
-        bool prefix = false;
-        for (const Command &c : cmds) prefix = prefix || c.name.rfind(words + " ", 0) == 0;
-        if (!cmd && !prefix) throw UsageError("unknown command '" + words + "'");
+        // The first two words at most name a command; later words are arguments.
+        const size_t n_words = w.words.empty() ? 0 : size_t(std::count(w.words.begin(), w.words.end(), ' ') + 1);
+        if (n_words >= 2) {
+            w.rest.push_back(a);
+            done = true;
+            continue;
+        }
+        w.words += (w.words.empty() ? "" : " ") + a;
+    }
+    return w;
+}
+
+const Command *find(const std::vector<Command> &cmds, const std::string &name) {
+    for (const Command &c : cmds)
+        if (c.name == name) return &c;
+    return nullptr;
+}
+bool is_prefix(const std::vector<Command> &cmds, const std::string &words) {
+    for (const Command &c : cmds)
+        if (c.name.rfind(words + " ", 0) == 0) return true;
+    return false;
+}
+
+int run(int argc, char **argv) {
+    std::vector<Command> cmds = plugin_commands();
+    const std::vector<std::string> args(argv + 1, argv + argc);
+
+    // Resolve the command: the plugin commands here, the rest from the runtime.
+    auto resolve = [&](const std::vector<std::string> &a, Words &w) -> const Command * {
+        w = split(a);
+        std::string words = w.words;
+        // Try the longest prefix of the words that names a command; the remaining word is an argument.
+        for (int take = 2; take >= 1; --take) {
+            std::vector<std::string> parts;
+            std::string p;
+            for (char ch : words) {
+                if (ch == ' ') parts.push_back(p), p.clear();
+                else p += ch;
+            }
+            if (!p.empty()) parts.push_back(p);
+            if (int(parts.size()) < take) continue;
+            std::string name;
+            for (int i = 0; i < take; ++i) name += (i ? " " : "") + parts[size_t(i)];
+            if (const Command *c = find(cmds, name)) {
+                std::vector<std::string> rest;
+                for (size_t i = size_t(take); i < parts.size(); ++i) rest.push_back(parts[i]);
+                rest.insert(rest.end(), w.rest.begin(), w.rest.end());
+                w.words = name;
+                w.rest = rest;
+                return c;
+            }
+        }
+        return nullptr;
+    };
+    Words w;
+    const Command *cmd = resolve(args, w);
+    std::string load_note;
+    std::function<std::string(const Global &)> describe;
+    const bool wants_version = std::find(args.begin(), args.end(), "--version") != args.end();
+    if (!cmd || wants_version) {
+        try {
+            const RuntimeCommands &rt = runtime_commands();
+            for (const Command &c : rt.commands) cmds.push_back(c);
+            describe = rt.describe;
+        } catch (const std::exception &e) {
+            load_note = std::string("runtime commands unavailable: ") + e.what();
+        }
+        if (!cmd) cmd = resolve(args, w);
+    }
+    if (!cmd && !w.words.empty() && !is_prefix(cmds, w.words)) {
+        if (!load_note.empty()) throw std::runtime_error("unknown command '" + w.words + "' (" + load_note + ")");
+        throw UsageError("unknown command '" + w.words + "'");
     }
 
     Global g;
@@ -80,21 +141,20 @@ int run(int argc, char **argv) {
     }
     po::variables_map vm;
     try {
-        po::store(po::command_line_parser(rest).options(opts).positional(pos).run(), vm);
+        po::store(po::command_line_parser(w.rest).options(opts).positional(pos).run(), vm);
         if (!vm.count("help") && !vm.count("version")) po::notify(vm);  // required options
     } catch (const po::error &e) {
         throw UsageError(e.what());
     }
 
-    init_runtime(g.threads);
     if (vm.count("version")) {
         std::cout << "mango " << MANGO_VERSION_STRING << "\nplugin ABI " << MANGO_ABI_VERSION << "\n"
-                  << runtime_description() << "\n";
+                  << (describe ? describe(g) : load_note) << "\n";
         return 0;
     }
     if (!cmd) {
-        if (!words.empty() && !vm.count("help")) throw UsageError("'" + words + "' needs a subcommand");
-        print_overview(vm.count("help") ? std::cout : std::cerr, cmds);
+        if (!w.words.empty() && !vm.count("help")) throw UsageError("'" + w.words + "' needs a subcommand");
+        print_overview(vm.count("help") ? std::cout : std::cerr, cmds, load_note);
         return vm.count("help") ? 0 : 2;
     }
     if (vm.count("help")) {

@@ -179,13 +179,6 @@ int validate(const Global &g, const po::variables_map &vm) {
 
 }  // namespace
 
-registry::Options registry_options(const Global &g) {
-    registry::Options o;
-    o.plugin_paths = g.plugin_paths;
-    o.trust_file = g.trust_file;
-    return o;
-}
-
 std::vector<Command> plugin_commands() {
     return {
         {"plugins list", "[--json]", "list every installed component (kind, name, version, library)",

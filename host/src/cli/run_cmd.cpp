@@ -1,7 +1,7 @@
 // mango run PIPELINE.toml [--output DIR] [--set KEY=VALUE ...] [--check]
 #include "cli.hpp"
 
-#include "mango/host/pipeline.hpp"
+#include "pipeline/pipeline.hpp"
 
 #include <iostream>
 

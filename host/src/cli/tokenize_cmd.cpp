@@ -1,7 +1,7 @@
 // mango tokenize MODEL_DIR TEXT [--decode] [--no-special] [--json]
 #include "cli.hpp"
 
-#include "mango/formats/tokenizer.hpp"
+#include "formats/tokenizer.hpp"
 
 #include <nlohmann/json.hpp>
 

@@ -1,4 +1,4 @@
-#include "mango/formats/hf_config.hpp"
+#include "formats/hf_config.hpp"
 
 #include <filesystem>
 #include <fstream>

@@ -1,4 +1,6 @@
-#include "mango/formats/safetensors.hpp"
+#include "formats/safetensors.hpp"
+
+#include "formats/atomic_file.hpp"
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -87,48 +89,6 @@ float decode_e5m2(uint8_t b) {
     return sign ? -v : v;
 }
 
-void write_all(int fd, const void *data, size_t n, const std::string &path) {
-    const char *p = static_cast<const char *>(data);
-    while (n > 0) {
-        const ssize_t w = ::write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) throw FormatError(path + ": write failed: " + std::strerror(errno));
-        p += w;
-        n -= static_cast<size_t>(w);
-    }
-}
-
-void fsync_dir(const fs::path &dir) {
-    const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        fsync(fd);
-        ::close(fd);
-    }
-}
-
-// Writes `produce`'s bytes to a temp file beside `path`, fsyncs, renames.
-template <class Produce>
-void atomic_write(const std::string &path, Produce &&produce) {
-    const fs::path target(path);
-    const std::string tmp = path + ".tmp-" + std::to_string(getpid());
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) throw FormatError(path + ": cannot create " + tmp + ": " + std::strerror(errno));
-    try {
-        produce(fd, tmp);
-        if (fsync(fd) != 0) throw FormatError(path + ": fsync failed: " + std::strerror(errno));
-    } catch (...) {
-        ::close(fd);
-        ::unlink(tmp.c_str());
-        throw;
-    }
-    ::close(fd);
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-        ::unlink(tmp.c_str());
-        throw FormatError(path + ": rename failed: " + std::strerror(errno));
-    }
-    fsync_dir(target.parent_path());
-}
-
 }  // namespace
 
 std::string dtype_name(at::ScalarType t) {
@@ -149,10 +109,6 @@ std::string dtype_name(at::ScalarType t) {
 #endif
     default: throw FormatError(std::string("dtype ") + c10::toString(t) + " cannot be stored in safetensors");
     }
-}
-
-void write_file_atomic(const std::string &path, const std::string &text) {
-    atomic_write(path, [&](int fd, const std::string &tmp) { write_all(fd, text.data(), text.size(), tmp); });
 }
 
 std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string &path) {
@@ -282,7 +238,7 @@ void write_safetensors(const std::string &path, const NamedTensors &tensors, con
         data.push_back(t.detach().to(at::kCPU).contiguous());
     }
     const std::string header = make_header(entries, metadata);
-    atomic_write(path, [&](int fd, const std::string &tmp) {
+    write_atomic(path, [&](int fd, const std::string &tmp) {
         uint8_t len[8];
         for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(uint64_t(header.size()) >> (8 * i));
         write_all(fd, len, 8, tmp);

@@ -1,4 +1,4 @@
-#include "mango/formats/safetensors_header.hpp"
+#include "formats/safetensors_header.hpp"
 
 #include <nlohmann/json.hpp>
 

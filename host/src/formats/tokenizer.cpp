@@ -1,7 +1,7 @@
 // tokenizer.json: added tokens -> normalizer -> pre-tokenizer -> model ->
 // post-processor, and the decoder chain back. Each stage is built from its
 // JSON description; anything this file does not implement is refused by name.
-#include "mango/formats/tokenizer.hpp"
+#include "formats/tokenizer.hpp"
 
 #include "unicode.hpp"
 

@@ -1,8 +1,8 @@
 // Pipeline::parse: TOML -> PipelineSpec, validated before anything runs.
 #include "toml_reader.hpp"
 
-#include <mango/formats/hf_config.hpp>
-#include <mango/formats/tokenizer.hpp>
+#include "formats/hf_config.hpp"
+#include "formats/tokenizer.hpp"
 #include <mango/registry/options.hpp>
 
 #include <map>
@@ -170,6 +170,7 @@ void read_fusion(const PluginHost &host, ModelDef &m, Table &t) {
                 throw PipelineError(w + ": no router (set " + t.name() + ".router, or a router for this layer)");
             f.layers.push_back(std::move(experts));
             f.routers.push_back(own_router.name.empty() ? f.router : own_router);
+            f.layer_where.push_back(w);
         }
     } else {
         throw PipelineError(t.at("layers") + ": expected \"zip\" or an array of fusion layers");
@@ -177,58 +178,48 @@ void read_fusion(const PluginHost &host, ModelDef &m, Table &t) {
     if (f.layers.empty() && f.router.name.empty()) throw PipelineError(t.here() + ": missing key 'router' (a table: name, options)");
 }
 
-// Members exist and are plain models; layers in range; sizes joinable.
-void check_fusion(ModelDef &m, const Names &names, const std::string &where) {
+// Members exist and are plain models; then the checks every fusion passes
+// (check_fusion), with the pipeline's names and TOML lines in the messages.
+void check_fusion_def(ModelDef &m, const Names &names, const std::string &where) {
     FusionDef &f = m.fusion;
     if (f.members.empty()) throw PipelineError(where + ".fuse: name at least one model");
-    std::vector<const ModelDef *> members;
+    std::vector<FusionMember> members;
     for (const auto &name : f.members) {
         auto it = names.defs.find(name);
         if (it == names.defs.end()) throw PipelineError(where + ".fuse: no model '" + name + "' (" + defined(names.models) + ")");
         if (it->second->kind == ModelDef::Kind::Fusion || it->second->kind == ModelDef::Kind::SavedFusion)
             throw PipelineError(where + ".fuse: '" + name + "' is a fusion; fusions take plain models");
-        members.push_back(it->second);
+        members.push_back({"'" + name + "'", it->second->hidden_size, it->second->n_layers, true});
     }
-    auto index = [&](const std::string &name, const std::string &w) -> size_t {
+    auto index = [&](const std::string &name, const std::string &w) {
         auto it = std::find(f.members.begin(), f.members.end(), name);
         if (it == f.members.end()) throw PipelineError(w + ": '" + name + "' is not one of this fusion's models (fuse = [...])");
-        return size_t(it - f.members.begin());
     };
     index(f.base, where + ".base");
     if (f.layers.empty()) {  // zip
-        int64_t n = members[0]->n_layers;
-        for (const auto *d : members)
-            if (d->n_layers != n)
-                throw PipelineError(where + ".layers: \"zip\" pairs layer i of every model, but " + members[0]->name + " has " +
-                                    std::to_string(n) + " layers and " + d->name + " " + std::to_string(d->n_layers) +
-                                    "; list the fusion layers explicitly");
+        const int64_t n = members[0].n_layers;
+        for (size_t i = 0; i < members.size(); ++i)
+            if (members[i].n_layers != n)
+                throw PipelineError(where + ".layers: \"zip\" pairs layer i of every model, but " + f.members[0] + " has " + std::to_string(n) +
+                                    " layers and " + f.members[i] + " " + std::to_string(members[i].n_layers) + "; list the fusion layers explicitly");
         for (int32_t l = 0; l < n; ++l) {
             std::vector<std::pair<std::string, int32_t>> experts;
             for (const auto &name : f.members) experts.push_back({name, l});
             f.layers.push_back(experts);
         }
         f.routers.assign(f.layers.size(), f.router);
+        f.layer_where.assign(f.layers.size(), where + ".layers");
     }
-    int64_t target = f.target_hidden;
-    for (const auto *d : members) target = f.target_hidden ? target : std::max(target, d->hidden_size);
-    const bool adapter = !f.adapter.name.empty();
-    if (f.always_adapt && !adapter) throw PipelineError(where + ".always_adapt: needs an adapter (" + where + ".adapter)");
-    std::set<std::pair<std::string, int32_t>> used;
-    for (size_t li = 0; li < f.layers.size(); ++li) {
-        const std::string w = where + ".layers[" + std::to_string(li) + "]";
-        for (const auto &[name, layer] : f.layers[li]) {
-            const ModelDef &d = *members[index(name, w)];
-            if (layer < 0 || layer >= d.n_layers)
-                throw PipelineError(w + ": layer " + std::to_string(layer) + " of '" + name + "' is out of range (it has " +
-                                    std::to_string(d.n_layers) + " layers: 0.." + std::to_string(d.n_layers - 1) + ")");
-            if (!used.insert({name, layer}).second)
-                throw PipelineError(w + ": layer " + std::to_string(layer) + " of '" + name + "' is used twice");
-        }
+    for (size_t li = 0; li < f.layers.size(); ++li)
+        for (const auto &[name, layer] : f.layers[li]) index(name, f.layer_where[li]);
+    FusionPlaces places;
+    places.fusion = where;
+    places.layer = [&f](size_t l) { return f.layer_where[l]; };
+    try {
+        check_fusion(members, fusion_spec(f, 0), places);
+    } catch (const HostError &e) {
+        throw PipelineError(e.what());
     }
-    for (const auto *d : members)
-        if (d->hidden_size != target && !adapter)
-            throw PipelineError(where + ": '" + d->name + "' has hidden size " + std::to_string(d->hidden_size) + " and the fused model " +
-                                std::to_string(target) + "; set an adapter (" + where + ".adapter = { name = \"linear\" }) to join them");
 }
 
 void read_models(const PluginHost &host, PipelineSpec &spec, Table models) {
@@ -280,14 +271,23 @@ TrainStep read_train(Table &t, const PipelineSpec &spec, size_t index, std::stri
     o.warmup_steps = t.integer("warmup_steps", 0, 0);
     o.min_lr_ratio = t.number("min_lr_ratio", 0.1, 0, 1);
     o.clip_norm = t.number("clip_norm", 1.0, 0);
-    o.balance_weight = t.number("balance_weight", 0.01);
-    o.entropy_weight = t.number("entropy_weight", 0.0);
+    // Auxiliary losses: aux_weights = { NAME = weight, ... } over the defaults;
+    // balance_weight / entropy_weight are short for load_balance / entropy.
+    o.aux_weights = default_aux_weights();
+    if (t.has("balance_weight")) o.aux_weights["load_balance"] = t.number("balance_weight", 0.01);
+    if (t.has("entropy_weight")) o.aux_weights["entropy"] = t.number("entropy_weight", 0.0);
+    if (auto w = t.table("aux_weights")) {
+        for (const std::string &name : w->keys()) o.aux_weights[name] = w->number(name, 0.0);
+        w->finish();
+    }
     o.adapter_weight = t.number("adapter_weight", 0.0, 0);
     o.seed = static_cast<uint64_t>(t.integer("seed", 0, 0));
-    o.gradient_checkpointing = t.boolean("gradient_checkpointing", false);
+    o.recompute = t.boolean("gradient_checkpointing", false);
     o.align_steps = t.integer("align_steps", 0, 0);
     o.bf16_autocast = t.boolean("bf16", false);
-    s.run.checkpoint_every = t.integer("checkpoint_every", 0, 0);
+    if (t.has("save_state_every") && t.has("checkpoint_every"))
+        throw PipelineError(t.at("checkpoint_every") + ": give save_state_every only (checkpoint_every is its old name)");
+    s.run.save_state_every = t.has("checkpoint_every") ? t.integer("checkpoint_every", 0, 0) : t.integer("save_state_every", 0, 0);
     s.run.eval_every = t.integer("eval_every", 0, 0);
     const std::string what = t.string("train", "default");
     if (what != "default" && what != "all") throw PipelineError(t.at("train") + ": expected \"default\" or \"all\", found \"" + what + "\"");
@@ -398,6 +398,23 @@ void read_steps(PipelineSpec &spec, const toml::node *steps, const Source &src, 
 
 }  // namespace
 
+FusionSpec fusion_spec(const FusionDef &f, uint64_t seed) {
+    auto index = [&](const std::string &n) { return size_t(std::find(f.members.begin(), f.members.end(), n) - f.members.begin()); };
+    FusionSpec fs;
+    fs.base = index(f.base);
+    fs.target_hidden = f.target_hidden;
+    fs.always_adapt = f.always_adapt;
+    fs.seed = seed;
+    fs.adapter = f.adapter;
+    for (size_t l = 0; l < f.layers.size(); ++l) {
+        FusionLayer layer;
+        for (const auto &[m, i] : f.layers[l]) layer.experts.push_back({index(m), i});
+        layer.router = f.routers[l];
+        fs.layers.push_back(layer);
+    }
+    return fs;
+}
+
 PipelineSpec Pipeline::parse(const PluginHost &host, const std::string &file, const RunSettings &settings) {
     if (!fs::is_regular_file(file)) throw PipelineError(file + ": no such pipeline file");
     toml::table root;
@@ -450,7 +467,7 @@ PipelineSpec Pipeline::parse(const PluginHost &host, const std::string &file, co
     }
     for (const auto &d : spec.data) names.data.push_back(d.name);
     for (auto &m : spec.models)
-        if (m.kind == ModelDef::Kind::Fusion) check_fusion(m, names, "models." + m.name);
+        if (m.kind == ModelDef::Kind::Fusion) check_fusion_def(m, names, m.where);
     if (spec.tokenizer.empty()) {  // the first model folder's tokenizer, when there is one
         for (const auto &m : spec.models)
             if (m.kind != ModelDef::Kind::Fusion && fs::exists(fs::path(m.path) / "tokenizer.json")) {

@@ -1,12 +1,12 @@
 // Pipeline::run: builds models when a step first needs them, tokenises and
 // packs data once, and runs the steps in order.
-#include "mango/host/pipeline.hpp"
+#include "pipeline/pipeline.hpp"
 
-#include "mango/host/evaluate.hpp"
-#include "mango/host/logging.hpp"
-#include "mango/host/progress.hpp"
+#include "train/evaluate.hpp"
+#include "util/logging.hpp"
+#include "util/progress.hpp"
 
-#include <mango/formats/safetensors.hpp>
+#include "formats/safetensors.hpp"
 
 #include <ATen/ATen.h>
 
@@ -100,20 +100,7 @@ private:
             const FusionDef &f = d->fusion;
             std::vector<std::shared_ptr<Model>> members;
             for (const auto &m : f.members) members.push_back(plain(m));
-            FusionSpec fs;
-            auto index = [&](const std::string &n) { return size_t(std::find(f.members.begin(), f.members.end(), n) - f.members.begin()); };
-            fs.base = index(f.base);
-            fs.target_hidden = f.target_hidden;
-            fs.always_adapt = f.always_adapt;
-            fs.seed = d->seed;
-            fs.adapter = f.adapter;
-            for (size_t l = 0; l < f.layers.size(); ++l) {
-                FusionLayer layer;
-                for (const auto &[m, i] : f.layers[l]) layer.experts.push_back({index(m), i});
-                layer.router = f.routers[l];
-                fs.layers.push_back(layer);
-            }
-            auto fused = FusedModel::build(host_, members, fs);
+            auto fused = FusedModel::build(host_, members, fusion_spec(f, d->seed));
             say("model " + name + ": fusion of " + std::to_string(f.members.size()) + " models, " + std::to_string(f.layers.size()) +
                 " fusion layers, hidden size " + std::to_string(fused->target_hidden()));
             live_[name] = std::move(fused);
@@ -164,8 +151,7 @@ private:
     json step(const TrainStep &s, size_t index) {
         CausalLM &m = model(s.model);
         const ModelDef *d = def(s.model);
-        if (auto *fused = dynamic_cast<FusedModel *>(&m)) fused->set_experts_trainable(s.all_weights);
-        else if (auto *plain_model = dynamic_cast<Model *>(&m)) plain_model->set_trainable(true);
+        m.begin_training(s.all_weights);
         TrainRunOptions o = s.run;
         const at::Tensor train = joined(s.data, false);
         o.validation = joined(s.data, true);
@@ -175,8 +161,9 @@ private:
             json what = {{"model", s.model}, {"train", s.all_weights}, {"step", index}, {"opts", json::array()}};
             const TrainOptions &t = o.train;
             for (double v : {double(t.steps), double(t.batch_size), t.lr, t.router_lr, t.weight_decay, double(t.warmup_steps), t.min_lr_ratio,
-                             t.clip_norm, t.balance_weight, t.entropy_weight, t.adapter_weight, double(t.seed), double(t.align_steps)})
+                             t.clip_norm, t.adapter_weight, double(t.seed), double(t.align_steps)})
                 what["opts"].push_back(v);
+            what["aux_weights"] = t.aux_weights;
             if (d) what["def"] = {d->path, d->seed, int(d->kind)};
             if (d && d->kind == ModelDef::Kind::Fusion) {
                 what["adapter"] = spec_json(d->fusion.adapter);
@@ -203,18 +190,16 @@ private:
                     {"seconds", r.seconds}, {"tokens_per_s", r.tokens_per_s}, {"last_loss", r.last_loss},
                     {"validation_perplexity", r.validation_perplexity}, {"state", o.state_path}, {"log", o.log_path}};
         if (r.resumed_from == r.steps && r.steps > 0) say("(restored from " + o.state_path + ": already trained)");
+        m.end_training();
         // A trained plain model is written out, so fusions can refer to it by path and content hash.
-        if (auto *pm = dynamic_cast<Model *>(&m)) {
+        if (auto it = plain_.find(s.model); it != plain_.end()) {
             const std::string dir = (fs::path(spec_.output) / "models" / s.model).string();
-            pm->set_trainable(false);
-            pm->save(dir);
+            it->second->save(dir);
             if (tok_) copy_tokenizer(dir);
             auto reloaded = std::shared_ptr<Model>(Model::load(host_, dir, spec_.dtype, spec_.device));
             plain_[s.model] = reloaded;
             live_[s.model] = reloaded;
             out["saved"] = dir;
-        } else if (auto *fused = dynamic_cast<FusedModel *>(&m)) {
-            if (s.all_weights) fused->set_experts_trainable(false);
         }
         return out;
     }
@@ -227,18 +212,22 @@ private:
         json router = json::object();
         for (const auto &name : s.models) {
             CausalLM &m = model(name);
-            auto *fused = dynamic_cast<FusedModel *>(&m);
-            if (heat.empty() && fused) heat = name;
             for (const auto &dn : s.data) {
                 at::Tensor seqs = data(dn).validation;
                 if (seqs.size(0) == 0) throw PipelineError("data set " + dn + " has no validation sequences (raise its 'validation' fraction)");
                 if (s.max_sequences > 0 && seqs.size(0) > s.max_sequences)  // evenly spaced, so a mix keeps its proportions
                     seqs = seqs.index_select(0, at::linspace(0, double(seqs.size(0) - 1), s.max_sequences).round().to(at::kLong));
                 const EvalResult r = evaluate(m, seqs, s.batch_size);
+                if (heat.empty() && r.router_weights.defined()) heat = name;
                 ppl[name][dn] = r.perplexity;
                 json row = {{"model", name}, {"data", dn}, {"perplexity", r.perplexity}, {"nll", r.nll}, {"tokens", r.tokens},
                             {"sequences", r.sequences}};
-                if (fused && r.router_weights.defined()) {
+                if (!r.stats.empty()) {
+                    json stats = json::object();
+                    for (const auto &[k, v] : r.stats) stats[k] = v.size() == 1 ? json(v[0]) : json(v);
+                    row["stats"] = stats;
+                }
+                if (r.router_weights.defined()) {
                     const at::Tensor mean = r.router_weights.mean(1);  // [layers, E]
                     json layers = json::array();
                     for (int64_t l = 0; l < mean.size(0); ++l) {
@@ -275,10 +264,9 @@ private:
         if (!groups.empty()) {
             const ModelDef *d = def(heat);
             std::vector<std::string> experts;
-            auto *fused = dynamic_cast<FusedModel *>(&model(heat));
             const int64_t E = groups[0].weights.size(2);
             for (int64_t e = 0; e < E; ++e) experts.push_back("expert " + std::to_string(e));
-            if (d && d->kind == ModelDef::Kind::Fusion && fused) {
+            if (d && d->kind == ModelDef::Kind::Fusion) {
                 // Name experts by model when every layer lists the models in the same order.
                 bool same = true;
                 for (const auto &l : d->fusion.layers) same = same && int64_t(l.size()) == E;
@@ -330,9 +318,7 @@ private:
     }
 
     json step(const SaveStep &s, size_t) {
-        CausalLM &m = model(s.model);
-        if (auto *fused = dynamic_cast<FusedModel *>(&m)) fused->save(s.path, s.self_contained);
-        else dynamic_cast<Model &>(m).save(s.path);
+        model(s.model).save(s.path, s.self_contained);
         if (tok_) copy_tokenizer(s.path);
         say("saved " + s.model + " to " + s.path);
         return {{"model", s.model}, {"path", s.path}};
@@ -353,9 +339,7 @@ private:
 
     void copy_tokenizer(const std::string &dir) {
         const fs::path src = fs::is_directory(spec_.tokenizer) ? fs::path(spec_.tokenizer) / "tokenizer.json" : fs::path(spec_.tokenizer);
-        const fs::path dst = fs::path(dir) / "tokenizer.json";
-        if (fs::exists(dst) && fs::equivalent(src, dst)) return;
-        fs::copy_file(src, dst, fs::copy_options::overwrite_existing);
+        formats::copy_file_atomic(src.string(), (fs::path(dir) / "tokenizer.json").string());
     }
 
     const PluginHost &host_;

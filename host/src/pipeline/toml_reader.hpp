@@ -3,7 +3,7 @@
 // line for errors, --set overrides, TOML -> JSON for plugin options.
 #pragma once
 
-#include "mango/host/pipeline.hpp"
+#include "pipeline/pipeline.hpp"
 
 #include <toml++/toml.h>
 

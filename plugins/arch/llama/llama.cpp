@@ -7,6 +7,7 @@
 // Reference: transformers' modeling_llama.py / modeling_mistral.py / modeling_qwen2.py.
 #include <mango/attention.hpp>
 #include <mango/component.hpp>
+#include <mango/layers.hpp>
 
 #include <cmath>
 #include <string>
@@ -19,8 +20,7 @@ using mango::Error;
 using mango::Tensor;
 namespace ops = mango::ops;
 namespace attn = mango::attention;
-
-std::string layer_name(int64_t i, const std::string &rest) { return "model.layers." + std::to_string(i) + "." + rest; }
+namespace nn = mango::layers;
 
 // Rotary inverse frequencies with the config's scaling applied.
 std::vector<double> scaled_inv_freq(Context &ctx, int64_t head_dim) {
@@ -51,124 +51,143 @@ std::vector<double> scaled_inv_freq(Context &ctx, int64_t head_dim) {
     throw Error(MANGO_ERR_UNSUPPORTED, "rope_scaling type '" + type + "' is not supported by the llama plugin (supported: linear, llama3)");
 }
 
-class Llama {
-public:
-    explicit Llama(Context &ctx) {
-        model_type_ = ctx.config_string("model_type", "llama");
-        hidden_ = ctx.config_int("hidden_size", 0);
-        layers_ = ctx.config_int("num_hidden_layers", 0);
-        heads_ = ctx.config_int("num_attention_heads", 0);
-        kv_heads_ = ctx.config_int("num_key_value_heads", heads_);
-        if (hidden_ <= 0 || layers_ <= 0 || heads_ <= 0 || kv_heads_ <= 0 || heads_ % kv_heads_)
+// What a LLaMA-family config says, read once.
+struct Config {
+    explicit Config(Context &ctx) {
+        model_type = ctx.config_string("model_type", "llama");
+        hidden = ctx.config_int("hidden_size", 0);
+        layers = ctx.config_int("num_hidden_layers", 0);
+        heads = ctx.config_int("num_attention_heads", 0);
+        kv_heads = ctx.config_int("num_key_value_heads", heads);
+        if (hidden <= 0 || layers <= 0 || heads <= 0 || kv_heads <= 0 || heads % kv_heads)
             throw Error(MANGO_ERR_INVALID_ARGUMENT, "config needs positive hidden_size, num_hidden_layers, num_attention_heads, "
                                                     "and num_attention_heads a multiple of num_key_value_heads");
-        head_dim_ = ctx.config_int("head_dim", hidden_ / heads_);
-        inter_ = ctx.config_int("intermediate_size", 0);
-        vocab_ = ctx.config_int("vocab_size", 0);
-        eps_ = ctx.config_double("rms_norm_eps", 1e-6);
-        tied_ = ctx.config_bool("tie_word_embeddings", false);
-        bias_ = ctx.config_bool("attention_bias", model_type_ == "qwen2");
+        if (!ctx.config("head_dim") && hidden % heads)
+            throw Error(MANGO_ERR_INVALID_ARGUMENT, "hidden_size " + std::to_string(hidden) + " is not a multiple of num_attention_heads " +
+                                                        std::to_string(heads) + " (and the config gives no head_dim)");
+        head_dim = ctx.config_int("head_dim", hidden / heads);
+        inter = ctx.config_int("intermediate_size", 0);
+        vocab = ctx.config_int("vocab_size", 0);
+        if (inter <= 0 || vocab <= 0 || head_dim <= 0)
+            throw Error(MANGO_ERR_INVALID_ARGUMENT, "config needs positive intermediate_size, vocab_size and head_dim");
+        eps = ctx.config_double("rms_norm_eps", 1e-6);
+        tied = ctx.config_bool("tie_word_embeddings", false);
+        bias = ctx.config_bool("attention_bias", model_type == "qwen2");
         if (ctx.config_bool("mlp_bias", false)) throw Error(MANGO_ERR_UNSUPPORTED, "mlp_bias = true is not supported by the llama plugin");
-        const std::string act = ctx.config_string("hidden_act", "silu");
+        act = ctx.config_string("hidden_act", "silu");
         if (act != "silu") throw Error(MANGO_ERR_UNSUPPORTED, "hidden_act '" + act + "' is not supported by the llama plugin (silu only)");
         // Mistral: sliding_window on every layer; Qwen2: only with use_sliding_window.
-        if (model_type_ != "qwen2" || ctx.config_bool("use_sliding_window", false)) window_ = ctx.config_int("sliding_window", 0);
-        inv_freq_ = scaled_inv_freq(ctx, head_dim_);
+        if (model_type != "qwen2" || ctx.config_bool("use_sliding_window", false)) window = ctx.config_int("sliding_window", 0);
+    }
+    std::string model_type, act;
+    int64_t hidden = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, inter = 0, vocab = 0, window = 0;
+    double eps = 1e-6;
+    bool tied = false, bias = false;
+};
 
-        embed_ = ctx.weight("model.embed_tokens.weight", {vocab_, hidden_});
+class Llama {
+public:
+    static mango::TensorTable tensor_table(Context &ctx) { return table(Config(ctx)); }
+
+    explicit Llama(Context &ctx) : c_(ctx) {
+        inv_freq_ = scaled_inv_freq(ctx, c_.head_dim);
+        const mango::Weights w = table(c_).load(ctx);
+        embed_ = w.get("embed.tokens.weight");
         inv_freq_t_ = attn::to_tensor(inv_freq_, embed_.device());
-        for (int64_t i = 0; i < layers_; ++i) {
+        for (int32_t i = 0; i < c_.layers; ++i) {
             Layer l;
-            l.q = ctx.weight(layer_name(i, "self_attn.q_proj.weight"), {heads_ * head_dim_, hidden_});
-            l.k = ctx.weight(layer_name(i, "self_attn.k_proj.weight"), {kv_heads_ * head_dim_, hidden_});
-            l.v = ctx.weight(layer_name(i, "self_attn.v_proj.weight"), {kv_heads_ * head_dim_, hidden_});
-            l.o = ctx.weight(layer_name(i, "self_attn.o_proj.weight"), {hidden_, heads_ * head_dim_});
-            if (bias_) {
-                l.qb = ctx.weight(layer_name(i, "self_attn.q_proj.bias"), {heads_ * head_dim_});
-                l.kb = ctx.weight(layer_name(i, "self_attn.k_proj.bias"), {kv_heads_ * head_dim_});
-                l.vb = ctx.weight(layer_name(i, "self_attn.v_proj.bias"), {kv_heads_ * head_dim_});
+            l.q = w.at(i, "attn.q.weight");
+            l.k = w.at(i, "attn.k.weight");
+            l.v = w.at(i, "attn.v.weight");
+            l.o = w.at(i, "attn.o.weight");
+            if (c_.bias) {
+                l.qb = w.at(i, "attn.q.bias");
+                l.kb = w.at(i, "attn.k.bias");
+                l.vb = w.at(i, "attn.v.bias");
             }
-            l.gate = ctx.weight(layer_name(i, "mlp.gate_proj.weight"), {inter_, hidden_});
-            l.up = ctx.weight(layer_name(i, "mlp.up_proj.weight"), {inter_, hidden_});
-            l.down = ctx.weight(layer_name(i, "mlp.down_proj.weight"), {hidden_, inter_});
-            l.norm_attn = ctx.weight(layer_name(i, "input_layernorm.weight"), {hidden_});
-            l.norm_mlp = ctx.weight(layer_name(i, "post_attention_layernorm.weight"), {hidden_});
-            layers.push_back(std::move(l));
+            l.gate = w.at(i, "mlp.gate.weight");
+            l.up = w.at(i, "mlp.up.weight");
+            l.down = w.at(i, "mlp.down.weight");
+            l.norm_attn = w.at(i, "norm.attn.weight");
+            l.norm_mlp = w.at(i, "norm.mlp.weight");
+            blocks_.push_back(std::move(l));
         }
-        norm_ = ctx.weight("model.norm.weight", {hidden_});
-        lm_head_ = tied_ ? embed_ : ctx.weight("lm_head.weight", {vocab_, hidden_});
+        norm_ = w.get("norm.final.weight");
+        lm_head_ = w.get("lm_head.weight");
     }
 
-    void describe(Context &ctx, mango_model_info &info) {
+    void describe(Context &, mango_model_info &info) {
         info.is_causal = 1;
-        info.hidden_size = hidden_;
-        info.n_layers = layers_;
-        info.vocab_size = vocab_;
-        info.n_heads = heads_;
-        info.n_kv_heads = kv_heads_;
-        info.head_dim = head_dim_;
+        info.hidden_size = c_.hidden;
+        info.n_layers = c_.layers;
+        info.vocab_size = c_.vocab;
+        info.n_heads = c_.heads;
+        info.n_kv_heads = c_.kv_heads;
+        info.head_dim = c_.head_dim;
         info.max_positions = 0;
-        info.tied_embeddings = tied_;
-        ctx.declare_tensor(-1, "embed.tokens.weight", "model.embed_tokens.weight");
-        ctx.declare_tensor(-1, "norm.final.weight", "model.norm.weight");
-        if (!tied_) ctx.declare_tensor(-1, "lm_head.weight", "lm_head.weight");
-        for (int32_t i = 0; i < layers_; ++i) {
-            for (const char *p : {"q", "k", "v", "o"}) {
-                ctx.declare_tensor(i, (std::string("attn.") + p + ".weight").c_str(), layer_name(i, std::string("self_attn.") + p + "_proj.weight"));
-                if (bias_ && std::string(p) != "o")
-                    ctx.declare_tensor(i, (std::string("attn.") + p + ".bias").c_str(), layer_name(i, std::string("self_attn.") + p + "_proj.bias"));
-            }
-            for (const char *p : {"gate", "up", "down"})
-                ctx.declare_tensor(i, (std::string("mlp.") + p + ".weight").c_str(), layer_name(i, std::string("mlp.") + p + "_proj.weight"));
-            ctx.declare_tensor(i, "norm.attn.weight", layer_name(i, "input_layernorm.weight"));
-            ctx.declare_tensor(i, "norm.mlp.weight", layer_name(i, "post_attention_layernorm.weight"));
-        }
+        info.tied_embeddings = c_.tied;
     }
 
     Tensor embed(Context &, const Tensor &ids, const Tensor &) { return ops::embedding(embed_, ids); }
 
     Tensor block(Context &ctx, int32_t i, const Tensor &x, const Tensor &mask, const Tensor &pos, bool use_cache) {
-        if (i < 0 || i >= layers_) throw Error(MANGO_ERR_INVALID_ARGUMENT, "layer " + std::to_string(i) + " out of range");
-        const Layer &l = layers[static_cast<size_t>(i)];
+        if (i < 0 || i >= c_.layers) throw Error(MANGO_ERR_INVALID_ARGUMENT, "layer " + std::to_string(i) + " out of range");
+        const Layer &l = blocks_[static_cast<size_t>(i)];
         const int64_t T = x.size(1);
-        Tensor h = rms(x, l.norm_attn);
-        Tensor q = attn::split_heads(ops::linear(h, l.q, l.qb), heads_, head_dim_);
-        Tensor k = attn::split_heads(ops::linear(h, l.k, l.kb), kv_heads_, head_dim_);
-        Tensor v = attn::split_heads(ops::linear(h, l.v, l.vb), kv_heads_, head_dim_);
+        Tensor h = nn::rms_norm(x, l.norm_attn, c_.eps);
+        Tensor q = attn::split_heads(ops::linear(h, l.q, l.qb), c_.heads, c_.head_dim);
+        Tensor k = attn::split_heads(ops::linear(h, l.k, l.kb), c_.kv_heads, c_.head_dim);
+        Tensor v = attn::split_heads(ops::linear(h, l.v, l.vb), c_.kv_heads, c_.head_dim);
         auto [cos, sin] = attn::rope_cos_sin(inv_freq_t_, pos, x.dtype());
         q = attn::apply_rope(q, cos, sin);
         k = attn::apply_rope(k, cos, sin);
         auto [keys, values] = attn::cached_kv(ctx, i, k, v, use_cache);
-        Tensor bias = attn::mask_bias(mask, T, window_, x.dtype());
-        const int64_t rep = heads_ / kv_heads_;
-        Tensor a = attn::eager(q, attn::repeat_kv(keys, rep), attn::repeat_kv(values, rep), bias, 1.0 / std::sqrt(double(head_dim_)));
+        Tensor bias = attn::mask_bias(mask, T, c_.window, x.dtype());
+        const int64_t rep = c_.heads / c_.kv_heads;
+        Tensor a = attn::eager(q, attn::repeat_kv(keys, rep), attn::repeat_kv(values, rep), bias, 1.0 / std::sqrt(double(c_.head_dim)));
         Tensor r = ops::add(x, ops::linear(attn::merge_heads(a), l.o));
-        h = rms(r, l.norm_mlp);
+        h = nn::rms_norm(r, l.norm_mlp, c_.eps);
         Tensor m = ops::linear(ops::mul(ops::silu(ops::linear(h, l.gate)), ops::linear(h, l.up)), l.down);
         return ops::add(r, m);
     }
 
-    Tensor head(Context &, const Tensor &x) { return ops::linear(rms(x, norm_), lm_head_); }
+    Tensor head(Context &, const Tensor &x) { return ops::linear(nn::rms_norm(x, norm_, c_.eps), lm_head_); }
 
 private:
     struct Layer {
         Tensor q, k, v, o, qb, kb, vb, gate, up, down, norm_attn, norm_mlp;
     };
 
-    // weight * (x / sqrt(mean(x^2) + eps)), computed in float32.
-    Tensor rms(const Tensor &x, const Tensor &w) const {
-        Tensor f = ops::to_dtype(x, MANGO_DTYPE_F32);
-        Tensor n = ops::mul(f, ops::rsqrt(ops::add_scalar(ops::mean(ops::pow(f, 2.0), {-1}, true), eps_)));
-        return ops::mul(w, ops::to_dtype(n, x.dtype()));
+    // Every tensor of a model of this config (transformers' names).
+    static mango::TensorTable table(const Config &c) {
+        const int64_t H = c.hidden, qd = c.heads * c.head_dim, kvd = c.kv_heads * c.head_dim;
+        const std::string L = "model.layers.{L}.";
+        mango::TensorTable t;
+        t.model("embed.tokens.weight", "model.embed_tokens.weight", {c.vocab, H});
+        t.layers(c.layers, "norm.attn.weight", L + "input_layernorm.weight", {H});
+        t.layers(c.layers, "attn.q.weight", L + "self_attn.q_proj.weight", {qd, H});
+        t.layers(c.layers, "attn.k.weight", L + "self_attn.k_proj.weight", {kvd, H});
+        t.layers(c.layers, "attn.v.weight", L + "self_attn.v_proj.weight", {kvd, H});
+        if (c.bias) {
+            t.layers(c.layers, "attn.q.bias", L + "self_attn.q_proj.bias", {qd});
+            t.layers(c.layers, "attn.k.bias", L + "self_attn.k_proj.bias", {kvd});
+            t.layers(c.layers, "attn.v.bias", L + "self_attn.v_proj.bias", {kvd});
+        }
+        t.layers(c.layers, "attn.o.weight", L + "self_attn.o_proj.weight", {H, qd});
+        t.layers(c.layers, "norm.mlp.weight", L + "post_attention_layernorm.weight", {H});
+        t.layers(c.layers, "mlp.gate.weight", L + "mlp.gate_proj.weight", {c.inter, H});
+        t.layers(c.layers, "mlp.up.weight", L + "mlp.up_proj.weight", {c.inter, H});
+        t.layers(c.layers, "mlp.down.weight", L + "mlp.down_proj.weight", {H, c.inter});
+        t.model("norm.final.weight", "model.norm.weight", {H});
+        if (c.tied) t.tied("lm_head.weight", "lm_head.weight", "model.embed_tokens.weight", {c.vocab, H});
+        else t.model("lm_head.weight", "lm_head.weight", {c.vocab, H});
+        return t;
     }
 
-    std::string model_type_;
-    int64_t hidden_ = 0, layers_ = 0, heads_ = 0, kv_heads_ = 0, head_dim_ = 0, inter_ = 0, vocab_ = 0, window_ = 0;
-    double eps_ = 1e-6;
-    bool tied_ = false, bias_ = false;
+    Config c_;
     std::vector<double> inv_freq_;
     Tensor inv_freq_t_, embed_, norm_, lm_head_;
-    std::vector<Layer> layers;
+    std::vector<Layer> blocks_;
 };
 
 const char *const kModelTypes[] = {"llama", "mistral", "qwen2", nullptr};

@@ -3,6 +3,8 @@
 //   struct MyRouter {
 //       MyRouter(mango::Context &ctx, int64_t hidden, int64_t experts);
 //       mango::Tensor route(mango::Context &ctx, const mango::Tensor &h, const mango::Tensor &mask);
+//       // or, to see token positions [B, T] (right in cached generation too):
+//       // mango::Tensor route(mango::Context &, const mango::Tensor &h, const mango::Tensor &mask, const mango::Tensor &pos);
 //   };
 //   MANGO_PLUGIN("my_plugin", "1.0.0", "What it is",
 //                mango::router<MyRouter>("my_router", "1.0.0", "One line", kSchemaJson))
@@ -16,6 +18,9 @@
 #pragma once
 
 #include "mango/plugin.hpp"
+#include "mango/tensors.hpp"
+
+#include <utility>
 
 namespace mango {
 namespace detail {
@@ -76,13 +81,25 @@ struct RouterGlue {
             *self = new T(ctx, hidden, experts);
         });
     }
+    // T::route(ctx, hidden, mask, positions) when T takes positions, else T::route(ctx, hidden, mask).
+    template <class U>
+    static auto call(U *r, Context &ctx, const Tensor &h, const Tensor &m, const Tensor &p, int) -> decltype(r->route(ctx, h, m, p)) {
+        return r->route(ctx, h, m, p);
+    }
+    template <class U>
+    static Tensor call(U *r, Context &ctx, const Tensor &h, const Tensor &m, const Tensor &, long) {
+        return r->route(ctx, h, m);
+    }
     static mango_status route(void *self, mango_context *c, mango_tensor h, mango_tensor mask, mango_tensor *w) {
+        return route_v2(self, c, h, mask, nullptr, w);
+    }
+    static mango_status route_v2(void *self, mango_context *c, mango_tensor h, mango_tensor mask, mango_tensor pos, mango_tensor *w) {
         return guard([&] {
             Context ctx(c);
-            *w = static_cast<T *>(self)->route(ctx, Tensor::borrow(h), Tensor::borrow(mask)).release();
+            *w = call(static_cast<T *>(self), ctx, Tensor::borrow(h), Tensor::borrow(mask), Tensor::borrow(pos), 0).release();
         });
     }
-    static inline const mango_router_vtable vtable{sizeof(mango_router_vtable), &create, &route, &destroy<T>};
+    static inline const mango_router_vtable vtable{sizeof(mango_router_vtable), &create, &route, &destroy<T>, &route_v2};
 };
 
 template <class T>
@@ -107,7 +124,8 @@ struct MergeGlue {
 };
 
 // T(Context&), describe(Context&, mango_model_info&), embed(Context&, ids, pos),
-// block(Context&, layer, hidden, mask, pos, use_cache), head(Context&, hidden).
+// block(Context&, layer, hidden, mask, pos, use_cache), head(Context&, hidden),
+// and optionally static TensorTable tensor_table(Context&) (from config alone).
 template <class T>
 struct ArchitectureGlue {
     static mango_status create(mango_context *c, void **self) {
@@ -143,9 +161,26 @@ struct ArchitectureGlue {
             *out = static_cast<T *>(self)->head(ctx, Tensor::borrow(h)).release();
         });
     }
+    // Filled when T has `static TensorTable tensor_table(Context &)` (mango/tensors.hpp).
+    template <class U>
+    static auto table_of(Context &ctx, int) -> decltype(U::tensor_table(ctx), void()) {
+        U::tensor_table(ctx).declare(ctx);
+    }
+    template <class U>
+    static void table_of(Context &, long) {}
+    template <class U>
+    static constexpr auto has_table(int) -> decltype(U::tensor_table(std::declval<Context &>()), bool()) { return true; }
+    template <class U>
+    static constexpr bool has_table(long) { return false; }
+    static mango_status tensors(mango_context *c) {
+        return guard([&] {
+            Context ctx(c);
+            table_of<T>(ctx, 0);
+        });
+    }
     static inline const mango_architecture_vtable *make(const char *const *model_types) {
         static const mango_architecture_vtable vt{sizeof(mango_architecture_vtable), model_types, &create, &describe,
-                                                  &embed, &block, &head, &destroy<T>};
+                                                  &embed, &block, &head, &destroy<T>, has_table<T>(0) ? &tensors : nullptr};
         return &vt;
     }
 };

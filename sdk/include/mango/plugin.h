@@ -37,6 +37,20 @@
  *
  * Threading: one instance is called from one thread at a time. Host API
  * functions are thread-safe. last_error() is per thread.
+ *
+ * Revisions. ABI 1 is frozen; each table grows by appending fields, and
+ * every group of appended fields is a numbered revision of that table
+ * ("revision 2 of mango_host_api"). A field of revision N is present when the
+ * table's struct_size covers it: test with MANGO_HAS(table, type, field)
+ * before using it, and fall back (or refuse clearly) when it is absent. The
+ * C++ wrapper does this for you.
+ *
+ * Provisional: tables and functions marked PROVISIONAL have no shipped
+ * plugin yet and may change once, with their first plugin, before they are
+ * frozen like the rest.
+ *
+ * The SDK README (share/doc/mango-sdk/README.md when installed, sdk/README.md
+ * in the source tree) explains each component kind with examples.
  */
 #ifndef MANGO_PLUGIN_H
 #define MANGO_PLUGIN_H
@@ -52,6 +66,11 @@ extern "C" {
 
 #define MANGO_ABI_VERSION 1u                       /* this header's ABI */
 #define MANGO_ENTRY_SYMBOL "mango_plugin_entry_v1" /* exported by each library */
+
+/* Non-zero when `table` (a pointer to a struct of type `type`) is large enough
+ * to hold `field`: the reader's test before touching an appended field. */
+#define MANGO_HAS(table, type, field) \
+    ((table) != NULL && (table)->struct_size >= offsetof(type, field) + sizeof(((const type *)0)->field))
 
 #if defined(_WIN32)
 #define MANGO_EXPORT __declspec(dllexport)
@@ -144,8 +163,34 @@ typedef struct mango_value {
 } mango_value;
 
 /* Which list a report() value goes to. */
-#define MANGO_REPORT_LOSS 1 /* a scalar auxiliary loss; the trainer weighs it */
-#define MANGO_REPORT_STAT 2 /* a statistic for logs and heatmaps; not trained */
+#define MANGO_REPORT_LOSS 1 /* a scalar auxiliary loss. The trainer adds
+                               weight[name] * value to the training loss, with
+                               the per-name weights of the pipeline's train
+                               step (aux_weights; load_balance 0.01 and
+                               entropy 0 by default). A loss name that has no
+                               weight there stops training at its first step
+                               with an error naming the component. */
+#define MANGO_REPORT_STAT 2 /* a statistic (any shape; scalars and vectors are
+                               logged): training metrics log, progress line,
+                               eval metrics.json. Not trained. */
+
+/* Flags of a declared tensor (mango_tensor_decl.flags). */
+#define MANGO_TENSOR_OPTIONAL 1u /* a checkpoint may lack it (then it is not loaded) */
+#define MANGO_TENSOR_TIED 2u     /* the same values as `tied_to` (e.g. a tied LM
+                                    head); never stored or loaded by itself */
+
+/* One tensor of a model, as an architecture declares it (declare_tensor_v2).
+ * Strings and `shape` are borrowed for the call; the host copies them. */
+typedef struct mango_tensor_decl {
+    uint32_t struct_size;
+    int32_t layer;         /* block index, or -1 for a model-level tensor */
+    const char *role;      /* documented role, e.g. "attn.q.weight" (SDK README) */
+    const char *name;      /* checkpoint name, e.g. "model.layers.3.self_attn.q_proj.weight" */
+    const int64_t *shape;  /* expected shape, from config.json */
+    int32_t ndim;
+    uint32_t flags;        /* MANGO_TENSOR_* */
+    const char *tied_to;   /* TIED: checkpoint name of the tensor it shares; else NULL */
+} mango_tensor_decl;
 
 /* ---- bootstrap: frozen forever ----------------------------------------- */
 
@@ -156,7 +201,7 @@ typedef struct mango_value {
 typedef struct mango_host_base {
     uint32_t struct_size;
     uint32_t abi_version;     /* newest ABI the host speaks */
-    const char *host_version; /* e.g. "0.3.0"; static */
+    const char *host_version; /* e.g. "0.4.0"; static */
     const void *(*get_api)(uint32_t version);
 } mango_host_base;
 
@@ -221,9 +266,12 @@ typedef struct mango_host_api {
     mango_status (*weight)(mango_context *ctx, const char *name, mango_tensor *out);
     /* Declare a parameter named `name` (unique within the instance) with
      * initial value `init` (borrowed; any device/dtype: the host moves it to
-     * the instance's). If a saved value exists (loading a checkpoint) that
-     * value is used instead. Saving, loading and training see it. `*out` is a
-     * new reference to the live parameter. */
+     * the instance's). If a saved value exists (loading a saved fusion or a
+     * training state) that value is used instead. `*out` is a new reference
+     * to the live tensor. trainable = 1: the optimiser updates it.
+     * trainable = 0: a buffer (e.g. a balancing bias): no gradient, but
+     * saved, loaded and resumed exactly like a trainable one; update it in
+     * place (aten::copy_, add_) inside set_grad_enabled(0). */
     mango_status (*parameter)(mango_context *ctx, const char *name, mango_tensor init,
                               int32_t trainable, mango_tensor *out);
     /* Non-zero in training mode (dropout on). */
@@ -236,20 +284,22 @@ typedef struct mango_host_api {
      * when empty, else a new reference. set: borrowed, host keeps a ref. */
     mango_status (*cache_get)(mango_context *ctx, const char *key, mango_tensor *out);
     mango_status (*cache_set)(mango_context *ctx, const char *key, mango_tensor value);
-    /* Output of merge and MoE conversion: a named result tensor (borrowed). */
+    /* PROVISIONAL (no shipped plugin uses them yet). Output of merge and MoE
+     * conversion: a named result tensor (borrowed). */
     mango_status (*emit)(mango_context *ctx, const char *name, mango_tensor value);
-    /* Per-model option of a merge (weight, density, ...), model_index in the
-     * order the models were given. Like option(). */
+    /* PROVISIONAL. Per-model option of a merge (weight, density, ...),
+     * model_index in the order the models were given. Like option(). */
     mango_status (*model_option)(mango_context *ctx, size_t model_index, const char *key,
                                  mango_value *out);
     /* Architectures: name the checkpoint tensor that plays `role` in `layer`
      * (-1 for model-level tensors). Roles are documented strings such as
      * "attn.q.weight", "mlp.down.weight", "norm.final.weight"; see the SDK
-     * README. Merging and MoE conversion use these. */
+     * README. Merging and MoE conversion use these. Superseded by
+     * declare_tensor_v2 (revision 3), which also gives shape and flags. */
     mango_status (*declare_tensor)(mango_context *ctx, int32_t layer, const char *role,
                                    const char *name);
 
-    /* ---- appended in 0.2 (check struct_size before use) ---- */
+    /* ---- revision 2 (MANGO_HAS before use) ---- */
 
     /* Like weight(), with the shape the plugin expects: a checkpoint tensor of
      * another shape is refused naming both shapes, and a model initialised
@@ -257,6 +307,28 @@ typedef struct mango_host_api {
      * initializer_range); 1-D "*.weight": ones; "*.bias": zeros). */
     mango_status (*weight_shaped)(mango_context *ctx, const char *name, const int64_t *shape,
                                   int32_t ndim, mango_tensor *out);
+
+    /* ---- revision 3 (MANGO_HAS before use) ---- */
+
+    /* Non-zero when the host uses report() values now: in training and in
+     * evaluation (statistics go to metrics.json). Skip computing reports
+     * otherwise. Older hosts: use is_training(). */
+    int32_t (*wants_reports)(mango_context *ctx);
+    /* Turns autograd recording on (1) or off (0) for this thread; returns the
+     * previous setting. For in-place updates of buffers (trainable = 0
+     * parameters) and other math that must not be differentiated. Restore
+     * the previous value before returning to the host. */
+    int32_t (*set_grad_enabled)(int32_t enabled);
+    /* Copies the elements of `t` (any device, any strides) to host memory
+     * `dst` as a dense row-major array of t's own dtype; `dst_bytes` must
+     * equal numel * element size, else INVALID_ARGUMENT. Synchronises. */
+    mango_status (*tensor_copy_to_host)(mango_tensor t, void *dst, size_t dst_bytes);
+    /* `*exists` = 1 when this instance's checkpoint holds tensor `name`
+     * (always 1 for models initialised from their config), else 0. */
+    mango_status (*weight_exists)(mango_context *ctx, const char *name, int32_t *exists);
+    /* Declares one tensor of the model: role, checkpoint name, shape, flags.
+     * Called from an architecture's tensors() (see its vtable). */
+    mango_status (*declare_tensor_v2)(mango_context *ctx, const mango_tensor_decl *decl);
 } mango_host_api;
 
 /* ---- component tables (one per kind) ------------------------------------ */
@@ -271,7 +343,7 @@ typedef struct mango_adapter_vtable {
     mango_status (*forward)(void *self, mango_context *ctx, mango_tensor x, mango_tensor *y);
     void (*destroy)(void *self);
 
-    /* ---- appended in 0.3 (read only when struct_size covers it) ---- */
+    /* ---- revision 2 (read only when struct_size covers it) ---- */
 
     /* Optional; NULL means "no". Non-zero when this instance's forward is
      * affine, forward(x) = A x + b for every x (e.g. a projection without a
@@ -282,20 +354,32 @@ typedef struct mango_adapter_vtable {
 
 /* Router: mixes `n_experts` block outputs. route() gets the hidden states
  * [B, T, H] entering the fused layer and a mask [B, T] (1 = token, 0 = pad;
- * NULL = all tokens). It writes expert weights, either pooled [B, E] or per
- * token [B, T, E]; each row sums to 1 (over the chosen experts, for top-k).
- * Auxiliary losses and statistics go through report(); the host uses them
- * only in training mode (is_training), so a router may skip them otherwise. */
+ * NULL = all tokens). It writes expert weights of a floating dtype, either
+ * pooled [B, E] or per token [B, T, E], finite and >= 0, each row summing to
+ * 1 (over the chosen experts, for top-k); the host checks this in training,
+ * evaluation and on the first step of a generation, and names the router
+ * when it does not hold. Auxiliary losses and statistics go through
+ * report(); the host uses them only when wants_reports() (training,
+ * evaluation), so a router may skip them otherwise. */
 typedef struct mango_router_vtable {
     uint32_t struct_size;
     mango_status (*create)(mango_context *ctx, int64_t hidden_size, int64_t n_experts, void **self);
     mango_status (*route)(void *self, mango_context *ctx, mango_tensor hidden, mango_tensor mask,
                           mango_tensor *weights);
     void (*destroy)(void *self);
+
+    /* ---- revision 2 (read only when struct_size covers it) ---- */
+
+    /* Optional; NULL = use route(). Like route(), plus the tokens' positions
+     * [B, T] (int64; during cached generation they continue after the
+     * cached tokens, so a position-aware router stays right). When present
+     * the host calls this instead of route(). */
+    mango_status (*route_v2)(void *self, mango_context *ctx, mango_tensor hidden, mango_tensor mask,
+                             mango_tensor position_ids, mango_tensor *weights);
 } mango_router_vtable;
 
-/* Merge: one tensor from N models (+ optional base), called tensor by tensor
- * so merging streams. `models` holds n_models borrowed tensors of one shape;
+/* PROVISIONAL. Merge: one tensor from N models (+ optional base), called
+ * tensor by tensor so merging streams. `models` holds n_models borrowed tensors of one shape;
  * `base` is NULL when the pipeline names no base model. */
 typedef struct mango_merge_vtable {
     uint32_t struct_size;
@@ -306,7 +390,7 @@ typedef struct mango_merge_vtable {
     void (*destroy)(void *self);
 } mango_merge_vtable;
 
-/* A dense feed-forward block handed to a MoE converter, tensors by role
+/* PROVISIONAL. A dense feed-forward block handed to a MoE converter, tensors by role
  * (borrowed; NULL where the architecture has none). */
 typedef struct mango_dense_ffn {
     uint32_t struct_size;
@@ -319,7 +403,7 @@ typedef struct mango_dense_ffn {
     mango_tensor down_bias; /* [H] or NULL */
 } mango_dense_ffn;
 
-/* MoE converter: turns one dense FFN into experts + router weights, written
+/* PROVISIONAL. MoE converter: turns one dense FFN into experts + router weights, written
  * with emit() under role names ("experts.<i>.up.weight", "router.weight",
  * ...). describe_config() emits config changes as a JSON object text. */
 typedef struct mango_moe_converter_vtable {
@@ -366,6 +450,15 @@ typedef struct mango_architecture_vtable {
     /* Final norm + head: logits (decoders) or final hidden states. */
     mango_status (*head)(void *self, mango_context *ctx, mango_tensor hidden, mango_tensor *out);
     void (*destroy)(void *self);
+
+    /* ---- revision 2 (read only when struct_size covers it) ---- */
+
+    /* Optional; NULL = roles come from describe(). Declares every tensor a
+     * model of this config has, with declare_tensor_v2, from config.json
+     * alone: called without an instance, and `ctx` offers config() and
+     * weight_exists() but no weights. Drives `mango inspect --roles`,
+     * merging and MoE conversion, and must agree with what create() loads. */
+    mango_status (*tensors)(mango_context *ctx);
 } mango_architecture_vtable;
 
 /* ---- descriptors --------------------------------------------------------- */

@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <optional>
 #include <stdexcept>
@@ -28,19 +29,24 @@ inline const mango_host_api *&host_slot() {
     static const mango_host_api *api = nullptr;
     return api;
 }
+// The smallest host table this SDK can work with: revision 1 (ABI 1 as
+// first released). Newer fields are used only when MANGO_HAS says the host
+// has them; otherwise the wrapper falls back or says what is missing.
+constexpr size_t kMinHostApiSize = offsetof(mango_host_api, declare_tensor) + sizeof(void *);
 // Called by the entry point: remember the host API (NULL while scanning).
 inline void bind_host(const mango_host_base *base) {
     if (base && base->struct_size >= sizeof(mango_host_base) && base->get_api) {
         auto *api = static_cast<const mango_host_api *>(base->get_api(1));
-        if (api && api->struct_size >= sizeof(mango_host_api)) host_slot() = api;
+        if (api && api->struct_size >= kMinHostApiSize) host_slot() = api;
     }
 }
 }  // namespace detail
 
+// What plugin code throws: a status code and a message. The component glue
+// (mango/component.hpp) turns it into the status its C function returns.
 class Error : public std::runtime_error {
 public:
-    Error(mango_status status, const std::string &message)
-        : std::runtime_error(message), status_(status) {}
+    Error(mango_status status, const std::string &message) : std::runtime_error(message), status_(status) {}
     mango_status status() const { return status_; }
 
 private:
@@ -53,12 +59,33 @@ inline const mango_host_api &host() {
     return *api;
 }
 
+// Whether the bound host's API table has `field` (an appended one).
+#define MANGO_HOST_HAS(field) MANGO_HAS(&::mango::host(), mango_host_api, field)
+
 inline void check(mango_status status) {
     if (status != MANGO_OK) {
         const char *msg = host().last_error();
-        throw Error(status, msg && *msg ? msg : "host call failed");
+        throw Error(status, msg && *msg ? msg : "host call failed with status " + std::to_string(status) + " and no message");
     }
 }
+
+// Autograd off on this thread for the guard's lifetime (hosts older than
+// revision 3 of the API cannot switch it: the guard then does nothing).
+class NoGrad {
+public:
+    NoGrad() : on_(MANGO_HOST_HAS(set_grad_enabled)) {
+        if (on_) previous_ = host().set_grad_enabled(0);
+    }
+    ~NoGrad() {
+        if (on_) host().set_grad_enabled(previous_);
+    }
+    NoGrad(const NoGrad &) = delete;
+    NoGrad &operator=(const NoGrad &) = delete;
+
+private:
+    bool on_;
+    int32_t previous_ = 1;
+};
 
 // ---- tensors --------------------------------------------------------------
 
@@ -91,6 +118,15 @@ public:
     }
     mango_dtype dtype() const { return host().tensor_dtype(h_); }
     mango_device device() const { return host().tensor_device(h_); }
+    int64_t numel() const {
+        int64_t n = 1;
+        for (int64_t s : sizes()) n *= s;
+        return n;
+    }
+    // The elements, row-major, copied to plugin memory. T must match the
+    // dtype's element size (float for F32, int64_t for I64, ...).
+    template <class T>
+    std::vector<T> to_host() const;
 
 private:
     mango_tensor h_ = nullptr;
@@ -197,14 +233,17 @@ private:
 // A host operator, resolved once. Use as a function-local static.
 class Op {
 public:
-    Op(const char *name, const char *overload = "") { check(host().find_op(name, overload, &op_)); }
+    Op(const char *name, const char *overload = "") : name_(std::string(name) + (overload && *overload ? std::string(".") + overload : "")) {
+        check(host().find_op(name, overload, &op_));
+    }
     void call(std::initializer_list<Arg> args, Results &out) const {
         mango_value in[16];
-        if (args.size() > 16) throw Error(MANGO_ERR_INVALID_ARGUMENT, "too many operator arguments");
+        if (args.size() > 16) throw Error(MANGO_ERR_INVALID_ARGUMENT, name_ + ": more than 16 arguments");
         size_t i = 0;
         for (const Arg &a : args) in[i++] = a.value();
-        check(host().call_op(op_, in, i, out.v, Results::kMax, &out.n));
+        check(host().call_op(op_, in, i, out.v, Results::kMax, &out.n));  // the host's message names the op and argument
     }
+    const std::string &name() const { return name_; }
     Tensor operator()(std::initializer_list<Arg> args) const {
         Results r;
         call(args, r);
@@ -212,8 +251,23 @@ public:
     }
 
 private:
+    std::string name_;
     const mango_op *op_ = nullptr;
 };
+
+template <class T>
+std::vector<T> Tensor::to_host() const {
+    std::vector<T> out(static_cast<size_t>(numel()));
+    if (MANGO_HOST_HAS(tensor_copy_to_host)) {
+        check(host().tensor_copy_to_host(h_, out.data(), out.size() * sizeof(T)));
+        return out;
+    }
+    // Older hosts: a contiguous CPU copy, then its data pointer.
+    static const Op to("aten::to", "device"), contiguous("aten::contiguous");
+    Tensor cpu = contiguous({to({*this, mango_device{MANGO_DEVICE_CPU, -1}, Dtype{dtype()}, false, true})});
+    if (!out.empty()) std::memcpy(out.data(), host().tensor_data(cpu.get()), out.size() * sizeof(T));
+    return out;
+}
 
 // ---- the instance's context -----------------------------------------------
 
@@ -244,7 +298,7 @@ public:
     // the expected and the found shape. Hosts that initialise models from a
     // config alone create it.
     Tensor weight(const std::string &name, const std::vector<int64_t> &shape) const {
-        if (host().struct_size >= offsetof(mango_host_api, weight_shaped) + sizeof(void *) && host().weight_shaped) {
+        if (MANGO_HOST_HAS(weight_shaped) && host().weight_shaped) {
             mango_tensor t = nullptr;
             check(host().weight_shaped(c_, name.c_str(), shape.data(), static_cast<int32_t>(shape.size()), &t));
             return Tensor(t);
@@ -290,7 +344,25 @@ public:
         check(host().parameter(c_, name.c_str(), init.get(), trainable ? 1 : 0, &t));
         return Tensor(t);
     }
+    // State that is saved, loaded and resumed but not trained (e.g. a
+    // balancing bias). Update it in place under a NoGrad guard.
+    Tensor buffer(const std::string &name, const Tensor &init) const { return parameter(name, init, false); }
     bool training() const { return host().is_training(c_) != 0; }
+    // Whether report_loss / report_stat values are used now (training and
+    // evaluation); older hosts: in training only.
+    bool reporting() const { return MANGO_HOST_HAS(wants_reports) ? host().wants_reports(c_) != 0 : training(); }
+    // Whether the checkpoint holds `name` (hosts older than revision 3: tries to read it).
+    bool weight_exists(const std::string &name) const {
+        if (MANGO_HOST_HAS(weight_exists)) {
+            int32_t e = 0;
+            check(host().weight_exists(c_, name.c_str(), &e));
+            return e != 0;
+        }
+        mango_tensor t = nullptr;
+        const mango_status s = host().weight(c_, name.c_str(), &t);
+        host().tensor_release(t);
+        return s == MANGO_OK;
+    }
     void report_loss(const char *name, const Tensor &t) const { check(host().report(c_, MANGO_REPORT_LOSS, name, t.get())); }
     void report_stat(const char *name, const Tensor &t) const { check(host().report(c_, MANGO_REPORT_STAT, name, t.get())); }
     Tensor cache_get(const std::string &key) const {

@@ -1,0 +1,133 @@
+#include "formats/atomic_file.hpp"
+
+#include "formats/safetensors_header.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+namespace fs = std::filesystem;
+
+namespace mango::formats {
+namespace {
+
+constexpr const char *kTempTag = ".mango-tmp-";
+
+void fsync_dir(const fs::path &dir) {
+    const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        ::close(fd);
+    }
+}
+
+}  // namespace
+
+std::string temp_name(const std::string &path) { return path + kTempTag + std::to_string(getpid()); }
+
+void write_all(int fd, const void *data, size_t n, const std::string &path) {
+    const char *p = static_cast<const char *>(data);
+    while (n > 0) {
+        const ssize_t w = ::write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) throw FormatError(path + ": write failed: " + std::strerror(errno));
+        p += w;
+        n -= static_cast<size_t>(w);
+    }
+}
+
+void write_atomic(const std::string &path, const std::function<void(int, const std::string &)> &produce) {
+    const fs::path target(path);
+    const std::string tmp = temp_name(path);
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) throw FormatError(path + ": cannot create " + tmp + ": " + std::strerror(errno));
+    try {
+        produce(fd, tmp);
+        if (fsync(fd) != 0) throw FormatError(path + ": fsync failed: " + std::strerror(errno));
+    } catch (...) {
+        ::close(fd);
+        ::unlink(tmp.c_str());
+        throw;
+    }
+    ::close(fd);
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+        const int err = errno;
+        ::unlink(tmp.c_str());
+        throw FormatError(path + ": rename failed: " + std::strerror(err));
+    }
+    fsync_dir(target.parent_path());
+}
+
+void write_file_atomic(const std::string &path, const std::string &text) {
+    write_atomic(path, [&](int fd, const std::string &tmp) { write_all(fd, text.data(), text.size(), tmp); });
+}
+
+void copy_file_atomic(const std::string &from, const std::string &to) {
+    std::error_code ec;
+    if (fs::exists(to) && fs::equivalent(from, to, ec)) return;
+    std::ifstream in(from, std::ios::binary);
+    if (!in) throw FormatError(from + ": cannot read");
+    write_atomic(to, [&](int fd, const std::string &tmp) {
+        char buf[1 << 16];
+        while (in) {
+            in.read(buf, sizeof buf);
+            if (in.gcount() > 0) write_all(fd, buf, static_cast<size_t>(in.gcount()), tmp);
+        }
+        if (in.bad()) throw FormatError(from + ": read failed");
+    });
+}
+
+int remove_stale_temp_files(const std::string &dir) {
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) return 0;
+    int removed = 0;
+    for (const auto &e : fs::directory_iterator(dir, ec)) {
+        const std::string name = e.path().filename().string();
+        const size_t at = name.rfind(kTempTag);
+        if (at == std::string::npos) continue;
+        const std::string pid_text = name.substr(at + std::strlen(kTempTag));
+        if (pid_text.empty() || pid_text.find_first_not_of("0123456789") != std::string::npos) continue;
+        const long pid = std::stol(pid_text);
+        if (pid == getpid() || (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM)) continue;  // alive
+        fs::remove_all(e.path(), ec);
+        if (!ec) ++removed;
+    }
+    return removed;
+}
+
+FolderLock::FolderLock(const std::string &dir, double wait_seconds) {
+    fs::create_directories(dir);
+    const std::string path = (fs::path(dir) / ".mango-lock").string();
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) throw FormatError(path + ": cannot open the folder lock: " + std::strerror(errno));
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(wait_seconds);
+    while (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+        if (errno != EWOULDBLOCK && errno != EINTR) {
+            ::close(fd_);
+            throw FormatError(path + ": cannot lock: " + std::strerror(errno));
+        }
+        if (std::chrono::steady_clock::now() >= until) {
+            ::close(fd_);
+            fd_ = -1;
+            throw FormatError(dir + " is being written by another mango process (lock " + path + " held); try again when it is done");
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+}
+
+FolderLock::~FolderLock() {
+    if (fd_ >= 0) {
+        ::flock(fd_, LOCK_UN);
+        ::close(fd_);
+    }
+}
+
+}  // namespace mango::formats

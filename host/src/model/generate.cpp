@@ -1,0 +1,118 @@
+#include "model/generate.hpp"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+#include <limits>
+
+namespace mango {
+namespace {
+
+// Tokens banned at the next step because they would repeat an n-gram.
+std::vector<int64_t> banned_by_ngrams(const std::vector<int64_t> &seq, int64_t n) {
+    std::vector<int64_t> banned;
+    if (n <= 0 || static_cast<int64_t>(seq.size()) < n) return banned;
+    const size_t len = seq.size(), prefix = static_cast<size_t>(n - 1);
+    for (size_t start = 0; start + prefix < len; ++start) {
+        if (std::equal(seq.begin() + start, seq.begin() + start + prefix, seq.end() - prefix))
+            banned.push_back(seq[start + prefix]);
+    }
+    return banned;
+}
+
+}  // namespace
+
+std::vector<int64_t> choose_next(const at::Tensor &logits_in, const std::vector<std::vector<int64_t>> &history,
+                                 const GenerateOptions &o, at::Generator &gen) {
+    at::Tensor logits = logits_in.to(at::kCPU, at::kFloat).clone();
+    const float lowest = -std::numeric_limits<float>::infinity();
+    if (o.no_repeat_ngram_size > 0)
+        for (int64_t b = 0; b < logits.size(0); ++b)
+            for (int64_t t : banned_by_ngrams(history[static_cast<size_t>(b)], o.no_repeat_ngram_size)) logits[b][t] = lowest;
+    std::vector<int64_t> next(static_cast<size_t>(logits.size(0)));
+    if (o.greedy) {
+        at::Tensor best = logits.argmax(-1);
+        for (size_t b = 0; b < next.size(); ++b) next[b] = best[static_cast<int64_t>(b)].item<int64_t>();
+        return next;
+    }
+    // HF order: temperature, then top-k, then top-p.
+    if (o.temperature != 1.0) logits = logits / o.temperature;
+    if (o.top_k > 0 && o.top_k < logits.size(-1)) {
+        at::Tensor kth = std::get<0>(logits.topk(o.top_k, -1)).select(-1, o.top_k - 1).unsqueeze(-1);
+        logits = logits.masked_fill(logits < kth, lowest);
+    }
+    if (o.top_p < 1.0) {
+        auto [sorted, idx] = logits.sort(-1, /*descending=*/false);
+        at::Tensor cum = sorted.softmax(-1).cumsum(-1);
+        at::Tensor remove = cum <= (1.0 - o.top_p);
+        remove.select(-1, remove.size(-1) - 1).fill_(false);  // keep at least the best token
+        logits = logits.scatter(-1, idx, sorted.masked_fill(remove, lowest));
+    }
+    at::Tensor picked = at::multinomial(logits.softmax(-1), 1, false, gen);
+    for (size_t b = 0; b < next.size(); ++b) next[b] = picked[static_cast<int64_t>(b)][0].item<int64_t>();
+    return next;
+}
+
+std::vector<std::vector<int64_t>> generate(CausalLM &model, const std::vector<std::vector<int64_t>> &prompts,
+                                           const GenerateOptions &o) {
+    if (!model.is_causal()) throw HostError(model.describe() + " is an encoder model; generation needs a causal LM");
+    if (prompts.empty()) return {};
+    const int64_t B = static_cast<int64_t>(prompts.size());
+    int64_t L = 0;
+    for (const auto &p : prompts) {
+        if (p.empty()) throw HostError("generate: a prompt is empty (it needs at least one token)");
+        L = std::max<int64_t>(L, static_cast<int64_t>(p.size()));
+    }
+    at::Tensor ids = at::full({B, L}, o.pad_id, at::kLong), mask = at::zeros({B, L}, at::kLong);
+    std::vector<std::vector<int64_t>> history(prompts.size()), out(prompts.size());
+    for (int64_t b = 0; b < B; ++b) {
+        const auto &p = prompts[static_cast<size_t>(b)];
+        const int64_t off = L - static_cast<int64_t>(p.size());
+        for (size_t t = 0; t < p.size(); ++t) {
+            ids[b][off + static_cast<int64_t>(t)] = p[t];
+            mask[b][off + static_cast<int64_t>(t)] = 1;
+        }
+        history[static_cast<size_t>(b)] = p;
+    }
+    ids = ids.to(model.device());
+    mask = mask.to(model.device());
+    at::Tensor pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1);
+    at::Generator gen = at::detail::createCPUGenerator(o.seed);
+    std::vector<bool> done(prompts.size(), false);
+
+    at::NoGradGuard no_grad;
+    model.clear_cache();
+    at::Tensor logits = model.logits(ids, mask, pos, o.use_cache).select(1, L - 1);
+    for (int64_t step = 0; step < o.max_new_tokens; ++step) {
+        if (cancel_requested()) throw HostError("generation cancelled");
+        std::vector<int64_t> next = choose_next(logits, history, o, gen);
+        at::Tensor col = at::empty({B, 1}, at::kLong);
+        bool all_done = true;
+        for (int64_t b = 0; b < B; ++b) {
+            const size_t i = static_cast<size_t>(b);
+            const int64_t tok = done[i] ? o.pad_id : next[i];
+            col[b][0] = tok;
+            if (!done[i]) {
+                out[i].push_back(tok);
+                history[i].push_back(tok);
+                if (std::find(o.stop_ids.begin(), o.stop_ids.end(), tok) != o.stop_ids.end()) done[i] = true;
+            }
+            all_done = all_done && done[i];
+        }
+        if (all_done || step + 1 == o.max_new_tokens) break;
+        col = col.to(model.device());
+        ids = at::cat({ids, col}, 1);
+        mask = at::cat({mask, at::ones({B, 1}, mask.options())}, 1);
+        pos = at::cat({pos, pos.select(1, pos.size(1) - 1).unsqueeze(1) + 1}, 1);
+        if (o.use_cache) {
+            logits = model.logits(col, mask, pos.narrow(1, pos.size(1) - 1, 1), true).select(1, 0);
+        } else {
+            logits = model.logits(ids, mask, pos, false).select(1, ids.size(1) - 1);
+        }
+    }
+    model.clear_cache();
+    return out;
+}
+
+}  // namespace mango

@@ -1,0 +1,229 @@
+#include "model/model.hpp"
+
+#include "model/recompute.hpp"
+
+#include "util/error.hpp"
+
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <set>
+
+namespace mango {
+
+nlohmann::json Model::normalized_config(const nlohmann::json &raw) {
+    nlohmann::json c = raw;
+    if (c.contains("rope_parameters") && c["rope_parameters"].is_object()) {
+        const auto &rp = c["rope_parameters"];
+        if (!c.contains("rope_theta") && rp.contains("rope_theta")) c["rope_theta"] = rp["rope_theta"];
+        if ((!c.contains("rope_scaling") || c["rope_scaling"].is_null()) && rp.value("rope_type", "default") != "default")
+            c["rope_scaling"] = rp;
+    }
+    if (c.contains("rope_scaling") && c["rope_scaling"].is_object() && !c["rope_scaling"].contains("rope_type") &&
+        c["rope_scaling"].contains("type"))
+        c["rope_scaling"]["rope_type"] = c["rope_scaling"]["type"];
+    if (!c.contains("torch_dtype") && c.contains("dtype")) c["torch_dtype"] = c["dtype"];
+    return c;
+}
+
+std::unique_ptr<Model> Model::load(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device) {
+    return build(host, dir, dtype, device, false, 0);
+}
+
+std::unique_ptr<Model> Model::init_random(const PluginHost &host, const std::string &dir, uint64_t seed, at::ScalarType dtype,
+                                          at::Device device) {
+    return build(host, dir, dtype, device, true, seed);
+}
+
+std::vector<std::pair<std::string, at::Tensor>> Model::named_weights() const {
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    std::set<std::string> seen;
+    for (const auto &[name, t] : ctx_->weights_used)
+        if (seen.insert(name).second) out.emplace_back(name, t);
+    return out;
+}
+
+at::Tensor CausalLM::alignment_loss(const at::Tensor &, const at::Tensor &, const at::Tensor &) {
+    throw HostError(describe() + ": adapter alignment applies to fused models only");
+}
+
+std::vector<std::pair<std::string, at::Tensor>> CausalLM::aux_losses() const {
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    for (const auto &r : layer_reports())
+        for (const auto &l : r.losses) out.push_back(l);
+    return out;
+}
+
+const std::vector<LayerReport> &CausalLM::layer_reports() const {
+    static const std::vector<LayerReport> none;
+    return none;
+}
+
+at::Tensor LayerReport::entropy() const { return -(weights * weights.clamp_min(1e-9).log()).sum(-1).mean(); }
+
+at::Tensor LayerReport::load() const {
+    if (weights.dim() == 2) return weights.mean(0);
+    const at::Tensor keep = mask.to(weights.dtype()).unsqueeze(-1);
+    return (weights * keep).sum(at::IntArrayRef{0, 1}) / keep.sum().clamp_min(1);
+}
+
+void Model::set_trainable(bool on) {
+    for (auto &[_, t] : named_weights()) t.set_requires_grad(on);
+}
+
+std::vector<std::pair<std::string, at::Tensor>> Model::trainable() const {
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    for (auto &[name, t] : named_weights())
+        if (t.requires_grad()) out.emplace_back(name, t);
+    return out;
+}
+
+void Model::save(const std::string &dir, bool) const { save_sharded(dir, 0); }
+
+void Model::save_sharded(const std::string &dir, uint64_t max_shard_bytes) const {
+    std::filesystem::create_directories(dir);
+    formats::write_file_atomic((std::filesystem::path(dir) / "config.json").string(), config_.raw.dump(2) + "\n");
+    formats::write_checkpoint(dir, named_weights(), max_shard_bytes);
+}
+
+const registry::ComponentInfo &Model::architecture_for(const PluginHost &host, const formats::HfConfig &config) {
+    if (const registry::ComponentInfo *arch = host.registry().architecture_for(config.model_type)) return *arch;
+    std::string installed;
+    for (const auto &c : host.registry().components())
+        if (c.kind == "architecture") {
+            std::string types;
+            for (const auto &t : c.model_types) types += (types.empty() ? "" : ", ") + t;
+            installed += (installed.empty() ? "" : "; ") + c.name + " (" + types + ")";
+        }
+    throw HostError(config.path + ": no architecture plugin handles model_type = \"" + clip(config.model_type) + "\" (installed: " +
+                    (installed.empty() ? "none" : installed) + ")");
+}
+
+std::vector<TensorDecl> Model::tensor_table(const PluginHost &host, const std::string &dir, bool check_dir) {
+    const formats::HfConfig config = formats::load_hf_config(dir);
+    const registry::ComponentInfo &arch = architecture_for(host, config);
+    auto vt = static_cast<const mango_architecture_vtable *>(host.vtable(arch));
+    if (!MANGO_HAS(vt, mango_architecture_vtable, tensors) || !vt->tensors)
+        throw HostError("architecture '" + arch.name + "' (" + arch.library + ") has no tensor table (architecture vtable revision 2)");
+    InstanceContext ctx;
+    ctx.label = "architecture '" + arch.name + "' tensor table for " + dir;
+    ctx.config = normalized_config(config.raw);
+    std::shared_ptr<formats::Checkpoint> ckpt;
+    if (check_dir) {
+        ckpt = std::make_shared<formats::Checkpoint>(formats::Checkpoint::open(dir));
+        ctx.has_weight = [ckpt](const std::string &n) { return ckpt->contains(n); };
+    } else {
+        ctx.random_init = true;
+    }
+    call_plugin(ctx.label, [&] { return vt->tensors(&ctx); });
+    return ctx.roles;
+}
+
+std::unique_ptr<Model> Model::build(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device,
+                                    bool random, uint64_t seed) {
+    std::unique_ptr<Model> m(new Model());
+    m->dir_ = dir;
+    m->dtype_ = dtype;
+    m->device_ = device;
+    m->config_ = formats::load_hf_config(dir);
+    const registry::ComponentInfo *arch = &architecture_for(host, m->config_);
+    m->component_ = *arch;
+    m->vt_ = static_cast<const mango_architecture_vtable *>(host.vtable(*arch));
+    m->ctx_ = std::make_unique<InstanceContext>();
+    if (random) {
+        m->ctx_->random_init = true;
+        m->ctx_->initializer_range = m->config_.raw.value("initializer_range", 0.02);
+        at::manual_seed(seed);
+    } else {
+        m->ckpt_ = std::make_shared<formats::Checkpoint>(formats::Checkpoint::open(dir));
+    }
+    m->ctx_->label = "architecture '" + arch->name + "' for " + dir;
+    m->ctx_->config = normalized_config(m->config_.raw);
+    m->ctx_->param_options = at::TensorOptions().dtype(dtype).device(device);
+    auto ckpt = m->ckpt_;
+    const std::string where = dir;
+    if (ckpt) m->ctx_->has_weight = [ckpt](const std::string &name) { return ckpt->contains(name); };
+    if (ckpt) m->ctx_->weights = [ckpt, dtype, device, where](const std::string &name) {
+        if (!ckpt->contains(name)) throw HostError(where + " has no tensor '" + name + "'");
+        at::Tensor t = ckpt->tensor(name);
+        if (!t.is_floating_point())
+            throw HostError(where + ": tensor '" + name + "' has dtype " + c10::toString(t.scalar_type()) +
+                        ", expected a floating-point weight");
+        return t.to(device, dtype);
+    };
+    try {
+        call_plugin(m->ctx_->label + ": create", [&] { return m->vt_->create(m->ctx_.get(), &m->self_); });
+        mango_model_info info{};
+        info.struct_size = sizeof info;
+        call_plugin(m->ctx_->label + ": describe", [&] { return m->vt_->describe(m->self_, m->ctx_.get(), &info); });
+        if (MANGO_HAS(m->vt_, mango_architecture_vtable, tensors) && m->vt_->tensors) {
+            // The table is the truth about roles; describe()'s v1 declarations are replaced.
+            m->ctx_->roles.clear();
+            call_plugin(m->ctx_->label + ": tensors", [&] { return m->vt_->tensors(m->ctx_.get()); });
+        }
+        m->info_ = {info.is_causal != 0, info.hidden_size, info.n_layers, info.vocab_size, info.n_heads,
+                    info.n_kv_heads, info.head_dim, info.max_positions, info.tied_embeddings != 0};
+    } catch (...) {
+        if (m->self_) m->vt_->destroy(m->self_);
+        m->self_ = nullptr;
+        throw;
+    }
+    return m;
+}
+
+Model::~Model() {
+    if (self_) vt_->destroy(self_);
+}
+
+at::Tensor Model::embed(const at::Tensor &ids, const at::Tensor &positions) {
+    mango_tensor i = wrap(ids), p = wrap(positions), out = nullptr;
+    clear_plugin_error();
+    const mango_status s = vt_->embed(self_, ctx_.get(), i, p, &out);
+    host_api()->tensor_release(i);
+    host_api()->tensor_release(p);
+    check_plugin(s, ctx_->label + ": embed");
+    return adopt(out, ctx_->label + ": embed");
+}
+
+at::Tensor Model::block(int32_t layer, const at::Tensor &hidden, const at::Tensor &mask, const at::Tensor &positions, bool use_cache) {
+    if (layer < 0 || layer >= info_.n_layers)
+        throw HostError(ctx_->label + ": layer " + std::to_string(layer) + " out of range (model has " + std::to_string(info_.n_layers) + ")");
+    mango_tensor h = wrap(hidden), m = wrap(mask), p = wrap(positions), out = nullptr;
+    clear_plugin_error();
+    const mango_status s = vt_->block(self_, ctx_.get(), layer, h, m, p, use_cache ? 1 : 0, &out);
+    host_api()->tensor_release(h);
+    host_api()->tensor_release(m);
+    host_api()->tensor_release(p);
+    const std::string what = ctx_->label + ": block " + std::to_string(layer);
+    check_plugin(s, what);
+    return adopt(out, what);
+}
+
+at::Tensor Model::head(const at::Tensor &hidden) {
+    mango_tensor h = wrap(hidden), out = nullptr;
+    clear_plugin_error();
+    const mango_status s = vt_->head(self_, ctx_.get(), h, &out);
+    host_api()->tensor_release(h);
+    check_plugin(s, ctx_->label + ": head");
+    return adopt(out, ctx_->label + ": head");
+}
+
+void Model::clear_cache() {
+    ctx_->cache.clear();
+    cached_ = 0;
+}
+
+at::Tensor Model::forward(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions, bool use_cache) {
+    at::Tensor h = embed(ids, positions);
+    const bool recompute = recompute_blocks(use_cache);
+    for (int32_t l = 0; l < info_.n_layers; ++l) {
+        if (recompute)
+            h = recomputed([this, l, mask, positions](const at::Tensor &x) { return block(l, x, mask, positions, false); }, h, trainable_tensors());
+        else
+            h = block(l, h, mask, positions, use_cache);
+    }
+    if (use_cache) cached_ += ids.size(1);
+    return head(h);
+}
+
+}  // namespace mango

@@ -1,0 +1,165 @@
+// A model folder (config.json + safetensors) run through its architecture
+// plugin, piece by piece (embed, any block, head) or whole, with a KV cache.
+#pragma once
+
+#include "abi/plugins.hpp"
+#include "formats/hf_config.hpp"
+#include "formats/safetensors.hpp"
+
+#include <ATen/core/grad_mode.h>
+
+#include <memory>
+#include <string>
+
+namespace mango {
+
+struct ModelInfo {
+    bool is_causal = true;
+    int64_t hidden_size = 0, n_layers = 0, vocab_size = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, max_positions = 0;
+    bool tied_embeddings = false;
+};
+
+// One tensor of a model as its architecture declares it (mango_tensor_decl).
+using TensorDecl = InstanceContext::Role;
+
+// Per fusion layer (or MoE layer) of the last forward: routing weights and
+// what the router reported. Plain dense models have none.
+struct LayerReport {
+    at::Tensor weights;  // [B, E] or [B, T, E]
+    at::Tensor mask;     // [B, T] of the tokens routed (1 token, 0 pad)
+    std::vector<std::pair<std::string, at::Tensor>> losses, stats;
+    std::string source;  // "router 'simple' of fusion layer 1 (p.toml:12)", for messages
+    at::Tensor entropy() const;  // mean entropy of the weight rows (scalar)
+    at::Tensor load() const;     // mean weight per expert over real tokens [E]
+};
+
+// What generation, training and evaluation need from a model: a forward pass
+// over new tokens with the KV cache, its tensors and where they live. Model
+// and FusedModel are both.
+class CausalLM {
+public:
+    virtual ~CausalLM() = default;
+    // Logits [B, T, V] for `ids` at `positions`; `mask` covers cached + new tokens.
+    virtual at::Tensor logits(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions, bool use_cache) = 0;
+    virtual void clear_cache() = 0;
+    virtual bool is_causal() const = 0;
+    virtual at::Device device() const = 0;
+    virtual std::string describe() const = 0;  // for messages
+    // Largest position the model can embed (0 = unbounded).
+    virtual int64_t max_positions() const { return 0; }
+
+    // Training: the tensors an optimiser updates, by qualified name (leaf
+    // tensors with requires_grad); buffers (state saved and resumed but not
+    // trained); auxiliary losses and statistics of the last forward; train
+    // or eval mode; whether plugins should report (training, evaluation).
+    virtual std::vector<std::pair<std::string, at::Tensor>> trainable() const = 0;
+    std::vector<at::Tensor> trainable_tensors() const {
+        std::vector<at::Tensor> out;
+        for (auto &[_, t] : trainable()) out.push_back(t);
+        return out;
+    }
+    virtual std::vector<std::pair<std::string, at::Tensor>> buffers() const { return {}; }
+    virtual std::vector<std::pair<std::string, at::Tensor>> aux_losses() const;
+    virtual const std::vector<LayerReport> &layer_reports() const;
+    virtual void train(bool) {}
+    virtual void set_reporting(bool) {}
+    // Before and after a training step of the pipeline: which weights train
+    // (all_weights: a fusion's experts too; a plain model always trains whole).
+    virtual void begin_training(bool all_weights) = 0;
+    virtual void end_training() = 0;
+    // Writes the model to `dir` (a Hugging Face folder, or a saved fusion).
+    virtual void save(const std::string &dir, bool self_contained = false) const = 0;
+
+    // Fused models: how far the adapters are from stitching each expert into
+    // the base model's hidden states (see FusedModel); others have none.
+    virtual at::Tensor alignment_loss(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions);
+    void set_recompute_blocks(bool on) { recompute_ = on; }
+
+protected:
+    // Recompute blocks in the backward pass: it is on, autograd records, and
+    // no KV cache is being filled.
+    bool recompute_blocks(bool use_cache) const { return recompute_ && at::GradMode::is_enabled() && !use_cache; }
+    bool recompute_ = false;
+};
+
+class Model : public CausalLM {
+public:
+    // Loads MODEL_DIR with the architecture plugin that claims its model_type.
+    // dtype: weights are converted on load (kFloat by default).
+    static std::unique_ptr<Model> load(const PluginHost &host, const std::string &dir,
+                                       at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
+    // A model from MODEL_DIR/config.json alone, weights drawn at random:
+    // normal(0, initializer_range) for matrices, ones for norm gains, zeros
+    // for biases.
+    static std::unique_ptr<Model> init_random(const PluginHost &host, const std::string &config_dir, uint64_t seed,
+                                              at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
+    // Every tensor a model of DIR/config.json has, as its architecture's
+    // table declares them, without loading any weight (the plugin must have
+    // a tensor table: architecture vtable revision 2). `check_dir`: also
+    // answer weight_exists() from the checkpoint in DIR.
+    static std::vector<TensorDecl> tensor_table(const PluginHost &host, const std::string &dir, bool check_dir = true);
+    // The architecture component that handles DIR/config.json, or an error
+    // listing what is installed.
+    static const registry::ComponentInfo &architecture_for(const PluginHost &host, const formats::HfConfig &config);
+
+    // Every weight the architecture uses, by checkpoint name (tied ones once).
+    std::vector<std::pair<std::string, at::Tensor>> named_weights() const;
+    // Weights are frozen after load and init_random; this makes all of them
+    // trainable (or frozen again).
+    void set_trainable(bool on);
+    std::vector<std::pair<std::string, at::Tensor>> trainable() const override;
+    void begin_training(bool) override { set_trainable(true); }
+    void end_training() override { set_trainable(false); }
+    // Writes config.json and model.safetensors (sharded above max_shard_bytes > 0).
+    void save(const std::string &dir, bool self_contained = false) const override;
+    void save_sharded(const std::string &dir, uint64_t max_shard_bytes) const;
+
+    // Config.json with transformers 5.x keys (rope_parameters, dtype) also
+    // offered under their 4.x names (rope_theta, rope_scaling, torch_dtype),
+    // which is what architecture plugins read.
+    static nlohmann::json normalized_config(const nlohmann::json &raw);
+
+    const ModelInfo &info() const { return info_; }
+    // Every tensor with its role, as the plugin declared them (layer -1 = model-level).
+    const std::vector<TensorDecl> &roles() const { return ctx_->roles; }
+    const formats::HfConfig &config() const { return config_; }
+    const std::string &dir() const { return dir_; }
+    at::Device device() const override { return device_; }
+    at::ScalarType dtype() const { return dtype_; }
+    bool is_causal() const override { return info_.is_causal; }
+    int64_t max_positions() const override { return info_.max_positions; }
+    std::string describe() const override { return dir_; }
+    at::Tensor logits(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions, bool use_cache) override {
+        return forward(ids, mask, positions, use_cache);
+    }
+
+    at::Tensor embed(const at::Tensor &ids, const at::Tensor &positions);
+    at::Tensor block(int32_t layer, const at::Tensor &hidden, const at::Tensor &mask, const at::Tensor &positions, bool use_cache);
+    at::Tensor head(const at::Tensor &hidden);
+    // Whole forward: logits [B, T, V] (decoders) or final hidden states.
+    at::Tensor forward(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions, bool use_cache = false);
+    void clear_cache() override;
+    // Tokens in the KV cache, as the host fed them through forward() (0 after clear_cache).
+    int64_t cached_tokens() const { return cached_; }
+    const std::string &label() const { return ctx_->label; }
+
+    ~Model();
+
+private:
+    Model() = default;
+    static std::unique_ptr<Model> build(const PluginHost &host, const std::string &dir, at::ScalarType dtype,
+                                        at::Device device, bool random, uint64_t seed);
+    std::string dir_;
+    formats::HfConfig config_;
+    std::shared_ptr<formats::Checkpoint> ckpt_;
+    registry::ComponentInfo component_;
+    const mango_architecture_vtable *vt_ = nullptr;
+    std::unique_ptr<InstanceContext> ctx_;
+    void *self_ = nullptr;
+    ModelInfo info_;
+    at::ScalarType dtype_ = at::kFloat;
+    at::Device device_ = at::kCPU;
+    int64_t cached_ = 0;
+};
+
+}  // namespace mango

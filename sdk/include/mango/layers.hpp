@@ -1,0 +1,45 @@
+// mango/layers.hpp — layers many architectures share, written once: RMSNorm,
+// LayerNorm, and activations by their config.json names.
+#pragma once
+
+#include "mango/ops.hpp"
+
+#include <string>
+
+namespace mango::layers {
+
+// weight * (x / sqrt(mean(x^2) + eps)), computed in float32 and cast back to
+// x's dtype before the gain (LLaMA, Mistral, Qwen, OLMoE, DeepSeek).
+inline Tensor rms_norm(const Tensor &x, const Tensor &weight, double eps) {
+    Tensor f = ops::to_dtype(x, MANGO_DTYPE_F32);
+    Tensor n = ops::mul(f, ops::rsqrt(ops::add_scalar(ops::mean(ops::pow(f, 2.0), {-1}, true), eps)));
+    return ops::mul(weight, ops::to_dtype(n, x.dtype()));
+}
+
+// LayerNorm over the last dimension (bias may be empty).
+inline Tensor layer_norm(const Tensor &x, const Tensor &weight, const Tensor &bias, double eps) {
+    return ops::layer_norm(x, {x.size(-1)}, weight, bias, eps);
+}
+
+// True when `name` is an activation activation() knows.
+inline bool known_activation(const std::string &name) {
+    for (const char *n : {"silu", "swish", "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "quick_gelu", "tanh", "sigmoid"})
+        if (name == n) return true;
+    return false;
+}
+
+// transformers' ACT2FN by name: "silu"/"swish", "gelu" (erf), "gelu_new" /
+// "gelu_pytorch_tanh" / "gelu_fast" (tanh approximation), "relu",
+// "quick_gelu" (x * sigmoid(1.702 x)), "tanh", "sigmoid".
+inline Tensor activation(const std::string &name, const Tensor &x) {
+    if (name == "silu" || name == "swish") return ops::silu(x);
+    if (name == "gelu") return ops::gelu(x);
+    if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast") return ops::gelu(x, "tanh");
+    if (name == "relu") return ops::relu(x);
+    if (name == "quick_gelu") return ops::mul(x, ops::sigmoid(ops::mul(x, 1.702)));
+    if (name == "tanh") return ops::tanh(x);
+    if (name == "sigmoid") return ops::sigmoid(x);
+    throw Error(MANGO_ERR_UNSUPPORTED, "activation '" + name + "' is not supported (silu, gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu, quick_gelu, tanh, sigmoid)");
+}
+
+}  // namespace mango::layers
