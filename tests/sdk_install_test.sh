@@ -19,7 +19,16 @@ export MANGO_PLUGIN_PATH="$work/example"
 grep -Eq "router +hello +1.0.0" "$work/list.txt"
 "$work/prefix/bin/mango" plugins validate "$work/example"
 "$work/prefix/bin/mango" plugins info hello | grep -q "temperature"
+"$work/prefix/bin/mango" plugins test hello
 echo "out-of-tree plugin ok"
+
+# The SDK documentation and examples are installed beside the headers; the
+# plain C99 example builds from the installed copy and passes plugins test.
+test -s "$work/prefix/share/doc/mango-sdk/README.md"
+cmake -S "$work/prefix/share/doc/mango-sdk/examples/c_router" -B "$work/c_router" -DCMAKE_PREFIX_PATH="$work/prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$work/c_router" >/dev/null
+MANGO_PLUGIN_PATH="$work/c_router" "$work/prefix/bin/mango" plugins test c_softmax --experts 4
+echo "C99 example ok"
 
 # Drop in an architecture: take gpt2 out of the installed host, see it refused
 # by name, build the same plugin source out of tree against the installed SDK,

@@ -6,7 +6,10 @@ function(mango_add_plugin target)
   if(TARGET MangoSDK::sdk)
     target_link_libraries(${target} PRIVATE MangoSDK::sdk)
   endif()
-  target_compile_features(${target} PRIVATE cxx_std_17)
+  get_property(languages GLOBAL PROPERTY ENABLED_LANGUAGES)
+  if("CXX" IN_LIST languages)
+    target_compile_features(${target} PRIVATE cxx_std_17)  # the C++ wrapper; C99 plugins need nothing
+  endif()
   set_target_properties(${target} PROPERTIES
     PREFIX ""
     C_VISIBILITY_PRESET hidden

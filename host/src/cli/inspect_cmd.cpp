@@ -47,7 +47,9 @@ std::string flags_text(uint32_t flags, const std::string &tied_to) {
 int inspect_roles(const Global &g, const std::string &dir) {
     const PluginHost host(registry::Registry::discover(registry_options(g)));
     const bool has_checkpoint = fs::exists(fs::path(dir) / "model.safetensors") || fs::exists(fs::path(dir) / "model.safetensors.index.json");
-    const std::vector<TensorDecl> table = Model::tensor_table(host, dir, has_checkpoint);
+    std::vector<TensorDecl> table = Model::tensor_table(host, dir, has_checkpoint);
+    // Model-level tensors first, then layer by layer, each in declaration order.
+    std::stable_sort(table.begin(), table.end(), [](const TensorDecl &a, const TensorDecl &b) { return a.layer < b.layer; });
     json rows = json::array();
     for (const auto &t : table) {
         json r = {{"layer", t.layer}, {"role", t.role}, {"name", t.name}, {"shape", t.shape}};

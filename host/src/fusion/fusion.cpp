@@ -227,7 +227,9 @@ void FusedModel::set_reporting(bool on) {
 namespace mango {
 
 void FusedModel::save(const std::string &dir, bool self_contained) const {
-    self_contained = self_contained || experts_trainable_;
+    // Trained experts, and models that exist only in memory, must be written out.
+    self_contained = self_contained || experts_trainable_ ||
+                     std::any_of(models_.begin(), models_.end(), [](const auto &m) { return !m->from_checkpoint(); });
     fs::create_directories(dir);
     json j = {{"format", "mango-fusion"}, {"version", 1}, {"base", spec_.base}, {"target_hidden", target_},
               {"always_adapt", spec_.always_adapt}, {"models", json::array()}, {"layers", json::array()}};

@@ -69,7 +69,8 @@ public:
     // its config.json and weight files) and DIR/fusion.safetensors (the
     // adapter and router parameters and buffers), atomically. self_contained
     // also writes every model into DIR/models/<i> and refers to those
-    // copies, so DIR can be moved; it is forced when the experts were trained.
+    // copies, so DIR can be moved; it is forced when the experts were trained
+    // or a model was initialised from its config alone.
     void save(const std::string &dir, bool self_contained = false) const override;
     // Loads a saved fusion; a base model whose files changed since is refused
     // naming the file.

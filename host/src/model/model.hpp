@@ -124,6 +124,8 @@ public:
     const std::vector<TensorDecl> &roles() const { return ctx_->roles; }
     const formats::HfConfig &config() const { return config_; }
     const std::string &dir() const { return dir_; }
+    // False for a model initialised from its config alone (its folder holds no weights).
+    bool from_checkpoint() const { return ckpt_ != nullptr; }
     at::Device device() const override { return device_; }
     at::ScalarType dtype() const { return dtype_; }
     bool is_causal() const override { return info_.is_causal; }

@@ -8,6 +8,7 @@
 // Reference: transformers' modeling_gpt2.py.
 #include <mango/attention.hpp>
 #include <mango/component.hpp>
+#include <mango/layers.hpp>
 
 #include <cmath>
 #include <string>
@@ -20,76 +21,74 @@ using mango::Error;
 using mango::Tensor;
 namespace ops = mango::ops;
 namespace attn = mango::attention;
+namespace nn = mango::layers;
+
+// What a GPT-2 config says, read once.
+struct Config {
+    explicit Config(Context &ctx) {
+        hidden = ctx.config_int("n_embd", 0);
+        layers = ctx.config_int("n_layer", 0);
+        heads = ctx.config_int("n_head", 0);
+        vocab = ctx.config_int("vocab_size", 0);
+        positions = ctx.config_int("n_positions", 1024);
+        inner = ctx.config_int("n_inner", 4 * hidden);
+        eps = ctx.config_double("layer_norm_epsilon", 1e-5);
+        if (hidden <= 0 || layers <= 0 || heads <= 0 || hidden % heads)
+            throw Error(MANGO_ERR_INVALID_ARGUMENT, "config needs positive n_embd, n_layer, n_head with n_embd a multiple of n_head");
+        head_dim = hidden / heads;
+        act = ctx.config_string("activation_function", "gelu_new");
+        if (act != "gelu_new" && act != "gelu_pytorch_tanh" && act != "gelu" && act != "relu")
+            throw Error(MANGO_ERR_UNSUPPORTED, "activation_function '" + act + "' is not supported by the gpt2 plugin");
+        if (ctx.config_bool("scale_attn_by_inverse_layer_idx", false) || ctx.config_bool("reorder_and_upcast_attn", false))
+            throw Error(MANGO_ERR_UNSUPPORTED, "scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported by the gpt2 plugin");
+        // Checkpoints name tensors with or without the "transformer." prefix
+        // (a model initialised from its config uses the prefixed names).
+        prefix = ctx.weight_exists("transformer.wte.weight") ? "transformer." : "";
+    }
+    std::string act, prefix;
+    int64_t hidden = 0, layers = 0, heads = 0, head_dim = 0, vocab = 0, positions = 0, inner = 0;
+    double eps = 1e-5;
+};
 
 class Gpt2 {
 public:
-    explicit Gpt2(Context &ctx) {
-        hidden_ = ctx.config_int("n_embd", 0);
-        layers_ = ctx.config_int("n_layer", 0);
-        heads_ = ctx.config_int("n_head", 0);
-        vocab_ = ctx.config_int("vocab_size", 0);
-        positions_ = ctx.config_int("n_positions", 1024);
-        inner_ = ctx.config_int("n_inner", 4 * hidden_);
-        eps_ = ctx.config_double("layer_norm_epsilon", 1e-5);
-        if (hidden_ <= 0 || layers_ <= 0 || heads_ <= 0 || hidden_ % heads_)
-            throw Error(MANGO_ERR_INVALID_ARGUMENT, "config needs positive n_embd, n_layer, n_head with n_embd a multiple of n_head");
-        activation_ = ctx.config_string("activation_function", "gelu_new");
-        if (activation_ != "gelu_new" && activation_ != "gelu_pytorch_tanh" && activation_ != "gelu" && activation_ != "relu")
-            throw Error(MANGO_ERR_UNSUPPORTED, "activation_function '" + activation_ + "' is not supported by the gpt2 plugin");
-        if (ctx.config_bool("scale_attn_by_inverse_layer_idx", false) || ctx.config_bool("reorder_and_upcast_attn", false))
-            throw Error(MANGO_ERR_UNSUPPORTED, "scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported by the gpt2 plugin");
+    static mango::TensorTable tensor_table(Context &ctx) { return table(Config(ctx)); }
 
-        // Checkpoints name tensors with or without the "transformer." prefix.
-        try {
-            wte_ = ctx.weight("transformer.wte.weight", {vocab_, hidden_});
-            prefix_ = "transformer.";
-        } catch (const Error &) {
-            wte_ = ctx.weight("wte.weight", {vocab_, hidden_});
-        }
-        wpe_ = ctx.weight(prefix_ + "wpe.weight", {positions_, hidden_});
-        for (int64_t i = 0; i < layers_; ++i) {
+    explicit Gpt2(Context &ctx) : c_(ctx) {
+        const mango::Weights w = table(c_).load(ctx);
+        wte_ = w.get("embed.tokens.weight");
+        wpe_ = w.get("embed.positions.weight");
+        for (int32_t i = 0; i < c_.layers; ++i) {
             Layer l;
-            l.ln1_w = ctx.weight(name(i, "ln_1.weight"), {hidden_});
-            l.ln1_b = ctx.weight(name(i, "ln_1.bias"), {hidden_});
-            l.qkv = conv1d(ctx, name(i, "attn.c_attn.weight"), hidden_, 3 * hidden_);
-            l.qkv_b = ctx.weight(name(i, "attn.c_attn.bias"), {3 * hidden_});
-            l.proj = conv1d(ctx, name(i, "attn.c_proj.weight"), hidden_, hidden_);
-            l.proj_b = ctx.weight(name(i, "attn.c_proj.bias"), {hidden_});
-            l.ln2_w = ctx.weight(name(i, "ln_2.weight"), {hidden_});
-            l.ln2_b = ctx.weight(name(i, "ln_2.bias"), {hidden_});
-            l.fc_in = conv1d(ctx, name(i, "mlp.c_fc.weight"), hidden_, inner_);
-            l.fc_in_b = ctx.weight(name(i, "mlp.c_fc.bias"), {inner_});
-            l.fc_out = conv1d(ctx, name(i, "mlp.c_proj.weight"), inner_, hidden_);
-            l.fc_out_b = ctx.weight(name(i, "mlp.c_proj.bias"), {hidden_});
+            l.ln1_w = w.at(i, "norm.attn.weight");
+            l.ln1_b = w.at(i, "norm.attn.bias");
+            l.qkv = conv1d(w.at(i, "attn.qkv.weight.T"));
+            l.qkv_b = w.at(i, "attn.qkv.bias");
+            l.proj = conv1d(w.at(i, "attn.o.weight.T"));
+            l.proj_b = w.at(i, "attn.o.bias");
+            l.ln2_w = w.at(i, "norm.mlp.weight");
+            l.ln2_b = w.at(i, "norm.mlp.bias");
+            l.fc_in = conv1d(w.at(i, "mlp.up.weight.T"));
+            l.fc_in_b = w.at(i, "mlp.up.bias");
+            l.fc_out = conv1d(w.at(i, "mlp.down.weight.T"));
+            l.fc_out_b = w.at(i, "mlp.down.bias");
             layers.push_back(std::move(l));
         }
-        lnf_w_ = ctx.weight(prefix_ + "ln_f.weight", {hidden_});
-        lnf_b_ = ctx.weight(prefix_ + "ln_f.bias", {hidden_});
+        lnf_w_ = w.get("norm.final.weight");
+        lnf_b_ = w.get("norm.final.bias");
+        lm_head_ = w.get("lm_head.weight");
     }
 
-    void describe(Context &ctx, mango_model_info &info) {
+    void describe(Context &, mango_model_info &info) {
         info.is_causal = 1;
-        info.hidden_size = hidden_;
-        info.n_layers = layers_;
-        info.vocab_size = vocab_;
-        info.n_heads = heads_;
-        info.n_kv_heads = heads_;
-        info.head_dim = hidden_ / heads_;
-        info.max_positions = positions_;
+        info.hidden_size = c_.hidden;
+        info.n_layers = c_.layers;
+        info.vocab_size = c_.vocab;
+        info.n_heads = c_.heads;
+        info.n_kv_heads = c_.heads;
+        info.head_dim = c_.head_dim;
+        info.max_positions = c_.positions;
         info.tied_embeddings = 1;
-        ctx.declare_tensor(-1, "embed.tokens.weight", prefix_ + "wte.weight");
-        ctx.declare_tensor(-1, "embed.positions.weight", prefix_ + "wpe.weight");
-        ctx.declare_tensor(-1, "norm.final.weight", prefix_ + "ln_f.weight");
-        ctx.declare_tensor(-1, "norm.final.bias", prefix_ + "ln_f.bias");
-        const std::pair<const char *, const char *> roles[] = {
-            {"norm.attn.weight", "ln_1.weight"}, {"norm.attn.bias", "ln_1.bias"},
-            {"attn.qkv.weight.T", "attn.c_attn.weight"}, {"attn.qkv.bias", "attn.c_attn.bias"},
-            {"attn.o.weight.T", "attn.c_proj.weight"}, {"attn.o.bias", "attn.c_proj.bias"},
-            {"norm.mlp.weight", "ln_2.weight"}, {"norm.mlp.bias", "ln_2.bias"},
-            {"mlp.up.weight.T", "mlp.c_fc.weight"}, {"mlp.up.bias", "mlp.c_fc.bias"},
-            {"mlp.down.weight.T", "mlp.c_proj.weight"}, {"mlp.down.bias", "mlp.c_proj.bias"}};
-        for (int32_t i = 0; i < layers_; ++i)
-            for (const auto &[role, rest] : roles) ctx.declare_tensor(i, role, name(i, rest));
     }
 
     Tensor embed(Context &, const Tensor &ids, const Tensor &pos) {
@@ -98,38 +97,58 @@ public:
 
     Tensor block(Context &ctx, int32_t i, const Tensor &x, const Tensor &mask, const Tensor &, bool use_cache) {
         const Layer &l = layers[static_cast<size_t>(i)];
-        const int64_t head_dim = hidden_ / heads_;
-        Tensor h = ops::layer_norm(x, {hidden_}, l.ln1_w, l.ln1_b, eps_);
+        const int64_t H = c_.hidden, head_dim = c_.head_dim;
+        Tensor h = nn::layer_norm(x, l.ln1_w, l.ln1_b, c_.eps);
         Tensor qkv = ops::linear(h, l.qkv, l.qkv_b);
-        Tensor q = attn::split_heads(ops::narrow(qkv, -1, 0, hidden_), heads_, head_dim);
-        Tensor k = attn::split_heads(ops::narrow(qkv, -1, hidden_, hidden_), heads_, head_dim);
-        Tensor v = attn::split_heads(ops::narrow(qkv, -1, 2 * hidden_, hidden_), heads_, head_dim);
+        Tensor q = attn::split_heads(ops::narrow(qkv, -1, 0, H), c_.heads, head_dim);
+        Tensor k = attn::split_heads(ops::narrow(qkv, -1, H, H), c_.heads, head_dim);
+        Tensor v = attn::split_heads(ops::narrow(qkv, -1, 2 * H, H), c_.heads, head_dim);
         auto [keys, values] = attn::cached_kv(ctx, i, k, v, use_cache);
         Tensor bias = attn::mask_bias(mask, x.size(1), 0, x.dtype());
         Tensor a = attn::eager(q, keys, values, bias, 1.0 / std::sqrt(double(head_dim)));
         Tensor r = ops::add(x, ops::linear(attn::merge_heads(a), l.proj, l.proj_b));
-        h = ops::layer_norm(r, {hidden_}, l.ln2_w, l.ln2_b, eps_);
-        h = ops::linear(h, l.fc_in, l.fc_in_b);
-        h = activation_ == "relu" ? ops::relu(h) : activation_ == "gelu" ? ops::gelu(h) : ops::gelu(h, "tanh");
+        h = nn::layer_norm(r, l.ln2_w, l.ln2_b, c_.eps);
+        h = nn::activation(c_.act, ops::linear(h, l.fc_in, l.fc_in_b));
         return ops::add(r, ops::linear(h, l.fc_out, l.fc_out_b));
     }
 
-    Tensor head(Context &, const Tensor &x) { return ops::linear(ops::layer_norm(x, {hidden_}, lnf_w_, lnf_b_, eps_), wte_); }
+    Tensor head(Context &, const Tensor &x) { return ops::linear(nn::layer_norm(x, lnf_w_, lnf_b_, c_.eps), lm_head_); }
 
 private:
     struct Layer {
         Tensor ln1_w, ln1_b, qkv, qkv_b, proj, proj_b, ln2_w, ln2_b, fc_in, fc_in_b, fc_out, fc_out_b;
     };
-    std::string name(int64_t i, const std::string &rest) const { return prefix_ + "h." + std::to_string(i) + "." + rest; }
     // A Conv1D weight [in, out], returned as a linear weight [out, in].
-    static Tensor conv1d(Context &ctx, const std::string &n, int64_t in, int64_t out) {
-        return ops::contiguous(ops::transpose(ctx.weight(n, {in, out}), 0, 1));
+    static Tensor conv1d(const Tensor &w) { return ops::contiguous(ops::transpose(w, 0, 1)); }
+
+    // Every tensor of a model of this config (transformers' names; Conv1D
+    // weights with their checkpoint shape [in, out]).
+    static mango::TensorTable table(const Config &c) {
+        const int64_t H = c.hidden, I = c.inner;
+        const std::string P = c.prefix, L = P + "h.{L}.";
+        mango::TensorTable t;
+        t.model("embed.tokens.weight", P + "wte.weight", {c.vocab, H});
+        t.model("embed.positions.weight", P + "wpe.weight", {c.positions, H});
+        t.layers(c.layers, "norm.attn.weight", L + "ln_1.weight", {H});
+        t.layers(c.layers, "norm.attn.bias", L + "ln_1.bias", {H});
+        t.layers(c.layers, "attn.qkv.weight.T", L + "attn.c_attn.weight", {H, 3 * H});
+        t.layers(c.layers, "attn.qkv.bias", L + "attn.c_attn.bias", {3 * H});
+        t.layers(c.layers, "attn.o.weight.T", L + "attn.c_proj.weight", {H, H});
+        t.layers(c.layers, "attn.o.bias", L + "attn.c_proj.bias", {H});
+        t.layers(c.layers, "norm.mlp.weight", L + "ln_2.weight", {H});
+        t.layers(c.layers, "norm.mlp.bias", L + "ln_2.bias", {H});
+        t.layers(c.layers, "mlp.up.weight.T", L + "mlp.c_fc.weight", {H, I});
+        t.layers(c.layers, "mlp.up.bias", L + "mlp.c_fc.bias", {I});
+        t.layers(c.layers, "mlp.down.weight.T", L + "mlp.c_proj.weight", {I, H});
+        t.layers(c.layers, "mlp.down.bias", L + "mlp.c_proj.bias", {H});
+        t.model("norm.final.weight", P + "ln_f.weight", {H});
+        t.model("norm.final.bias", P + "ln_f.bias", {H});
+        t.tied("lm_head.weight", "lm_head.weight", P + "wte.weight", {c.vocab, H});
+        return t;
     }
 
-    int64_t hidden_ = 0, layers_ = 0, heads_ = 0, vocab_ = 0, positions_ = 0, inner_ = 0;
-    double eps_ = 1e-5;
-    std::string activation_, prefix_;
-    Tensor wte_, wpe_, lnf_w_, lnf_b_;
+    Config c_;
+    Tensor wte_, wpe_, lnf_w_, lnf_b_, lm_head_;
     std::vector<Layer> layers;
 };
 
