@@ -76,8 +76,8 @@ TEST_F(Components, LinearAdapterMatchesFormula) {
     auto a = AdapterInstance::create(plugins(), spec("linear", {{"eps", 1e-6}}), 8, 12);
     randomize(*a);
     at::Tensor x = at::randn({3, 4, 8});
-    at::Tensor want = at::layer_norm(at::linear(x, param(*a, "proj.weight"), param(*a, "proj.bias")), {12},
-                                     param(*a, "norm.weight"), param(*a, "norm.bias"), 1e-6);
+    at::Tensor want = at::layer_norm(at::linear(x, param(*a, "proj.weight"), param(*a, "proj.bias")), {12}, param(*a, "norm.weight"),
+                                     param(*a, "norm.bias"), 1e-6);
     EXPECT_TRUE(at::allclose(a->forward(x), want, 1e-5, 1e-6));
     expect_all_gradients(*a, a->forward(x));
 }
@@ -96,8 +96,8 @@ TEST_F(Components, BottleneckAdapterIdentityAtInitAndFormula) {
     EXPECT_TRUE(at::allclose(a->forward(x), x));
     randomize(*a);
     at::Tensor h = at::gelu(at::linear(x, param(*a, "down.weight"), param(*a, "down.bias")));
-    at::Tensor want = x + at::layer_norm(at::linear(h, param(*a, "up.weight"), param(*a, "up.bias")), {10},
-                                         param(*a, "norm.weight"), param(*a, "norm.bias"));
+    at::Tensor want = x + at::layer_norm(at::linear(h, param(*a, "up.weight"), param(*a, "up.bias")), {10}, param(*a, "norm.weight"),
+                                         param(*a, "norm.bias"));
     EXPECT_TRUE(at::allclose(a->forward(x), want, 1e-5, 1e-6));
     expect_all_gradients(*a, a->forward(x));
 }
@@ -123,7 +123,7 @@ TEST_F(Components, SimpleRouterUniformAtInitWithReports) {
     ASSERT_EQ(out.weights.sizes(), at::IntArrayRef({4, 3}));
     EXPECT_TRUE(at::allclose(out.weights, at::full({4, 3}, 1.0 / 3)));
     std::map<std::string, at::Tensor> losses(out.losses.begin(), out.losses.end());
-    EXPECT_NEAR(losses.at("load_balance").item<double>(), 1.0, 1e-6);        // balanced
+    EXPECT_NEAR(losses.at("load_balance").item<double>(), 1.0, 1e-6);       // balanced
     EXPECT_NEAR(losses.at("entropy").item<double>(), std::log(3.0), 1e-5);  // maximal
     std::map<std::string, at::Tensor> stats(out.stats.begin(), out.stats.end());
     EXPECT_EQ(stats.at("load").sizes(), at::IntArrayRef({3}));

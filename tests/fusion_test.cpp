@@ -257,6 +257,7 @@ TEST(Fusion, SaveAndLoadGiveIdenticalLogitsAndDetectChangedBaseModels) {
         FusedModel::load(shared_plugins(), saved.string());
         FAIL();
     } catch (const HostError &e) {
-        EXPECT_NE(std::string(e.what()).find("changed since the fusion was saved (config.json has another sha256)"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("changed since the fusion was saved (config.json has another sha256)"), std::string::npos)
+            << e.what();
     }
 }

@@ -12,7 +12,8 @@ TEST(HfConfig, TransformersFourKeys) {
         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128,
         "vocab_size": 100, "max_position_embeddings": 256, "rope_theta": 500000.0, "torch_dtype": "bfloat16",
         "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192}, "eos_token_id": [1, 2], "bos_token_id": 0})", "c.json");
+        "original_max_position_embeddings": 8192}, "eos_token_id": [1, 2], "bos_token_id": 0})",
+                             "c.json");
     EXPECT_EQ(c.model_type, "llama");
     EXPECT_EQ(c.architectures[0], "LlamaForCausalLM");
     EXPECT_EQ(c.head_dim, 16);
@@ -30,7 +31,8 @@ TEST(HfConfig, TransformersFourKeys) {
 TEST(HfConfig, TransformersFiveKeys) {
     auto c = parse_hf_config(R"({"model_type": "qwen2", "hidden_size": 64, "num_attention_heads": 4,
         "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "linear", "factor": 2.0}, "dtype": "float32",
-        "tie_word_embeddings": true})", "c.json");
+        "tie_word_embeddings": true})",
+                             "c.json");
     EXPECT_EQ(c.rope_theta, 1000000.0);
     EXPECT_EQ(c.rope_scaling.type, "linear");
     EXPECT_EQ(c.rope_scaling.factor, 2.0);
@@ -40,7 +42,8 @@ TEST(HfConfig, TransformersFiveKeys) {
 }
 
 TEST(HfConfig, Gpt2Names) {
-    auto c = parse_hf_config(R"({"model_type": "gpt2", "n_embd": 32, "n_layer": 3, "n_head": 4, "n_positions": 64, "vocab_size": 50})", "c.json");
+    auto c = parse_hf_config(R"({"model_type": "gpt2", "n_embd": 32, "n_layer": 3, "n_head": 4, "n_positions": 64, "vocab_size": 50})",
+                             "c.json");
     EXPECT_EQ(c.hidden_size, 32);
     EXPECT_EQ(c.num_layers, 3);
     EXPECT_EQ(c.max_positions, 64);

@@ -115,8 +115,10 @@ TEST(Model, UnknownModelTypeListsInstalledArchitectures) {
         mango::Model::load(shared_plugins(), d.string());
         FAIL();
     } catch (const mango::HostError &e) {
-        EXPECT_NE(std::string(e.what()).find("no architecture plugin handles model_type = \"falcon\" (installed: bert (bert, roberta, distilbert); gpt2 (gpt2); gpt_neo (gpt_neo); gptj (gptj); llama (llama, mistral, qwen2)"),
-                  std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("no architecture plugin handles model_type = \"falcon\" (installed: bert (bert, roberta, "
+                                             "distilbert); gpt2 (gpt2); gpt_neo (gpt_neo); gptj (gptj); llama (llama, mistral, qwen2)"),
+                  std::string::npos)
+            << e.what();
     }
 }
 
@@ -143,7 +145,8 @@ TEST(Model, MissingOrMisshapenTensorIsNamed) {
         FAIL();
     } catch (const mango::HostError &e) {
         EXPECT_NE(std::string(e.what()).find("tensor 'model.layers.1.mlp.up_proj.weight' has dtype Long, expected a floating-point weight"),
-                  std::string::npos) << e.what();
+                  std::string::npos)
+            << e.what();
     }
     ts.back() = {"model.layers.1.mlp.up_proj.weight", at::zeros({128, 65})};
     mango::formats::write_checkpoint(d.string(), ts);
@@ -152,7 +155,8 @@ TEST(Model, MissingOrMisshapenTensorIsNamed) {
         FAIL();
     } catch (const mango::HostError &e) {
         EXPECT_NE(std::string(e.what()).find("tensor 'model.layers.1.mlp.up_proj.weight' has shape [128, 65], expected [128, 64]"),
-                  std::string::npos) << e.what();
+                  std::string::npos)
+            << e.what();
     }
 }
 

@@ -15,9 +15,7 @@ using namespace mango;
 namespace {
 
 // One folder per test: ctest runs the tests of this file as parallel processes.
-fs::path test_dir() {
-    return fs::path(MANGO_TEST_TMP) / "pipelines" / ::testing::UnitTest::GetInstance()->current_test_info()->name();
-}
+fs::path test_dir() { return fs::path(MANGO_TEST_TMP) / "pipelines" / ::testing::UnitTest::GetInstance()->current_test_info()->name(); }
 
 std::string models() { return (fs::path(MANGO_SOURCE_DIR) / "tests/golden/models").string(); }
 
@@ -26,28 +24,34 @@ std::string valid() {
     const fs::path dir = test_dir();
     fs::create_directories(dir);
     std::ofstream(dir / "text.txt") << "one two three four five six seven eight nine ten eleven twelve\n\nthirteen fourteen fifteen\n";
-    return "output = \"out\"\n"                                                                   // 1
-           "[tokenizer]\n"                                                                        // 2
-           "path = \"" + std::string(MANGO_SOURCE_DIR) + "/tests/fixtures/tokenizers/ascii_bytes\"\n"  // 3
-           "[data.text]\n"                                                                        // 4
-           "path = \"text.txt\"\n"                                                                // 5
-           "seq_len = 16\n"                                                                       // 6
-           "[models.a]\n"                                                                         // 7
-           "path = \"" + models() + "/llama\"\n"                                                  // 8
-           "[models.b]\n"                                                                         // 9
-           "path = \"" + models() + "/mistral\"\n"                                                // 10
-           "[models.f]\n"                                                                         // 11
-           "fuse = [\"a\", \"b\"]\n"                                                              // 12
-           "router = { name = \"simple\", options = { pooling = \"max\" } }\n"                    // 13
-           "[[steps]]\n"                                                                          // 14
-           "run = \"train\"\n"                                                                    // 15
-           "model = \"f\"\n"                                                                      // 16
-           "data = \"text\"\n"                                                                    // 17
-           "steps = 2\n"                                                                          // 18
-           "[[steps]]\n"                                                                          // 19
-           "run = \"eval\"\n"                                                                     // 20
-           "models = [\"a\", \"f\"]\n"                                                            // 21
-           "data = [\"text\"]\n";                                                                 // 22
+    return "output = \"out\"\n"  // 1
+           "[tokenizer]\n"       // 2
+           "path = \"" +
+           std::string(MANGO_SOURCE_DIR) +
+           "/tests/fixtures/tokenizers/ascii_bytes\"\n"  // 3
+           "[data.text]\n"                               // 4
+           "path = \"text.txt\"\n"                       // 5
+           "seq_len = 16\n"                              // 6
+           "[models.a]\n"                                // 7
+           "path = \"" +
+           models() +
+           "/llama\"\n"    // 8
+           "[models.b]\n"  // 9
+           "path = \"" +
+           models() +
+           "/mistral\"\n"                                                       // 10
+           "[models.f]\n"                                                       // 11
+           "fuse = [\"a\", \"b\"]\n"                                            // 12
+           "router = { name = \"simple\", options = { pooling = \"max\" } }\n"  // 13
+           "[[steps]]\n"                                                        // 14
+           "run = \"train\"\n"                                                  // 15
+           "model = \"f\"\n"                                                    // 16
+           "data = \"text\"\n"                                                  // 17
+           "steps = 2\n"                                                        // 18
+           "[[steps]]\n"                                                        // 19
+           "run = \"eval\"\n"                                                   // 20
+           "models = [\"a\", \"f\"]\n"                                          // 21
+           "data = [\"text\"]\n";                                               // 22
 }
 
 PipelineSpec parse(const std::string &text, std::vector<std::string> sets = {}) {
@@ -76,9 +80,9 @@ std::string error_of(const std::string &text, std::vector<std::string> sets = {}
     return "";
 }
 
-#define EXPECT_ERROR(text, ...)                                                                        \
-    do {                                                                                               \
-        const std::string e = error_of(text);                                                          \
+#define EXPECT_ERROR(text, ...)                                                                                                    \
+    do {                                                                                                                           \
+        const std::string e = error_of(text);                                                                                      \
         for (const char *part : {__VA_ARGS__}) EXPECT_NE(e.find(part), std::string::npos) << "missing '" << part << "' in: " << e; \
     } while (0)
 
@@ -97,7 +101,8 @@ TEST(Pipeline, ValidFileParses) {
 }
 
 TEST(Pipeline, SetOverridesValuesBeforeValidation) {
-    PipelineSpec s = parse(valid() + "batch_size = 8\n", {"steps.0.steps=7", "steps.0.batch_size=1", "steps.*.batch_size=3", "models.f.router.options.pooling=mean"});
+    PipelineSpec s = parse(valid() + "batch_size = 8\n",
+                           {"steps.0.steps=7", "steps.0.batch_size=1", "steps.*.batch_size=3", "models.f.router.options.pooling=mean"});
     EXPECT_EQ(std::get<TrainStep>(s.steps[0].step).run.train.steps, 7);
     EXPECT_EQ(std::get<TrainStep>(s.steps[0].step).run.train.batch_size, 3);
     EXPECT_EQ(std::get<EvalStep>(s.steps[1].step).batch_size, 3);
@@ -122,16 +127,17 @@ TEST(Pipeline, BadInputIsRefusedWithFileLineAndKey) {
     EXPECT_ERROR(replace(valid(), "pooling = \"max\"", "pooling = \"median\""), "p.toml:13", "pooling");
     EXPECT_ERROR(replace(valid(), "pooling = \"max\"", "poolin = \"max\""), "p.toml:13", "poolin");
     // Layer out of range.
-    EXPECT_ERROR(replace(valid(), "fuse = [\"a\", \"b\"]\n", "fuse = [\"a\", \"b\"]\nlayers = [[\"a:0\", \"b:2\"]]\n"),
-                 "layers[0]", "layer 2 of 'b' is out of range (it has 2 layers: 0..1)");
+    EXPECT_ERROR(replace(valid(), "fuse = [\"a\", \"b\"]\n", "fuse = [\"a\", \"b\"]\nlayers = [[\"a:0\", \"b:2\"]]\n"), "layers[0]",
+                 "layer 2 of 'b' is out of range (it has 2 layers: 0..1)");
     // Sizes that need an adapter.
-    EXPECT_ERROR(replace(valid(), "fuse = [\"a\", \"b\"]\n", "fuse = [\"a\", \"b\"]\ntarget_hidden = 96\n"),
-                 "models.f", "has hidden size 64 and the fused model 96", "configure an adapter");
+    EXPECT_ERROR(replace(valid(), "fuse = [\"a\", \"b\"]\n", "fuse = [\"a\", \"b\"]\ntarget_hidden = 96\n"), "models.f",
+                 "has hidden size 64 and the fused model 96", "configure an adapter");
     // Unknown model in a step, unknown data set.
     EXPECT_ERROR(replace(valid(), "model = \"f\"", "model = \"g\""), "p.toml:16: steps[0].model: no model 'g'", "defined: a, b, f");
     EXPECT_ERROR(replace(valid(), "data = \"text\"", "data = \"txt\""), "p.toml:17", "no data set 'txt'");
     // Missing and empty data files.
-    EXPECT_ERROR(replace(valid(), "path = \"text.txt\"", "path = \"nothing.txt\""), "p.toml:5: data.text.path", "nothing.txt does not exist");
+    EXPECT_ERROR(replace(valid(), "path = \"text.txt\"", "path = \"nothing.txt\""), "p.toml:5: data.text.path",
+                 "nothing.txt does not exist");
     const fs::path dir = test_dir();
     std::ofstream(dir / "empty.txt") << "\n \n";
     EXPECT_ERROR(replace(valid(), "path = \"text.txt\"", "path = \"empty.txt\""), "p.toml:5", "holds no text");
@@ -142,7 +148,8 @@ TEST(Pipeline, BadInputIsRefusedWithFileLineAndKey) {
     // Unknown step kind.
     EXPECT_ERROR(replace(valid(), "run = \"eval\"", "run = \"evaluate\""), "p.toml:20", "unknown step \"evaluate\"");
     // A model trained after a fusion of it was used.
-    EXPECT_ERROR(valid() + "[[steps]]\nrun = \"train\"\nmodel = \"a\"\ndata = \"text\"\n", "'a' is trained after step 1 used a fusion of it");
+    EXPECT_ERROR(valid() + "[[steps]]\nrun = \"train\"\nmodel = \"a\"\ndata = \"text\"\n",
+                 "'a' is trained after step 1 used a fusion of it");
     // No output folder.
     EXPECT_ERROR(replace(valid(), "output = \"out\"\n", ""), "no output folder");
 }

@@ -28,8 +28,8 @@ using namespace mango;
 namespace {
 
 const PluginHost &plugins() {
-    static const PluginHost host = make_test_plugin_host(
-        {std::string(MANGO_FIXTURE_DIR) + "/contract", std::string(MANGO_FIXTURE_DIR) + "/silent"});
+    static const PluginHost host =
+        make_test_plugin_host({std::string(MANGO_FIXTURE_DIR) + "/contract", std::string(MANGO_FIXTURE_DIR) + "/silent"});
     return host;
 }
 
@@ -203,7 +203,7 @@ TEST(PluginContract, PositionIdsReachTheRouterInCachedGeneration) {
 
 TEST(PluginContract, BrokenRouterOutputsAreRefusedNamingRouterAndPlace) {
     const std::vector<std::pair<std::string, std::string>> cases = {
-        {"nan", "non-finite"}, {"double", "must sum to 1"}, {"int", "expected a floating-point tensor"},
+        {"nan", "non-finite"},           {"double", "must sum to 1"},     {"int", "expected a floating-point tensor"},
         {"negative", "negative values"}, {"shape", "weights have shape"}, {"none", "returned OK but no tensor"}};
     const at::Tensor ids = data().narrow(0, 0, 2);
     for (const auto &[mode, expect] : cases) {

@@ -72,25 +72,24 @@ TEST_P(Refused, WithOneLineReason) {
     EXPECT_TRUE(s.components.empty());
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Fixtures, Refused,
-    ::testing::Values(Refusal{"not_a_library", "not a loadable shared library", false},
-                      Refusal{"no_entry", "no entry symbol 'mango_plugin_entry_v1'", false},
-                      Refusal{"abi_mismatch", "built for plugin ABI v99, this host speaks ABI v1", false},
-                      Refusal{"small_struct", "plugin descriptor struct_size 8 is smaller than ABI v1's 48", false},
-                      Refusal{"small_component", "struct_size 4 is smaller than ABI v1's 48", false},
-                      Refusal{"small_vtable", "function table struct_size 8 is smaller than ABI v1's 32", false},
-                      Refusal{"null_vtable", "function table has NULL entries", false},
-                      Refusal{"unknown_kind", "has unknown kind 42", false},
-                      Refusal{"bad_schema", "unsupported type 'complex'", false},
+INSTANTIATE_TEST_SUITE_P(Fixtures, Refused,
+                         ::testing::Values(Refusal{"not_a_library", "not a loadable shared library", false},
+                                           Refusal{"no_entry", "no entry symbol 'mango_plugin_entry_v1'", false},
+                                           Refusal{"abi_mismatch", "built for plugin ABI v99, this host speaks ABI v1", false},
+                                           Refusal{"small_struct", "plugin descriptor struct_size 8 is smaller than ABI v1's 48", false},
+                                           Refusal{"small_component", "struct_size 4 is smaller than ABI v1's 48", false},
+                                           Refusal{"small_vtable", "function table struct_size 8 is smaller than ABI v1's 32", false},
+                                           Refusal{"null_vtable", "function table has NULL entries", false},
+                                           Refusal{"unknown_kind", "has unknown kind 42", false},
+                                           Refusal{"bad_schema", "unsupported type 'complex'", false},
 #ifdef MANGO_SANITIZED  // the sanitizer's handler turns the crash into exit status 1
-                      Refusal{"crash", "exited with status 1 while loading", true},
+                                           Refusal{"crash", "exited with status 1 while loading", true},
 #else
                       Refusal{"crash", "crashed while loading: signal 11", true},
 #endif
-                      Refusal{"abort_ctor", "crashed while loading: signal 6", true},
-                      Refusal{"exit_ctor", "exited with status 3 while loading", true}),
-    [](const auto &info) { return std::string(info.param.fixture); });
+                                           Refusal{"abort_ctor", "crashed while loading: signal 6", true},
+                                           Refusal{"exit_ctor", "exited with status 3 while loading", true}),
+                         [](const auto &info) { return std::string(info.param.fixture); });
 
 TEST(Registry, HangingLibraryIsKilledAfterTimeout) {
     Options o = test_options();

@@ -124,11 +124,16 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"unknown_dtype", R"({"a":{"dtype":"F9","shape":[1],"data_offsets":[0,4]}})", 4, -1, "tensor 'a' has unknown dtype 'F9'"},
         BadCase{"size_mismatch", R"({"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,12]}})", 12, -1,
                 "tensor 'a': shape [2,2] x F32 needs 16 bytes, data_offsets span 12"},
-        BadCase{"out_of_bounds", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 4, -1, "tensor 'a' data ends at 8, past the data buffer of 4 bytes"},
-        BadCase{"overlap", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8, -1, "overlaps"},
-        BadCase{"hole", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})", 12, -1, "hole in the data buffer before tensor 'b'"},
+        BadCase{"out_of_bounds", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 4, -1,
+                "tensor 'a' data ends at 8, past the data buffer of 4 bytes"},
+        BadCase{"overlap", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                8, -1, "overlaps"},
+        BadCase{"hole", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})",
+                12, -1, "hole in the data buffer before tensor 'b'"},
         BadCase{"trailing", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 10, -1, "6 trailing bytes"},
-        BadCase{"duplicate", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4, -1, "tensor 'a' appears twice"},
+        BadCase{"duplicate",
+                R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4, -1,
+                "tensor 'a' appears twice"},
         BadCase{"negative_dim", R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4, -1, "not a non-negative integer"},
         BadCase{"reversed", R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[4,0]}})", 4, -1, "end 0 before begin 4"},
         BadCase{"bad_metadata", R"({"__metadata__":{"k":1}})", 0, -1, "__metadata__ value 'k' is not a string"},
@@ -144,8 +149,8 @@ TEST(Safetensors, TruncatedFile) {
 TEST(Safetensors, WriterRoundTripsEveryDtype) {
     const fs::path d = tmp_dir("roundtrip");
     NamedTensors all;
-    for (const char *fname : {"dtype_F64", "dtype_F32", "dtype_F16", "dtype_BF16", "dtype_I64", "dtype_I32", "dtype_I16",
-                              "dtype_I8", "dtype_U8", "dtype_BOOL"}) {
+    for (const char *fname : {"dtype_F64", "dtype_F32", "dtype_F16", "dtype_BF16", "dtype_I64", "dtype_I32", "dtype_I16", "dtype_I8",
+                              "dtype_U8", "dtype_BOOL"}) {
         auto f = SafetensorsFile::open((kGolden / (std::string(fname) + ".safetensors")).string());
         for (const auto &e : f->header().tensors) all.emplace_back(std::string(fname) + "." + e.name, f->tensor(e));
     }

@@ -38,15 +38,15 @@ inline mango::InstanceSpec named(const std::string &name, nlohmann::json options
 
 // A small random LLaMA (2 layers, 4 heads, 2 KV heads) of the given width,
 // its config.json written to a folder under the test's temp dir.
-inline std::shared_ptr<mango::Model> random_llama(int64_t hidden, uint64_t seed, int64_t vocab = 128,
-                                                  at::Device device = at::kCPU) {
+inline std::shared_ptr<mango::Model> random_llama(int64_t hidden, uint64_t seed, int64_t vocab = 128, at::Device device = at::kCPU) {
     const auto dir = std::filesystem::path(MANGO_TEST_TMP) / ("llama_" + std::to_string(hidden) + "_v" + std::to_string(vocab));
     std::filesystem::create_directories(dir);
     // ctest runs tests in parallel processes: write aside, then rename, so no one reads half a file.
     const auto tmp = dir / ("config.json." + std::to_string(::getpid()));
-    std::ofstream(tmp) << nlohmann::json{{"model_type", "llama"}, {"hidden_size", hidden}, {"num_hidden_layers", 2},
+    std::ofstream(tmp) << nlohmann::json{{"model_type", "llama"},    {"hidden_size", hidden},    {"num_hidden_layers", 2},
                                          {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"intermediate_size", 2 * hidden},
-                                         {"vocab_size", vocab}, {"initializer_range", 0.1}}.dump();
+                                         {"vocab_size", vocab},      {"initializer_range", 0.1}}
+                              .dump();
     std::filesystem::rename(tmp, dir / "config.json");
     return mango::Model::init_random(shared_plugins(), dir.string(), seed, at::kFloat, device);
 }

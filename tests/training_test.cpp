@@ -253,8 +253,8 @@ TEST(Cuda, FusionTrainsOnGpuWithBf16AutocastAndCheckpointing) {
         if (s == 0) first = loss;
         last = loss;
     }
-    EXPECT_NE(first, first_fp32);                // autocast changed the arithmetic...
-    EXPECT_NEAR(first, first_fp32, 0.05);        // ...by bf16 rounding only
+    EXPECT_NE(first, first_fp32);          // autocast changed the arithmetic...
+    EXPECT_NEAR(first, first_fp32, 0.05);  // ...by bf16 rounding only
     EXPECT_LT(last, first * 0.9) << "first " << first << " last " << last;
     for (const auto &[name, p] : f->trainable()) {
         EXPECT_TRUE(p.is_cuda()) << name;

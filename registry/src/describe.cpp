@@ -38,49 +38,49 @@ std::string vtable_problem(int32_t kind, const void *vt, std::vector<std::string
     if (!vt) return "has no function table";
     const uint32_t size = *static_cast<const uint32_t *>(vt);
     auto too_small = [&](size_t need) {
-        return "function table struct_size " + std::to_string(size) + " is smaller than ABI v1's " +
-               std::to_string(need);
+        return "function table struct_size " + std::to_string(size) + " is smaller than ABI v1's " + std::to_string(need);
     };
     switch (kind) {
-    case MANGO_KIND_ADAPTER: {
-        auto *t = static_cast<const mango_adapter_vtable *>(vt);
-        if (size < MANGO_V1_SIZE(mango_adapter_vtable, destroy)) return too_small(MANGO_V1_SIZE(mango_adapter_vtable, destroy));
-        if (!t->create || !t->forward || !t->destroy) return "function table has NULL entries";
-        return "";
-    }
-    case MANGO_KIND_ROUTER: {
-        auto *t = static_cast<const mango_router_vtable *>(vt);
-        if (size < MANGO_V1_SIZE(mango_router_vtable, destroy)) return too_small(MANGO_V1_SIZE(mango_router_vtable, destroy));
-        if (!t->create || !t->route || !t->destroy) return "function table has NULL entries";
-        return "";
-    }
-    case MANGO_KIND_MERGE: {
-        auto *t = static_cast<const mango_merge_vtable *>(vt);
-        if (size < MANGO_V1_SIZE(mango_merge_vtable, destroy)) return too_small(MANGO_V1_SIZE(mango_merge_vtable, destroy));
-        if (!t->create || !t->merge || !t->destroy) return "function table has NULL entries";
-        return "";
-    }
-    case MANGO_KIND_MOE_CONVERTER: {
-        auto *t = static_cast<const mango_moe_converter_vtable *>(vt);
-        if (size < MANGO_V1_SIZE(mango_moe_converter_vtable, destroy)) return too_small(MANGO_V1_SIZE(mango_moe_converter_vtable, destroy));
-        if (!t->create || !t->convert || !t->config_changes || !t->destroy) return "function table has NULL entries";
-        return "";
-    }
-    case MANGO_KIND_ARCHITECTURE: {
-        auto *t = static_cast<const mango_architecture_vtable *>(vt);
-        if (size < MANGO_V1_SIZE(mango_architecture_vtable, destroy)) return too_small(MANGO_V1_SIZE(mango_architecture_vtable, destroy));
-        if (!t->create || !t->describe || !t->embed || !t->block || !t->head || !t->destroy)
-            return "function table has NULL entries";
-        if (!t->model_types) return "claims no model_type (model_types is NULL)";
-        for (size_t i = 0; t->model_types[i]; ++i) {
-            if (i >= 256) return "model_types is not NULL-terminated";
-            model_types.emplace_back(t->model_types[i]);
+        case MANGO_KIND_ADAPTER: {
+            auto *t = static_cast<const mango_adapter_vtable *>(vt);
+            if (size < MANGO_V1_SIZE(mango_adapter_vtable, destroy)) return too_small(MANGO_V1_SIZE(mango_adapter_vtable, destroy));
+            if (!t->create || !t->forward || !t->destroy) return "function table has NULL entries";
+            return "";
         }
-        if (model_types.empty()) return "claims no model_type";
-        return "";
-    }
-    default:
-        return "has unknown kind " + std::to_string(kind);
+        case MANGO_KIND_ROUTER: {
+            auto *t = static_cast<const mango_router_vtable *>(vt);
+            if (size < MANGO_V1_SIZE(mango_router_vtable, destroy)) return too_small(MANGO_V1_SIZE(mango_router_vtable, destroy));
+            if (!t->create || !t->route || !t->destroy) return "function table has NULL entries";
+            return "";
+        }
+        case MANGO_KIND_MERGE: {
+            auto *t = static_cast<const mango_merge_vtable *>(vt);
+            if (size < MANGO_V1_SIZE(mango_merge_vtable, destroy)) return too_small(MANGO_V1_SIZE(mango_merge_vtable, destroy));
+            if (!t->create || !t->merge || !t->destroy) return "function table has NULL entries";
+            return "";
+        }
+        case MANGO_KIND_MOE_CONVERTER: {
+            auto *t = static_cast<const mango_moe_converter_vtable *>(vt);
+            if (size < MANGO_V1_SIZE(mango_moe_converter_vtable, destroy))
+                return too_small(MANGO_V1_SIZE(mango_moe_converter_vtable, destroy));
+            if (!t->create || !t->convert || !t->config_changes || !t->destroy) return "function table has NULL entries";
+            return "";
+        }
+        case MANGO_KIND_ARCHITECTURE: {
+            auto *t = static_cast<const mango_architecture_vtable *>(vt);
+            if (size < MANGO_V1_SIZE(mango_architecture_vtable, destroy))
+                return too_small(MANGO_V1_SIZE(mango_architecture_vtable, destroy));
+            if (!t->create || !t->describe || !t->embed || !t->block || !t->head || !t->destroy) return "function table has NULL entries";
+            if (!t->model_types) return "claims no model_type (model_types is NULL)";
+            for (size_t i = 0; t->model_types[i]; ++i) {
+                if (i >= 256) return "model_types is not NULL-terminated";
+                model_types.emplace_back(t->model_types[i]);
+            }
+            if (model_types.empty()) return "claims no model_type";
+            return "";
+        }
+        default:
+            return "has unknown kind " + std::to_string(kind);
     }
 }
 
@@ -121,16 +121,19 @@ LibraryScan describe_in_process(const std::string &path) {
         return scan;
     }
     if (p->struct_size < offsetof(mango_plugin, abi_version) + sizeof(uint32_t)) {
-        scan.reason = "plugin descriptor struct_size " + std::to_string(p->struct_size) + " is smaller than ABI v1's " + std::to_string(kPluginV1);
+        scan.reason =
+            "plugin descriptor struct_size " + std::to_string(p->struct_size) + " is smaller than ABI v1's " + std::to_string(kPluginV1);
         return scan;
     }
     scan.abi_version = p->abi_version;
     if (p->abi_version != MANGO_ABI_VERSION) {
-        scan.reason = "built for plugin ABI v" + std::to_string(p->abi_version) + ", this host speaks ABI v" + std::to_string(MANGO_ABI_VERSION);
+        scan.reason =
+            "built for plugin ABI v" + std::to_string(p->abi_version) + ", this host speaks ABI v" + std::to_string(MANGO_ABI_VERSION);
         return scan;
     }
     if (p->struct_size < kPluginV1) {
-        scan.reason = "plugin descriptor struct_size " + std::to_string(p->struct_size) + " is smaller than ABI v1's " + std::to_string(kPluginV1);
+        scan.reason =
+            "plugin descriptor struct_size " + std::to_string(p->struct_size) + " is smaller than ABI v1's " + std::to_string(kPluginV1);
         return scan;
     }
     if (!valid_name(p->name)) {
@@ -150,7 +153,8 @@ LibraryScan describe_in_process(const std::string &path) {
         const mango_component &c = p->components[i];
         const std::string where = "component #" + std::to_string(i);
         if (c.struct_size < kComponentV1) {
-            scan.reason = where + ": struct_size " + std::to_string(c.struct_size) + " is smaller than ABI v1's " + std::to_string(kComponentV1);
+            scan.reason =
+                where + ": struct_size " + std::to_string(c.struct_size) + " is smaller than ABI v1's " + std::to_string(kComponentV1);
             return scan;
         }
         if (!valid_name(c.name)) {

@@ -23,16 +23,13 @@ std::string type_of(const json &v) {
     return "nothing";
 }
 
-bool integral(const json &v) {
-    return v.is_number_integer() || (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>());
-}
+bool integral(const json &v) { return v.is_number_integer() || (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()); }
 
 // "" when `v` fits `spec`, else what is wrong.
 std::string mismatch(const json &spec, const json &v) {
     const std::string want = spec.value("type", "");
     const bool ok = (want == "integer" && v.is_number() && integral(v)) || (want == "number" && v.is_number()) ||
-                    (want == "boolean" && v.is_boolean()) || (want == "string" && v.is_string()) ||
-                    (want == "array" && v.is_array());
+                    (want == "boolean" && v.is_boolean()) || (want == "string" && v.is_string()) || (want == "array" && v.is_array());
     if (!ok) return "expected " + want + ", found " + type_of(v) + " " + v.dump();
     if (spec.contains("enum")) {
         bool found = false;
@@ -84,8 +81,7 @@ std::string schema_problem(const std::string &text) {
         if (spec.contains("items") && (!spec["items"].is_object() || !kTypes.count(spec["items"].value("type", ""))))
             return "option '" + key + "': items needs a supported type";
         if (spec.contains("default"))
-            if (std::string why = mismatch(spec, spec["default"]); !why.empty())
-                return "option '" + key + "' default: " + why;
+            if (std::string why = mismatch(spec, spec["default"]); !why.empty()) return "option '" + key + "' default: " + why;
     }
     if (s.contains("required")) {
         if (!s["required"].is_array()) return "\"required\" must be an array";

@@ -95,8 +95,7 @@ std::vector<std::string> library_files(const std::string &path) {
          it != fs::recursive_directory_iterator(); it.increment(ec)) {
         if (ec) break;
         if (it.depth() >= 2) it.disable_recursion_pending();
-        if (it->is_regular_file(ec) && is_library(it->path()))
-            out.push_back(fs::absolute(it->path()).lexically_normal().string());
+        if (it->is_regular_file(ec) && is_library(it->path())) out.push_back(fs::absolute(it->path()).lexically_normal().string());
     }
     std::sort(out.begin(), out.end());
     return out;
@@ -188,9 +187,7 @@ std::vector<const ComponentInfo *> Registry::find_by_name(const std::string &nam
 
 const ComponentInfo *Registry::architecture_for(const std::string &model_type) const {
     for (const ComponentInfo &c : components_)
-        if (c.kind == "architecture" &&
-            std::find(c.model_types.begin(), c.model_types.end(), model_type) != c.model_types.end())
-            return &c;
+        if (c.kind == "architecture" && std::find(c.model_types.begin(), c.model_types.end(), model_type) != c.model_types.end()) return &c;
     return nullptr;
 }
 

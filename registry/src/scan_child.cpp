@@ -40,8 +40,7 @@ std::string last_line(const std::string &text) {
 }  // namespace
 
 LibraryScan scan_in_child(const std::string &path, const std::string &scanner, int timeout_ms) {
-    if (scanner.empty() || access(scanner.c_str(), X_OK) != 0)
-        return failed(path, "plugin scanner not found (set MANGO_SCANNER)", false);
+    if (scanner.empty() || access(scanner.c_str(), X_OK) != 0) return failed(path, "plugin scanner not found (set MANGO_SCANNER)", false);
 
     int out[2], err[2];
     if (pipe2(out, O_CLOEXEC) != 0) return failed(path, std::string("pipe: ") + strerror(errno), false);
@@ -101,8 +100,7 @@ LibraryScan scan_in_child(const std::string &path, const std::string &scanner, i
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
 
-    if (timed_out)
-        return failed(path, "hung while loading: no answer within " + std::to_string(timeout_ms) + " ms (killed)", true);
+    if (timed_out) return failed(path, "hung while loading: no answer within " + std::to_string(timeout_ms) + " ms (killed)", true);
     if (WIFSIGNALED(status)) {
         const int sig = WTERMSIG(status);
         return failed(path, std::string("crashed while loading: signal ") + std::to_string(sig) + " (" + strsignal(sig) + ")", true);

@@ -7,12 +7,18 @@ namespace mango::registry {
 
 std::string kind_name(int32_t kind) {
     switch (kind) {
-    case MANGO_KIND_ARCHITECTURE: return "architecture";
-    case MANGO_KIND_ADAPTER: return "adapter";
-    case MANGO_KIND_ROUTER: return "router";
-    case MANGO_KIND_MERGE: return "merge";
-    case MANGO_KIND_MOE_CONVERTER: return "moe_converter";
-    default: return "";
+        case MANGO_KIND_ARCHITECTURE:
+            return "architecture";
+        case MANGO_KIND_ADAPTER:
+            return "adapter";
+        case MANGO_KIND_ROUTER:
+            return "router";
+        case MANGO_KIND_MERGE:
+            return "merge";
+        case MANGO_KIND_MOE_CONVERTER:
+            return "moe_converter";
+        default:
+            return "";
     }
 }
 

@@ -37,9 +37,8 @@ std::string pinned_hash(const fs::path &library, const std::string &trust_file) 
         if (!name.empty() && name[0] == '*') name.erase(0, 1);  // sha256sum's binary marker
         if (name.empty()) continue;
         const fs::path pinned(name);
-        const bool same = pinned.has_parent_path()
-                              ? fs::weakly_canonical(pinned.is_absolute() ? pinned : base / pinned) == library
-                              : pinned == library.filename();
+        const bool same = pinned.has_parent_path() ? fs::weakly_canonical(pinned.is_absolute() ? pinned : base / pinned) == library
+                                                   : pinned == library.filename();
         if (same) return hash;
     }
     return "";

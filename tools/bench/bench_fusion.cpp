@@ -34,9 +34,16 @@ namespace {
 std::string llama_config(const std::string &name, int64_t hidden, int64_t layers) {
     const fs::path dir = fs::temp_directory_path() / ("mango-bench-fusion-" + name);
     fs::create_directories(dir);
-    std::ofstream(dir / "config.json") << nlohmann::json{{"model_type", "llama"}, {"hidden_size", hidden}, {"num_hidden_layers", layers},
-        {"num_attention_heads", hidden / 64}, {"num_key_value_heads", std::max<int64_t>(1, hidden / 128)},
-        {"intermediate_size", hidden * 8 / 3}, {"vocab_size", 32000}, {"rms_norm_eps", 1e-6}, {"rope_theta", 10000.0},
+    std::ofstream(dir / "config.json") << nlohmann::json{
+        {"model_type", "llama"},
+        {"hidden_size", hidden},
+        {"num_hidden_layers", layers},
+        {"num_attention_heads", hidden / 64},
+        {"num_key_value_heads", std::max<int64_t>(1, hidden / 128)},
+        {"intermediate_size", hidden * 8 / 3},
+        {"vocab_size", 32000},
+        {"rms_norm_eps", 1e-6},
+        {"rope_theta", 10000.0},
         {"max_position_embeddings", 4096}}.dump();
     return dir.string();
 }
@@ -71,17 +78,28 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         auto next = [&] { return std::string(i + 1 < argc ? argv[++i] : "0"); };
-        if (a == "--layers") layers = std::stoll(next());
-        else if (a == "--hidden") hidden = std::stoll(next());
-        else if (a == "--hidden-b") hidden_b = std::stoll(next());
-        else if (a == "--batch") batch = std::stoll(next());
-        else if (a == "--tokens") tokens = std::stoll(next());
-        else if (a == "--reps") reps = std::stoi(next());
-        else if (a == "--train-steps") train_steps = std::stoi(next());
-        else if (a == "--device") device = next();
-        else if (a == "--bf16") bf16 = true;
-        else if (a == "--weights-bf16") weights_bf16 = true;
-        else if (a == "--no-adapter-norm") adapter_norm = false;
+        if (a == "--layers")
+            layers = std::stoll(next());
+        else if (a == "--hidden")
+            hidden = std::stoll(next());
+        else if (a == "--hidden-b")
+            hidden_b = std::stoll(next());
+        else if (a == "--batch")
+            batch = std::stoll(next());
+        else if (a == "--tokens")
+            tokens = std::stoll(next());
+        else if (a == "--reps")
+            reps = std::stoi(next());
+        else if (a == "--train-steps")
+            train_steps = std::stoi(next());
+        else if (a == "--device")
+            device = next();
+        else if (a == "--bf16")
+            bf16 = true;
+        else if (a == "--weights-bf16")
+            weights_bf16 = true;
+        else if (a == "--no-adapter-norm")
+            adapter_norm = false;
         else {
             std::cerr << "usage: bench_fusion [--layers N] [--hidden H] [--hidden-b H] [--batch B] [--tokens T] [--reps R] "
                          "[--train-steps S] [--device cpu|cuda] [--bf16] [--weights-bf16] [--no-adapter-norm]\n";
@@ -117,30 +135,29 @@ int main(int argc, char **argv) {
     double t_fused, t_alone, t_with_adapters;
     {
         at::NoGradGuard no_grad;
-        const auto t = medians_s(reps, {
-            [&] { return fused->logits(ids, mask, pos, false); },
-            [&] {
-                at::Tensor s = a->embed(ids, pos).sum();
-                for (int32_t l = 0; l < layers; ++l) {
-                    s = s + a->block(l, ha, mask, pos, false).sum();
-                    s = s + b->block(l, hb, mask, pos, false).sum();
-                }
-                return s + a->head(ha).sum();
-            },
-            [&] {
-                at::Tensor s = a->embed(ids, pos).sum();
-                for (int32_t l = 0; l < layers; ++l) {
-                    s = s + a->block(l, ha, mask, pos, false).sum();
-                    s = s + b->block(l, at::linear(ha, w_in), mask, pos, false).sum();
-                    s = s + (adapter_norm ? at::linear(hb, w_out) - at::linear(hb, w_out) : at::linear(hb, w_out)).sum();
-                }
-                return s + a->head(ha).sum();
-            }});
+        const auto t =
+            medians_s(reps, {[&] { return fused->logits(ids, mask, pos, false); },
+                             [&] {
+                                 at::Tensor s = a->embed(ids, pos).sum();
+                                 for (int32_t l = 0; l < layers; ++l) {
+                                     s = s + a->block(l, ha, mask, pos, false).sum();
+                                     s = s + b->block(l, hb, mask, pos, false).sum();
+                                 }
+                                 return s + a->head(ha).sum();
+                             },
+                             [&] {
+                                 at::Tensor s = a->embed(ids, pos).sum();
+                                 for (int32_t l = 0; l < layers; ++l) {
+                                     s = s + a->block(l, ha, mask, pos, false).sum();
+                                     s = s + b->block(l, at::linear(ha, w_in), mask, pos, false).sum();
+                                     s = s + (adapter_norm ? at::linear(hb, w_out) - at::linear(hb, w_out) : at::linear(hb, w_out)).sum();
+                                 }
+                                 return s + a->head(ha).sum();
+                             }});
         t_fused = t[0], t_alone = t[1], t_with_adapters = t[2];
     }
     std::cout << "fused forward, " << layers << " layers x 2 experts (hidden " << hidden << " + " << hidden_b << "), batch " << batch
-              << " x " << tokens << " tokens, " << device << ", linear adapters " << (adapter_norm ? "with" : "without")
-              << " LayerNorm:\n"
+              << " x " << tokens << " tokens, " << device << ", linear adapters " << (adapter_norm ? "with" : "without") << " LayerNorm:\n"
               << "  fused model:              " << t_fused * 1e3 << " ms\n"
               << "  expert blocks alone (sum): " << t_alone * 1e3 << " ms\n"
               << "  ratio fused/alone:        " << t_fused / t_alone << "\n"

@@ -27,7 +27,8 @@ static void sync(const at::Device &d) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        std::cerr << "usage: bench_generate MODEL_DIR [--device cpu|cuda] [--dtype float32|bfloat16] [--prefill N] [--prompt N] [--decode N] [--reps R]\n";
+        std::cerr << "usage: bench_generate MODEL_DIR [--device cpu|cuda] [--dtype float32|bfloat16] [--prefill N] [--prompt N] [--decode "
+                     "N] [--reps R]\n";
         return 2;
     }
     std::string dir = argv[1], device = "cpu", dtype = "float32";
@@ -35,12 +36,18 @@ int main(int argc, char **argv) {
     int reps = 10;
     for (int i = 2; i + 1 < argc; i += 2) {
         const std::string a = argv[i], v = argv[i + 1];
-        if (a == "--device") device = v;
-        else if (a == "--dtype") dtype = v;
-        else if (a == "--prefill") prefill = std::stoll(v);
-        else if (a == "--prompt") prompt = std::stoll(v);
-        else if (a == "--decode") decode = std::stoll(v);
-        else if (a == "--reps") reps = std::stoi(v);
+        if (a == "--device")
+            device = v;
+        else if (a == "--dtype")
+            dtype = v;
+        else if (a == "--prefill")
+            prefill = std::stoll(v);
+        else if (a == "--prompt")
+            prompt = std::stoll(v);
+        else if (a == "--decode")
+            decode = std::stoll(v);
+        else if (a == "--reps")
+            reps = std::stoi(v);
     }
     mango::init_runtime(0);
     const at::Device dev(device == "cuda" ? at::kCUDA : at::kCPU);

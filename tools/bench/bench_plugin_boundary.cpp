@@ -31,9 +31,7 @@ struct Direct {
     double eps = 1e-6;
     at::Tensor inv_freq;
 
-    at::Tensor rms(const at::Tensor &x, const at::Tensor &g) const {
-        return g * (x * at::rsqrt(x.pow(2).mean(-1, true) + eps));
-    }
+    at::Tensor rms(const at::Tensor &x, const at::Tensor &g) const { return g * (x * at::rsqrt(x.pow(2).mean(-1, true) + eps)); }
     at::Tensor rope(const at::Tensor &x, const at::Tensor &cos, const at::Tensor &sin) const {
         const int64_t h = x.size(-1) / 2;
         return x * cos + at::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1) * sin;
@@ -83,18 +81,25 @@ int main(int argc, char **argv) {
     int reps = 10;
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string a = argv[i];
-        if (a == "--layers") layers = std::stoll(argv[i + 1]);
-        else if (a == "--hidden") hidden = std::stoll(argv[i + 1]);
-        else if (a == "--tokens") tokens = std::stoll(argv[i + 1]);
-        else if (a == "--reps") reps = std::stoi(argv[i + 1]);
+        if (a == "--layers")
+            layers = std::stoll(argv[i + 1]);
+        else if (a == "--hidden")
+            hidden = std::stoll(argv[i + 1]);
+        else if (a == "--tokens")
+            tokens = std::stoll(argv[i + 1]);
+        else if (a == "--reps")
+            reps = std::stoi(argv[i + 1]);
     }
     mango::init_runtime(0);
     const int64_t heads = hidden / 64, kv = heads / 2;
     const fs::path dir = fs::temp_directory_path() / "mango-bench-llama";
     fs::create_directories(dir);
-    std::ofstream(dir / "config.json") << nlohmann::json{{"model_type", "llama"}, {"hidden_size", hidden}, {"num_hidden_layers", layers},
-        {"num_attention_heads", heads}, {"num_key_value_heads", kv}, {"intermediate_size", hidden * 8 / 3},
-        {"vocab_size", 32000}, {"rms_norm_eps", 1e-6}, {"rope_theta", 10000.0}, {"max_position_embeddings", 4096}}.dump();
+    std::ofstream(dir / "config.json") << nlohmann::json{{"model_type", "llama"},       {"hidden_size", hidden},
+                                                         {"num_hidden_layers", layers}, {"num_attention_heads", heads},
+                                                         {"num_key_value_heads", kv},   {"intermediate_size", hidden * 8 / 3},
+                                                         {"vocab_size", 32000},         {"rms_norm_eps", 1e-6},
+                                                         {"rope_theta", 10000.0},       {"max_position_embeddings", 4096}}
+                                              .dump();
 
     mango::registry::Options o;
     const mango::PluginHost host(mango::registry::Registry::discover(o));

@@ -26,9 +26,12 @@ int main(int argc, char **argv) {
     int reps = 5;
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string a = argv[i];
-        if (a == "--file") file = argv[i + 1];
-        else if (a == "--size-mb") size_mb = std::stoll(argv[i + 1]);
-        else if (a == "--reps") reps = std::stoi(argv[i + 1]);
+        if (a == "--file")
+            file = argv[i + 1];
+        else if (a == "--size-mb")
+            size_mb = std::stoll(argv[i + 1]);
+        else if (a == "--reps")
+            reps = std::stoi(argv[i + 1]);
     }
     if (!std::filesystem::exists(file)) {
         std::cerr << "writing " << size_mb << " MB test file " << file << "\n";

@@ -21,28 +21,28 @@ struct mango_context_t {
     };
     // A tensor the architecture declared (declare_tensor / declare_tensor_v2).
     struct Role {
-        int32_t layer = -1;             // -1: model-level
-        std::string role, name;         // "attn.q.weight", checkpoint name
-        std::vector<int64_t> shape;     // empty when declared without one (v1)
-        uint32_t flags = 0;             // MANGO_TENSOR_*
-        std::string tied_to;            // MANGO_TENSOR_TIED: the tensor it shares
+        int32_t layer = -1;          // -1: model-level
+        std::string role, name;      // "attn.q.weight", checkpoint name
+        std::vector<int64_t> shape;  // empty when declared without one (v1)
+        uint32_t flags = 0;          // MANGO_TENSOR_*
+        std::string tied_to;         // MANGO_TENSOR_TIED: the tensor it shares
     };
 
-    std::string label;                            // for error messages: "router 'simple' of layer 1"
-    nlohmann::json options = nlohmann::json::object();  // resolved against the schema
-    std::vector<nlohmann::json> model_options;    // merge: one object per model
-    nlohmann::json config = nlohmann::json::object();   // config.json (architectures)
+    std::string label;                                       // for error messages: "router 'simple' of layer 1"
+    nlohmann::json options = nlohmann::json::object();       // resolved against the schema
+    std::vector<nlohmann::json> model_options;               // merge: one object per model
+    nlohmann::json config = nlohmann::json::object();        // config.json (architectures)
     std::function<at::Tensor(const std::string &)> weights;  // lazy checkpoint reader
     std::function<bool(const std::string &)> has_weight;     // does the checkpoint hold a name
-    bool random_init = false;        // no checkpoint: weight_shaped() creates tensors
-    double initializer_range = 0.02; // std of random init
-    std::map<std::string, at::Tensor> saved;      // parameter values to restore
+    bool random_init = false;                                // no checkpoint: weight_shaped() creates tensors
+    double initializer_range = 0.02;                         // std of random init
+    std::map<std::string, at::Tensor> saved;                 // parameter values to restore
     at::TensorOptions param_options = at::TensorOptions().dtype(at::kFloat);
     bool training = false;
     bool reporting = false;  // report() values are used (training, evaluation)
 
-    std::vector<Parameter> parameters;  // in declaration order
-    std::vector<std::pair<std::string, at::Tensor>> weights_used;  // every model weight handed out, in order
+    std::vector<Parameter> parameters;                              // in declaration order
+    std::vector<std::pair<std::string, at::Tensor>> weights_used;   // every model weight handed out, in order
     std::vector<std::pair<std::string, at::Tensor>> losses, stats;  // cleared per forward
     std::map<std::string, at::Tensor> cache;
     std::vector<std::pair<std::string, at::Tensor>> emitted;

@@ -110,8 +110,8 @@ void *api_cuda_stream(mango_device d) {
     return nullptr;
 }
 
-mango_status api_from_data(const void *data, mango_dtype dtype, const int64_t *shape, int32_t ndim,
-                           mango_device device, mango_tensor *out) {
+mango_status api_from_data(const void *data, mango_dtype dtype, const int64_t *shape, int32_t ndim, mango_device device,
+                           mango_tensor *out) {
     return guarded([&] {
         if (!out || (ndim > 0 && !shape) || ndim < 0) return fail(MANGO_ERR_INVALID_ARGUMENT, "tensor_from_data: bad shape");
         std::vector<int64_t> sizes(shape, shape + ndim);
@@ -143,60 +143,60 @@ c10::IValue to_ivalue(const mango_value &v, const c10::Argument &arg, size_t ind
                                 ", got " + given);
     };
     const bool wants_tensor = kind == c10::TypeKind::TensorType;
-    static const char *kGiven[] = {"None", "a tensor", "an int", "a float", "a bool", "a string", "an int list",
-                                   "a tensor list", "a float list", "a dtype", "a device"};
+    static const char *kGiven[] = {"None",        "a tensor",      "an int",       "a float", "a bool",  "a string",
+                                   "an int list", "a tensor list", "a float list", "a dtype", "a device"};
     const char *given = v.kind >= 0 && v.kind <= 10 ? kGiven[v.kind] : "an unknown value kind";
     if (wants_tensor && v.kind != MANGO_VALUE_TENSOR && v.kind != MANGO_VALUE_NONE) throw bad(given);
     if (!wants_tensor && v.kind == MANGO_VALUE_TENSOR) throw bad(given);
     switch (v.kind) {
-    case MANGO_VALUE_NONE:
-        if (arg.type()->kind() != c10::TypeKind::OptionalType) throw bad("None");
-        return c10::IValue();
-    case MANGO_VALUE_TENSOR:
-        if (!v.u.tensor) {
-            if (arg.type()->kind() == c10::TypeKind::OptionalType) return c10::IValue();
-            throw bad("a NULL tensor");
-        }
-        return c10::IValue(v.u.tensor->t);
-    case MANGO_VALUE_INT:
-        if (kind == c10::TypeKind::FloatType) return c10::IValue(static_cast<double>(v.u.i));
-        if (kind == c10::TypeKind::BoolType) throw bad("an int");
-        return c10::IValue(v.u.i);
-    case MANGO_VALUE_DOUBLE:
-        if (kind == c10::TypeKind::IntType || kind == c10::TypeKind::SymIntType) throw bad("a float");
-        return c10::IValue(v.u.d);
-    case MANGO_VALUE_BOOL:
-        return c10::IValue(v.u.b != 0);
-    case MANGO_VALUE_STRING:
-        return c10::IValue(std::string(v.u.s ? v.u.s : ""));
-    case MANGO_VALUE_INT_LIST:  // also serves SymInt[] parameters
-        return c10::IValue(std::vector<int64_t>(v.u.ints.data, v.u.ints.data + v.u.ints.len));
-    case MANGO_VALUE_DOUBLE_LIST:
-        return c10::IValue(std::vector<double>(v.u.doubles.data, v.u.doubles.data + v.u.doubles.len));
-    case MANGO_VALUE_TENSOR_LIST: {
-        const bool optional_items = [&] {
-            auto list = t->cast<c10::ListType>();
-            return list && list->getElementType()->kind() == c10::TypeKind::OptionalType;
-        }();
-        if (optional_items) {
-            c10::List<c10::optional<at::Tensor>> items;
-            for (size_t i = 0; i < v.u.tensors.len; ++i)
-                items.push_back(v.u.tensors.data[i] ? c10::optional<at::Tensor>(v.u.tensors.data[i]->t) : c10::nullopt);
+        case MANGO_VALUE_NONE:
+            if (arg.type()->kind() != c10::TypeKind::OptionalType) throw bad("None");
+            return c10::IValue();
+        case MANGO_VALUE_TENSOR:
+            if (!v.u.tensor) {
+                if (arg.type()->kind() == c10::TypeKind::OptionalType) return c10::IValue();
+                throw bad("a NULL tensor");
+            }
+            return c10::IValue(v.u.tensor->t);
+        case MANGO_VALUE_INT:
+            if (kind == c10::TypeKind::FloatType) return c10::IValue(static_cast<double>(v.u.i));
+            if (kind == c10::TypeKind::BoolType) throw bad("an int");
+            return c10::IValue(v.u.i);
+        case MANGO_VALUE_DOUBLE:
+            if (kind == c10::TypeKind::IntType || kind == c10::TypeKind::SymIntType) throw bad("a float");
+            return c10::IValue(v.u.d);
+        case MANGO_VALUE_BOOL:
+            return c10::IValue(v.u.b != 0);
+        case MANGO_VALUE_STRING:
+            return c10::IValue(std::string(v.u.s ? v.u.s : ""));
+        case MANGO_VALUE_INT_LIST:  // also serves SymInt[] parameters
+            return c10::IValue(std::vector<int64_t>(v.u.ints.data, v.u.ints.data + v.u.ints.len));
+        case MANGO_VALUE_DOUBLE_LIST:
+            return c10::IValue(std::vector<double>(v.u.doubles.data, v.u.doubles.data + v.u.doubles.len));
+        case MANGO_VALUE_TENSOR_LIST: {
+            const bool optional_items = [&] {
+                auto list = t->cast<c10::ListType>();
+                return list && list->getElementType()->kind() == c10::TypeKind::OptionalType;
+            }();
+            if (optional_items) {
+                c10::List<c10::optional<at::Tensor>> items;
+                for (size_t i = 0; i < v.u.tensors.len; ++i)
+                    items.push_back(v.u.tensors.data[i] ? c10::optional<at::Tensor>(v.u.tensors.data[i]->t) : c10::nullopt);
+                return c10::IValue(items);
+            }
+            c10::List<at::Tensor> items;
+            for (size_t i = 0; i < v.u.tensors.len; ++i) {
+                if (!v.u.tensors.data[i]) throw bad("a list with a NULL tensor");
+                items.push_back(v.u.tensors.data[i]->t);
+            }
             return c10::IValue(items);
         }
-        c10::List<at::Tensor> items;
-        for (size_t i = 0; i < v.u.tensors.len; ++i) {
-            if (!v.u.tensors.data[i]) throw bad("a list with a NULL tensor");
-            items.push_back(v.u.tensors.data[i]->t);
-        }
-        return c10::IValue(items);
-    }
-    case MANGO_VALUE_DTYPE:
-        return c10::IValue(to_scalar_type(static_cast<mango_dtype>(v.u.i)));
-    case MANGO_VALUE_DEVICE:
-        return c10::IValue(to_device(v.u.device));
-    default:
-        throw bad(("unknown value kind " + std::to_string(v.kind)).c_str());
+        case MANGO_VALUE_DTYPE:
+            return c10::IValue(to_scalar_type(static_cast<mango_dtype>(v.u.i)));
+        case MANGO_VALUE_DEVICE:
+            return c10::IValue(to_device(v.u.device));
+        default:
+            throw bad(("unknown value kind " + std::to_string(v.kind)).c_str());
     }
 }
 
@@ -213,8 +213,8 @@ mango_status api_find_op(const char *name, const char *overload, const mango_op 
             if (!handle) {
                 *out = nullptr;
                 return fail(MANGO_ERR_NOT_FOUND, std::string("no operator ") + name +
-                                                     (overload && *overload ? std::string(".") + overload : "") +
-                                                     " in this LibTorch (" + TORCH_VERSION + ")");
+                                                     (overload && *overload ? std::string(".") + overload : "") + " in this LibTorch (" +
+                                                     TORCH_VERSION + ")");
             }
             it = ops.emplace(key, std::make_unique<mango_op_t>(mango_op_t{*handle, key})).first;
         }
@@ -223,15 +223,15 @@ mango_status api_find_op(const char *name, const char *overload, const mango_op 
     });
 }
 
-mango_status api_call_op(const mango_op *op, const mango_value *args, size_t n_args, mango_value *results,
-                         size_t max_results, size_t *n_results) {
+mango_status api_call_op(const mango_op *op, const mango_value *args, size_t n_args, mango_value *results, size_t max_results,
+                         size_t *n_results) {
     if (n_results) *n_results = 0;
     return guarded([&] {
         if (!op) return fail(MANGO_ERR_INVALID_ARGUMENT, "call_op: op is NULL");
         const auto &params = op->handle.schema().arguments();
         if (n_args > params.size())
-            return fail(MANGO_ERR_INVALID_ARGUMENT, op->name + " takes " + std::to_string(params.size()) +
-                                                        " arguments, got " + std::to_string(n_args));
+            return fail(MANGO_ERR_INVALID_ARGUMENT,
+                        op->name + " takes " + std::to_string(params.size()) + " arguments, got " + std::to_string(n_args));
         std::vector<c10::IValue> stack;
         stack.reserve(params.size());
         for (size_t i = 0; i < n_args; ++i) stack.push_back(to_ivalue(args[i], params[i], i, *op));
@@ -351,8 +351,7 @@ mango_status api_weight(mango_context *ctx, const char *name, mango_tensor *out)
     });
 }
 
-mango_status api_parameter(mango_context *ctx, const char *name, mango_tensor init, int32_t trainable,
-                           mango_tensor *out) {
+mango_status api_parameter(mango_context *ctx, const char *name, mango_tensor init, int32_t trainable, mango_tensor *out) {
     if (mango_status s = need_ctx(ctx, name)) return s;
     return guarded([&] {
         if (!init || !out) return fail(MANGO_ERR_INVALID_ARGUMENT, ctx->label + ": parameter '" + name + "' needs an initial value");
@@ -361,8 +360,8 @@ mango_status api_parameter(mango_context *ctx, const char *name, mango_tensor in
         at::Tensor value = init->t.detach();
         if (auto it = ctx->saved.find(name); it != ctx->saved.end()) {
             if (!it->second.sizes().equals(value.sizes()))
-                return fail(MANGO_ERR_SHAPE, ctx->label + ": saved parameter '" + name + "' has shape " +
-                                                 c10::str(it->second.sizes()) + ", expected " + c10::str(value.sizes()));
+                return fail(MANGO_ERR_SHAPE, ctx->label + ": saved parameter '" + name + "' has shape " + c10::str(it->second.sizes()) +
+                                                 ", expected " + c10::str(value.sizes()));
             value = it->second;
         }
         value = value.to(ctx->param_options, /*non_blocking=*/false, /*copy=*/true).contiguous();
@@ -456,7 +455,8 @@ mango_status api_weight_shaped(mango_context *ctx, const char *name, const int64
         if (!ctx->weights) return fail(MANGO_ERR_NOT_FOUND, ctx->label + " has no checkpoint to read '" + name + "' from");
         at::Tensor t = ctx->weights(name);
         if (!t.sizes().equals(want))
-            return fail(MANGO_ERR_SHAPE, "tensor '" + std::string(name) + "' has shape " + c10::str(t.sizes()) + ", expected " + c10::str(at::IntArrayRef(want)));
+            return fail(MANGO_ERR_SHAPE, "tensor '" + std::string(name) + "' has shape " + c10::str(t.sizes()) + ", expected " +
+                                             c10::str(at::IntArrayRef(want)));
         return give_weight(ctx, name, t, out);
     });
 }
@@ -496,13 +496,15 @@ mango_status api_declare_tensor_v2(mango_context *ctx, const mango_tensor_decl *
     if (!ctx || !d) return fail(MANGO_ERR_INVALID_ARGUMENT, "declare_tensor_v2: context or declaration is NULL");
     return guarded([&] {
         if (d->struct_size < offsetof(mango_tensor_decl, tied_to) + sizeof(d->tied_to))
-            return fail(MANGO_ERR_INVALID_ARGUMENT, ctx->label + ": declare_tensor_v2: struct_size " + std::to_string(d->struct_size) + " is too small");
+            return fail(MANGO_ERR_INVALID_ARGUMENT,
+                        ctx->label + ": declare_tensor_v2: struct_size " + std::to_string(d->struct_size) + " is too small");
         if (!d->role || !d->name || d->ndim < 0 || (d->ndim > 0 && !d->shape))
             return fail(MANGO_ERR_INVALID_ARGUMENT, ctx->label + ": declare_tensor_v2: role, name and shape are required");
         if ((d->flags & MANGO_TENSOR_TIED) && !d->tied_to)
             return fail(MANGO_ERR_INVALID_ARGUMENT, ctx->label + ": tensor '" + d->name + "' is TIED but names no tensor it is tied to");
         for (int32_t i = 0; i < d->ndim; ++i)
-            if (d->shape[i] < 0) return fail(MANGO_ERR_INVALID_ARGUMENT, ctx->label + ": tensor '" + d->name + "' has a negative dimension");
+            if (d->shape[i] < 0)
+                return fail(MANGO_ERR_INVALID_ARGUMENT, ctx->label + ": tensor '" + d->name + "' has a negative dimension");
         InstanceContext::Role r;
         r.layer = d->layer;
         r.role = d->role;
@@ -518,12 +520,41 @@ mango_status api_declare_tensor_v2(mango_context *ctx, const mango_tensor_decl *
 size_t g_api_size = 0;  // testing: the table size get_api reports (0 = full)
 
 const mango_host_api kApiV1 = {
-    sizeof(mango_host_api), 1, api_last_error, api_set_error, api_log, api_is_cancelled,
-    api_retain, api_release, api_ndim, api_size, api_stride, api_dtype, api_device, api_data, api_cuda_stream,
-    api_from_data, api_find_op, api_call_op, api_option, api_config, api_weight, api_parameter,
-    api_is_training, api_report, api_cache_get, api_cache_set, api_emit, api_model_option, api_declare_tensor,
+    sizeof(mango_host_api),
+    1,
+    api_last_error,
+    api_set_error,
+    api_log,
+    api_is_cancelled,
+    api_retain,
+    api_release,
+    api_ndim,
+    api_size,
+    api_stride,
+    api_dtype,
+    api_device,
+    api_data,
+    api_cuda_stream,
+    api_from_data,
+    api_find_op,
+    api_call_op,
+    api_option,
+    api_config,
+    api_weight,
+    api_parameter,
+    api_is_training,
+    api_report,
+    api_cache_get,
+    api_cache_set,
+    api_emit,
+    api_model_option,
+    api_declare_tensor,
     api_weight_shaped,
-    api_wants_reports, api_set_grad_enabled, api_copy_to_host, api_weight_exists, api_declare_tensor_v2,
+    api_wants_reports,
+    api_set_grad_enabled,
+    api_copy_to_host,
+    api_weight_exists,
+    api_declare_tensor_v2,
 };
 
 const void *get_api(uint32_t version) {
@@ -563,14 +594,22 @@ long live_tensor_handles() { return g_live.load(); }
 
 std::string status_name(mango_status s) {
     switch (s) {
-    case MANGO_ERR_INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case MANGO_ERR_NOT_FOUND: return "NOT_FOUND";
-    case MANGO_ERR_UNSUPPORTED: return "UNSUPPORTED";
-    case MANGO_ERR_SHAPE: return "SHAPE";
-    case MANGO_ERR_OUT_OF_MEMORY: return "OUT_OF_MEMORY";
-    case MANGO_ERR_CANCELLED: return "CANCELLED";
-    case MANGO_ERR_INTERNAL: return "INTERNAL";
-    default: return "unknown";
+        case MANGO_ERR_INVALID_ARGUMENT:
+            return "INVALID_ARGUMENT";
+        case MANGO_ERR_NOT_FOUND:
+            return "NOT_FOUND";
+        case MANGO_ERR_UNSUPPORTED:
+            return "UNSUPPORTED";
+        case MANGO_ERR_SHAPE:
+            return "SHAPE";
+        case MANGO_ERR_OUT_OF_MEMORY:
+            return "OUT_OF_MEMORY";
+        case MANGO_ERR_CANCELLED:
+            return "CANCELLED";
+        case MANGO_ERR_INTERNAL:
+            return "INTERNAL";
+        default:
+            return "unknown";
     }
 }
 
@@ -578,8 +617,9 @@ void clear_plugin_error() { g_error.clear(); }
 
 void check_plugin(mango_status status, const std::string &what) {
     if (status == MANGO_OK) return;
-    throw HostError(what + ": " + (g_error.empty() ? "returned status " + std::to_string(status) + " (" + status_name(status) + ") without a message"
-                                                   : g_error));
+    throw HostError(
+        what + ": " +
+        (g_error.empty() ? "returned status " + std::to_string(status) + " (" + status_name(status) + ") without a message" : g_error));
 }
 
 void set_host_api_size_for_testing(size_t bytes) { g_api_size = bytes; }
@@ -589,41 +629,67 @@ bool cancel_requested() { return g_cancel.load(); }
 
 at::ScalarType to_scalar_type(mango_dtype d) {
     switch (d) {
-    case MANGO_DTYPE_F32: return at::kFloat;
-    case MANGO_DTYPE_F16: return at::kHalf;
-    case MANGO_DTYPE_BF16: return at::kBFloat16;
-    case MANGO_DTYPE_F64: return at::kDouble;
-    case MANGO_DTYPE_I64: return at::kLong;
-    case MANGO_DTYPE_I32: return at::kInt;
-    case MANGO_DTYPE_I16: return at::kShort;
-    case MANGO_DTYPE_I8: return at::kChar;
-    case MANGO_DTYPE_U8: return at::kByte;
-    case MANGO_DTYPE_BOOL: return at::kBool;
+        case MANGO_DTYPE_F32:
+            return at::kFloat;
+        case MANGO_DTYPE_F16:
+            return at::kHalf;
+        case MANGO_DTYPE_BF16:
+            return at::kBFloat16;
+        case MANGO_DTYPE_F64:
+            return at::kDouble;
+        case MANGO_DTYPE_I64:
+            return at::kLong;
+        case MANGO_DTYPE_I32:
+            return at::kInt;
+        case MANGO_DTYPE_I16:
+            return at::kShort;
+        case MANGO_DTYPE_I8:
+            return at::kChar;
+        case MANGO_DTYPE_U8:
+            return at::kByte;
+        case MANGO_DTYPE_BOOL:
+            return at::kBool;
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
-    case MANGO_DTYPE_F8_E4M3: return at::ScalarType::Float8_e4m3fn;
-    case MANGO_DTYPE_F8_E5M2: return at::ScalarType::Float8_e5m2;
+        case MANGO_DTYPE_F8_E4M3:
+            return at::ScalarType::Float8_e4m3fn;
+        case MANGO_DTYPE_F8_E5M2:
+            return at::ScalarType::Float8_e5m2;
 #endif
-    default: throw HostError("dtype " + std::to_string(d) + " is not supported by this LibTorch (" + TORCH_VERSION + ")");
+        default:
+            throw HostError("dtype " + std::to_string(d) + " is not supported by this LibTorch (" + TORCH_VERSION + ")");
     }
 }
 
 mango_dtype from_scalar_type(at::ScalarType t) {
     switch (t) {
-    case at::kFloat: return MANGO_DTYPE_F32;
-    case at::kHalf: return MANGO_DTYPE_F16;
-    case at::kBFloat16: return MANGO_DTYPE_BF16;
-    case at::kDouble: return MANGO_DTYPE_F64;
-    case at::kLong: return MANGO_DTYPE_I64;
-    case at::kInt: return MANGO_DTYPE_I32;
-    case at::kShort: return MANGO_DTYPE_I16;
-    case at::kChar: return MANGO_DTYPE_I8;
-    case at::kByte: return MANGO_DTYPE_U8;
-    case at::kBool: return MANGO_DTYPE_BOOL;
+        case at::kFloat:
+            return MANGO_DTYPE_F32;
+        case at::kHalf:
+            return MANGO_DTYPE_F16;
+        case at::kBFloat16:
+            return MANGO_DTYPE_BF16;
+        case at::kDouble:
+            return MANGO_DTYPE_F64;
+        case at::kLong:
+            return MANGO_DTYPE_I64;
+        case at::kInt:
+            return MANGO_DTYPE_I32;
+        case at::kShort:
+            return MANGO_DTYPE_I16;
+        case at::kChar:
+            return MANGO_DTYPE_I8;
+        case at::kByte:
+            return MANGO_DTYPE_U8;
+        case at::kBool:
+            return MANGO_DTYPE_BOOL;
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
-    case at::ScalarType::Float8_e4m3fn: return MANGO_DTYPE_F8_E4M3;
-    case at::ScalarType::Float8_e5m2: return MANGO_DTYPE_F8_E5M2;
+        case at::ScalarType::Float8_e4m3fn:
+            return MANGO_DTYPE_F8_E4M3;
+        case at::ScalarType::Float8_e5m2:
+            return MANGO_DTYPE_F8_E5M2;
 #endif
-    default: return 0;
+        default:
+            return 0;
     }
 }
 

@@ -28,7 +28,7 @@ const at::Tensor &unwrap(mango_tensor t);
 at::Tensor adopt(mango_tensor t, const std::string &what = "a plugin");
 long live_tensor_handles();  // handles not yet released (leak checks)
 
-at::ScalarType to_scalar_type(mango_dtype d);  // throws mango::HostError
+at::ScalarType to_scalar_type(mango_dtype d);    // throws mango::HostError
 mango_dtype from_scalar_type(at::ScalarType t);  // 0 when unrepresentable
 
 // Clears this thread's error message: done before every plugin call, so a

@@ -36,8 +36,7 @@ const void *PluginHost::vtable(const registry::ComponentInfo &component) const {
         boost::dll::shared_library lib;
         boost::dll::fs::error_code ec;
         lib.load(component.library, boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local, ec);
-        if (ec || !lib.has(MANGO_ENTRY_SYMBOL))
-            throw HostError("cannot load plugin library " + component.library + ": " + ec.message());
+        if (ec || !lib.has(MANGO_ENTRY_SYMBOL)) throw HostError("cannot load plugin library " + component.library + ": " + ec.message());
         it = loaded.emplace(component.library, std::move(lib)).first;
     }
     auto entry = it->second.get<const mango_plugin *(const mango_host_base *)>(MANGO_ENTRY_SYMBOL);
@@ -83,12 +82,12 @@ void check_finite_floating(const at::Tensor &t, const std::string &where, const 
     if (!t.is_floating_point()) throw HostError(where + ": " + what + " has dtype " + dtype_text(t) + ", expected a floating-point tensor");
     if (!at::isfinite(t).all().item<bool>()) {
         const int64_t bad = (~at::isfinite(t)).sum().item<int64_t>();
-        throw HostError(where + ": " + what + " has " + std::to_string(bad) + " non-finite value" + (bad == 1 ? "" : "s") + " (NaN or inf)");
+        throw HostError(where + ": " + what + " has " + std::to_string(bad) + " non-finite value" + (bad == 1 ? "" : "s") +
+                        " (NaN or inf)");
     }
 }
 
-std::unique_ptr<AdapterInstance> AdapterInstance::create(const PluginHost &host, const InstanceSpec &spec,
-                                                         int64_t d_in, int64_t d_out) {
+std::unique_ptr<AdapterInstance> AdapterInstance::create(const PluginHost &host, const InstanceSpec &spec, int64_t d_in, int64_t d_out) {
     const registry::ComponentInfo &info = host.require("adapter", spec.name);
     auto vt = static_cast<const mango_adapter_vtable *>(host.vtable(info));
     std::string where;
@@ -120,7 +119,8 @@ at::Tensor AdapterInstance::forward(const at::Tensor &x, bool check) {
     host_api()->tensor_release(in);
     check_plugin(s, where_ + ": forward");
     at::Tensor y = adopt(out, where_ + ": forward");
-    if (y.dim() != x.dim() || y.size(-1) != d_out_ || !y.sizes().slice(0, size_t(y.dim() - 1)).equals(x.sizes().slice(0, size_t(x.dim() - 1)))) {
+    if (y.dim() != x.dim() || y.size(-1) != d_out_ ||
+        !y.sizes().slice(0, size_t(y.dim() - 1)).equals(x.sizes().slice(0, size_t(x.dim() - 1)))) {
         std::vector<int64_t> want = x.sizes().vec();
         want.back() = d_out_;
         throw HostError(where_ + ": forward returned shape " + c10::str(y.sizes()) + ", expected " + c10::str(at::IntArrayRef(want)));
@@ -129,8 +129,7 @@ at::Tensor AdapterInstance::forward(const at::Tensor &x, bool check) {
     return y;
 }
 
-std::unique_ptr<RouterInstance> RouterInstance::create(const PluginHost &host, const InstanceSpec &spec,
-                                                       int64_t hidden, int64_t experts) {
+std::unique_ptr<RouterInstance> RouterInstance::create(const PluginHost &host, const InstanceSpec &spec, int64_t hidden, int64_t experts) {
     const registry::ComponentInfo &info = host.require("router", spec.name);
     auto vt = static_cast<const mango_router_vtable *>(host.vtable(info));
     std::string where;
@@ -146,7 +145,8 @@ std::unique_ptr<RouterInstance> RouterInstance::create(const PluginHost &host, c
 
 RouterOutput RouterInstance::route(const at::Tensor &hidden, const at::Tensor &mask, const at::Tensor &positions, bool check) {
     ctx_->clear_reports();
-    mango_tensor h = wrap(hidden), m = mask.defined() ? wrap(mask) : nullptr, p = positions.defined() ? wrap(positions) : nullptr, out = nullptr;
+    mango_tensor h = wrap(hidden), m = mask.defined() ? wrap(mask) : nullptr, p = positions.defined() ? wrap(positions) : nullptr,
+                 out = nullptr;
     const bool v2 = MANGO_HAS(vt_, mango_router_vtable, route_v2) && vt_->route_v2;
     clear_plugin_error();
     const mango_status s = v2 ? vt_->route_v2(self_, ctx_.get(), h, m, p, &out) : vt_->route(self_, ctx_.get(), h, m, &out);
@@ -161,8 +161,8 @@ RouterOutput RouterInstance::route(const at::Tensor &hidden, const at::Tensor &m
     const bool per_token = r.weights.dim() == 3 && r.weights.size(0) == hidden.size(0) && r.weights.size(1) == hidden.size(1);
     if ((!pooled && !per_token) || r.weights.size(-1) != experts_)
         throw HostError(where_ + ": weights have shape " + c10::str(r.weights.sizes()) + ", expected [" + std::to_string(hidden.size(0)) +
-                        ", " + std::to_string(experts_) + "] or [" + std::to_string(hidden.size(0)) + ", " + std::to_string(hidden.size(1)) +
-                        ", " + std::to_string(experts_) + "]");
+                        ", " + std::to_string(experts_) + "] or [" + std::to_string(hidden.size(0)) + ", " +
+                        std::to_string(hidden.size(1)) + ", " + std::to_string(experts_) + "]");
     if (check) check_weights(r.weights, hidden, mask);
     r.losses = ctx_->losses;
     r.stats = ctx_->stats;
@@ -172,8 +172,9 @@ RouterOutput RouterInstance::route(const at::Tensor &hidden, const at::Tensor &m
 void RouterInstance::check_weights(const at::Tensor &weights, const at::Tensor &hidden, const at::Tensor &mask) const {
     const at::Tensor w = weights.detach();
     check_finite_floating(w, where_, "the expert weights");
-    if ((w < 0).any().item<bool>()) throw HostError(where_ + ": the expert weights have negative values (min " + std::to_string(w.min().item<double>()) + ")");
-    at::Tensor sums = w.to(at::kDouble).sum(-1);  // [B] or [B, T]
+    if ((w < 0).any().item<bool>())
+        throw HostError(where_ + ": the expert weights have negative values (min " + std::to_string(w.min().item<double>()) + ")");
+    at::Tensor sums = w.to(at::kDouble).sum(-1);                                                    // [B] or [B, T]
     if (w.dim() == 3 && mask.defined()) sums = sums.masked_fill(mask.to(sums.device()) == 0, 1.0);  // padding may carry anything
     const double tolerance = w.scalar_type() == at::kFloat || w.scalar_type() == at::kDouble ? 1e-3 : 2e-2;
     const at::Tensor off = (sums - 1).abs();

@@ -54,9 +54,9 @@ protected:
 
 // What creating any instance needs besides its kind's own sizes.
 struct InstanceSpec {
-    std::string name;                 // component name
-    nlohmann::json options;           // as the user gave them (validated here)
-    std::string where;                // for errors: "pipeline.toml:12"
+    std::string name;                         // component name
+    nlohmann::json options;                   // as the user gave them (validated here)
+    std::string where;                        // for errors: "pipeline.toml:12"
     std::map<std::string, at::Tensor> saved;  // parameter values to restore
     at::TensorOptions param_options = at::TensorOptions().dtype(at::kFloat);
 };
@@ -66,8 +66,7 @@ nlohmann::json spec_json(const InstanceSpec &s);
 
 class AdapterInstance : public Instance {
 public:
-    static std::unique_ptr<AdapterInstance> create(const PluginHost &host, const InstanceSpec &spec, int64_t d_in,
-                                                   int64_t d_out);
+    static std::unique_ptr<AdapterInstance> create(const PluginHost &host, const InstanceSpec &spec, int64_t d_in, int64_t d_out);
     // check: verify the output (floating dtype, finite, shape) and name the
     // adapter when it is wrong; costs a device sync, so the host asks for it
     // in training, evaluation and a generation's first step only.
@@ -91,8 +90,7 @@ struct RouterOutput {
 
 class RouterInstance : public Instance {
 public:
-    static std::unique_ptr<RouterInstance> create(const PluginHost &host, const InstanceSpec &spec, int64_t hidden,
-                                                  int64_t experts);
+    static std::unique_ptr<RouterInstance> create(const PluginHost &host, const InstanceSpec &spec, int64_t hidden, int64_t experts);
     // mask: [B, T] (1 token, 0 pad) or undefined; positions [B, T]. check:
     // verify the weights (floating dtype, shape, finite, >= 0, rows summing
     // to 1 over real tokens) and name the router when they are wrong.

@@ -104,10 +104,10 @@ std::vector<Command> generate_commands() {
                      "prompt", po::value<std::vector<std::string>>()->required(), "prompt text (repeatable: one batch)")(
                      "max-new-tokens", po::value<int64_t>()->default_value(32), "tokens to generate per prompt")(
                      "greedy", "pick the most likely token (the default)")(
-                     "temperature", po::value<double>(), "sample with this temperature")(
-                     "top-k", po::value<int64_t>(), "sample among the k most likely tokens")(
-                     "top-p", po::value<double>(), "sample from the smallest set with probability >= p")(
-                     "seed", po::value<uint64_t>(), "random seed for sampling")(
+                     "temperature", po::value<double>(), "sample with this temperature")("top-k", po::value<int64_t>(),
+                                                                                         "sample among the k most likely tokens")(
+                     "top-p", po::value<double>(), "sample from the smallest set with probability >= p")("seed", po::value<uint64_t>(),
+                                                                                                         "random seed for sampling")(
                      "no-repeat-ngram-size", po::value<int64_t>()->default_value(0), "never repeat an n-gram of this size")(
                      "dtype", po::value<std::string>()->default_value("float32"), "float32 | bfloat16 | float16")(
                      "tokenizer", po::value<std::string>(), "tokenizer.json or folder (default: MODEL_DIR)")(

@@ -46,7 +46,8 @@ std::string flags_text(uint32_t flags, const std::string &tied_to) {
 // --roles: every tensor the architecture declares for this config, without loading weights.
 int inspect_roles(const Global &g, const std::string &dir) {
     const PluginHost host(registry::Registry::discover(registry_options(g)));
-    const bool has_checkpoint = fs::exists(fs::path(dir) / "model.safetensors") || fs::exists(fs::path(dir) / "model.safetensors.index.json");
+    const bool has_checkpoint =
+        fs::exists(fs::path(dir) / "model.safetensors") || fs::exists(fs::path(dir) / "model.safetensors.index.json");
     std::vector<TensorDecl> table = Model::tensor_table(host, dir, has_checkpoint);
     // Model-level tensors first, then layer by layer, each in declaration order.
     std::stable_sort(table.begin(), table.end(), [](const TensorDecl &a, const TensorDecl &b) { return a.layer < b.layer; });
@@ -66,14 +67,14 @@ int inspect_roles(const Global &g, const std::string &dir) {
     std::cout << "LAYER  ROLE" << std::string(rw - 2, ' ') << "NAME" << std::string(nw - 2, ' ') << "SHAPE\n";
     for (const auto &t : table) {
         const std::string layer = t.layer < 0 ? "-" : std::to_string(t.layer);
-        std::cout << layer << std::string(7 - std::min<size_t>(6, layer.size()), ' ') << t.role << std::string(rw - t.role.size() + 2, ' ') << t.name
-                  << std::string(nw - t.name.size() + 2, ' ') << shape_text(t.shape);
+        std::cout << layer << std::string(7 - std::min<size_t>(6, layer.size()), ' ') << t.role << std::string(rw - t.role.size() + 2, ' ')
+                  << t.name << std::string(nw - t.name.size() + 2, ' ') << shape_text(t.shape);
         const std::string f = flags_text(t.flags, t.tied_to);
         if (!f.empty()) std::cout << "  (" << f << ")";
         std::cout << "\n";
     }
-    std::cout << table.size() << " tensors (from " << dir << "/config.json" << (has_checkpoint ? "; optional ones checked against the checkpoint" : "")
-              << ")\n";
+    std::cout << table.size() << " tensors (from " << dir << "/config.json"
+              << (has_checkpoint ? "; optional ones checked against the checkpoint" : "") << ")\n";
     return 0;
 }
 
@@ -102,7 +103,8 @@ int inspect(const Global &g, const po::variables_map &vm) {
         tensors.push_back({{"name", name}, {"dtype", e.dtype}, {"shape", e.shape}});
     }
     json files = json::array();
-    for (const auto &f : ckpt.files()) files.push_back({{"path", f->path()}, {"tensors", f->header().tensors.size()}, {"metadata", f->header().metadata}});
+    for (const auto &f : ckpt.files())
+        files.push_back({{"path", f->path()}, {"tensors", f->header().tensors.size()}, {"metadata", f->header().metadata}});
     json out = {{"path", path}, {"parameters", params}, {"bytes", bytes}, {"dtypes", by_dtype}, {"files", files}, {"tensors", tensors}};
     if (config.is_object()) {
         out["model_type"] = config.value("model_type", "");
@@ -120,13 +122,15 @@ int inspect(const Global &g, const po::variables_map &vm) {
     } else {
         std::cout << "model_type: (no config.json)\n";
     }
-    std::cout << "parameters: " << params << " (" << human(params) << "), " << human(bytes) << "B\n" << "dtypes:";
+    std::cout << "parameters: " << params << " (" << human(params) << "), " << human(bytes) << "B\n"
+              << "dtypes:";
     for (const auto &[d, n] : by_dtype) std::cout << " " << d << "=" << n;
     std::cout << "\nfiles: " << ckpt.files().size() << "\n";
     for (const auto &f : ckpt.files()) std::cout << "  " << f->path() << " (" << f->header().tensors.size() << " tensors)\n";
     size_t width = 4;
     for (const auto &t : tensors) width = std::max(width, t["name"].get<std::string>().size());
-    std::cout << "\n" << "NAME" << std::string(width - 2, ' ') << "DTYPE    SHAPE\n";
+    std::cout << "\n"
+              << "NAME" << std::string(width - 2, ' ') << "DTYPE    SHAPE\n";
     for (const auto &t : tensors) {
         const std::string name = t["name"], dtype = t["dtype"];
         std::cout << name << std::string(width - name.size() + 2, ' ') << dtype << std::string(dtype.size() < 9 ? 9 - dtype.size() : 1, ' ')

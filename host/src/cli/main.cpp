@@ -21,8 +21,8 @@ po::options_description global_options(Global &g) {
         "plugin-path", po::value(&g.plugin_paths)->composing(), "search DIR for plugins first (repeatable)")(
         "log-level", po::value(&g.log_level)->default_value("warn"), "trace|debug|info|warn|error|off")(
         "trust-file", po::value(&g.trust_file), "sha256sum-style pins for plugin libraries (or MANGO_TRUST_FILE)")(
-        "threads", po::value(&g.threads)->default_value(0), "CPU threads for tensor math (0 = all cores)")(
-        "json", po::bool_switch(&g.json), "machine-readable output");
+        "threads", po::value(&g.threads)->default_value(0), "CPU threads for tensor math (0 = all cores)")("json", po::bool_switch(&g.json),
+                                                                                                           "machine-readable output");
     return d;
 }
 
@@ -37,7 +37,8 @@ void print_overview(std::ostream &out, const std::vector<Command> &cmds, const s
         out << head << std::string(head.size() < 44 ? 44 - head.size() : 1, ' ') << c.summary << "\n";
     }
     if (!note.empty()) out << "  (" << note << ")\n";
-    out << "\n" << global_options(g) << "\nEnvironment: MANGO_PLUGIN_PATH (colon-separated plugin folders), MANGO_TRUST_FILE,\n"
+    out << "\n"
+        << global_options(g) << "\nEnvironment: MANGO_PLUGIN_PATH (colon-separated plugin folders), MANGO_TRUST_FILE,\n"
         << "MANGO_CACHE_DIR (plugin scan cache), MANGO_SCAN_TIMEOUT_MS.\n";
 }
 
@@ -93,8 +94,10 @@ int run(int argc, char **argv) {
             std::vector<std::string> parts;
             std::string p;
             for (char ch : words) {
-                if (ch == ' ') parts.push_back(p), p.clear();
-                else p += ch;
+                if (ch == ' ')
+                    parts.push_back(p), p.clear();
+                else
+                    p += ch;
             }
             if (!p.empty()) parts.push_back(p);
             if (int(parts.size()) < take) continue;

@@ -55,9 +55,12 @@ void check_gradients(Report &rep, const std::vector<InstanceContext::Parameter> 
     }
     rep.j["trainable_parameters"] = trainable;
     rep.j["parameters_with_gradient"] = with;
-    if (trainable == 0) rep.pass("backward (no trainable parameters)");
-    else if (with == 0) rep.fail("backward: none of the " + std::to_string(trainable) + " trainable parameters got a gradient");
-    else rep.pass("backward: " + std::to_string(with) + " of " + std::to_string(trainable) + " trainable parameters got a finite gradient");
+    if (trainable == 0)
+        rep.pass("backward (no trainable parameters)");
+    else if (with == 0)
+        rep.fail("backward: none of the " + std::to_string(trainable) + " trainable parameters got a gradient");
+    else
+        rep.pass("backward: " + std::to_string(with) + " of " + std::to_string(trainable) + " trainable parameters got a finite gradient");
 }
 
 InstanceSpec spec_of(const std::string &name, const po::variables_map &vm) {
@@ -78,7 +81,8 @@ InstanceSpec spec_of(const std::string &name, const po::variables_map &vm) {
 
 void test_router(Report &rep, const PluginHost &host, const InstanceSpec &spec, int64_t H, int64_t E, int64_t B, int64_t T) {
     std::unique_ptr<RouterInstance> r;
-    if (!rep.check("create (hidden " + std::to_string(H) + ", " + std::to_string(E) + " experts)", [&] { r = RouterInstance::create(host, spec, H, E); }))
+    if (!rep.check("create (hidden " + std::to_string(H) + ", " + std::to_string(E) + " experts)",
+                   [&] { r = RouterInstance::create(host, spec, H, E); }))
         return;
     at::manual_seed(0);
     at::Tensor hidden = at::randn({B, T, H}).requires_grad_(true);
@@ -92,13 +96,15 @@ void test_router(Report &rep, const PluginHost &host, const InstanceSpec &spec, 
         if (!rep.check("route in " + mode + " mode: weights of a floating dtype, finite, >= 0, rows summing to 1",
                        [&] { out = r->route(hidden, mask, pos, true); }))
             continue;
-        json m = {{"weights_shape", out.weights.sizes().vec()}, {"weights_dtype", c10::toString(out.weights.scalar_type())},
+        json m = {{"weights_shape", out.weights.sizes().vec()},
+                  {"weights_dtype", c10::toString(out.weights.scalar_type())},
                   {"pooled", out.weights.dim() == 2}};
         json losses = json::object(), stats = json::object();
         for (const auto &[n, v] : out.losses) losses[n] = v.detach().to(at::kDouble).item<double>();
         for (const auto &[n, v] : out.stats) {
             const at::Tensor c = v.detach().to(at::kCPU, at::kDouble).reshape({-1}).contiguous();
-            stats[n] = c.numel() == 1 ? json(c.item<double>()) : json(std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel()));
+            stats[n] =
+                c.numel() == 1 ? json(c.item<double>()) : json(std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel()));
         }
         m["losses"] = losses;
         m["stats"] = stats;
@@ -110,13 +116,15 @@ void test_router(Report &rep, const PluginHost &host, const InstanceSpec &spec, 
         });
         at::Tensor objective = (out.weights * at::randn(out.weights.sizes())).sum();
         for (const auto &[_, v] : out.losses) objective = objective + v;
-        if (rep.check("backward through the weights and reported losses", [&] { objective.backward(); })) check_gradients(rep, r->parameters());
+        if (rep.check("backward through the weights and reported losses", [&] { objective.backward(); }))
+            check_gradients(rep, r->parameters());
     }
 }
 
 void test_adapter(Report &rep, const PluginHost &host, const InstanceSpec &spec, int64_t d_in, int64_t d_out, int64_t B, int64_t T) {
     std::unique_ptr<AdapterInstance> a;
-    if (!rep.check("create (" + std::to_string(d_in) + " -> " + std::to_string(d_out) + ")", [&] { a = AdapterInstance::create(host, spec, d_in, d_out); }))
+    if (!rep.check("create (" + std::to_string(d_in) + " -> " + std::to_string(d_out) + ")",
+                   [&] { a = AdapterInstance::create(host, spec, d_in, d_out); }))
         return;
     at::manual_seed(0);
     at::Tensor x = at::randn({B, T, d_in}).requires_grad_(true);
@@ -140,13 +148,14 @@ void test_adapter(Report &rep, const PluginHost &host, const InstanceSpec &spec,
 }
 
 void test_architecture(Report &rep, const PluginHost &host, const std::string &name, const std::string &dir) {
-    if (dir.empty()) throw UsageError("testing an architecture needs --model DIR (a folder with config.json; weights are drawn at random when it has none)");
+    if (dir.empty())
+        throw UsageError(
+            "testing an architecture needs --model DIR (a folder with config.json; weights are drawn at random when it has none)");
     std::unique_ptr<Model> m;
     const bool has_weights = std::filesystem::exists(std::filesystem::path(dir) / "model.safetensors") ||
                              std::filesystem::exists(std::filesystem::path(dir) / "model.safetensors.index.json");
-    if (!rep.check(std::string(has_weights ? "load " : "initialise at random from ") + dir, [&] {
-            m = has_weights ? Model::load(host, dir) : Model::init_random(host, dir, 0);
-        }))
+    if (!rep.check(std::string(has_weights ? "load " : "initialise at random from ") + dir,
+                   [&] { m = has_weights ? Model::load(host, dir) : Model::init_random(host, dir, 0); }))
         return;
     if (m->label().find("'" + name + "'") == std::string::npos) rep.fail(dir + " is handled by " + m->label() + ", not '" + name + "'");
     rep.check("tensor table: " + std::to_string(m->roles().size()) + " tensors declared", [&] {
@@ -199,10 +208,14 @@ int plugin_test(const Global &g, const po::variables_map &vm) {
     const int64_t H = vm["hidden"].as<int64_t>(), B = vm["batch"].as<int64_t>(), T = vm["tokens"].as<int64_t>();
     Report rep;
     rep.j["component"] = {{"kind", kind}, {"name", name}, {"library", host.require(kind, name).library}};
-    if (kind == "router") test_router(rep, host, spec_of(name, vm), H, vm["experts"].as<int64_t>(), B, T);
-    else if (kind == "adapter") test_adapter(rep, host, spec_of(name, vm), H, vm.count("d-out") ? vm["d-out"].as<int64_t>() : H / 2, B, T);
-    else if (kind == "architecture") test_architecture(rep, host, name, vm.count("model") ? vm["model"].as<std::string>() : "");
-    else throw UsageError("plugins test covers routers, adapters and architectures, not " + kind + " components");
+    if (kind == "router")
+        test_router(rep, host, spec_of(name, vm), H, vm["experts"].as<int64_t>(), B, T);
+    else if (kind == "adapter")
+        test_adapter(rep, host, spec_of(name, vm), H, vm.count("d-out") ? vm["d-out"].as<int64_t>() : H / 2, B, T);
+    else if (kind == "architecture")
+        test_architecture(rep, host, name, vm.count("model") ? vm["model"].as<std::string>() : "");
+    else
+        throw UsageError("plugins test covers routers, adapters and architectures, not " + kind + " components");
     rep.j["ok"] = rep.ok;
     rep.j["checks"] = rep.lines;
     if (g.json) {

@@ -61,7 +61,7 @@ int list(const Global &g, const po::variables_map &) {
     }
     if (g.json) {
         json j = {{"search_path", reg.search_path()}, {"components", json::array()}, {"libraries", json::array()},
-                  {"duplicates", reg.duplicates()}, {"refused", refused}, {"blacklisted", blacklisted}};
+                  {"duplicates", reg.duplicates()},   {"refused", refused},          {"blacklisted", blacklisted}};
         for (const auto &c : comps) j["components"].push_back(component_json(c));
         for (const auto &s : reg.libraries()) j["libraries"].push_back(library_json(s));
         std::cout << j.dump(2) << "\n";
@@ -82,7 +82,9 @@ int list(const Global &g, const po::variables_map &) {
     if (refused) std::cout << "; " << refused << " refused (" << blacklisted << " blacklisted)";
     std::cout << "\n";
     for (const auto &s : reg.libraries())
-        if (!s.ok) std::cout << "  refused " << s.path << ": " << s.reason << (s.blacklisted ? " [blacklisted until the file changes]" : "") << "\n";
+        if (!s.ok)
+            std::cout << "  refused " << s.path << ": " << s.reason << (s.blacklisted ? " [blacklisted until the file changes]" : "")
+                      << "\n";
     for (const auto &d : reg.duplicates()) std::cout << "  duplicate: " << d << "\n";
     if (reg.search_path().empty()) std::cout << "No plugin folder found: use --plugin-path or MANGO_PLUGIN_PATH.\n";
     return 0;
@@ -95,8 +97,7 @@ int info(const Global &g, const po::variables_map &vm) {
     const std::string kind = vm.count("kind") ? vm["kind"].as<std::string>() : "";
     const Registry reg = Registry::discover(registry_options(g));
     std::vector<const ComponentInfo *> found = reg.find_by_name(name);
-    if (!kind.empty())
-        found.erase(std::remove_if(found.begin(), found.end(), [&](auto *c) { return c->kind != kind; }), found.end());
+    if (!kind.empty()) found.erase(std::remove_if(found.begin(), found.end(), [&](auto *c) { return c->kind != kind; }), found.end());
     if (found.empty()) {
         std::string msg = "no plugin component named '" + name + "'" + (kind.empty() ? "" : " of kind " + kind);
         if (auto close = reg.close_names(name); !close.empty()) {
@@ -165,7 +166,8 @@ int validate(const Global &g, const po::variables_map &vm) {
     }
     for (const auto &s : reg.libraries()) {
         if (s.ok)
-            std::cout << "ok    " << s.path << " (" << s.plugin_name << " " << s.plugin_version << ", " << s.components.size() << " component" << (s.components.size() == 1 ? "" : "s") << ")\n";
+            std::cout << "ok    " << s.path << " (" << s.plugin_name << " " << s.plugin_version << ", " << s.components.size()
+                      << " component" << (s.components.size() == 1 ? "" : "s") << ")\n";
         else
             std::cout << "FAIL  " << s.path << ": " << s.reason << "\n";
     }

@@ -17,9 +17,11 @@ int run_cmd(const Global &g, const po::variables_map &vm) {
     settings.progress = !vm.count("no-progress");
     const PipelineSpec spec = Pipeline::parse(host, vm["pipeline"].as<std::string>(), settings);
     if (vm.count("check")) {
-        if (g.json) std::cout << nlohmann::json{{"valid", true}, {"steps", spec.steps.size()}, {"output", spec.output}}.dump(2) << "\n";
-        else std::cout << spec.file << ": valid (" << spec.models.size() << " models, " << spec.data.size() << " data sets, "
-                       << spec.steps.size() << " steps)\n";
+        if (g.json)
+            std::cout << nlohmann::json{{"valid", true}, {"steps", spec.steps.size()}, {"output", spec.output}}.dump(2) << "\n";
+        else
+            std::cout << spec.file << ": valid (" << spec.models.size() << " models, " << spec.data.size() << " data sets, "
+                      << spec.steps.size() << " steps)\n";
         return 0;
     }
     const nlohmann::json summary = Pipeline::run(host, spec, settings);
@@ -37,8 +39,8 @@ std::vector<Command> run_commands() {
                      "output,o", po::value<std::string>(), "output folder (overrides the file's `output`)")(
                      "set", po::value<std::vector<std::string>>()->composing(),
                      "override a value: KEY.PATH=VALUE, e.g. steps.0.steps=10 or 'steps.*.batch_size=2' (repeatable)")(
-                     "check", "validate the file (keys, files, models, plugins and their options) and stop")(
-                     "no-progress", "no progress bars");
+                     "check", "validate the file (keys, files, models, plugins and their options) and stop")("no-progress",
+                                                                                                             "no progress bars");
                  p.add("pipeline", 1);
              },
              run_cmd}};

@@ -26,8 +26,10 @@ int tokenize(const Global &g, const po::variables_map &vm) {
             }
         }
         const std::string text = tok.decode(ids, !special);
-        if (g.json) std::cout << nlohmann::json{{"ids", ids}, {"text", text}}.dump() << "\n";
-        else std::cout << text << "\n";
+        if (g.json)
+            std::cout << nlohmann::json{{"ids", ids}, {"text", text}}.dump() << "\n";
+        else
+            std::cout << text << "\n";
         return 0;
     }
     const std::vector<int32_t> ids = tok.encode(input, special);
@@ -50,8 +52,8 @@ std::vector<Command> tokenize_commands() {
              [](po::options_description &d, po::positional_options_description &p) {
                  d.add_options()("model", po::value<std::string>()->required(), "model folder or tokenizer.json")(
                      "text", po::value<std::string>()->required(), "text to encode (ids with --decode)")(
-                     "decode", "decode ids instead of encoding text")(
-                     "no-special", "no BOS/CLS/SEP when encoding; drop special tokens when decoding");
+                     "decode", "decode ids instead of encoding text")("no-special",
+                                                                      "no BOS/CLS/SEP when encoding; drop special tokens when decoding");
                  p.add("model", 1).add("text", 1);
              },
              tokenize}};

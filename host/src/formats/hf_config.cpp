@@ -71,7 +71,8 @@ HfConfig parse_hf_config(const std::string &text, const std::string &where) {
     const json rope = j.contains("rope_parameters") && j["rope_parameters"].is_object() ? j["rope_parameters"] : json();
     const json theta = rope.contains("rope_theta") ? rope["rope_theta"] : j.value("rope_theta", json());
     if (!theta.is_null()) {
-        if (!theta.is_number() || theta.get<double>() <= 0) throw ConfigError(where + ": rope_theta must be a positive number, found " + theta.dump());
+        if (!theta.is_number() || theta.get<double>() <= 0)
+            throw ConfigError(where + ": rope_theta must be a positive number, found " + theta.dump());
         c.rope_theta = theta.get<double>();
     }
     json scaling = j.contains("rope_scaling") && j["rope_scaling"].is_object() ? j["rope_scaling"] : rope;

@@ -21,7 +21,7 @@ struct ConfigError : std::runtime_error {
 struct RopeScaling {
     std::string type = "default";  // default | linear | dynamic | llama3 | yarn | ...
     double factor = 1.0;
-    nlohmann::json params;         // every key of the scaling object
+    nlohmann::json params;  // every key of the scaling object
 };
 
 struct HfConfig {

@@ -60,10 +60,19 @@ constexpr bool kNativeF8 = TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 
 
 at::ScalarType scalar_type(const std::string &d, const std::string &where) {
     static const std::map<std::string, at::ScalarType> types = {
-        {"F64", at::kDouble}, {"F32", at::kFloat}, {"F16", at::kHalf}, {"BF16", at::kBFloat16}, {"I64", at::kLong},
-        {"I32", at::kInt}, {"I16", at::kShort}, {"I8", at::kChar}, {"U8", at::kByte}, {"BOOL", at::kBool},
+        {"F64", at::kDouble},
+        {"F32", at::kFloat},
+        {"F16", at::kHalf},
+        {"BF16", at::kBFloat16},
+        {"I64", at::kLong},
+        {"I32", at::kInt},
+        {"I16", at::kShort},
+        {"I8", at::kChar},
+        {"U8", at::kByte},
+        {"BOOL", at::kBool},
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
-        {"F8_E4M3", at::ScalarType::Float8_e4m3fn}, {"F8_E5M2", at::ScalarType::Float8_e5m2},
+        {"F8_E4M3", at::ScalarType::Float8_e4m3fn},
+        {"F8_E5M2", at::ScalarType::Float8_e5m2},
 #endif
     };
     auto it = types.find(d);
@@ -75,17 +84,23 @@ at::ScalarType scalar_type(const std::string &d, const std::string &where) {
 float decode_e4m3fn(uint8_t b) {
     const int sign = b >> 7, exp = (b >> 3) & 15, man = b & 7;
     float v;
-    if (exp == 15 && man == 7) v = NAN;
-    else if (exp == 0) v = std::ldexp(man / 8.0f, -6);
-    else v = std::ldexp(1.0f + man / 8.0f, exp - 7);
+    if (exp == 15 && man == 7)
+        v = NAN;
+    else if (exp == 0)
+        v = std::ldexp(man / 8.0f, -6);
+    else
+        v = std::ldexp(1.0f + man / 8.0f, exp - 7);
     return sign ? -v : v;
 }
 float decode_e5m2(uint8_t b) {
     const int sign = b >> 7, exp = (b >> 2) & 31, man = b & 3;
     float v;
-    if (exp == 31) v = man ? NAN : INFINITY;
-    else if (exp == 0) v = std::ldexp(man / 4.0f, -14);
-    else v = std::ldexp(1.0f + man / 4.0f, exp - 15);
+    if (exp == 31)
+        v = man ? NAN : INFINITY;
+    else if (exp == 0)
+        v = std::ldexp(man / 4.0f, -14);
+    else
+        v = std::ldexp(1.0f + man / 4.0f, exp - 15);
     return sign ? -v : v;
 }
 
@@ -93,21 +108,34 @@ float decode_e5m2(uint8_t b) {
 
 std::string dtype_name(at::ScalarType t) {
     switch (t) {
-    case at::kDouble: return "F64";
-    case at::kFloat: return "F32";
-    case at::kHalf: return "F16";
-    case at::kBFloat16: return "BF16";
-    case at::kLong: return "I64";
-    case at::kInt: return "I32";
-    case at::kShort: return "I16";
-    case at::kChar: return "I8";
-    case at::kByte: return "U8";
-    case at::kBool: return "BOOL";
+        case at::kDouble:
+            return "F64";
+        case at::kFloat:
+            return "F32";
+        case at::kHalf:
+            return "F16";
+        case at::kBFloat16:
+            return "BF16";
+        case at::kLong:
+            return "I64";
+        case at::kInt:
+            return "I32";
+        case at::kShort:
+            return "I16";
+        case at::kChar:
+            return "I8";
+        case at::kByte:
+            return "U8";
+        case at::kBool:
+            return "BOOL";
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
-    case at::ScalarType::Float8_e4m3fn: return "F8_E4M3";
-    case at::ScalarType::Float8_e5m2: return "F8_E5M2";
+        case at::ScalarType::Float8_e4m3fn:
+            return "F8_E4M3";
+        case at::ScalarType::Float8_e5m2:
+            return "F8_E5M2";
 #endif
-    default: throw FormatError(std::string("dtype ") + c10::toString(t) + " cannot be stored in safetensors");
+        default:
+            throw FormatError(std::string("dtype ") + c10::toString(t) + " cannot be stored in safetensors");
     }
 }
 
@@ -145,7 +173,8 @@ at::Tensor SafetensorsFile::tensor(const TensorEntry &t) const {
     if (t.numel() == 0) return at::empty(t.shape, at::TensorOptions().dtype(type));
     if (reinterpret_cast<uintptr_t>(p) % esize == 0) {
         std::shared_ptr<Mapping> keep = map_;
-        return at::from_blob(p, t.shape, [keep](void *) {}, at::TensorOptions().dtype(type));
+        return at::from_blob(
+            p, t.shape, [keep](void *) {}, at::TensorOptions().dtype(type));
     }
     at::Tensor out = at::empty(t.shape, at::TensorOptions().dtype(type));
     std::memcpy(out.data_ptr(), p, t.end - t.begin);
@@ -167,8 +196,7 @@ Checkpoint Checkpoint::open(const std::string &path) {
             } catch (const std::exception &e) {
                 throw FormatError(index.string() + ": not valid JSON: " + e.what());
             }
-            if (!j.contains("weight_map") || !j["weight_map"].is_object())
-                throw FormatError(index.string() + ": no \"weight_map\" object");
+            if (!j.contains("weight_map") || !j["weight_map"].is_object()) throw FormatError(index.string() + ": no \"weight_map\" object");
             std::map<std::string, size_t> file_index;  // shard file -> position, in name order
             for (auto &[name, file] : j["weight_map"].items()) {
                 if (!file.is_string()) throw FormatError(index.string() + ": weight_map['" + name + "'] is not a file name");
@@ -201,7 +229,8 @@ Checkpoint Checkpoint::open(const std::string &path) {
         for (const TensorEntry &t : c.files_[i]->header().tensors) {
             auto [it, fresh] = c.where_.emplace(t.name, i);
             if (!fresh)
-                throw FormatError(path + ": tensor '" + t.name + "' is in both " + c.files_[it->second]->path() + " and " + c.files_[i]->path());
+                throw FormatError(path + ": tensor '" + t.name + "' is in both " + c.files_[it->second]->path() + " and " +
+                                  c.files_[i]->path());
         }
     return c;
 }

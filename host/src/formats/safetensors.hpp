@@ -59,8 +59,7 @@ using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 // Writes one file atomically (temp file, fsync, rename): an interrupted
 // write never leaves a file that looks complete, and a failed one leaves an
 // existing file untouched.
-void write_safetensors(const std::string &path, const NamedTensors &tensors,
-                       const std::map<std::string, std::string> &metadata = {});
+void write_safetensors(const std::string &path, const NamedTensors &tensors, const std::map<std::string, std::string> &metadata = {});
 
 // Writes a checkpoint folder: one model.safetensors, or when the tensors
 // exceed max_shard_bytes (> 0), model-0000i-of-0000n.safetensors shards and

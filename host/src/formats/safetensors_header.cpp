@@ -24,19 +24,21 @@ uint64_t TensorEntry::numel() const {
 }
 
 size_t dtype_size(const std::string &d) {
-    static const std::map<std::string, size_t> sizes = {
-        {"F64", 8}, {"F32", 4}, {"F16", 2}, {"BF16", 2}, {"I64", 8}, {"I32", 4}, {"I16", 2}, {"I8", 1}, {"U64", 8},
-        {"U32", 4}, {"U16", 2}, {"U8", 1}, {"BOOL", 1}, {"F8_E4M3", 1}, {"F8_E5M2", 1}};
+    static const std::map<std::string, size_t> sizes = {{"F64", 8}, {"F32", 4}, {"F16", 2},  {"BF16", 2},    {"I64", 8},
+                                                        {"I32", 4}, {"I16", 2}, {"I8", 1},   {"U64", 8},     {"U32", 4},
+                                                        {"U16", 2}, {"U8", 1},  {"BOOL", 1}, {"F8_E4M3", 1}, {"F8_E5M2", 1}};
     auto it = sizes.find(d);
     return it == sizes.end() ? 0 : it->second;
 }
 
 Header parse_header(const uint8_t *bytes, size_t available, uint64_t file_size, const std::string &where) {
-    if (file_size < 8 || available < 8) fail(where, "file is " + std::to_string(file_size) + " bytes, too short for a safetensors header length (8 bytes)");
+    if (file_size < 8 || available < 8)
+        fail(where, "file is " + std::to_string(file_size) + " bytes, too short for a safetensors header length (8 bytes)");
     uint64_t n = 0;
     for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[i];
     if (n > kMaxHeaderBytes) fail(where, "header length " + std::to_string(n) + " exceeds the 100 MB limit");
-    if (8 + n > file_size) fail(where, "header length " + std::to_string(n) + " runs past the end of the " + std::to_string(file_size) + "-byte file");
+    if (8 + n > file_size)
+        fail(where, "header length " + std::to_string(n) + " runs past the end of the " + std::to_string(file_size) + "-byte file");
     if (8 + n > available) fail(where, "header not fully available");
     if (n < 2 || bytes[8] != '{') fail(where, "header does not start with '{'");
 
@@ -86,28 +88,34 @@ Header parse_header(const uint8_t *bytes, size_t available, uint64_t file_size, 
         for (const json &d : v["shape"]) {
             if (!d.is_number_unsigned()) fail(where, at + " has a shape entry that is not a non-negative integer: " + d.dump());
             const uint64_t dim = d.get<uint64_t>();
-            if (dim > (uint64_t(1) << 62) || mul_overflows(bytes_needed, dim, bytes_needed)) fail(where, at + " has an impossibly large shape");
+            if (dim > (uint64_t(1) << 62) || mul_overflows(bytes_needed, dim, bytes_needed))
+                fail(where, at + " has an impossibly large shape");
             t.shape.push_back(static_cast<int64_t>(dim));
         }
         for (const json &o : v["data_offsets"])
             if (!o.is_number_unsigned()) fail(where, at + " has a data offset that is not a non-negative integer");
         t.begin = v["data_offsets"][0].get<uint64_t>();
         t.end = v["data_offsets"][1].get<uint64_t>();
-        if (t.end < t.begin) fail(where, at + " has data_offsets end " + std::to_string(t.end) + " before begin " + std::to_string(t.begin));
+        if (t.end < t.begin)
+            fail(where, at + " has data_offsets end " + std::to_string(t.end) + " before begin " + std::to_string(t.begin));
         if (t.end > data_size)
-            fail(where, at + " data ends at " + std::to_string(t.end) + ", past the data buffer of " + std::to_string(data_size) + " bytes");
+            fail(where,
+                 at + " data ends at " + std::to_string(t.end) + ", past the data buffer of " + std::to_string(data_size) + " bytes");
         if (t.end - t.begin != bytes_needed)
             fail(where, at + ": shape " + v["shape"].dump() + " x " + t.dtype + " needs " + std::to_string(bytes_needed) +
                             " bytes, data_offsets span " + std::to_string(t.end - t.begin));
         h.tensors.push_back(std::move(t));
     }
-    std::sort(h.tensors.begin(), h.tensors.end(), [](const TensorEntry &a, const TensorEntry &b) {
-        return std::tie(a.begin, a.end) < std::tie(b.begin, b.end);
-    });
+    std::sort(h.tensors.begin(), h.tensors.end(),
+              [](const TensorEntry &a, const TensorEntry &b) { return std::tie(a.begin, a.end) < std::tie(b.begin, b.end); });
     uint64_t cursor = 0;
     for (const TensorEntry &t : h.tensors) {
-        if (t.begin < cursor) fail(where, "tensor '" + t.name + "' overlaps the tensor before it (starts at " + std::to_string(t.begin) + ", previous ends at " + std::to_string(cursor) + ")");
-        if (t.begin > cursor) fail(where, "hole in the data buffer before tensor '" + t.name + "' (bytes " + std::to_string(cursor) + ".." + std::to_string(t.begin) + " unused)");
+        if (t.begin < cursor)
+            fail(where, "tensor '" + t.name + "' overlaps the tensor before it (starts at " + std::to_string(t.begin) +
+                            ", previous ends at " + std::to_string(cursor) + ")");
+        if (t.begin > cursor)
+            fail(where, "hole in the data buffer before tensor '" + t.name + "' (bytes " + std::to_string(cursor) + ".." +
+                            std::to_string(t.begin) + " unused)");
         cursor = t.end;
     }
     if (cursor != data_size)

@@ -29,9 +29,7 @@ using PreTokenizer = std::function<std::vector<std::string>(const std::vector<st
 using Decoder = std::function<std::vector<std::string>(std::vector<std::string>)>;
 using PostProcessor = std::function<std::vector<int32_t>(std::vector<int32_t>)>;
 
-[[noreturn]] void unsupported(const std::string &where, const std::string &what) {
-    throw TokenizerError(where + ": unsupported " + what);
-}
+[[noreturn]] void unsupported(const std::string &where, const std::string &what) { throw TokenizerError(where + ": unsupported " + what); }
 
 std::string replace_all(std::string s, const std::string &from, const std::string &to) {
     if (from.empty()) return s;
@@ -69,21 +67,27 @@ std::vector<std::string> apply_behavior(std::vector<Segment> segs, const std::st
             if (!s.match) out.push_back(s.text);
     } else if (behavior == "MergedWithPrevious" || behavior == "merged_with_previous") {
         for (auto &s : segs) {
-            if (s.match && !out.empty()) out.back() += s.text;
-            else out.push_back(s.text);
+            if (s.match && !out.empty())
+                out.back() += s.text;
+            else
+                out.push_back(s.text);
         }
     } else if (behavior == "MergedWithNext" || behavior == "merged_with_next") {
         bool carry = false;
         for (auto &s : segs) {
-            if (carry) out.back() += s.text;
-            else out.push_back(s.text);
+            if (carry)
+                out.back() += s.text;
+            else
+                out.push_back(s.text);
             carry = s.match;
         }
     } else if (behavior == "Contiguous" || behavior == "contiguous") {
         bool prev_match = false;
         for (auto &s : segs) {
-            if (s.match && prev_match) out.back() += s.text;
-            else out.push_back(s.text);
+            if (s.match && prev_match)
+                out.back() += s.text;
+            else
+                out.push_back(s.text);
             prev_match = s.match;
         }
     } else {
@@ -233,8 +237,8 @@ PreTokenizer make_pre_tokenizer(const json &j, const std::string &where) {
         return per_piece([=](const std::string &piece, bool) {
             std::string s = piece;
             if (prefix && (s.empty() || s[0] != ' ')) s = " " + s;
-            std::vector<std::string> parts = use_regex ? apply_behavior(segments(s, re->find_all(s)), "Isolated", false, where)
-                                                       : std::vector<std::string>{s};
+            std::vector<std::string> parts =
+                use_regex ? apply_behavior(segments(s, re->find_all(s)), "Isolated", false, where) : std::vector<std::string>{s};
             for (auto &p : parts) p = byte_level_map(p);
             return parts;
         });
@@ -243,7 +247,8 @@ PreTokenizer make_pre_tokenizer(const json &j, const std::string &where) {
         auto match = pattern_matcher(j.at("pattern"), where);
         const std::string behavior = j.value("behavior", "Isolated");
         const bool invert = j.value("invert", false);
-        return per_piece([=](const std::string &piece, bool) { return apply_behavior(segments(piece, match(piece)), behavior, invert, where); });
+        return per_piece(
+            [=](const std::string &piece, bool) { return apply_behavior(segments(piece, match(piece)), behavior, invert, where); });
     }
     if (type == "Metaspace") {
         const std::string rep = j.value("replacement", "\xE2\x96\x81");
@@ -269,12 +274,14 @@ PreTokenizer make_pre_tokenizer(const json &j, const std::string &where) {
                 cur.clear();
             };
             for (char32_t c : uni::decode(piece)) {
-                if (uni::is_whitespace(c)) flush();
+                if (uni::is_whitespace(c))
+                    flush();
                 else if (punct && uni::is_punctuation(c)) {
                     flush();
                     cur.push_back(c);
                     flush();
-                } else cur.push_back(c);
+                } else
+                    cur.push_back(c);
             }
             flush();
             return out;
@@ -282,12 +289,14 @@ PreTokenizer make_pre_tokenizer(const json &j, const std::string &where) {
     }
     if (type == "Whitespace") {
         auto re = std::make_shared<uni::Regex>(R"(\w+|[^\w\s]+)");
-        return per_piece([=](const std::string &piece, bool) { return apply_behavior(segments(piece, re->find_all(piece)), "Removed", true, where); });
+        return per_piece(
+            [=](const std::string &piece, bool) { return apply_behavior(segments(piece, re->find_all(piece)), "Removed", true, where); });
     }
     if (type == "Digits") {
         const bool individual = j.value("individual_digits", false);
         auto re = std::make_shared<uni::Regex>(individual ? R"(\p{Nd})" : R"(\p{Nd}+)");
-        return per_piece([=](const std::string &piece, bool) { return apply_behavior(segments(piece, re->find_all(piece)), "Isolated", false, where); });
+        return per_piece(
+            [=](const std::string &piece, bool) { return apply_behavior(segments(piece, re->find_all(piece)), "Isolated", false, where); });
     }
     unsupported(where, "pre_tokenizer '" + type + "'");
 }
@@ -433,8 +442,10 @@ private:
                 char name[8];
                 for (unsigned char b : s) {
                     std::snprintf(name, sizeof name, "<0x%02X>", b);
-                    if (auto id = vocab_.find(name)) bytes.push_back(*id);
-                    else break;
+                    if (auto id = vocab_.find(name))
+                        bytes.push_back(*id);
+                    else
+                        break;
                 }
                 if (bytes.size() == s.size()) {
                     ids.insert(ids.end(), bytes.begin(), bytes.end());
@@ -526,9 +537,11 @@ PostProcessor make_post_processor(const json &j, const std::string &where) {
                 seen_a = true;
             } else if (item.contains("SpecialToken")) {
                 const std::string name = item.at("SpecialToken").at("id");
-                if (!j.at("special_tokens").contains(name)) throw TokenizerError(where + ": template names unknown special token '" + name + "'");
+                if (!j.at("special_tokens").contains(name))
+                    throw TokenizerError(where + ": template names unknown special token '" + name + "'");
                 std::vector<int32_t> ids;
-                for (const json &id : j.at("special_tokens").at(name).at("ids")) ids.push_back(token_id(id, where + ": special token '" + name + "'"));
+                for (const json &id : j.at("special_tokens").at(name).at("ids"))
+                    ids.push_back(token_id(id, where + ": special token '" + name + "'"));
                 (seen_a ? after : before).push_back(ids);
             }
         }
@@ -552,9 +565,17 @@ PostProcessor make_post_processor(const json &j, const std::string &where) {
 }
 
 std::string wordpiece_cleanup(std::string s) {
-    for (auto [from, to] : std::vector<std::pair<const char *, const char *>>{
-             {" .", "."}, {" ?", "?"}, {" !", "!"}, {" ,", ","}, {" ' ", "'"}, {" n't", "n't"}, {" 'm", "'m"},
-             {" do not", " don't"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}})
+    for (auto [from, to] : std::vector<std::pair<const char *, const char *>>{{" .", "."},
+                                                                              {" ?", "?"},
+                                                                              {" !", "!"},
+                                                                              {" ,", ","},
+                                                                              {" ' ", "'"},
+                                                                              {" n't", "n't"},
+                                                                              {" 'm", "'m"},
+                                                                              {" do not", " don't"},
+                                                                              {" 's", "'s"},
+                                                                              {" 've", "'ve"},
+                                                                              {" 're", "'re"}})
         s = replace_all(s, from, to);
     return s;
 }
@@ -638,7 +659,8 @@ Decoder make_decoder(const json &j, const std::string &where) {
         return [=](std::vector<std::string> t) {
             for (auto &s : t) {
                 for (size_t i = 0; i < start && s.rfind(content, 0) == 0; ++i) s.erase(0, content.size());
-                for (size_t i = 0; i < stop && s.size() >= content.size() && s.compare(s.size() - content.size(), content.size(), content) == 0; ++i)
+                for (size_t i = 0;
+                     i < stop && s.size() >= content.size() && s.compare(s.size() - content.size(), content.size(), content) == 0; ++i)
                     s.erase(s.size() - content.size());
             }
             return t;
@@ -650,8 +672,10 @@ Decoder make_decoder(const json &j, const std::string &where) {
         return [=](std::vector<std::string> t) {
             for (size_t i = 0; i < t.size(); ++i) {
                 if (i != 0) {
-                    if (t[i].rfind(prefix, 0) == 0) t[i].erase(0, prefix.size());
-                    else t[i] = " " + t[i];
+                    if (t[i].rfind(prefix, 0) == 0)
+                        t[i].erase(0, prefix.size());
+                    else
+                        t[i] = " " + t[i];
                 }
                 if (cleanup) t[i] = wordpiece_cleanup(t[i]);
             }
@@ -689,9 +713,9 @@ struct Tokenizer::Impl {
     PreTokenizer pre_tokenizer;
     PostProcessor post_processor;
     Decoder decoder;
-    std::vector<AddedToken> added;                     // longest first
+    std::vector<AddedToken> added;                          // longest first
     std::map<unsigned char, std::vector<size_t>> by_first;  // first byte -> added indices
-    std::vector<bool> special;                         // id -> special added token
+    std::vector<bool> special;                              // id -> special added token
 
     // Next added-token match at or after `from`: (pos, index) or npos.
     std::pair<size_t, size_t> next_added(const std::string &text, size_t from) const {
@@ -742,9 +766,12 @@ Tokenizer Tokenizer::from_json(const std::string &text, const std::string &where
         const json &m = j.at("model");
         impl->model_type = m.value("type", "");
         if (impl->model_type.empty() && m.contains("merges")) impl->model_type = "BPE";
-        if (impl->model_type == "BPE") impl->model = std::make_unique<Bpe>(m, impl->vocab, where);
-        else if (impl->model_type == "WordPiece") impl->model = std::make_unique<WordPiece>(m, impl->vocab, where);
-        else unsupported(where, "model type '" + impl->model_type + "' (supported: BPE, WordPiece)");
+        if (impl->model_type == "BPE")
+            impl->model = std::make_unique<Bpe>(m, impl->vocab, where);
+        else if (impl->model_type == "WordPiece")
+            impl->model = std::make_unique<WordPiece>(m, impl->vocab, where);
+        else
+            unsupported(where, "model type '" + impl->model_type + "' (supported: BPE, WordPiece)");
         impl->normalizer = make_normalizer(j.value("normalizer", json()), where);
         impl->pre_tokenizer = make_pre_tokenizer(j.value("pre_tokenizer", json()), where);
         impl->post_processor = make_post_processor(j.value("post_processor", json()), where);
@@ -807,7 +834,8 @@ std::string Tokenizer::decode(const std::vector<int32_t> &ids, bool skip_special
                                  std::to_string(impl_->vocab.tokens.size()));
         tokens.push_back(impl_->vocab.tokens[static_cast<size_t>(id)]);
     }
-    if (impl_->decoder) tokens = impl_->decoder(std::move(tokens));
+    if (impl_->decoder)
+        tokens = impl_->decoder(std::move(tokens));
     else if (!tokens.empty()) {
         std::string joined = tokens[0];
         for (size_t i = 1; i < tokens.size(); ++i) joined += " " + tokens[i];

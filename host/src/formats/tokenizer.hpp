@@ -32,7 +32,7 @@ public:
 
     std::optional<int32_t> token_to_id(const std::string &token) const;
     std::string id_to_token(int32_t id) const;  // "" when unknown
-    size_t vocab_size() const;                   // largest id + 1
+    size_t vocab_size() const;                  // largest id + 1
     bool is_special(int32_t id) const;
     std::string model_type() const;  // "BPE", "WordPiece"
 

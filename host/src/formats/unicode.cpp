@@ -51,18 +51,21 @@ size_t invalid_len(const std::string &s, size_t i) {
 char32_t cp_at(const std::string &s, size_t i, size_t len) {
     const auto *p = reinterpret_cast<const uint8_t *>(s.data()) + i;
     switch (len) {
-    case 1: return p[0];
-    case 2: return ((p[0] & 0x1F) << 6) | (p[1] & 0x3F);
-    case 3: return ((p[0] & 0x0F) << 12) | ((p[1] & 0x3F) << 6) | (p[2] & 0x3F);
-    default: return ((p[0] & 0x07) << 18) | ((p[1] & 0x3F) << 12) | ((p[2] & 0x3F) << 6) | (p[3] & 0x3F);
+        case 1:
+            return p[0];
+        case 2:
+            return ((p[0] & 0x1F) << 6) | (p[1] & 0x3F);
+        case 3:
+            return ((p[0] & 0x0F) << 12) | ((p[1] & 0x3F) << 6) | (p[2] & 0x3F);
+        default:
+            return ((p[0] & 0x07) << 18) | ((p[1] & 0x3F) << 12) | ((p[2] & 0x3F) << 6) | (p[3] & 0x3F);
     }
 }
 
 std::string utf8proc_map_string(const std::string &s, int options) {
     utf8proc_uint8_t *out = nullptr;
-    const utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t *>(s.data()),
-                                            static_cast<utf8proc_ssize_t>(s.size()), &out,
-                                            static_cast<utf8proc_option_t>(options));
+    const utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t *>(s.data()), static_cast<utf8proc_ssize_t>(s.size()),
+                                            &out, static_cast<utf8proc_option_t>(options));
     if (n < 0) return s;  // invalid UTF-8 cannot occur: inputs are re-encoded first
     std::string r(reinterpret_cast<char *>(out), static_cast<size_t>(n));
     std::free(out);
@@ -103,7 +106,8 @@ std::vector<char32_t> decode(const std::string &s) {
 }
 
 void append(std::string &out, char32_t c) {
-    if (c < 0x80) out += static_cast<char>(c);
+    if (c < 0x80)
+        out += static_cast<char>(c);
     else if (c < 0x800) {
         out += static_cast<char>(0xC0 | (c >> 6));
         out += static_cast<char>(0x80 | (c & 0x3F));
@@ -160,8 +164,7 @@ bool is_whitespace(char32_t c) {
 bool is_control(char32_t c) {
     if (c == '\t' || c == '\n' || c == '\r') return false;
     const auto cat = utf8proc_category(static_cast<utf8proc_int32_t>(c));
-    return cat == UTF8PROC_CATEGORY_CC || cat == UTF8PROC_CATEGORY_CF || cat == UTF8PROC_CATEGORY_CN ||
-           cat == UTF8PROC_CATEGORY_CO;
+    return cat == UTF8PROC_CATEGORY_CC || cat == UTF8PROC_CATEGORY_CF || cat == UTF8PROC_CATEGORY_CN || cat == UTF8PROC_CATEGORY_CO;
 }
 
 bool is_punctuation(char32_t c) {

@@ -19,10 +19,10 @@ std::vector<std::string> chars(const std::string &s);
 // Like Rust's String::from_utf8_lossy: each maximal invalid subsequence -> U+FFFD.
 std::string from_bytes_lossy(const std::string &bytes);
 
-bool is_whitespace(char32_t c);  // Unicode White_Space
-bool is_control(char32_t c);     // category C* other than \t \n \r
-bool is_punctuation(char32_t c); // ASCII punctuation or category P*
-bool is_cjk(char32_t c);         // CJK ideograph blocks (BERT)
+bool is_whitespace(char32_t c);   // Unicode White_Space
+bool is_control(char32_t c);      // category C* other than \t \n \r
+bool is_punctuation(char32_t c);  // ASCII punctuation or category P*
+bool is_cjk(char32_t c);          // CJK ideograph blocks (BERT)
 bool is_mark_nonspacing(char32_t c);
 char32_t to_lower(char32_t c);
 std::string nfd(const std::string &s);

@@ -69,7 +69,8 @@ std::unique_ptr<FusedModel> FusedModel::build(const PluginHost &host, std::vecto
             a.where = (a.where.empty() ? "" : a.where + ": ") + "adapter " + dir + " of model #" + std::to_string(m);
             const std::string key = "m" + std::to_string(m) + "." + dir;
             a.saved = saved_under(f->spec_.saved, "adapters." + key + ".");
-            f->adapters_[key] = std::string(dir) == "in" ? AdapterInstance::create(host, a, target, h) : AdapterInstance::create(host, a, h, target);
+            f->adapters_[key] =
+                std::string(dir) == "in" ? AdapterInstance::create(host, a, target, h) : AdapterInstance::create(host, a, h, target);
         }
     }
     for (size_t li = 0; li < f->spec_.layers.size(); ++li) {
@@ -140,7 +141,8 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
 
 at::Tensor FusedModel::alignment_loss(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions) {
     const std::string b = "m" + std::to_string(spec_.base);
-    if (adapters_.count(b + ".in")) throw HostError("adapter alignment needs the base model at the fused hidden size (it has adapters itself)");
+    if (adapters_.count(b + ".in"))
+        throw HostError("adapter alignment needs the base model at the fused hidden size (it has adapters itself)");
     // Each model's own residual stream: states[m][k] = input of block k, [n] = output of the last.
     std::map<size_t, std::vector<at::Tensor>> states;
     {
@@ -195,7 +197,8 @@ void FusedModel::set_experts_trainable(bool on) {
 namespace {
 // Parameters (trainable) or buffers (not) of every adapter and router, by qualified name.
 std::vector<std::pair<std::string, at::Tensor>> instance_state(const std::map<std::string, std::unique_ptr<AdapterInstance>> &adapters,
-                                                               const std::vector<std::unique_ptr<RouterInstance>> &routers, bool trainable) {
+                                                               const std::vector<std::unique_ptr<RouterInstance>> &routers,
+                                                               bool trainable) {
     std::vector<std::pair<std::string, at::Tensor>> out;
     for (const auto &[key, a] : adapters)
         for (const auto &p : a->parameters())
@@ -231,8 +234,13 @@ void FusedModel::save(const std::string &dir, bool self_contained) const {
     self_contained = self_contained || experts_trainable_ ||
                      std::any_of(models_.begin(), models_.end(), [](const auto &m) { return !m->from_checkpoint(); });
     fs::create_directories(dir);
-    json j = {{"format", "mango-fusion"}, {"version", 1}, {"base", spec_.base}, {"target_hidden", target_},
-              {"always_adapt", spec_.always_adapt}, {"models", json::array()}, {"layers", json::array()}};
+    json j = {{"format", "mango-fusion"},
+              {"version", 1},
+              {"base", spec_.base},
+              {"target_hidden", target_},
+              {"always_adapt", spec_.always_adapt},
+              {"models", json::array()},
+              {"layers", json::array()}};
     if (!spec_.adapter.name.empty()) j["adapter"] = spec_json(spec_.adapter);
     for (size_t i = 0; i < models_.size(); ++i) {
         const Model &m = *models_[i];
@@ -276,7 +284,7 @@ std::unique_ptr<FusedModel> FusedModel::load(const PluginHost &host, const std::
             for (const auto &[file, hash] : m.at("sha256").items())
                 if (!now.contains(file) || now[file] != hash)
                     throw HostError(cfg.string() + ": base model " + path + " changed since the fusion was saved (" + file +
-                                (now.contains(file) ? " has another sha256)" : " is missing)"));
+                                    (now.contains(file) ? " has another sha256)" : " is missing)"));
             models.push_back(std::shared_ptr<Model>(Model::load(host, path, dtype, device)));
         }
         FusionSpec spec;
@@ -295,8 +303,8 @@ std::unique_ptr<FusedModel> FusedModel::load(const PluginHost &host, const std::
         auto f = build(host, std::move(models), std::move(spec));
         const size_t restored = f->fusion_parameters().size() + f->buffers().size();
         if (restored != weights->header().tensors.size())
-            throw HostError(dir + ": fusion.safetensors holds " + std::to_string(weights->header().tensors.size()) + " tensors, the fusion has " +
-                            std::to_string(restored) + " parameters and buffers");
+            throw HostError(dir + ": fusion.safetensors holds " + std::to_string(weights->header().tensors.size()) +
+                            " tensors, the fusion has " + std::to_string(restored) + " parameters and buffers");
         return f;
     } catch (const json::exception &e) {
         throw HostError(cfg.string() + ": malformed: " + e.what());

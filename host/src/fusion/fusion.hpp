@@ -74,8 +74,8 @@ public:
     void save(const std::string &dir, bool self_contained = false) const override;
     // Loads a saved fusion; a base model whose files changed since is refused
     // naming the file.
-    static std::unique_ptr<FusedModel> load(const PluginHost &host, const std::string &dir,
-                                            at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
+    static std::unique_ptr<FusedModel> load(const PluginHost &host, const std::string &dir, at::ScalarType dtype = at::kFloat,
+                                            at::Device device = at::kCPU);
 
 private:
     FusedModel() = default;

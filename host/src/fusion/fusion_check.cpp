@@ -8,7 +8,8 @@ namespace mango {
 int64_t check_fusion(const std::vector<FusionMember> &members, const FusionSpec &spec, const FusionPlaces &where) {
     if (members.empty()) throw HostError(where.fusion + ": a fusion needs at least one model");
     if (spec.base >= members.size())
-        throw HostError(where.fusion + ": base model #" + std::to_string(spec.base) + " does not exist (" + std::to_string(members.size()) + " models)");
+        throw HostError(where.fusion + ": base model #" + std::to_string(spec.base) + " does not exist (" + std::to_string(members.size()) +
+                        " models)");
     if (spec.layers.empty()) throw HostError(where.fusion + ": a fusion needs at least one fusion layer");
     for (const auto &m : members)
         if (!m.is_causal) throw HostError(where.fusion + ": " + m.name + " is an encoder; fusion takes causal LMs");
@@ -20,7 +21,8 @@ int64_t check_fusion(const std::vector<FusionMember> &members, const FusionSpec 
     auto check_size = [&](size_t m, const std::string &place) {
         if (members[m].hidden_size != target && !adapter)
             throw HostError(place + ": " + members[m].name + " has hidden size " + std::to_string(members[m].hidden_size) +
-                            " and the fused model " + std::to_string(target) + "; configure an adapter (e.g. name = \"linear\") to join them");
+                            " and the fused model " + std::to_string(target) +
+                            "; configure an adapter (e.g. name = \"linear\") to join them");
     };
     check_size(spec.base, where.fusion + " (base model)");
     std::set<std::pair<size_t, int32_t>> used;
@@ -36,7 +38,8 @@ int64_t check_fusion(const std::vector<FusionMember> &members, const FusionSpec 
                 throw HostError(place + ": layer " + std::to_string(e.layer) + " of " + m.name + " is out of range (it has " +
                                 std::to_string(m.n_layers) + " layers: 0.." + std::to_string(m.n_layers - 1) + ")");
             if (!used.insert({e.model, e.layer}).second)
-                throw HostError(place + ": layer " + std::to_string(e.layer) + " of " + m.name + " is used twice (each block keeps one KV cache)");
+                throw HostError(place + ": layer " + std::to_string(e.layer) + " of " + m.name +
+                                " is used twice (each block keeps one KV cache)");
             check_size(e.model, place);
         }
     }

@@ -22,11 +22,11 @@ struct FusionLayer {
 };
 
 struct FusionSpec {
-    size_t base = 0;             // embeddings and head from this model
-    int64_t target_hidden = 0;   // 0 = the largest hidden size
-    bool always_adapt = false;   // adapters also where sizes match
-    uint64_t seed = 0;           // random initial values of adapters and routers
-    InstanceSpec adapter;        // adapter plugin name + options
+    size_t base = 0;            // embeddings and head from this model
+    int64_t target_hidden = 0;  // 0 = the largest hidden size
+    bool always_adapt = false;  // adapters also where sizes match
+    uint64_t seed = 0;          // random initial values of adapters and routers
+    InstanceSpec adapter;       // adapter plugin name + options
     std::vector<FusionLayer> layers;
     // Adapter and router tensors to restore (trainable ones and buffers), by
     // qualified name (see FusedModel::state()).

@@ -15,16 +15,15 @@ std::vector<int64_t> banned_by_ngrams(const std::vector<int64_t> &seq, int64_t n
     if (n <= 0 || static_cast<int64_t>(seq.size()) < n) return banned;
     const size_t len = seq.size(), prefix = static_cast<size_t>(n - 1);
     for (size_t start = 0; start + prefix < len; ++start) {
-        if (std::equal(seq.begin() + start, seq.begin() + start + prefix, seq.end() - prefix))
-            banned.push_back(seq[start + prefix]);
+        if (std::equal(seq.begin() + start, seq.begin() + start + prefix, seq.end() - prefix)) banned.push_back(seq[start + prefix]);
     }
     return banned;
 }
 
 }  // namespace
 
-std::vector<int64_t> choose_next(const at::Tensor &logits_in, const std::vector<std::vector<int64_t>> &history,
-                                 const GenerateOptions &o, at::Generator &gen) {
+std::vector<int64_t> choose_next(const at::Tensor &logits_in, const std::vector<std::vector<int64_t>> &history, const GenerateOptions &o,
+                                 at::Generator &gen) {
     at::Tensor logits = logits_in.to(at::kCPU, at::kFloat).clone();
     const float lowest = -std::numeric_limits<float>::infinity();
     if (o.no_repeat_ngram_size > 0)
@@ -54,8 +53,7 @@ std::vector<int64_t> choose_next(const at::Tensor &logits_in, const std::vector<
     return next;
 }
 
-std::vector<std::vector<int64_t>> generate(CausalLM &model, const std::vector<std::vector<int64_t>> &prompts,
-                                           const GenerateOptions &o) {
+std::vector<std::vector<int64_t>> generate(CausalLM &model, const std::vector<std::vector<int64_t>> &prompts, const GenerateOptions &o) {
     if (!model.is_causal()) throw HostError(model.describe() + " is an encoder model; generation needs a causal LM");
     if (prompts.empty()) return {};
     const int64_t B = static_cast<int64_t>(prompts.size());

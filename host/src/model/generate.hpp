@@ -13,8 +13,8 @@ struct GenerateOptions {
     int64_t max_new_tokens = 32;
     bool greedy = true;
     double temperature = 1.0;
-    int64_t top_k = 0;     // 0 = off
-    double top_p = 1.0;    // 1 = off
+    int64_t top_k = 0;   // 0 = off
+    double top_p = 1.0;  // 1 = off
     uint64_t seed = 0;
     int64_t no_repeat_ngram_size = 0;
     std::vector<int64_t> stop_ids;  // a row ends after emitting one of these
@@ -28,7 +28,7 @@ std::vector<std::vector<int64_t>> generate(CausalLM &model, const std::vector<st
 
 // Greedy/sampling helper, exposed for tests: next token per row from logits
 // [B, V] given the ids so far (for no-repeat n-grams).
-std::vector<int64_t> choose_next(const at::Tensor &logits, const std::vector<std::vector<int64_t>> &history,
-                                 const GenerateOptions &options, at::Generator &gen);
+std::vector<int64_t> choose_next(const at::Tensor &logits, const std::vector<std::vector<int64_t>> &history, const GenerateOptions &options,
+                                 at::Generator &gen);
 
 }  // namespace mango

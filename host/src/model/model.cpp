@@ -95,8 +95,8 @@ const registry::ComponentInfo &Model::architecture_for(const PluginHost &host, c
             for (const auto &t : c.model_types) types += (types.empty() ? "" : ", ") + t;
             installed += (installed.empty() ? "" : "; ") + c.name + " (" + types + ")";
         }
-    throw HostError(config.path + ": no architecture plugin handles model_type = \"" + clip(config.model_type) + "\" (installed: " +
-                    (installed.empty() ? "none" : installed) + ")");
+    throw HostError(config.path + ": no architecture plugin handles model_type = \"" + clip(config.model_type) +
+                    "\" (installed: " + (installed.empty() ? "none" : installed) + ")");
 }
 
 std::vector<TensorDecl> Model::tensor_table(const PluginHost &host, const std::string &dir, bool check_dir) {
@@ -119,8 +119,8 @@ std::vector<TensorDecl> Model::tensor_table(const PluginHost &host, const std::s
     return ctx.roles;
 }
 
-std::unique_ptr<Model> Model::build(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device,
-                                    bool random, uint64_t seed) {
+std::unique_ptr<Model> Model::build(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device, bool random,
+                                    uint64_t seed) {
     std::unique_ptr<Model> m(new Model());
     m->dir_ = dir;
     m->dtype_ = dtype;
@@ -143,14 +143,15 @@ std::unique_ptr<Model> Model::build(const PluginHost &host, const std::string &d
     auto ckpt = m->ckpt_;
     const std::string where = dir;
     if (ckpt) m->ctx_->has_weight = [ckpt](const std::string &name) { return ckpt->contains(name); };
-    if (ckpt) m->ctx_->weights = [ckpt, dtype, device, where](const std::string &name) {
-        if (!ckpt->contains(name)) throw HostError(where + " has no tensor '" + name + "'");
-        at::Tensor t = ckpt->tensor(name);
-        if (!t.is_floating_point())
-            throw HostError(where + ": tensor '" + name + "' has dtype " + c10::toString(t.scalar_type()) +
-                        ", expected a floating-point weight");
-        return t.to(device, dtype);
-    };
+    if (ckpt)
+        m->ctx_->weights = [ckpt, dtype, device, where](const std::string &name) {
+            if (!ckpt->contains(name)) throw HostError(where + " has no tensor '" + name + "'");
+            at::Tensor t = ckpt->tensor(name);
+            if (!t.is_floating_point())
+                throw HostError(where + ": tensor '" + name + "' has dtype " + c10::toString(t.scalar_type()) +
+                                ", expected a floating-point weight");
+            return t.to(device, dtype);
+        };
     try {
         call_plugin(m->ctx_->label + ": create", [&] { return m->vt_->create(m->ctx_.get(), &m->self_); });
         mango_model_info info{};
@@ -161,8 +162,8 @@ std::unique_ptr<Model> Model::build(const PluginHost &host, const std::string &d
             m->ctx_->roles.clear();
             call_plugin(m->ctx_->label + ": tensors", [&] { return m->vt_->tensors(m->ctx_.get()); });
         }
-        m->info_ = {info.is_causal != 0, info.hidden_size, info.n_layers, info.vocab_size, info.n_heads,
-                    info.n_kv_heads, info.head_dim, info.max_positions, info.tied_embeddings != 0};
+        m->info_ = {info.is_causal != 0, info.hidden_size, info.n_layers,      info.vocab_size,          info.n_heads,
+                    info.n_kv_heads,     info.head_dim,    info.max_positions, info.tied_embeddings != 0};
     } catch (...) {
         if (m->self_) m->vt_->destroy(m->self_);
         m->self_ = nullptr;
@@ -187,7 +188,8 @@ at::Tensor Model::embed(const at::Tensor &ids, const at::Tensor &positions) {
 
 at::Tensor Model::block(int32_t layer, const at::Tensor &hidden, const at::Tensor &mask, const at::Tensor &positions, bool use_cache) {
     if (layer < 0 || layer >= info_.n_layers)
-        throw HostError(ctx_->label + ": layer " + std::to_string(layer) + " out of range (model has " + std::to_string(info_.n_layers) + ")");
+        throw HostError(ctx_->label + ": layer " + std::to_string(layer) + " out of range (model has " + std::to_string(info_.n_layers) +
+                        ")");
     mango_tensor h = wrap(hidden), m = wrap(mask), p = wrap(positions), out = nullptr;
     clear_plugin_error();
     const mango_status s = vt_->block(self_, ctx_.get(), layer, h, m, p, use_cache ? 1 : 0, &out);
@@ -218,7 +220,8 @@ at::Tensor Model::forward(const at::Tensor &ids, const at::Tensor &mask, const a
     const bool recompute = recompute_blocks(use_cache);
     for (int32_t l = 0; l < info_.n_layers; ++l) {
         if (recompute)
-            h = recomputed([this, l, mask, positions](const at::Tensor &x) { return block(l, x, mask, positions, false); }, h, trainable_tensors());
+            h = recomputed([this, l, mask, positions](const at::Tensor &x) { return block(l, x, mask, positions, false); }, h,
+                           trainable_tensors());
         else
             h = block(l, h, mask, positions, use_cache);
     }

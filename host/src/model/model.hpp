@@ -28,7 +28,7 @@ struct LayerReport {
     at::Tensor weights;  // [B, E] or [B, T, E]
     at::Tensor mask;     // [B, T] of the tokens routed (1 token, 0 pad)
     std::vector<std::pair<std::string, at::Tensor>> losses, stats;
-    std::string source;  // "router 'simple' of fusion layer 1 (p.toml:12)", for messages
+    std::string source;          // "router 'simple' of fusion layer 1 (p.toml:12)", for messages
     at::Tensor entropy() const;  // mean entropy of the weight rows (scalar)
     at::Tensor load() const;     // mean weight per expert over real tokens [E]
 };
@@ -86,8 +86,8 @@ class Model : public CausalLM {
 public:
     // Loads MODEL_DIR with the architecture plugin that claims its model_type.
     // dtype: weights are converted on load (kFloat by default).
-    static std::unique_ptr<Model> load(const PluginHost &host, const std::string &dir,
-                                       at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
+    static std::unique_ptr<Model> load(const PluginHost &host, const std::string &dir, at::ScalarType dtype = at::kFloat,
+                                       at::Device device = at::kCPU);
     // A model from MODEL_DIR/config.json alone, weights drawn at random:
     // normal(0, initializer_range) for matrices, ones for norm gains, zeros
     // for biases.
@@ -149,8 +149,8 @@ public:
 
 private:
     Model() = default;
-    static std::unique_ptr<Model> build(const PluginHost &host, const std::string &dir, at::ScalarType dtype,
-                                        at::Device device, bool random, uint64_t seed);
+    static std::unique_ptr<Model> build(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device,
+                                        bool random, uint64_t seed);
     std::string dir_;
     formats::HfConfig config_;
     std::shared_ptr<formats::Checkpoint> ckpt_;

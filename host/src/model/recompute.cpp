@@ -1,6 +1,5 @@
 #include "model/recompute.hpp"
 
-
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -18,8 +17,7 @@ struct Piece : torch::CustomClassHolder {
 };
 
 struct Recompute : torch::autograd::Function<Recompute> {
-    static variable_list forward(AutogradContext *ctx, const at::Tensor &x, at::TensorList params,
-                                 c10::intrusive_ptr<Piece> piece) {
+    static variable_list forward(AutogradContext *ctx, const at::Tensor &x, at::TensorList params, c10::intrusive_ptr<Piece> piece) {
         at::Generator gen = at::detail::getDefaultCPUGenerator();
         piece->rng_state = gen.get_state();
         at::Tensor y;

@@ -200,8 +200,9 @@ void check_fusion_def(ModelDef &m, const Names &names, const std::string &where)
         const int64_t n = members[0].n_layers;
         for (size_t i = 0; i < members.size(); ++i)
             if (members[i].n_layers != n)
-                throw PipelineError(where + ".layers: \"zip\" pairs layer i of every model, but " + f.members[0] + " has " + std::to_string(n) +
-                                    " layers and " + f.members[i] + " " + std::to_string(members[i].n_layers) + "; list the fusion layers explicitly");
+                throw PipelineError(where + ".layers: \"zip\" pairs layer i of every model, but " + f.members[0] + " has " +
+                                    std::to_string(n) + " layers and " + f.members[i] + " " + std::to_string(members[i].n_layers) +
+                                    "; list the fusion layers explicitly");
         for (int32_t l = 0; l < n; ++l) {
             std::vector<std::pair<std::string, int32_t>> experts;
             for (const auto &name : f.members) experts.push_back({name, l});
@@ -232,12 +233,15 @@ void read_models(const PluginHost &host, PipelineSpec &spec, Table models) {
         auto config = t.path("config");
         const bool fuse = t.has("fuse");
         if (int(path.has_value()) + int(config.has_value()) + int(fuse) != 1)
-            throw PipelineError(t.here() + ": give exactly one of 'path' (a model folder or a saved fusion), 'config' (a folder "
+            throw PipelineError(t.here() +
+                                ": give exactly one of 'path' (a model folder or a saved fusion), 'config' (a folder "
                                 "with config.json: random initialisation) or 'fuse' (models to fuse)");
         if (path) {
             m.path = *path;
-            if (fs::exists(fs::path(m.path) / "fusion.json")) m.kind = ModelDef::Kind::SavedFusion;
-            else read_hf_sizes(m, m.path, host, t.at("path"));
+            if (fs::exists(fs::path(m.path) / "fusion.json"))
+                m.kind = ModelDef::Kind::SavedFusion;
+            else
+                read_hf_sizes(m, m.path, host, t.at("path"));
         } else if (config) {
             m.kind = ModelDef::Kind::RandomInit;
             m.path = *config;
@@ -290,7 +294,8 @@ TrainStep read_train(Table &t, const PipelineSpec &spec, size_t index, std::stri
     s.run.save_state_every = t.has("checkpoint_every") ? t.integer("checkpoint_every", 0, 0) : t.integer("save_state_every", 0, 0);
     s.run.eval_every = t.integer("eval_every", 0, 0);
     const std::string what = t.string("train", "default");
-    if (what != "default" && what != "all") throw PipelineError(t.at("train") + ": expected \"default\" or \"all\", found \"" + what + "\"");
+    if (what != "default" && what != "all")
+        throw PipelineError(t.at("train") + ": expected \"default\" or \"all\", found \"" + what + "\"");
     s.all_weights = what == "all";
     const bool resume = t.boolean("resume", true);
     const std::string stem = spec.output + "/train/step" + std::to_string(index) + "-" + s.model;
@@ -337,7 +342,8 @@ void read_steps(PipelineSpec &spec, const toml::node *steps, const Source &src, 
         if (s.kind == "train") {
             TrainStep st = read_train(t, spec, i, model_name("model"), data_names("data"));
             if (fused_used_at.count(st.model))
-                throw PipelineError(t.at("model") + ": '" + st.model + "' is trained after step " + std::to_string(fused_used_at[st.model]) +
+                throw PipelineError(t.at("model") + ": '" + st.model + "' is trained after step " +
+                                    std::to_string(fused_used_at[st.model]) +
                                     " used a fusion of it; train the models before the fusions that use them");
             mark_fusion_use(st.model);
             s.step = st;

@@ -25,10 +25,10 @@ struct PipelineError : HostError {
 
 struct DataDef {
     std::string name, where;
-    std::string path;               // a .txt or .jsonl file
-    std::vector<std::string> mix;   // or: the union of other data sets
+    std::string path;              // a .txt or .jsonl file
+    std::vector<std::string> mix;  // or: the union of other data sets
     DataOptions options;
-    int64_t max_documents = 0;      // 0 = all
+    int64_t max_documents = 0;           // 0 = all
     std::vector<std::string> documents;  // read while validating
 };
 
@@ -39,9 +39,9 @@ struct FusionDef {
     bool always_adapt = false;
     InstanceSpec adapter;
     std::vector<std::vector<std::pair<std::string, int32_t>>> layers;  // (model, layer) per fusion layer
-    InstanceSpec router;                                                // for layers that name none
-    std::vector<InstanceSpec> routers;                                  // one per fusion layer
-    std::vector<std::string> layer_where;                               // "p.toml:14: models.f.layers[1]"
+    InstanceSpec router;                                               // for layers that name none
+    std::vector<InstanceSpec> routers;                                 // one per fusion layer
+    std::vector<std::string> layer_where;                              // "p.toml:14: models.f.layers[1]"
 };
 
 // The FusionSpec (model indices) of a fusion defined by model names.
@@ -86,7 +86,7 @@ struct StepDef {
 
 struct PipelineSpec {
     std::string file, output;
-    std::string tokenizer;      // tokenizer.json (or its folder)
+    std::string tokenizer;  // tokenizer.json (or its folder)
     std::optional<int64_t> eos_id;
     at::ScalarType dtype = at::kFloat;
     at::Device device = at::kCPU;
@@ -96,10 +96,10 @@ struct PipelineSpec {
 };
 
 struct RunSettings {
-    std::string output;              // overrides the file's `output`
-    std::vector<std::string> sets;   // "key.path=value" overrides
+    std::string output;             // overrides the file's `output`
+    std::vector<std::string> sets;  // "key.path=value" overrides
     bool progress = true;
-    bool json = false;               // machine-readable summary on stdout
+    bool json = false;  // machine-readable summary on stdout
 };
 
 class Pipeline {

@@ -41,8 +41,7 @@ struct Fingerprint {
 
 class Runner {
 public:
-    Runner(const PluginHost &host, const PipelineSpec &spec, const RunSettings &settings)
-        : host_(host), spec_(spec), settings_(settings) {}
+    Runner(const PluginHost &host, const PipelineSpec &spec, const RunSettings &settings) : host_(host), spec_(spec), settings_(settings) {}
 
     json run() {
         fs::create_directories(spec_.output);
@@ -160,8 +159,8 @@ private:
             Fingerprint f;
             json what = {{"model", s.model}, {"train", s.all_weights}, {"step", index}, {"opts", json::array()}};
             const TrainOptions &t = o.train;
-            for (double v : {double(t.steps), double(t.batch_size), t.lr, t.router_lr, t.weight_decay, double(t.warmup_steps), t.min_lr_ratio,
-                             t.clip_norm, t.adapter_weight, double(t.seed), double(t.align_steps)})
+            for (double v : {double(t.steps), double(t.batch_size), t.lr, t.router_lr, t.weight_decay, double(t.warmup_steps),
+                             t.min_lr_ratio, t.clip_norm, t.adapter_weight, double(t.seed), double(t.align_steps)})
                 what["opts"].push_back(v);
             what["aux_weights"] = t.aux_weights;
             if (d) what["def"] = {d->path, d->seed, int(d->kind)};
@@ -186,9 +185,16 @@ private:
             std::to_string(o.train.steps) + " steps of " + std::to_string(o.train.batch_size) + " x " + std::to_string(train.size(1)) +
             " tokens");
         const TrainRunResult r = run_training(m, train, o);
-        json out = {{"model", s.model}, {"steps", r.steps}, {"resumed_from", r.resumed_from}, {"tokens", r.tokens},
-                    {"seconds", r.seconds}, {"tokens_per_s", r.tokens_per_s}, {"last_loss", r.last_loss},
-                    {"validation_perplexity", r.validation_perplexity}, {"state", o.state_path}, {"log", o.log_path}};
+        json out = {{"model", s.model},
+                    {"steps", r.steps},
+                    {"resumed_from", r.resumed_from},
+                    {"tokens", r.tokens},
+                    {"seconds", r.seconds},
+                    {"tokens_per_s", r.tokens_per_s},
+                    {"last_loss", r.last_loss},
+                    {"validation_perplexity", r.validation_perplexity},
+                    {"state", o.state_path},
+                    {"log", o.log_path}};
         if (r.resumed_from == r.steps && r.steps > 0) say("(restored from " + o.state_path + ": already trained)");
         m.end_training();
         // A trained plain model is written out, so fusions can refer to it by path and content hash.
@@ -214,14 +220,15 @@ private:
             CausalLM &m = model(name);
             for (const auto &dn : s.data) {
                 at::Tensor seqs = data(dn).validation;
-                if (seqs.size(0) == 0) throw PipelineError("data set " + dn + " has no validation sequences (raise its 'validation' fraction)");
+                if (seqs.size(0) == 0)
+                    throw PipelineError("data set " + dn + " has no validation sequences (raise its 'validation' fraction)");
                 if (s.max_sequences > 0 && seqs.size(0) > s.max_sequences)  // evenly spaced, so a mix keeps its proportions
                     seqs = seqs.index_select(0, at::linspace(0, double(seqs.size(0) - 1), s.max_sequences).round().to(at::kLong));
                 const EvalResult r = evaluate(m, seqs, s.batch_size);
                 if (heat.empty() && r.router_weights.defined()) heat = name;
                 ppl[name][dn] = r.perplexity;
-                json row = {{"model", name}, {"data", dn}, {"perplexity", r.perplexity}, {"nll", r.nll}, {"tokens", r.tokens},
-                            {"sequences", r.sequences}};
+                json row = {{"model", name}, {"data", dn},         {"perplexity", r.perplexity},
+                            {"nll", r.nll},  {"tokens", r.tokens}, {"sequences", r.sequences}};
                 if (!r.stats.empty()) {
                     json stats = json::object();
                     for (const auto &[k, v] : r.stats) stats[k] = v.size() == 1 ? json(v[0]) : json(v);
@@ -274,8 +281,9 @@ private:
                     for (int64_t e = 0; e < E; ++e) experts[size_t(e)] = d->fusion.layers[0][size_t(e)].first;
             }
             const fs::path svg = fs::path(spec_.output) / "router_heatmap.svg";
-            formats::write_file_atomic(svg.string(), router_heatmap_svg("Router weights of " + heat + " (eval step " +
-                                                                            std::to_string(index + 1) + ")", experts, groups));
+            formats::write_file_atomic(
+                svg.string(),
+                router_heatmap_svg("Router weights of " + heat + " (eval step " + std::to_string(index + 1) + ")", experts, groups));
             say("router heatmap: " + svg.string());
             for (const auto &g : groups) {
                 const at::Tensor mean = g.weights.mean(at::IntArrayRef{0, 1});

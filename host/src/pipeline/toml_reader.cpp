@@ -26,13 +26,20 @@ const toml::node *Table::get(const std::string &key) {
 namespace {
 std::string type_name(const toml::node &n) {
     switch (n.type()) {
-    case toml::node_type::string: return "a string";
-    case toml::node_type::integer: return "an integer";
-    case toml::node_type::floating_point: return "a number";
-    case toml::node_type::boolean: return "a boolean";
-    case toml::node_type::array: return "an array";
-    case toml::node_type::table: return "a table";
-    default: return "a date/time";
+        case toml::node_type::string:
+            return "a string";
+        case toml::node_type::integer:
+            return "an integer";
+        case toml::node_type::floating_point:
+            return "a number";
+        case toml::node_type::boolean:
+            return "a boolean";
+        case toml::node_type::array:
+            return "an array";
+        case toml::node_type::table:
+            return "a table";
+        default:
+            return "a date/time";
     }
 }
 }  // namespace
@@ -65,9 +72,12 @@ double Table::number(const std::string &key, double fallback, double minimum, do
     const toml::node *n = get(key);
     if (!n) return fallback;
     double v;
-    if (n->is_floating_point()) v = n->as_floating_point()->get();
-    else if (n->is_integer()) v = double(n->as_integer()->get());
-    else throw PipelineError(at(key) + ": expected a number, found " + type_name(*n));
+    if (n->is_floating_point())
+        v = n->as_floating_point()->get();
+    else if (n->is_integer())
+        v = double(n->as_integer()->get());
+    else
+        throw PipelineError(at(key) + ": expected a number, found " + type_name(*n));
     if (v < minimum || v > maximum) {
         std::ostringstream o;
         o << at(key) << ": expected a number in [" << minimum << ", " << maximum << "], found " << v;
@@ -159,8 +169,10 @@ std::vector<std::string> split(const std::string &s, char sep) {
     std::vector<std::string> out;
     std::string cur;
     for (char c : s) {
-        if (c == sep) out.push_back(cur), cur.clear();
-        else cur += c;
+        if (c == sep)
+            out.push_back(cur), cur.clear();
+        else
+            cur += c;
     }
     out.push_back(cur);
     return out;
@@ -196,12 +208,15 @@ void assign(toml::node &at, const std::vector<std::string> &keys, size_t i, cons
             } catch (...) {
                 throw PipelineError("--set " + full + ": '" + k + "' is not an index into an array");
             }
-            if (j >= a->size()) throw PipelineError("--set " + full + ": index " + k + " is beyond the array (" + std::to_string(a->size()) + " elements)");
+            if (j >= a->size())
+                throw PipelineError("--set " + full + ": index " + k + " is beyond the array (" + std::to_string(a->size()) + " elements)");
             idx.push_back(j);
         }
         for (size_t j : idx) {
-            if (last) a->replace(a->cbegin() + static_cast<std::ptrdiff_t>(j), value);
-            else assign(*a->get(j), keys, i + 1, value, full, wild || k == "*");
+            if (last)
+                a->replace(a->cbegin() + static_cast<std::ptrdiff_t>(j), value);
+            else
+                assign(*a->get(j), keys, i + 1, value, full, wild || k == "*");
         }
         return;
     }

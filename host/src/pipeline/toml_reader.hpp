@@ -13,9 +13,9 @@
 namespace mango::pipeline {
 
 struct Source {
-    std::string file;                 // as given, for messages
-    std::filesystem::path dir;        // relative paths resolve here
-    std::string output;               // replaces "{output}" in paths
+    std::string file;           // as given, for messages
+    std::filesystem::path dir;  // relative paths resolve here
+    std::string output;         // replaces "{output}" in paths
 };
 
 // "pipeline.toml:12: steps[2].lr" (or "(--set)" for values set on the command line).
@@ -26,8 +26,8 @@ public:
     Table(const Source &src, const toml::table &t, std::string path);
     const toml::node *get(const std::string &key);  // nullptr when absent
     bool has(const std::string &key) const { return t_.contains(key); }
-    std::string at(const std::string &key) const;    // where(key)
-    std::string here() const;                          // where of the table itself
+    std::string at(const std::string &key) const;  // where(key)
+    std::string here() const;                      // where of the table itself
 
     std::optional<std::string> string(const std::string &key);
     std::string string(const std::string &key, const std::string &fallback);

@@ -55,7 +55,8 @@ PackedData pack(const formats::Tokenizer &tok, const std::vector<std::string> &d
     const int64_t n_seq = static_cast<int64_t>(stream.size()) / o.seq_len;
     if (n_seq < 1)
         throw HostError(where + ": " + std::to_string(stream.size()) + " tokens do not fill one sequence of " + std::to_string(o.seq_len));
-    at::Tensor all = at::tensor(std::vector<int64_t>(stream.begin(), stream.begin() + n_seq * o.seq_len), at::kLong).reshape({n_seq, o.seq_len});
+    at::Tensor all =
+        at::tensor(std::vector<int64_t>(stream.begin(), stream.begin() + n_seq * o.seq_len), at::kLong).reshape({n_seq, o.seq_len});
     int64_t n_val = static_cast<int64_t>(std::floor(double(n_seq) * o.validation_fraction));
     if (o.validation_fraction > 0 && n_val == 0 && n_seq > 1) n_val = 1;
     PackedData p;

@@ -72,11 +72,16 @@ namespace {
 std::string escape(const std::string &s) {
     std::string o;
     for (char c : s) {
-        if (c == '<') o += "&lt;";
-        else if (c == '>') o += "&gt;";
-        else if (c == '&') o += "&amp;";
-        else if (c == '"') o += "&quot;";
-        else o += c;
+        if (c == '<')
+            o += "&lt;";
+        else if (c == '>')
+            o += "&gt;";
+        else if (c == '&')
+            o += "&amp;";
+        else if (c == '"')
+            o += "&quot;";
+        else
+            o += c;
     }
     return o;
 }
@@ -120,8 +125,8 @@ std::string router_heatmap_svg(const std::string &title, const std::vector<std::
                 const double y = top + double(l) * band + double(e) * cell_h;
                 for (int64_t s = 0; s < w.size(1); ++s) {
                     o << "<rect x=\"" << x0 + double(s) * cell_w << "\" y=\"" << y << "\" width=\"" << cell_w << "\" height=\"" << cell_h
-                      << "\" fill=\"" << colour(a[l][s][e], 1.0 / double(E)) << "\"><title>" << escape(g.label) << " seq " << s << ", layer " << l << ", "
-                      << escape(experts[e]) << ": " << a[l][s][e] << "</title></rect>";
+                      << "\" fill=\"" << colour(a[l][s][e], 1.0 / double(E)) << "\"><title>" << escape(g.label) << " seq " << s
+                      << ", layer " << l << ", " << escape(experts[e]) << ": " << a[l][s][e] << "</title></rect>";
                 }
                 o << "\n";
             }

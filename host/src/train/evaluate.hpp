@@ -11,9 +11,9 @@
 namespace mango {
 
 struct EvalResult {
-    double nll = 0;       // mean next-token negative log-likelihood (nats)
+    double nll = 0;  // mean next-token negative log-likelihood (nats)
     double perplexity = 0;
-    int64_t tokens = 0;   // predicted tokens
+    int64_t tokens = 0;  // predicted tokens
     int64_t sequences = 0;
     // Fused models: [layers, sequences, experts], each row the sequence's mean
     // expert weights; undefined for other models.
@@ -29,8 +29,8 @@ EvalResult evaluate(CausalLM &model, const at::Tensor &seqs, int64_t batch_size 
 // layer, one row per expert, one column per sequence; columns grouped and
 // labelled by data set.
 struct HeatmapGroup {
-    std::string label;    // data set name
-    at::Tensor weights;   // [layers, sequences, experts]
+    std::string label;   // data set name
+    at::Tensor weights;  // [layers, sequences, experts]
 };
 std::string router_heatmap_svg(const std::string &title, const std::vector<std::string> &expert_names,
                                const std::vector<HeatmapGroup> &groups);

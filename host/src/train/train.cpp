@@ -140,8 +140,9 @@ TrainStepResult Trainer::step(const at::Tensor &ids, const at::Tensor &mask) {
                     if (w == o_.aux_weights.end()) {
                         std::string known;
                         for (const auto &[k, _] : o_.aux_weights) known += (known.empty() ? "" : ", ") + k;
-                        throw HostError(r.source + " reports an auxiliary loss '" + clip(name) + "' that has no weight; give it one in the train step, " +
-                                        "e.g. aux_weights = { " + clip(name) + " = 0.01 } (weighted now: " + known + ")");
+                        throw HostError(r.source + " reports an auxiliary loss '" + clip(name) +
+                                        "' that has no weight; give it one in the train step, " + "e.g. aux_weights = { " + clip(name) +
+                                        " = 0.01 } (weighted now: " + known + ")");
                     }
                     aux_sums[name] += value.detach().to(at::kDouble).item<double>();
                     if (w->second != 0) loss = loss + w->second * value.to(at::kFloat);
@@ -155,7 +156,8 @@ TrainStepResult Trainer::step(const at::Tensor &ids, const at::Tensor &mask) {
         }
     }
     const double loss_value = loss.item<double>();
-    if (!std::isfinite(loss_value)) throw HostError("training loss became " + std::to_string(loss_value) + " at step " + std::to_string(done_));
+    if (!std::isfinite(loss_value))
+        throw HostError("training loss became " + std::to_string(loss_value) + " at step " + std::to_string(done_));
     loss.backward();
 
     at::NoGradGuard no_grad;
@@ -202,7 +204,8 @@ std::map<std::string, std::string> Trainer::load_state(const std::string &path) 
     auto file = formats::SafetensorsFile::open(path);
     const auto &meta = file->header().metadata;
     auto it = meta.find("mango");
-    if (it == meta.end() || it->second != "train-state") throw HostError(path + ": not a mango training state (metadata mango != train-state)");
+    if (it == meta.end() || it->second != "train-state")
+        throw HostError(path + ": not a mango training state (metadata mango != train-state)");
     const auto buffers = model_.buffers();
     if (file->header().tensors.size() != 3 * impl_->params.size() + buffers.size())
         throw HostError(path + ": holds " + std::to_string(file->header().tensors.size()) + " tensors, this model's state has " +

@@ -24,20 +24,20 @@ struct TrainOptions {
     int64_t steps = 100;
     int64_t batch_size = 8;
     double lr = 1e-3;
-    double router_lr = 0;  // 0 = lr; applies to tensors named "*.router.*"
-    double weight_decay = 0.01;   // on matrices only (not on gains and biases)
+    double router_lr = 0;        // 0 = lr; applies to tensors named "*.router.*"
+    double weight_decay = 0.01;  // on matrices only (not on gains and biases)
     double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
     int64_t warmup_steps = 0;
-    double min_lr_ratio = 0.1;     // cosine decays to lr * this
-    double clip_norm = 1.0;        // 0 = no clipping
+    double min_lr_ratio = 0.1;  // cosine decays to lr * this
+    double clip_norm = 1.0;     // 0 = no clipping
     // Weight of each auxiliary loss by the name plugins report it under. A
     // reported name missing here stops training at the first step.
     std::map<std::string, double> aux_weights = default_aux_weights();
-    double adapter_weight = 0.0;   // x mean squared adapter parameters ("adapters.*")
-    uint64_t seed = 0;             // batch order and dropout
-    int64_t align_steps = 0;       // fused models: the first N steps fit the adapters as stitches (alignment_loss) instead of the LM loss
-    bool recompute = false;          // recompute blocks in the backward pass ("gradient checkpointing")
-    bool bf16_autocast = false;    // CUDA only; ignored on CPU
+    double adapter_weight = 0.0;  // x mean squared adapter parameters ("adapters.*")
+    uint64_t seed = 0;            // batch order and dropout
+    int64_t align_steps = 0;      // fused models: the first N steps fit the adapters as stitches (alignment_loss) instead of the LM loss
+    bool recompute = false;       // recompute blocks in the backward pass ("gradient checkpointing")
+    bool bf16_autocast = false;   // CUDA only; ignored on CPU
 };
 
 struct TrainStepResult {

@@ -72,7 +72,7 @@ TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const Train
             r.set_aside = o.state_path + ".previous";
             std::filesystem::rename(o.state_path, r.set_aside);
             log_message(3, o.state_path + " was written by another run (different model, data or options); kept as " + r.set_aside +
-                     ", training from the start");
+                               ", training from the start");
         } else {
             trainer.load_state(o.state_path);
             r.resumed_from = trainer.steps_done();
@@ -82,7 +82,8 @@ TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const Train
     }
     std::ofstream log;
     if (!o.log_path.empty()) {
-        std::filesystem::create_directories(std::filesystem::path(o.log_path).parent_path().empty() ? "." : std::filesystem::path(o.log_path).parent_path());
+        std::filesystem::create_directories(
+            std::filesystem::path(o.log_path).parent_path().empty() ? "." : std::filesystem::path(o.log_path).parent_path());
         // A resumed run redoes the steps after its saved state: drop their lines first.
         if (r.resumed_from > 0) cut_log(o.log_path, r.resumed_from);
         log.open(o.log_path, r.resumed_from > 0 ? std::ios::app : std::ios::trunc);
@@ -114,10 +115,12 @@ TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const Train
         const bool eval = o.eval_every > 0 && (s + 1) % o.eval_every == 0 && s + 1 < o.train.steps;
         const double vppl = eval ? validate() : 0;
         if (log) {
-            nlohmann::json j = {{"step", s + 1}, {"loss", st.loss}, {"lr", st.lr}, {"grad_norm", st.grad_norm}, {"tokens", st.tokens},
-                                {"tokens_per_s", tps}};
-            if (st.aligning) j["alignment_loss"] = st.lm_loss;
-            else j["lm_loss"] = st.lm_loss, j["perplexity"] = std::exp(st.lm_loss);
+            nlohmann::json j = {{"step", s + 1},       {"loss", st.loss},    {"lr", st.lr}, {"grad_norm", st.grad_norm},
+                                {"tokens", st.tokens}, {"tokens_per_s", tps}};
+            if (st.aligning)
+                j["alignment_loss"] = st.lm_loss;
+            else
+                j["lm_loss"] = st.lm_loss, j["perplexity"] = std::exp(st.lm_loss);
             if (eval) j["validation_perplexity"] = vppl;
             if (!st.aux.empty()) j["aux_losses"] = st.aux;
             if (!st.stats.empty()) {
@@ -131,11 +134,12 @@ TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const Train
         if (cancel_requested()) {  // Ctrl-C: keep every finished step, then stop
             save_state();
             bar.finish("interrupted at step " + std::to_string(s + 1));
-            throw HostError("training interrupted at step " + std::to_string(s + 1) + " of " + std::to_string(o.train.steps) +
-                        (o.state_path.empty() ? "" : "; its state is in " + o.state_path + ", and running the pipeline again resumes there"));
+            throw HostError(
+                "training interrupted at step " + std::to_string(s + 1) + " of " + std::to_string(o.train.steps) +
+                (o.state_path.empty() ? "" : "; its state is in " + o.state_path + ", and running the pipeline again resumes there"));
         }
         bar.update(s + 1, (st.aligning ? "aligning adapters, relative error " + format_fixed(smoothed, 3)
-                                        : "loss " + format_fixed(smoothed, 3) + " ppl " + format_fixed(std::exp(smoothed), 1)) +
+                                       : "loss " + format_fixed(smoothed, 3) + " ppl " + format_fixed(std::exp(smoothed), 1)) +
                               short_stats(st.stats) + "  " + rate(tps));
         r.last_loss = st.lm_loss;
     }
@@ -148,9 +152,10 @@ TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const Train
     model.train(false);
     if (log && r.validation_perplexity > 0 && trainer.steps_done() > start)
         log << nlohmann::json{{"step", r.steps}, {"validation_perplexity", r.validation_perplexity}}.dump() << "\n";
-    bar.finish(start == o.train.steps ? "already trained (" + o.state_path + ")"
-                                      : "loss " + format_fixed(smoothed, 3) + "  " + rate(r.tokens_per_s) +
-                                            (r.validation_perplexity > 0 ? "  validation ppl " + format_fixed(r.validation_perplexity, 2) : ""));
+    bar.finish(start == o.train.steps
+                   ? "already trained (" + o.state_path + ")"
+                   : "loss " + format_fixed(smoothed, 3) + "  " + rate(r.tokens_per_s) +
+                         (r.validation_perplexity > 0 ? "  validation ppl " + format_fixed(r.validation_perplexity, 2) : ""));
     return r;
 }
 

@@ -6,8 +6,8 @@
 namespace mango {
 
 void log_message(int level, const std::string &message) {
-    static const spdlog::level::level_enum levels[] = {spdlog::level::trace, spdlog::level::debug, spdlog::level::info,
-                                                       spdlog::level::warn, spdlog::level::err};
+    static const spdlog::level::level_enum levels[] = {spdlog::level::trace, spdlog::level::debug, spdlog::level::info, spdlog::level::warn,
+                                                       spdlog::level::err};
     spdlog::log(levels[level < 0 ? 0 : level > 4 ? 4 : level], "{}", message);
 }
 

@@ -10,8 +10,10 @@ std::string format_duration(double s) {
     if (!(s >= 0) || s > 1e7) return "?";
     const int64_t t = static_cast<int64_t>(s + 0.5), h = t / 3600, m = t / 60 % 60, sec = t % 60;
     char buf[32];
-    if (h) std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", (long long)h, (long long)m, (long long)sec);
-    else std::snprintf(buf, sizeof buf, "%lld:%02lld", (long long)m, (long long)sec);
+    if (h)
+        std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", (long long)h, (long long)m, (long long)sec);
+    else
+        std::snprintf(buf, sizeof buf, "%lld:%02lld", (long long)m, (long long)sec);
     return buf;
 }
 
@@ -22,8 +24,12 @@ std::string format_fixed(double v, int digits) {
 }
 
 Progress::Progress(std::string label, int64_t total, bool enabled)
-    : label_(std::move(label)), total_(total), enabled_(enabled), tty_(isatty(STDERR_FILENO) != 0),
-      start_(std::chrono::steady_clock::now()), last_(start_) {}
+    : label_(std::move(label)),
+      total_(total),
+      enabled_(enabled),
+      tty_(isatty(STDERR_FILENO) != 0),
+      start_(std::chrono::steady_clock::now()),
+      last_(start_) {}
 
 double Progress::elapsed_s() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
 
@@ -37,8 +43,8 @@ void Progress::update(int64_t done, const std::string &status) {
     const double eta = done > 0 ? el * double(total_ - done) / double(done) : -1;
     const int bars = total_ > 0 ? static_cast<int>(24.0 * double(done) / double(total_)) : 0;
     std::string line = label_ + " " + (tty_ ? "[" + std::string(bars, '#') + std::string(24 - bars, ' ') + "] " : "") +
-                       std::to_string(done) + "/" + std::to_string(total_) + "  " + status + "  " + format_duration(el) +
-                       " elapsed, ETA " + (eta < 0 ? "?" : format_duration(eta));
+                       std::to_string(done) + "/" + std::to_string(total_) + "  " + status + "  " + format_duration(el) + " elapsed, ETA " +
+                       (eta < 0 ? "?" : format_duration(eta));
     if (tty_) {
         const size_t w = line.size();
         if (line.size() < width_) line += std::string(width_ - line.size(), ' ');

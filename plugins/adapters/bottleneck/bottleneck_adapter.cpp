@@ -23,9 +23,7 @@ constexpr const char *kSchema = R"({"type": "object", "properties": {
 }})";
 
 // Kaiming-uniform-like scale for a [out, in] matrix: normal(0, 1/sqrt(in)).
-Tensor scaled_normal(int64_t out, int64_t in) {
-    return ops::mul(ops::randn({out, in}), 1.0 / std::sqrt(static_cast<double>(in)));
-}
+Tensor scaled_normal(int64_t out, int64_t in) { return ops::mul(ops::randn({out, in}), 1.0 / std::sqrt(static_cast<double>(in))); }
 
 class BottleneckAdapter {
 public:
@@ -71,5 +69,4 @@ private:
 
 MANGO_PLUGIN("bottleneck_adapter", "1.0.0", "Bottleneck (down/up) adapter between hidden sizes",
              mango::adapter<BottleneckAdapter>("bottleneck", "1.0.0",
-                                               "down -> activation -> dropout -> up -> LayerNorm -> residual; identity at init",
-                                               kSchema))
+                                               "down -> activation -> dropout -> up -> LayerNorm -> residual; identity at init", kSchema))

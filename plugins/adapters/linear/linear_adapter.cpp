@@ -19,8 +19,7 @@ constexpr const char *kSchema = R"({"type": "object", "properties": {
 
 class LinearAdapter {
 public:
-    LinearAdapter(Context &ctx, int64_t d_in, int64_t d_out)
-        : d_out_(d_out), residual_(d_in == d_out), eps_(ctx.option_double("eps")) {
+    LinearAdapter(Context &ctx, int64_t d_in, int64_t d_out) : d_out_(d_out), residual_(d_in == d_out), eps_(ctx.option_double("eps")) {
         weight_ = ctx.parameter("proj.weight", ops::eye(d_out, d_in));
         if (ctx.option_bool("bias")) bias_ = ctx.parameter("proj.bias", ops::zeros({d_out}));
         if (ctx.option_bool("layer_norm")) {
@@ -49,6 +48,5 @@ private:
 }  // namespace
 
 MANGO_PLUGIN("linear_adapter", "1.0.0", "Linear projection adapter between hidden sizes",
-             mango::adapter<LinearAdapter>("linear", "1.0.0",
-                                           "projection -> LayerNorm -> residual when sizes match; identity at init",
+             mango::adapter<LinearAdapter>("linear", "1.0.0", "projection -> LayerNorm -> residual when sizes match; identity at init",
                                            kSchema))

@@ -28,27 +28,62 @@ namespace nn = mango::layers;
 
 struct Names {
     const char *word, *pos, *type, *emb_ln;  // type may be nullptr
-    const char *layer;                        // prefix, followed by the index and '.'
+    const char *layer;                       // prefix, followed by the index and '.'
     const char *q, *k, *v, *o, *attn_ln, *up, *down, *out_ln;
     const char *head_dense, *head_ln, *head_bias;
     const char *head_decoder;  // the LM head's weight, tied to the word embeddings
 };
 
-const Names kBert = {"bert.embeddings.word_embeddings", "bert.embeddings.position_embeddings",
-                     "bert.embeddings.token_type_embeddings", "bert.embeddings.LayerNorm", "bert.encoder.layer.",
-                     "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-                     "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm",
-                     "cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm", "cls.predictions.bias",
+const Names kBert = {"bert.embeddings.word_embeddings",
+                     "bert.embeddings.position_embeddings",
+                     "bert.embeddings.token_type_embeddings",
+                     "bert.embeddings.LayerNorm",
+                     "bert.encoder.layer.",
+                     "attention.self.query",
+                     "attention.self.key",
+                     "attention.self.value",
+                     "attention.output.dense",
+                     "attention.output.LayerNorm",
+                     "intermediate.dense",
+                     "output.dense",
+                     "output.LayerNorm",
+                     "cls.predictions.transform.dense",
+                     "cls.predictions.transform.LayerNorm",
+                     "cls.predictions.bias",
                      "cls.predictions.decoder.weight"};
-const Names kRoberta = {"roberta.embeddings.word_embeddings", "roberta.embeddings.position_embeddings",
-                        "roberta.embeddings.token_type_embeddings", "roberta.embeddings.LayerNorm", "roberta.encoder.layer.",
-                        "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-                        "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm",
-                        "lm_head.dense", "lm_head.layer_norm", "lm_head.bias", "lm_head.decoder.weight"};
-const Names kDistil = {"distilbert.embeddings.word_embeddings", "distilbert.embeddings.position_embeddings", nullptr,
-                       "distilbert.embeddings.LayerNorm", "distilbert.transformer.layer.", "attention.q_lin",
-                       "attention.k_lin", "attention.v_lin", "attention.out_lin", "sa_layer_norm", "ffn.lin1", "ffn.lin2",
-                       "output_layer_norm", "vocab_transform", "vocab_layer_norm", "vocab_projector.bias",
+const Names kRoberta = {"roberta.embeddings.word_embeddings",
+                        "roberta.embeddings.position_embeddings",
+                        "roberta.embeddings.token_type_embeddings",
+                        "roberta.embeddings.LayerNorm",
+                        "roberta.encoder.layer.",
+                        "attention.self.query",
+                        "attention.self.key",
+                        "attention.self.value",
+                        "attention.output.dense",
+                        "attention.output.LayerNorm",
+                        "intermediate.dense",
+                        "output.dense",
+                        "output.LayerNorm",
+                        "lm_head.dense",
+                        "lm_head.layer_norm",
+                        "lm_head.bias",
+                        "lm_head.decoder.weight"};
+const Names kDistil = {"distilbert.embeddings.word_embeddings",
+                       "distilbert.embeddings.position_embeddings",
+                       nullptr,
+                       "distilbert.embeddings.LayerNorm",
+                       "distilbert.transformer.layer.",
+                       "attention.q_lin",
+                       "attention.k_lin",
+                       "attention.v_lin",
+                       "attention.out_lin",
+                       "sa_layer_norm",
+                       "ffn.lin1",
+                       "ffn.lin2",
+                       "output_layer_norm",
+                       "vocab_transform",
+                       "vocab_layer_norm",
+                       "vocab_projector.bias",
                        "vocab_projector.weight"};
 
 struct Linear {
@@ -103,7 +138,7 @@ public:
         for (int32_t i = 0; i < c_.layers; ++i) {
             auto pair = [&](const std::string &role) { return Linear{w.at(i, role + ".weight"), w.at(i, role + ".bias")}; };
             auto norm = [&](const std::string &role) { return Norm{w.at(i, role + ".weight"), w.at(i, role + ".bias")}; };
-            Layer l{pair("attn.q"), pair("attn.k"),   pair("attn.v"),    pair("attn.o"),
+            Layer l{pair("attn.q"),    pair("attn.k"), pair("attn.v"),   pair("attn.o"),
                     norm("norm.attn"), pair("mlp.up"), pair("mlp.down"), norm("norm.mlp")};
             layers.push_back(std::move(l));
         }
@@ -218,5 +253,4 @@ const char *const kModelTypes[] = {"bert", "roberta", "distilbert", nullptr};
 }  // namespace
 
 MANGO_PLUGIN("bert", "1.0.0", "BERT-family encoders",
-             mango::architecture<Bert>("bert", "1.0.0", "BERT, RoBERTa, DistilBERT encoders with masked-LM heads",
-                                       nullptr, kModelTypes))
+             mango::architecture<Bert>("bert", "1.0.0", "BERT, RoBERTa, DistilBERT encoders with masked-LM heads", nullptr, kModelTypes))

@@ -40,7 +40,8 @@ struct Config {
         if (act != "gelu_new" && act != "gelu_pytorch_tanh" && act != "gelu" && act != "relu")
             throw Error(MANGO_ERR_UNSUPPORTED, "activation_function '" + act + "' is not supported by the gpt2 plugin");
         if (ctx.config_bool("scale_attn_by_inverse_layer_idx", false) || ctx.config_bool("reorder_and_upcast_attn", false))
-            throw Error(MANGO_ERR_UNSUPPORTED, "scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported by the gpt2 plugin");
+            throw Error(MANGO_ERR_UNSUPPORTED,
+                        "scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported by the gpt2 plugin");
         // Checkpoints name tensors with or without the "transformer." prefix
         // (a model initialised from its config uses the prefixed names).
         prefix = ctx.weight_exists("transformer.wte.weight") ? "transformer." : "";
@@ -91,9 +92,7 @@ public:
         info.tied_embeddings = 1;
     }
 
-    Tensor embed(Context &, const Tensor &ids, const Tensor &pos) {
-        return ops::add(ops::embedding(wte_, ids), ops::embedding(wpe_, pos));
-    }
+    Tensor embed(Context &, const Tensor &ids, const Tensor &pos) { return ops::add(ops::embedding(wte_, ids), ops::embedding(wpe_, pos)); }
 
     Tensor block(Context &ctx, int32_t i, const Tensor &x, const Tensor &mask, const Tensor &, bool use_cache) {
         const Layer &l = layers[static_cast<size_t>(i)];
@@ -157,5 +156,5 @@ const char *const kModelTypes[] = {"gpt2", nullptr};
 }  // namespace
 
 MANGO_PLUGIN("gpt2", "1.0.0", "GPT-2 decoders",
-             mango::architecture<Gpt2>("gpt2", "1.0.0", "GPT-2: learned positions, pre-LayerNorm, fused QKV, GELU MLP, tied head",
-                                       nullptr, kModelTypes))
+             mango::architecture<Gpt2>("gpt2", "1.0.0", "GPT-2: learned positions, pre-LayerNorm, fused QKV, GELU MLP, tied head", nullptr,
+                                       kModelTypes))

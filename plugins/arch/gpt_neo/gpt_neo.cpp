@@ -30,10 +30,12 @@ struct Config {
         window = ctx.config_int("window_size", 256);
         eps = ctx.config_double("layer_norm_epsilon", 1e-5);
         if (hidden <= 0 || layers <= 0 || heads <= 0 || hidden % heads)
-            throw Error(MANGO_ERR_INVALID_ARGUMENT, "config needs positive hidden_size, num_layers, num_heads (hidden a multiple of heads)");
+            throw Error(MANGO_ERR_INVALID_ARGUMENT,
+                        "config needs positive hidden_size, num_layers, num_heads (hidden a multiple of heads)");
         head_dim = hidden / heads;
         act = ctx.config_string("activation_function", "gelu_new");
-        if (act != "gelu_new") throw Error(MANGO_ERR_UNSUPPORTED, "activation_function '" + act + "' is not supported by the gpt_neo plugin");
+        if (act != "gelu_new")
+            throw Error(MANGO_ERR_UNSUPPORTED, "activation_function '" + act + "' is not supported by the gpt_neo plugin");
         local = attention_kinds(ctx);
     }
     std::string act;
@@ -49,11 +51,13 @@ private:
         for (int64_t i = 0; i < layers; ++i) {
             const std::string kind = ctx.config_string(("attention_layers." + std::to_string(i)).c_str(), "");
             if (kind.empty()) break;
-            if (kind != "global" && kind != "local") throw Error(MANGO_ERR_UNSUPPORTED, "attention layer kind '" + kind + "' is not supported");
+            if (kind != "global" && kind != "local")
+                throw Error(MANGO_ERR_UNSUPPORTED, "attention layer kind '" + kind + "' is not supported");
             out.push_back(kind == "local");
         }
         if (static_cast<int64_t>(out.size()) != layers)
-            throw Error(MANGO_ERR_INVALID_ARGUMENT, "config attention_layers must list global/local for each of the " + std::to_string(layers) + " layers");
+            throw Error(MANGO_ERR_INVALID_ARGUMENT,
+                        "config attention_layers must list global/local for each of the " + std::to_string(layers) + " layers");
         return out;
     }
 };
@@ -99,9 +103,7 @@ public:
         info.tied_embeddings = 1;
     }
 
-    Tensor embed(Context &, const Tensor &ids, const Tensor &pos) {
-        return ops::add(ops::embedding(wte_, ids), ops::embedding(wpe_, pos));
-    }
+    Tensor embed(Context &, const Tensor &ids, const Tensor &pos) { return ops::add(ops::embedding(wte_, ids), ops::embedding(wpe_, pos)); }
 
     Tensor block(Context &ctx, int32_t i, const Tensor &x, const Tensor &mask, const Tensor &, bool use_cache) {
         const Layer &l = layers[static_cast<size_t>(i)];
@@ -162,5 +164,5 @@ const char *const kModelTypes[] = {"gpt_neo", nullptr};
 }  // namespace
 
 MANGO_PLUGIN("gpt_neo", "1.0.0", "GPT-Neo decoders",
-             mango::architecture<GptNeo>("gpt_neo", "1.0.0", "GPT-Neo: alternating global and local attention, unscaled scores",
-                                         nullptr, kModelTypes))
+             mango::architecture<GptNeo>("gpt_neo", "1.0.0", "GPT-Neo: alternating global and local attention, unscaled scores", nullptr,
+                                         kModelTypes))

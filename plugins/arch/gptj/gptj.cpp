@@ -49,7 +49,8 @@ struct Config {
             throw Error(MANGO_ERR_INVALID_ARGUMENT, "config needs positive n_embd, n_layer, n_head (n_embd a multiple of n_head)");
         head_dim = hidden / heads;
         rot = ctx.config_int("rotary_dim", head_dim);
-        if (rot <= 0 || rot > head_dim || rot % 2) throw Error(MANGO_ERR_INVALID_ARGUMENT, "rotary_dim must be even and at most the head size");
+        if (rot <= 0 || rot > head_dim || rot % 2)
+            throw Error(MANGO_ERR_INVALID_ARGUMENT, "rotary_dim must be even and at most the head size");
         act = ctx.config_string("activation_function", "gelu_new");
         if (act != "gelu_new") throw Error(MANGO_ERR_UNSUPPORTED, "activation_function '" + act + "' is not supported by the gptj plugin");
     }
@@ -164,5 +165,5 @@ const char *const kModelTypes[] = {"gptj", nullptr};
 }  // namespace
 
 MANGO_PLUGIN("gptj", "1.0.0", "GPT-J decoders",
-             mango::architecture<Gptj>("gptj", "1.0.0", "GPT-J: parallel attention + MLP, partial interleaved rotary",
-                                       nullptr, kModelTypes))
+             mango::architecture<Gptj>("gptj", "1.0.0", "GPT-J: parallel attention + MLP, partial interleaved rotary", nullptr,
+                                       kModelTypes))

@@ -60,8 +60,9 @@ struct Config {
         heads = ctx.config_int("num_attention_heads", 0);
         kv_heads = ctx.config_int("num_key_value_heads", heads);
         if (hidden <= 0 || layers <= 0 || heads <= 0 || kv_heads <= 0 || heads % kv_heads)
-            throw Error(MANGO_ERR_INVALID_ARGUMENT, "config needs positive hidden_size, num_hidden_layers, num_attention_heads, "
-                                                    "and num_attention_heads a multiple of num_key_value_heads");
+            throw Error(MANGO_ERR_INVALID_ARGUMENT,
+                        "config needs positive hidden_size, num_hidden_layers, num_attention_heads, "
+                        "and num_attention_heads a multiple of num_key_value_heads");
         if (!ctx.config("head_dim") && hidden % heads)
             throw Error(MANGO_ERR_INVALID_ARGUMENT, "hidden_size " + std::to_string(hidden) + " is not a multiple of num_attention_heads " +
                                                         std::to_string(heads) + " (and the config gives no head_dim)");
@@ -179,8 +180,10 @@ private:
         t.layers(c.layers, "mlp.up.weight", L + "mlp.up_proj.weight", {c.inter, H});
         t.layers(c.layers, "mlp.down.weight", L + "mlp.down_proj.weight", {H, c.inter});
         t.model("norm.final.weight", "model.norm.weight", {H});
-        if (c.tied) t.tied("lm_head.weight", "lm_head.weight", "model.embed_tokens.weight", {c.vocab, H});
-        else t.model("lm_head.weight", "lm_head.weight", {c.vocab, H});
+        if (c.tied)
+            t.tied("lm_head.weight", "lm_head.weight", "model.embed_tokens.weight", {c.vocab, H});
+        else
+            t.model("lm_head.weight", "lm_head.weight", {c.vocab, H});
         return t;
     }
 
@@ -196,5 +199,5 @@ const char *const kModelTypes[] = {"llama", "mistral", "qwen2", nullptr};
 
 MANGO_PLUGIN("llama", "1.0.0", "LLaMA-family decoders",
              mango::architecture<Llama>("llama", "1.0.0",
-                                        "LLaMA 1/2/3, Mistral, Qwen2: RMSNorm, rotary (linear/llama3 scaling), GQA, SwiGLU",
-                                        nullptr, kModelTypes))
+                                        "LLaMA 1/2/3, Mistral, Qwen2: RMSNorm, rotary (linear/llama3 scaling), GQA, SwiGLU", nullptr,
+                                        kModelTypes))

@@ -28,24 +28,20 @@ constexpr const char *kSchema = R"({"type": "object", "properties": {
 class SimpleRouter {
 public:
     SimpleRouter(Context &ctx, int64_t hidden, int64_t experts)
-        : hidden_(hidden),
-          experts_(experts),
-          pooling_(ctx.option_string("pooling")),
-          temperature_(ctx.option_double("temperature")) {
+        : hidden_(hidden), experts_(experts), pooling_(ctx.option_string("pooling")), temperature_(ctx.option_double("temperature")) {
         weight_ = ctx.parameter("gate.weight", ops::zeros({experts, hidden}));
         bias_ = ctx.parameter("gate.bias", ops::zeros({experts}));
-        if (pooling_ == "attention")
-            query_ = ctx.parameter("pool.query", ops::mul(ops::randn({hidden}), 1.0 / std::sqrt(double(hidden))));
+        if (pooling_ == "attention") query_ = ctx.parameter("pool.query", ops::mul(ops::randn({hidden}), 1.0 / std::sqrt(double(hidden))));
     }
 
     Tensor route(Context &ctx, const Tensor &hidden, const Tensor &mask) {
-        Tensor pooled = pool(hidden, mask);                                   // [B, H]
-        Tensor logits = ops::linear(pooled, weight_, bias_);                  // [B, E]
+        Tensor pooled = pool(hidden, mask);                   // [B, H]
+        Tensor logits = ops::linear(pooled, weight_, bias_);  // [B, E]
         if (temperature_ != 1.0) logits = ops::mul(logits, 1.0 / temperature_);
         Tensor w = ops::softmax(logits, -1);
         if (!ctx.training()) return w;
 
-        Tensor load = ops::mean(w, {0});                                      // [E]
+        Tensor load = ops::mean(w, {0});  // [E]
         Tensor entropy = ops::mean_all(ops::mul(ops::sum(ops::mul(w, ops::log(ops::clamp_min(w, 1e-9))), {-1}), -1.0));
         ctx.report_loss("load_balance", ops::mul(ops::sum(ops::mul(load, load), {0}), double(experts_)));
         ctx.report_loss("entropy", entropy);
@@ -64,14 +60,15 @@ private:
         }
         if (pooling_ == "mean") {
             if (!keep) return ops::mean(hidden, {1});
-            Tensor total = ops::sum(ops::mul(hidden, keep), {1});            // [B, H]
+            Tensor total = ops::sum(ops::mul(hidden, keep), {1});  // [B, H]
             return ops::div(total, ops::clamp_min(ops::sum(keep, {1}), 1.0));
         }
         // attention: scores over tokens from a learned query.
         Tensor scores = ops::mul(ops::matmul(hidden, query_), 1.0 / std::sqrt(double(hidden_)));  // [B, T]
-        if (keep) scores = ops::masked_fill(scores, ops::eq_scalar(ops::reshape(keep, {keep.size(0), keep.size(1)}), 0.0),
-                                            -std::numeric_limits<double>::infinity());
-        Tensor a = ops::unsqueeze(ops::softmax(scores, -1), -1);             // [B, T, 1]
+        if (keep)
+            scores = ops::masked_fill(scores, ops::eq_scalar(ops::reshape(keep, {keep.size(0), keep.size(1)}), 0.0),
+                                      -std::numeric_limits<double>::infinity());
+        Tensor a = ops::unsqueeze(ops::softmax(scores, -1), -1);  // [B, T, 1]
         return ops::sum(ops::mul(hidden, a), {1});
     }
 
@@ -84,6 +81,5 @@ private:
 }  // namespace
 
 MANGO_PLUGIN("simple_router", "1.0.0", "Pooled per-sequence router",
-             mango::router<SimpleRouter>("simple", "1.0.0",
-                                         "one softmax weight vector per sequence from mean/max/attention pooling",
+             mango::router<SimpleRouter>("simple", "1.0.0", "one softmax weight vector per sequence from mean/max/attention pooling",
                                          kSchema))

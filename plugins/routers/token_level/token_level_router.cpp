@@ -33,7 +33,7 @@ public:
     }
 
     Tensor route(Context &ctx, const Tensor &hidden, const Tensor &mask) {
-        Tensor logits = ops::div(ops::linear(hidden, gate_), ops::exp(log_t_));   // [B, T, E]
+        Tensor logits = ops::div(ops::linear(hidden, gate_), ops::exp(log_t_));  // [B, T, E]
         Tensor p = ops::softmax(logits, -1);
         auto [top, idx] = ops::topk(p, k_, -1);
         Tensor w = ops::scatter(ops::zeros_like(p), -1, idx, ops::div(top, ops::sum(top, {-1}, true)));
@@ -41,9 +41,10 @@ public:
 
         // Statistics over real tokens only.
         Tensor keep = mask ? ops::unsqueeze(ops::to_dtype(mask, p.dtype()), -1) : ops::full({1}, 1.0, p.dtype(), p.device());
-        Tensor tokens = mask ? ops::clamp_min(ops::sum(keep, {0, 1}), 1.0) : ops::full({1}, double(p.size(0) * p.size(1)), p.dtype(), p.device());
-        Tensor P = ops::div(ops::sum(ops::mul(p, keep), {0, 1}), tokens);                                   // [E]
-        Tensor chosen = ops::scatter(ops::zeros_like(p), -1, idx, ops::ones_like(top));                   // 1 where routed
+        Tensor tokens =
+            mask ? ops::clamp_min(ops::sum(keep, {0, 1}), 1.0) : ops::full({1}, double(p.size(0) * p.size(1)), p.dtype(), p.device());
+        Tensor P = ops::div(ops::sum(ops::mul(p, keep), {0, 1}), tokens);                // [E]
+        Tensor chosen = ops::scatter(ops::zeros_like(p), -1, idx, ops::ones_like(top));  // 1 where routed
         Tensor f = ops::detach(ops::div(ops::sum(ops::mul(chosen, keep), {0, 1}), ops::mul(tokens, double(k_))));
         Tensor entropy_tok = ops::mul(ops::sum(ops::mul(p, ops::log(ops::clamp_min(p, 1e-9))), {-1}, true), -1.0);
         Tensor entropy = ops::div(ops::sum(ops::mul(entropy_tok, keep), {0, 1, 2}), ops::sum(tokens, {0}));
@@ -62,5 +63,5 @@ private:
 }  // namespace
 
 MANGO_PLUGIN("token_level_router", "1.0.0", "Per-token top-k router",
-             mango::router<TokenLevelRouter>("token_level", "1.0.0",
-                                             "per-token top-k with a learned temperature and renormalised weights", kSchema))
+             mango::router<TokenLevelRouter>("token_level", "1.0.0", "per-token top-k with a learned temperature and renormalised weights",
+                                             kSchema))

@@ -15,8 +15,7 @@ constexpr const char *kSchema = R"({"type": "object", "properties": {
 class HelloRouter {
 public:
     HelloRouter(mango::Context &ctx, int64_t hidden, int64_t experts)
-        : temperature_(ctx.option_double("temperature")),
-          gate_(ctx.parameter("gate.weight", ops::zeros({experts, hidden}))) {}
+        : temperature_(ctx.option_double("temperature")), gate_(ctx.parameter("gate.weight", ops::zeros({experts, hidden}))) {}
 
     mango::Tensor route(mango::Context &ctx, const mango::Tensor &hidden, const mango::Tensor &) {
         mango::Tensor w = ops::softmax(ops::mul(ops::linear(hidden, gate_), 1.0 / temperature_), -1);  // [B, T, E]

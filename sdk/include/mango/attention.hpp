@@ -19,12 +19,12 @@ namespace mango::attention {
 inline Tensor mask_bias(const Tensor &padding, int64_t T, int64_t window, mango_dtype dtype) {
     const int64_t B = padding.size(0), S = padding.size(1);
     const mango_device dev = padding.device();
-    Tensor kpos = ops::arange(S, MANGO_DTYPE_I64, dev);                                        // [S]
+    Tensor kpos = ops::arange(S, MANGO_DTYPE_I64, dev);                                               // [S]
     Tensor qpos = ops::unsqueeze(ops::narrow(ops::arange(S, MANGO_DTYPE_I64, dev), 0, S - T, T), 1);  // [T, 1]
-    Tensor allowed = ops::le(kpos, qpos);                                                        // [T, S]
+    Tensor allowed = ops::le(kpos, qpos);                                                             // [T, S]
     if (window > 0) allowed = ops::logical_and(allowed, ops::gt(kpos, ops::add_scalar(qpos, -double(window))));
     Tensor keys = ops::reshape(ops::logical_not(ops::eq_scalar(padding, 0.0)), {B, 1, 1, S});
-    allowed = ops::logical_and(keys, allowed);                                                   // [B, 1, T, S]
+    allowed = ops::logical_and(keys, allowed);  // [B, 1, T, S]
     Tensor bias = ops::zeros({B, 1, T, S}, dtype, dev);
     return ops::masked_fill(bias, ops::logical_not(allowed), dtype == MANGO_DTYPE_F32 ? -FLT_MAX : -65504.0);
 }
@@ -64,9 +64,7 @@ inline Tensor split_heads(const Tensor &x, int64_t heads, int64_t head_dim) {
     return ops::transpose(ops::reshape(x, {x.size(0), x.size(1), heads, head_dim}), 1, 2);
 }
 // [B, heads, T, D] -> [B, T, heads * D]
-inline Tensor merge_heads(const Tensor &x) {
-    return ops::reshape(ops::transpose(x, 1, 2), {x.size(0), x.size(2), x.size(1) * x.size(3)});
-}
+inline Tensor merge_heads(const Tensor &x) { return ops::reshape(ops::transpose(x, 1, 2), {x.size(0), x.size(2), x.size(1) * x.size(3)}); }
 
 // [B, KV, S, D] -> [B, KV * rep, S, D]
 inline Tensor repeat_kv(const Tensor &x, int64_t rep) {

@@ -66,9 +66,13 @@ struct AdapterGlue {
     }
     // Filled when the class has `bool affine() const` (see is_affine in plugin.h).
     template <class U>
-    static auto affine_of(const U *a, int) -> decltype(a->affine(), int32_t()) { return a->affine() ? 1 : 0; }
+    static auto affine_of(const U *a, int) -> decltype(a->affine(), int32_t()) {
+        return a->affine() ? 1 : 0;
+    }
     template <class U>
-    static int32_t affine_of(const U *, long) { return 0; }
+    static int32_t affine_of(const U *, long) {
+        return 0;
+    }
     static int32_t is_affine(void *self) noexcept { return affine_of(static_cast<const T *>(self), 0); }
     static inline const mango_adapter_vtable vtable{sizeof(mango_adapter_vtable), &create, &forward, &destroy<T>, &is_affine};
 };
@@ -110,8 +114,8 @@ struct MergeGlue {
             *self = new T(ctx, n_models);
         });
     }
-    static mango_status merge(void *self, mango_context *c, const char *name, const mango_tensor *models,
-                              size_t n, mango_tensor base, mango_tensor *out) {
+    static mango_status merge(void *self, mango_context *c, const char *name, const mango_tensor *models, size_t n, mango_tensor base,
+                              mango_tensor *out) {
         return guard([&] {
             Context ctx(c);
             std::vector<Tensor> in;
@@ -146,8 +150,8 @@ struct ArchitectureGlue {
             *out = static_cast<T *>(self)->embed(ctx, Tensor::borrow(ids), Tensor::borrow(pos)).release();
         });
     }
-    static mango_status block(void *self, mango_context *c, int32_t layer, mango_tensor h, mango_tensor mask,
-                              mango_tensor pos, int32_t use_cache, mango_tensor *out) {
+    static mango_status block(void *self, mango_context *c, int32_t layer, mango_tensor h, mango_tensor mask, mango_tensor pos,
+                              int32_t use_cache, mango_tensor *out) {
         return guard([&] {
             Context ctx(c);
             *out = static_cast<T *>(self)
@@ -169,9 +173,13 @@ struct ArchitectureGlue {
     template <class U>
     static void table_of(Context &, long) {}
     template <class U>
-    static constexpr auto has_table(int) -> decltype(U::tensor_table(std::declval<Context &>()), bool()) { return true; }
+    static constexpr auto has_table(int) -> decltype(U::tensor_table(std::declval<Context &>()), bool()) {
+        return true;
+    }
     template <class U>
-    static constexpr bool has_table(long) { return false; }
+    static constexpr bool has_table(long) {
+        return false;
+    }
     static mango_status tensors(mango_context *c) {
         return guard([&] {
             Context ctx(c);
@@ -179,16 +187,17 @@ struct ArchitectureGlue {
         });
     }
     static inline const mango_architecture_vtable *make(const char *const *model_types) {
-        static const mango_architecture_vtable vt{sizeof(mango_architecture_vtable), model_types, &create, &describe,
-                                                  &embed, &block, &head, &destroy<T>, has_table<T>(0) ? &tensors : nullptr};
+        static const mango_architecture_vtable vt{
+            sizeof(mango_architecture_vtable),   model_types, &create, &describe, &embed, &block, &head, &destroy<T>,
+            has_table<T>(0) ? &tensors : nullptr};
         return &vt;
     }
 };
 
 }  // namespace detail
 
-inline constexpr mango_component component(int32_t kind, const char *name, const char *version,
-                                           const char *summary, const char *schema, const void *vtable) {
+inline constexpr mango_component component(int32_t kind, const char *name, const char *version, const char *summary, const char *schema,
+                                           const void *vtable) {
     return mango_component{sizeof(mango_component), kind, name, version, summary, schema, vtable};
 }
 template <class T>
@@ -208,20 +217,18 @@ mango_component merge(const char *name, const char *version, const char *summary
 template <class T>
 mango_component architecture(const char *name, const char *version, const char *summary, const char *schema,
                              const char *const *model_types) {
-    return component(MANGO_KIND_ARCHITECTURE, name, version, summary, schema,
-                     detail::ArchitectureGlue<T>::make(model_types));
+    return component(MANGO_KIND_ARCHITECTURE, name, version, summary, schema, detail::ArchitectureGlue<T>::make(model_types));
 }
 
 }  // namespace mango
 
 // Defines the library's entry point. The variadic part lists mango_component
 // values (mango::adapter<...>(...), mango::router<...>(...), ...).
-#define MANGO_PLUGIN(NAME, VERSION, DESCRIPTION, ...)                                              \
-    extern "C" MANGO_EXPORT const mango_plugin *mango_plugin_entry_v1(const mango_host_base *base) { \
-        static const mango_component components[] = {__VA_ARGS__};                                 \
-        static const mango_plugin plugin = {sizeof(mango_plugin), MANGO_ABI_VERSION, NAME, VERSION,  \
-                                            DESCRIPTION, sizeof(components) / sizeof(components[0]), \
-                                            components};                                           \
-        ::mango::detail::bind_host(base);                                                          \
-        return &plugin;                                                                            \
+#define MANGO_PLUGIN(NAME, VERSION, DESCRIPTION, ...)                                                                                     \
+    extern "C" MANGO_EXPORT const mango_plugin *mango_plugin_entry_v1(const mango_host_base *base) {                                      \
+        static const mango_component components[] = {__VA_ARGS__};                                                                        \
+        static const mango_plugin plugin = {                                                                                              \
+            sizeof(mango_plugin), MANGO_ABI_VERSION, NAME, VERSION, DESCRIPTION, sizeof(components) / sizeof(components[0]), components}; \
+        ::mango::detail::bind_host(base);                                                                                                 \
+        return &plugin;                                                                                                                   \
     }

@@ -39,7 +39,9 @@ inline Tensor activation(const std::string &name, const Tensor &x) {
     if (name == "quick_gelu") return ops::mul(x, ops::sigmoid(ops::mul(x, 1.702)));
     if (name == "tanh") return ops::tanh(x);
     if (name == "sigmoid") return ops::sigmoid(x);
-    throw Error(MANGO_ERR_UNSUPPORTED, "activation '" + name + "' is not supported (silu, gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu, quick_gelu, tanh, sigmoid)");
+    throw Error(
+        MANGO_ERR_UNSUPPORTED,
+        "activation '" + name + "' is not supported (silu, gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu, quick_gelu, tanh, sigmoid)");
 }
 
 }  // namespace mango::layers

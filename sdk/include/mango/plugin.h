@@ -69,8 +69,7 @@ extern "C" {
 
 /* Non-zero when `table` (a pointer to a struct of type `type`) is large enough
  * to hold `field`: the reader's test before touching an appended field. */
-#define MANGO_HAS(table, type, field) \
-    ((table) != NULL && (table)->struct_size >= offsetof(type, field) + sizeof(((const type *)0)->field))
+#define MANGO_HAS(table, type, field) ((table) != NULL && (table)->struct_size >= offsetof(type, field) + sizeof(((const type *)0)->field))
 
 #if defined(_WIN32)
 #define MANGO_EXPORT __declspec(dllexport)
@@ -87,8 +86,8 @@ typedef int32_t mango_status;
 #define MANGO_ERR_UNSUPPORTED 3      /* valid request this side cannot do */
 #define MANGO_ERR_SHAPE 4            /* tensor shape or dtype mismatch */
 #define MANGO_ERR_OUT_OF_MEMORY 5
-#define MANGO_ERR_CANCELLED 6        /* the user asked to stop */
-#define MANGO_ERR_INTERNAL 7         /* anything else; see last_error() */
+#define MANGO_ERR_CANCELLED 6 /* the user asked to stop */
+#define MANGO_ERR_INTERNAL 7  /* anything else; see last_error() */
 
 /* ---- fixed constants ---------------------------------------------------- */
 
@@ -128,7 +127,7 @@ typedef struct mango_device {
 
 /* ---- opaque handles ---------------------------------------------------- */
 
-typedef struct mango_tensor_t *mango_tensor; /* a host tensor reference */
+typedef struct mango_tensor_t *mango_tensor;  /* a host tensor reference */
 typedef struct mango_context_t mango_context; /* per-instance host state */
 typedef struct mango_op_t mango_op;           /* a resolved host operator */
 
@@ -155,41 +154,53 @@ typedef struct mango_value {
         double d;
         int32_t b;
         const char *s;
-        struct { const int64_t *data; size_t len; } ints;
-        struct { const mango_tensor *data; size_t len; } tensors;
-        struct { const double *data; size_t len; } doubles;
+        struct {
+            const int64_t *data;
+            size_t len;
+        } ints;
+        struct {
+            const mango_tensor *data;
+            size_t len;
+        } tensors;
+        struct {
+            const double *data;
+            size_t len;
+        } doubles;
         mango_device device;
     } u;
 } mango_value;
 
 /* Which list a report() value goes to. */
-#define MANGO_REPORT_LOSS 1 /* a scalar auxiliary loss. The trainer adds
-                               weight[name] * value to the training loss, with
-                               the per-name weights of the pipeline's train
-                               step (aux_weights; load_balance 0.01 and
-                               entropy 0 by default). A loss name that has no
-                               weight there stops training at its first step
-                               with an error naming the component. */
-#define MANGO_REPORT_STAT 2 /* a statistic (any shape; scalars and vectors are
-                               logged): training metrics log, progress line,
-                               eval metrics.json. Not trained. */
+#define MANGO_REPORT_LOSS                                \
+    1 /* a scalar auxiliary loss. The trainer adds       \
+         weight[name] * value to the training loss, with \
+         the per-name weights of the pipeline's train    \
+         step (aux_weights; load_balance 0.01 and        \
+         entropy 0 by default). A loss name that has no  \
+         weight there stops training at its first step   \
+         with an error naming the component. */
+#define MANGO_REPORT_STAT                                \
+    2 /* a statistic (any shape; scalars and vectors are \
+         logged): training metrics log, progress line,   \
+         eval metrics.json. Not trained. */
 
 /* Flags of a declared tensor (mango_tensor_decl.flags). */
 #define MANGO_TENSOR_OPTIONAL 1u /* a checkpoint may lack it (then it is not loaded) */
-#define MANGO_TENSOR_TIED 2u     /* the same values as `tied_to` (e.g. a tied LM
-                                    head); never stored or loaded by itself */
+#define MANGO_TENSOR_TIED                              \
+    2u /* the same values as `tied_to` (e.g. a tied LM \
+          head); never stored or loaded by itself */
 
 /* One tensor of a model, as an architecture declares it (declare_tensor_v2).
  * Strings and `shape` are borrowed for the call; the host copies them. */
 typedef struct mango_tensor_decl {
     uint32_t struct_size;
-    int32_t layer;         /* block index, or -1 for a model-level tensor */
-    const char *role;      /* documented role, e.g. "attn.q.weight" (SDK README) */
-    const char *name;      /* checkpoint name, e.g. "model.layers.3.self_attn.q_proj.weight" */
-    const int64_t *shape;  /* expected shape, from config.json */
+    int32_t layer;        /* block index, or -1 for a model-level tensor */
+    const char *role;     /* documented role, e.g. "attn.q.weight" (SDK README) */
+    const char *name;     /* checkpoint name, e.g. "model.layers.3.self_attn.q_proj.weight" */
+    const int64_t *shape; /* expected shape, from config.json */
     int32_t ndim;
-    uint32_t flags;        /* MANGO_TENSOR_* */
-    const char *tied_to;   /* TIED: checkpoint name of the tensor it shares; else NULL */
+    uint32_t flags;      /* MANGO_TENSOR_* */
+    const char *tied_to; /* TIED: checkpoint name of the tensor it shares; else NULL */
 } mango_tensor_decl;
 
 /* ---- bootstrap: frozen forever ----------------------------------------- */
@@ -238,8 +249,8 @@ typedef struct mango_host_api {
     void *(*cuda_stream)(mango_device device);
     /* New contiguous tensor holding a copy of `data` (element type `dtype`,
      * row-major `shape`), placed on `device`. `*out` is a new reference. */
-    mango_status (*tensor_from_data)(const void *data, mango_dtype dtype, const int64_t *shape,
-                                     int32_t ndim, mango_device device, mango_tensor *out);
+    mango_status (*tensor_from_data)(const void *data, mango_dtype dtype, const int64_t *shape, int32_t ndim, mango_device device,
+                                     mango_tensor *out);
 
     /* Operators: a boxed call of any ATen operator by name, e.g. ("aten::linear",
      * "") or ("aten::add", "Tensor"). find_op's handle is borrowed and valid as
@@ -249,8 +260,8 @@ typedef struct mango_host_api {
      * to `results[0..*n_results)`: tensors are new references, a Tensor[]
      * result fills consecutive slots. */
     mango_status (*find_op)(const char *name, const char *overload, const mango_op **op);
-    mango_status (*call_op)(const mango_op *op, const mango_value *args, size_t n_args,
-                            mango_value *results, size_t max_results, size_t *n_results);
+    mango_status (*call_op)(const mango_op *op, const mango_value *args, size_t n_args, mango_value *results, size_t max_results,
+                            size_t *n_results);
 
     /* Context services. Strings and lists written to `out` are borrowed until
      * the instance is destroyed. */
@@ -272,8 +283,7 @@ typedef struct mango_host_api {
      * trainable = 0: a buffer (e.g. a balancing bias): no gradient, but
      * saved, loaded and resumed exactly like a trainable one; update it in
      * place (aten::copy_, add_) inside set_grad_enabled(0). */
-    mango_status (*parameter)(mango_context *ctx, const char *name, mango_tensor init,
-                              int32_t trainable, mango_tensor *out);
+    mango_status (*parameter)(mango_context *ctx, const char *name, mango_tensor init, int32_t trainable, mango_tensor *out);
     /* Non-zero in training mode (dropout on). */
     int32_t (*is_training)(mango_context *ctx);
     /* Hand an auxiliary loss or statistic to the host (borrowed; host keeps
@@ -289,15 +299,13 @@ typedef struct mango_host_api {
     mango_status (*emit)(mango_context *ctx, const char *name, mango_tensor value);
     /* PROVISIONAL. Per-model option of a merge (weight, density, ...),
      * model_index in the order the models were given. Like option(). */
-    mango_status (*model_option)(mango_context *ctx, size_t model_index, const char *key,
-                                 mango_value *out);
+    mango_status (*model_option)(mango_context *ctx, size_t model_index, const char *key, mango_value *out);
     /* Architectures: name the checkpoint tensor that plays `role` in `layer`
      * (-1 for model-level tensors). Roles are documented strings such as
      * "attn.q.weight", "mlp.down.weight", "norm.final.weight"; see the SDK
      * README. Merging and MoE conversion use these. Superseded by
      * declare_tensor_v2 (revision 3), which also gives shape and flags. */
-    mango_status (*declare_tensor)(mango_context *ctx, int32_t layer, const char *role,
-                                   const char *name);
+    mango_status (*declare_tensor)(mango_context *ctx, int32_t layer, const char *role, const char *name);
 
     /* ---- revision 2 (MANGO_HAS before use) ---- */
 
@@ -305,8 +313,7 @@ typedef struct mango_host_api {
      * another shape is refused naming both shapes, and a model initialised
      * from its config alone gets a fresh tensor (2-D and up: normal(0,
      * initializer_range); 1-D "*.weight": ones; "*.bias": zeros). */
-    mango_status (*weight_shaped)(mango_context *ctx, const char *name, const int64_t *shape,
-                                  int32_t ndim, mango_tensor *out);
+    mango_status (*weight_shaped)(mango_context *ctx, const char *name, const int64_t *shape, int32_t ndim, mango_tensor *out);
 
     /* ---- revision 3 (MANGO_HAS before use) ---- */
 
@@ -364,8 +371,7 @@ typedef struct mango_adapter_vtable {
 typedef struct mango_router_vtable {
     uint32_t struct_size;
     mango_status (*create)(mango_context *ctx, int64_t hidden_size, int64_t n_experts, void **self);
-    mango_status (*route)(void *self, mango_context *ctx, mango_tensor hidden, mango_tensor mask,
-                          mango_tensor *weights);
+    mango_status (*route)(void *self, mango_context *ctx, mango_tensor hidden, mango_tensor mask, mango_tensor *weights);
     void (*destroy)(void *self);
 
     /* ---- revision 2 (read only when struct_size covers it) ---- */
@@ -374,8 +380,8 @@ typedef struct mango_router_vtable {
      * [B, T] (int64; during cached generation they continue after the
      * cached tokens, so a position-aware router stays right). When present
      * the host calls this instead of route(). */
-    mango_status (*route_v2)(void *self, mango_context *ctx, mango_tensor hidden, mango_tensor mask,
-                             mango_tensor position_ids, mango_tensor *weights);
+    mango_status (*route_v2)(void *self, mango_context *ctx, mango_tensor hidden, mango_tensor mask, mango_tensor position_ids,
+                             mango_tensor *weights);
 } mango_router_vtable;
 
 /* PROVISIONAL. Merge: one tensor from N models (+ optional base), called
@@ -384,9 +390,8 @@ typedef struct mango_router_vtable {
 typedef struct mango_merge_vtable {
     uint32_t struct_size;
     mango_status (*create)(mango_context *ctx, size_t n_models, void **self);
-    mango_status (*merge)(void *self, mango_context *ctx, const char *tensor_name,
-                          const mango_tensor *models, size_t n_models, mango_tensor base,
-                          mango_tensor *out);
+    mango_status (*merge)(void *self, mango_context *ctx, const char *tensor_name, const mango_tensor *models, size_t n_models,
+                          mango_tensor base, mango_tensor *out);
     void (*destroy)(void *self);
 } mango_merge_vtable;
 
@@ -419,7 +424,7 @@ typedef struct mango_moe_converter_vtable {
 /* What an architecture tells the host about a model built from its config. */
 typedef struct mango_model_info {
     uint32_t struct_size;
-    int32_t is_causal;       /* 1 decoder (LM head), 0 encoder */
+    int32_t is_causal; /* 1 decoder (LM head), 0 encoder */
     int64_t hidden_size;
     int64_t n_layers;
     int64_t vocab_size;
@@ -441,12 +446,10 @@ typedef struct mango_architecture_vtable {
     mango_status (*create)(mango_context *ctx, void **self);
     /* Fills `info` (host sets info->struct_size) and declares tensor roles. */
     mango_status (*describe)(void *self, mango_context *ctx, mango_model_info *info);
-    mango_status (*embed)(void *self, mango_context *ctx, mango_tensor input_ids,
-                          mango_tensor position_ids, mango_tensor *hidden);
+    mango_status (*embed)(void *self, mango_context *ctx, mango_tensor input_ids, mango_tensor position_ids, mango_tensor *hidden);
     /* One block; uses cache_get/cache_set for its KV cache when use_cache. */
-    mango_status (*block)(void *self, mango_context *ctx, int32_t layer, mango_tensor hidden,
-                          mango_tensor attention_mask, mango_tensor position_ids,
-                          int32_t use_cache, mango_tensor *out);
+    mango_status (*block)(void *self, mango_context *ctx, int32_t layer, mango_tensor hidden, mango_tensor attention_mask,
+                          mango_tensor position_ids, int32_t use_cache, mango_tensor *out);
     /* Final norm + head: logits (decoders) or final hidden states. */
     mango_status (*head)(void *self, mango_context *ctx, mango_tensor hidden, mango_tensor *out);
     void (*destroy)(void *self);

@@ -223,7 +223,8 @@ public:
 
 private:
     const mango_value &require(size_t i, int32_t kind) const {
-        if (i >= n) throw Error(MANGO_ERR_INVALID_ARGUMENT, "operator returned " + std::to_string(n) + " results, wanted #" + std::to_string(i));
+        if (i >= n)
+            throw Error(MANGO_ERR_INVALID_ARGUMENT, "operator returned " + std::to_string(n) + " results, wanted #" + std::to_string(i));
         if (kind != MANGO_VALUE_NONE && v[i].kind != kind)
             throw Error(MANGO_ERR_INVALID_ARGUMENT, "operator result " + std::to_string(i) + " has the wrong kind");
         return v[i];
@@ -233,7 +234,8 @@ private:
 // A host operator, resolved once. Use as a function-local static.
 class Op {
 public:
-    Op(const char *name, const char *overload = "") : name_(std::string(name) + (overload && *overload ? std::string(".") + overload : "")) {
+    Op(const char *name, const char *overload = "")
+        : name_(std::string(name) + (overload && *overload ? std::string(".") + overload : "")) {
         check(host().find_op(name, overload, &op_));
     }
     void call(std::initializer_list<Arg> args, Results &out) const {
@@ -304,7 +306,8 @@ public:
             return Tensor(t);
         }
         Tensor w = weight(name);
-        if (w.sizes() != shape) throw Error(MANGO_ERR_SHAPE, "tensor '" + name + "' has shape " + shape_text(w.sizes()) + ", expected " + shape_text(shape));
+        if (w.sizes() != shape)
+            throw Error(MANGO_ERR_SHAPE, "tensor '" + name + "' has shape " + shape_text(w.sizes()) + ", expected " + shape_text(shape));
         return w;
     }
     static std::string shape_text(const std::vector<int64_t> &s) {
@@ -323,19 +326,22 @@ public:
         auto v = config(key);
         if (!v || v->kind == MANGO_VALUE_NONE) return fallback;
         if (v->kind == MANGO_VALUE_INT) return static_cast<double>(v->u.i);
-        if (v->kind != MANGO_VALUE_DOUBLE) throw Error(MANGO_ERR_INVALID_ARGUMENT, std::string("config key '") + key + "' must be a number");
+        if (v->kind != MANGO_VALUE_DOUBLE)
+            throw Error(MANGO_ERR_INVALID_ARGUMENT, std::string("config key '") + key + "' must be a number");
         return v->u.d;
     }
     bool config_bool(const char *key, bool fallback) const {
         auto v = config(key);
         if (!v || v->kind == MANGO_VALUE_NONE) return fallback;
-        if (v->kind != MANGO_VALUE_BOOL) throw Error(MANGO_ERR_INVALID_ARGUMENT, std::string("config key '") + key + "' must be true or false");
+        if (v->kind != MANGO_VALUE_BOOL)
+            throw Error(MANGO_ERR_INVALID_ARGUMENT, std::string("config key '") + key + "' must be true or false");
         return v->u.b != 0;
     }
     std::string config_string(const char *key, const std::string &fallback) const {
         auto v = config(key);
         if (!v || v->kind == MANGO_VALUE_NONE) return fallback;
-        if (v->kind != MANGO_VALUE_STRING) throw Error(MANGO_ERR_INVALID_ARGUMENT, std::string("config key '") + key + "' must be a string");
+        if (v->kind != MANGO_VALUE_STRING)
+            throw Error(MANGO_ERR_INVALID_ARGUMENT, std::string("config key '") + key + "' must be a string");
         return v->u.s;
     }
 

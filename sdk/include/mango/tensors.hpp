@@ -48,7 +48,8 @@ public:
     const Tensor &at(int32_t layer, const std::string &role) const {
         auto it = t_.find({layer, role});
         if (it == t_.end())
-            throw Error(MANGO_ERR_NOT_FOUND, "no tensor with role '" + role + "'" + (layer >= 0 ? " in layer " + std::to_string(layer) : ""));
+            throw Error(MANGO_ERR_NOT_FOUND,
+                        "no tensor with role '" + role + "'" + (layer >= 0 ? " in layer " + std::to_string(layer) : ""));
         return it->second;
     }
     bool has(int32_t layer, const std::string &role) const {
@@ -124,7 +125,8 @@ public:
         for (const TensorSpec &e : entries_) {
             if (!(e.flags & MANGO_TENSOR_TIED)) continue;
             auto it = by_name.find(e.tied_to);
-            if (it == by_name.end()) throw Error(MANGO_ERR_INTERNAL, "tensor '" + e.name + "' is tied to '" + e.tied_to + "', which the table lacks");
+            if (it == by_name.end())
+                throw Error(MANGO_ERR_INTERNAL, "tensor '" + e.name + "' is tied to '" + e.tied_to + "', which the table lacks");
             w.put(e.layer, e.role, it->second);
         }
         return w;

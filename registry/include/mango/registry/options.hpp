@@ -29,7 +29,6 @@ std::vector<OptionDoc> describe_options(const std::string &schema_text);
 // defaults filled in. Throws std::invalid_argument with one message per line,
 // each naming the key, what was expected and what was found; `where` prefixes
 // each line (e.g. "pipeline.toml:12: router 'simple'").
-nlohmann::json resolve_options(const std::string &schema_text, const nlohmann::json &given,
-                               const std::string &where);
+nlohmann::json resolve_options(const std::string &schema_text, const nlohmann::json &given, const std::string &where);
 
 }  // namespace mango::registry

@@ -29,8 +29,8 @@ struct ComponentInfo {
 struct LibraryScan {
     std::string path;
     bool ok = false;
-    std::string reason;       // one line, why it was refused (when !ok)
-    bool blacklisted = false; // crashed, aborted or hung while being scanned
+    std::string reason;        // one line, why it was refused (when !ok)
+    bool blacklisted = false;  // crashed, aborted or hung while being scanned
     bool from_cache = false;
     std::string plugin_name, plugin_version, description;
     uint32_t abi_version = 0;
