@@ -14,7 +14,7 @@ mkdir -p "$work/demo/data"
 for i in 1 2 3 4 5 6; do cat "$src/configs/data/notes.txt"; echo; done > "$work/demo/data/press.txt"
 for i in 1 2 3 4 5 6; do tac "$src/configs/data/notes.txt"; echo; done > "$work/demo/data/fiction.txt"
 
-tiny=(--set 'steps.*.steps=2' --set 'steps.*.batch_size=2' --set 'steps.*.checkpoint_every=1'
+tiny=(--set 'steps.*.steps=2' --set 'steps.*.batch_size=2' --set 'steps.*.save_state_every=1'
       --set 'steps.*.align_steps=1' --set 'steps.*.max_new_tokens=4' --set 'steps.*.warmup_steps=1')
 n=0
 for cfg in "$src"/configs/*.toml; do
