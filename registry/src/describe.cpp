@@ -54,8 +54,11 @@ std::string vtable_problem(int32_t kind, const void *vt, std::vector<std::string
             return "";
         }
         case MANGO_KIND_MERGE: {
+            // The merge table was provisional until its first plugins; this is its first frozen layout.
             auto *t = static_cast<const mango_merge_vtable *>(vt);
-            if (size < MANGO_V1_SIZE(mango_merge_vtable, destroy)) return too_small(MANGO_V1_SIZE(mango_merge_vtable, destroy));
+            if (size < sizeof(mango_merge_vtable))
+                return "merge table struct_size " + std::to_string(size) + " is the provisional layout; rebuild against SDK 0.4 (" +
+                       std::to_string(sizeof(mango_merge_vtable)) + " bytes)";
             if (!t->create || !t->merge || !t->destroy) return "function table has NULL entries";
             return "";
         }
@@ -183,6 +186,15 @@ LibraryScan describe_in_process(const std::string &path) {
         if (std::string why = schema_problem(schema); !why.empty()) {
             scan.reason = label + " has a bad options schema: " + why;
             return scan;
+        }
+        if (c.kind == MANGO_KIND_MERGE) {
+            auto *t = static_cast<const mango_merge_vtable *>(c.vtable);
+            info.model_options_schema = t->model_options_schema ? t->model_options_schema : "";
+            if (std::string why = schema_problem(info.model_options_schema); !why.empty()) {
+                scan.reason = label + " has a bad per-model options schema: " + why;
+                return scan;
+            }
+            info.needs_base = (t->flags & MANGO_MERGE_NEEDS_BASE) != 0;
         }
         info.kind = kind_name(c.kind);
         info.name = c.name;

@@ -43,7 +43,9 @@ std::string to_json(const LibraryScan &s) {
                                    {"version", c.version},
                                    {"summary", c.summary},
                                    {"options_schema", c.options_schema},
-                                   {"model_types", c.model_types}});
+                                   {"model_types", c.model_types},
+                                   {"model_options_schema", c.model_options_schema},
+                                   {"needs_base", c.needs_base}});
     return j.dump();
 }
 
@@ -66,6 +68,8 @@ LibraryScan scan_from_json(const std::string &text, const std::string &path) {
         info.summary = c.at("summary").get<std::string>();
         info.options_schema = c.at("options_schema").get<std::string>();
         info.model_types = c.at("model_types").get<std::vector<std::string>>();
+        info.model_options_schema = c.value("model_options_schema", "");
+        info.needs_base = c.value("needs_base", false);
         info.library = path;
         s.components.push_back(std::move(info));
     }

@@ -13,7 +13,7 @@ PIN(value, sizeof(mango_value) == 24);
 PIN(value_u, offsetof(mango_value, u) == 8);
 PIN(host_base, sizeof(mango_host_base) == 24);
 PIN(host_base_get_api, offsetof(mango_host_base, get_api) == 16);
-PIN(host_api, sizeof(mango_host_api) == 272);
+PIN(host_api, sizeof(mango_host_api) == 280);
 PIN(host_api_weight_shaped, offsetof(mango_host_api, weight_shaped) == 224); /* revision 2 */
 PIN(host_api_wants_reports, offsetof(mango_host_api, wants_reports) == 232); /* revision 3 */
 PIN(host_api_declare_tensor_v2, offsetof(mango_host_api, declare_tensor_v2) == 264);
@@ -24,7 +24,8 @@ PIN(adapter_vtable_destroy, offsetof(mango_adapter_vtable, destroy) == 24);
 PIN(adapter_vtable_is_affine, offsetof(mango_adapter_vtable, is_affine) == 32); /* revision 2 */
 PIN(router_vtable, sizeof(mango_router_vtable) == 40);
 PIN(router_vtable_route_v2, offsetof(mango_router_vtable, route_v2) == 32); /* revision 2 */
-PIN(merge_vtable, sizeof(mango_merge_vtable) == 32);
+PIN(merge_vtable, sizeof(mango_merge_vtable) == 48);
+PIN(merge_input, sizeof(mango_merge_input) == 56);
 PIN(moe_vtable, sizeof(mango_moe_converter_vtable) == 40);
 PIN(dense_ffn, sizeof(mango_dense_ffn) == 56);
 PIN(model_info, sizeof(mango_model_info) == 72);

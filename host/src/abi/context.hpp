@@ -4,6 +4,7 @@
 
 #include "abi/host_api.hpp"
 
+#include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 #include <nlohmann/json.hpp>
 
@@ -39,7 +40,8 @@ struct mango_context_t {
     std::map<std::string, at::Tensor> saved;                 // parameter values to restore
     at::TensorOptions param_options = at::TensorOptions().dtype(at::kFloat);
     bool training = false;
-    bool reporting = false;  // report() values are used (training, evaluation)
+    bool reporting = false;   // report() values are used (training, evaluation)
+    at::Generator generator;  // random_like()'s stream (CPU); undefined = the default generator
 
     std::vector<Parameter> parameters;                              // in declaration order
     std::vector<std::pair<std::string, at::Tensor>> weights_used;   // every model weight handed out, in order

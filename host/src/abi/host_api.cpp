@@ -517,6 +517,17 @@ mango_status api_declare_tensor_v2(mango_context *ctx, const mango_tensor_decl *
     });
 }
 
+mango_status api_random_like(mango_context *ctx, mango_tensor like, mango_tensor *out) {
+    if (!ctx || !like || !out) return fail(MANGO_ERR_INVALID_ARGUMENT, "random_like: context, tensor and out are required");
+    return guarded([&] {
+        // Drawn on the CPU from the instance's stream, then moved: the same numbers on every device.
+        const auto opts = at::TensorOptions().dtype(at::kFloat);
+        at::Tensor r = ctx->generator.defined() ? at::rand(like->t.sizes(), ctx->generator, opts) : at::rand(like->t.sizes(), opts);
+        *out = wrap(r.to(like->t.device()));
+        return MANGO_OK;
+    });
+}
+
 size_t g_api_size = 0;  // testing: the table size get_api reports (0 = full)
 
 const mango_host_api kApiV1 = {
@@ -555,6 +566,7 @@ const mango_host_api kApiV1 = {
     api_copy_to_host,
     api_weight_exists,
     api_declare_tensor_v2,
+    api_random_like,
 };
 
 const void *get_api(uint32_t version) {

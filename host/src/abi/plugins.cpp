@@ -3,6 +3,7 @@
 #include <mango/registry/options.hpp>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 
 #define BOOST_DLL_USE_STD_FS
 #include <boost/dll/shared_library.hpp>
@@ -63,10 +64,13 @@ std::unique_ptr<InstanceContext> make_context(const registry::ComponentInfo &inf
     auto ctx = std::make_unique<InstanceContext>();
     ctx->label = info.kind + " '" + info.name + "'";
     where = (spec.where.empty() ? "" : spec.where + ": ") + ctx->label;
-    try {
-        ctx->options = registry::resolve_options(info.options_schema, spec.options, where);
-    } catch (const std::invalid_argument &e) {
-        throw HostError(e.what());
+    // Merge methods get their options per tensor (MergeInstance::merge); the others once, here.
+    if (info.kind != "merge") {
+        try {
+            ctx->options = registry::resolve_options(info.options_schema, spec.options, where);
+        } catch (const std::invalid_argument &e) {
+            throw HostError(e.what());
+        }
     }
     ctx->label = where;  // messages from host services name the instance and its place
     ctx->saved = spec.saved;
@@ -167,6 +171,41 @@ RouterOutput RouterInstance::route(const at::Tensor &hidden, const at::Tensor &m
     r.losses = ctx_->losses;
     r.stats = ctx_->stats;
     return r;
+}
+
+std::unique_ptr<MergeInstance> MergeInstance::create(const PluginHost &host, const InstanceSpec &spec) {
+    const registry::ComponentInfo &info = host.require("merge", spec.name);
+    auto vt = static_cast<const mango_merge_vtable *>(host.vtable(info));
+    std::string where;
+    auto ctx = make_context(info, spec, where);
+    std::unique_ptr<MergeInstance> m(new MergeInstance(info, std::move(ctx), where));
+    m->vt_ = vt;
+    call_plugin(where + ": create", [&] { return vt->create(m->ctx_.get(), &m->self_); });
+    m->destroy_ = vt->destroy;
+    return m;
+}
+
+at::Tensor MergeInstance::merge(const MergeCall &call) {
+    ctx_->options = call.options;
+    ctx_->model_options = call.model_options;
+    ctx_->generator = at::make_generator<at::CPUGeneratorImpl>(call.seed);
+    std::vector<mango_tensor> handles;
+    for (const at::Tensor &t : call.models) handles.push_back(wrap(t));
+    mango_merge_input in{};
+    in.struct_size = sizeof in;
+    in.name = call.name.c_str();
+    in.role = call.role.c_str();
+    in.layer = call.layer;
+    in.is_embed = call.is_embed ? 1 : 0;
+    in.n_models = handles.size();
+    in.models = handles.data();
+    in.base = call.base;
+    mango_tensor out = nullptr;
+    clear_plugin_error();
+    const mango_status s = vt_->merge(self_, ctx_.get(), &in, &out);
+    for (mango_tensor h : handles) host_api()->tensor_release(h);
+    check_plugin(s, where_ + ": tensor '" + call.name + "'");
+    return out ? adopt(out, where_) : at::Tensor();
 }
 
 void RouterInstance::check_weights(const at::Tensor &weights, const at::Tensor &hidden, const at::Tensor &mask) const {

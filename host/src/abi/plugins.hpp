@@ -103,6 +103,30 @@ private:
     int64_t hidden_ = 0, experts_ = 0;
 };
 
+// One tensor for a merge method, with its parameters resolved for it.
+struct MergeCall {
+    std::string name, role;
+    int32_t layer = -1;
+    bool is_embed = false;
+    std::vector<at::Tensor> models;             // the sources holding the tensor
+    int32_t base = -1;                          // index into models, or -1
+    nlohmann::json options;                     // global parameters, resolved and validated
+    std::vector<nlohmann::json> model_options;  // one object per model, resolved and validated
+    uint64_t seed = 0;                          // random_like()'s stream for this tensor
+};
+
+class MergeInstance : public Instance {
+public:
+    static std::unique_ptr<MergeInstance> create(const PluginHost &host, const InstanceSpec &spec);
+    // The merged tensor; undefined when the method gives no value.
+    at::Tensor merge(const MergeCall &call);
+    const std::string &model_options_schema() const { return info_.model_options_schema; }
+
+private:
+    using Instance::Instance;
+    const mango_merge_vtable *vt_ = nullptr;
+};
+
 // Throws naming `where` unless `t` has a floating dtype and only finite values.
 void check_finite_floating(const at::Tensor &t, const std::string &where, const std::string &what);
 

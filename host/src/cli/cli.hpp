@@ -52,6 +52,7 @@ std::vector<Command> inspect_commands();
 std::vector<Command> tokenize_commands();
 std::vector<Command> run_commands();
 std::vector<Command> plugin_test_commands();
+std::vector<Command> merge_commands();
 
 // What the thin executable finds in the runtime library (load_commands.cpp).
 struct RuntimeCommands {

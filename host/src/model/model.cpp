@@ -101,20 +101,27 @@ const registry::ComponentInfo &Model::architecture_for(const PluginHost &host, c
 
 std::vector<TensorDecl> Model::tensor_table(const PluginHost &host, const std::string &dir, bool check_dir) {
     const formats::HfConfig config = formats::load_hf_config(dir);
+    std::function<bool(const std::string &)> has_weight;
+    if (check_dir) {
+        auto ckpt = std::make_shared<formats::Checkpoint>(formats::Checkpoint::open(dir));
+        has_weight = [ckpt](const std::string &n) { return ckpt->contains(n); };
+    }
+    return tensor_table(host, config, has_weight, dir);
+}
+
+std::vector<TensorDecl> Model::tensor_table(const PluginHost &host, const formats::HfConfig &config,
+                                            const std::function<bool(const std::string &)> &has_weight, const std::string &where) {
     const registry::ComponentInfo &arch = architecture_for(host, config);
     auto vt = static_cast<const mango_architecture_vtable *>(host.vtable(arch));
     if (!MANGO_HAS(vt, mango_architecture_vtable, tensors) || !vt->tensors)
         throw HostError("architecture '" + arch.name + "' (" + arch.library + ") has no tensor table (architecture vtable revision 2)");
     InstanceContext ctx;
-    ctx.label = "architecture '" + arch.name + "' tensor table for " + dir;
+    ctx.label = "architecture '" + arch.name + "' tensor table for " + where;
     ctx.config = normalized_config(config.raw);
-    std::shared_ptr<formats::Checkpoint> ckpt;
-    if (check_dir) {
-        ckpt = std::make_shared<formats::Checkpoint>(formats::Checkpoint::open(dir));
-        ctx.has_weight = [ckpt](const std::string &n) { return ckpt->contains(n); };
-    } else {
+    if (has_weight)
+        ctx.has_weight = has_weight;
+    else
         ctx.random_init = true;
-    }
     call_plugin(ctx.label, [&] { return vt->tensors(&ctx); });
     return ctx.roles;
 }

@@ -98,6 +98,10 @@ public:
     // a tensor table: architecture vtable revision 2). `check_dir`: also
     // answer weight_exists() from the checkpoint in DIR.
     static std::vector<TensorDecl> tensor_table(const PluginHost &host, const std::string &dir, bool check_dir = true);
+    // The same from a config in memory; `has_weight` answers weight_exists()
+    // (null: every tensor exists). `where` names it in messages.
+    static std::vector<TensorDecl> tensor_table(const PluginHost &host, const formats::HfConfig &config,
+                                                const std::function<bool(const std::string &)> &has_weight, const std::string &where);
     // The architecture component that handles DIR/config.json, or an error
     // listing what is installed.
     static const registry::ComponentInfo &architecture_for(const PluginHost &host, const formats::HfConfig &config);

@@ -106,25 +106,32 @@ struct RouterGlue {
     static inline const mango_router_vtable vtable{sizeof(mango_router_vtable), &create, &route, &destroy<T>, &route_v2};
 };
 
+// T(Context&) and Tensor merge(Context&, const MergeInput&).
 template <class T>
 struct MergeGlue {
-    static mango_status create(mango_context *c, size_t n_models, void **self) {
+    static mango_status create(mango_context *c, void **self) {
         return guard([&] {
             Context ctx(c);
-            *self = new T(ctx, n_models);
+            *self = new T(ctx);
         });
     }
-    static mango_status merge(void *self, mango_context *c, const char *name, const mango_tensor *models, size_t n, mango_tensor base,
-                              mango_tensor *out) {
+    static mango_status merge(void *self, mango_context *c, const mango_merge_input *in, mango_tensor *out) {
         return guard([&] {
             Context ctx(c);
-            std::vector<Tensor> in;
-            in.reserve(n);
-            for (size_t i = 0; i < n; ++i) in.push_back(Tensor::borrow(models[i]));
-            *out = static_cast<T *>(self)->merge(ctx, name, in, Tensor::borrow(base)).release();
+            MergeInput m;
+            m.name = in->name ? in->name : "";
+            m.role = in->role ? in->role : "";
+            m.layer = in->layer;
+            m.is_embed = in->is_embed != 0;
+            m.base = in->base;
+            for (size_t i = 0; i < in->n_models; ++i) m.models.push_back(Tensor::borrow(in->models[i]));
+            *out = static_cast<T *>(self)->merge(ctx, m).release();
         });
     }
-    static inline const mango_merge_vtable vtable{sizeof(mango_merge_vtable), &create, &merge, &destroy<T>};
+    static const mango_merge_vtable *make(const char *model_options_schema, uint32_t flags) {
+        static const mango_merge_vtable vt{sizeof(mango_merge_vtable), &create, &merge, &destroy<T>, model_options_schema, flags};
+        return &vt;
+    }
 };
 
 // T(Context&), describe(Context&, mango_model_info&), embed(Context&, ids, pos),
@@ -208,9 +215,12 @@ template <class T>
 mango_component router(const char *name, const char *version, const char *summary, const char *schema) {
     return component(MANGO_KIND_ROUTER, name, version, summary, schema, &detail::RouterGlue<T>::vtable);
 }
+// A merge method: `schema` for its global parameters, `model_schema` for the
+// per-model ones (weight, density, ...), `flags` MANGO_MERGE_*.
 template <class T>
-mango_component merge(const char *name, const char *version, const char *summary, const char *schema) {
-    return component(MANGO_KIND_MERGE, name, version, summary, schema, &detail::MergeGlue<T>::vtable);
+mango_component merge(const char *name, const char *version, const char *summary, const char *schema, const char *model_schema,
+                      uint32_t flags = 0) {
+    return component(MANGO_KIND_MERGE, name, version, summary, schema, detail::MergeGlue<T>::make(model_schema, flags));
 }
 
 // `model_types`: a static NULL-terminated list of config.json model_type values.

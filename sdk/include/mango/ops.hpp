@@ -262,4 +262,133 @@ inline Tensor logical_not(const Tensor &a) {
     return op({a});
 }
 
+// ---- more elementwise ---------------------------------------------------------
+inline Tensor abs(const Tensor &x) {
+    static const Op op("aten::abs");
+    return op({x});
+}
+inline Tensor sign(const Tensor &x) {
+    static const Op op("aten::sign");
+    return op({x});
+}
+inline Tensor sqrt(const Tensor &x) {
+    static const Op op("aten::sqrt");
+    return op({x});
+}
+inline Tensor acos(const Tensor &x) {
+    static const Op op("aten::acos");
+    return op({x});
+}
+inline Tensor clamp(const Tensor &x, double lo, double hi) {
+    static const Op op("aten::clamp");
+    return op({x, lo, hi});
+}
+inline Tensor clamp_max(const Tensor &x, double hi) {
+    static const Op op("aten::clamp_max");
+    return op({x, hi});
+}
+inline Tensor div_scalar(const Tensor &a, double s) {
+    static const Op op("aten::div", "Scalar");
+    return op({a, s});
+}
+inline Tensor rsub_scalar(const Tensor &a, double s) {  // s - a
+    static const Op op("aten::rsub", "Scalar");
+    return op({a, s});
+}
+// where(cond, a, b): a where cond is true, else b.
+inline Tensor where(const Tensor &cond, const Tensor &a, const Tensor &b) {
+    static const Op op("aten::where", "self");
+    return op({cond, a, b});
+}
+inline Tensor lt_scalar(const Tensor &x, double v) {
+    static const Op op("aten::lt", "Scalar");
+    return op({x, v});
+}
+inline Tensor ge_scalar(const Tensor &x, double v) {
+    static const Op op("aten::ge", "Scalar");
+    return op({x, v});
+}
+inline Tensor gt_scalar(const Tensor &x, double v) {
+    static const Op op("aten::gt", "Scalar");
+    return op({x, v});
+}
+inline Tensor lt(const Tensor &a, const Tensor &b) {
+    static const Op op("aten::lt", "Tensor");
+    return op({a, b});
+}
+inline Tensor ge(const Tensor &a, const Tensor &b) {
+    static const Op op("aten::ge", "Tensor");
+    return op({a, b});
+}
+inline Tensor eq(const Tensor &a, const Tensor &b) {
+    static const Op op("aten::eq", "Tensor");
+    return op({a, b});
+}
+inline Tensor logical_or(const Tensor &a, const Tensor &b) {
+    static const Op op("aten::logical_or");
+    return op({a, b});
+}
+inline Tensor sum_all(const Tensor &x) {
+    static const Op op("aten::sum");
+    return op({x});
+}
+inline Tensor max_all(const Tensor &x) {
+    static const Op op("aten::max");
+    return op({x});
+}
+inline Tensor min_all(const Tensor &x) {
+    static const Op op("aten::min");
+    return op({x});
+}
+// Euclidean norm over all elements (dims empty) or over `dims`.
+inline Tensor norm(const Tensor &x, std::vector<int64_t> dims = {}, bool keepdim = false) {
+    static const Op op("aten::linalg_vector_norm");
+    if (dims.empty()) return op({x, 2.0, nullptr, keepdim});
+    return op({x, 2.0, std::move(dims), keepdim});
+}
+inline Tensor flatten(const Tensor &x) { return reshape(x, {-1}); }
+// Indices that sort x along dim.
+inline Tensor argsort(const Tensor &x, int64_t dim = -1, bool descending = false) {
+    static const Op op("aten::argsort");
+    return op({x, dim, descending});
+}
+// The k-th smallest value (k from 1) over a 1-D tensor, as a 0-d tensor.
+inline Tensor kthvalue(const Tensor &x, int64_t k) {
+    static const Op op("aten::kthvalue");
+    Results r;
+    op.call({x, k}, r);
+    return r.tensor(0);
+}
+inline Tensor index_select(const Tensor &x, int64_t dim, const Tensor &index) {
+    static const Op op("aten::index_select");
+    return op({x, dim, index});
+}
+inline Tensor select(const Tensor &x, int64_t dim, int64_t index) {
+    static const Op op("aten::select", "int");
+    return op({x, dim, index});
+}
+inline Tensor squeeze(const Tensor &x, int64_t dim) {
+    static const Op op("aten::squeeze", "dim");
+    return op({x, dim});
+}
+inline Tensor clone(const Tensor &x) {
+    static const Op op("aten::clone");
+    return op({x});
+}
+inline Tensor full_like(const Tensor &x, double value) {
+    static const Op op("aten::full_like");
+    return op({x, value});
+}
+inline Tensor variance(const Tensor &x, std::vector<int64_t> dims, bool unbiased, bool keepdim = false) {
+    static const Op op("aten::var", "dim");
+    return op({x, std::move(dims), unbiased, keepdim});
+}
+// The value of a 0-d (or one-element) tensor, as a double.
+inline double item(const Tensor &x) {
+    static const Op op("aten::item");
+    Results r;
+    op.call({x}, r);
+    return r.number(0);
+}
+
 }  // namespace mango::ops

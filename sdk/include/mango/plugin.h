@@ -294,11 +294,12 @@ typedef struct mango_host_api {
      * when empty, else a new reference. set: borrowed, host keeps a ref. */
     mango_status (*cache_get)(mango_context *ctx, const char *key, mango_tensor *out);
     mango_status (*cache_set)(mango_context *ctx, const char *key, mango_tensor value);
-    /* PROVISIONAL (no shipped plugin uses them yet). Output of merge and MoE
-     * conversion: a named result tensor (borrowed). */
+    /* PROVISIONAL (no shipped plugin uses it yet). Output of MoE conversion:
+     * a named result tensor (borrowed). */
     mango_status (*emit)(mango_context *ctx, const char *name, mango_tensor value);
-    /* PROVISIONAL. Per-model option of a merge (weight, density, ...),
-     * model_index in the order the models were given. Like option(). */
+    /* A per-model parameter of a merge (weight, density, ...) for the
+     * tensor being merged: model_index is the position in
+     * mango_merge_input.models. Like option(): validated, defaults filled. */
     mango_status (*model_option)(mango_context *ctx, size_t model_index, const char *key, mango_value *out);
     /* Architectures: name the checkpoint tensor that plays `role` in `layer`
      * (-1 for model-level tensors). Roles are documented strings such as
@@ -336,6 +337,10 @@ typedef struct mango_host_api {
     /* Declares one tensor of the model: role, checkpoint name, shape, flags.
      * Called from an architecture's tensors() (see its vtable). */
     mango_status (*declare_tensor_v2)(mango_context *ctx, const mango_tensor_decl *decl);
+    /* A new tensor of `like`'s shape and device, float32, uniform in [0, 1),
+     * from this instance's random stream (merges: seeded by the merge's seed
+     * and the tensor's name). `*out` is a new reference. */
+    mango_status (*random_like)(mango_context *ctx, mango_tensor like, mango_tensor *out);
 } mango_host_api;
 
 /* ---- component tables (one per kind) ------------------------------------ */
@@ -384,15 +389,40 @@ typedef struct mango_router_vtable {
                              mango_tensor *weights);
 } mango_router_vtable;
 
-/* PROVISIONAL. Merge: one tensor from N models (+ optional base), called
- * tensor by tensor so merging streams. `models` holds n_models borrowed tensors of one shape;
- * `base` is NULL when the pipeline names no base model. */
+/* Merge: one output tensor from the models that hold it, called tensor by
+ * tensor so merging streams. The host resolves every parameter for the
+ * tensor at hand (mergekit's gradients and filters) before the call:
+ * option() gives the global ones, model_option(ctx, i, key) those of
+ * models[i]. Random methods draw from random_like(), which the host seeds
+ * per tensor, so a merge is reproducible whatever the thread schedule. */
+typedef struct mango_merge_input {
+    uint32_t struct_size;
+    const char *name;           /* output tensor name */
+    const char *role;           /* its role in the architecture's table ("" when unknown) */
+    int32_t layer;              /* output layer index; -1 for model-level tensors */
+    int32_t is_embed;           /* rows index the vocabulary (embeddings, LM head): their
+                                   row counts may differ between models */
+    size_t n_models;            /* models holding this tensor, in configuration order */
+    const mango_tensor *models; /* borrowed, n_models handles, all of the compute dtype */
+    int32_t base;               /* index of the base model in `models`, or -1 */
+    int32_t reserved;
+} mango_merge_input;
+
+#define MANGO_MERGE_NEEDS_BASE 1u /* refuse configurations without base_model */
+
 typedef struct mango_merge_vtable {
     uint32_t struct_size;
-    mango_status (*create)(mango_context *ctx, size_t n_models, void **self);
-    mango_status (*merge)(void *self, mango_context *ctx, const char *tensor_name, const mango_tensor *models, size_t n_models,
-                          mango_tensor base, mango_tensor *out);
+    mango_status (*create)(mango_context *ctx, void **self);
+    /* Writes the merged tensor to *out (new reference), of the shape the
+     * method defines and the inputs' dtype. *out = NULL with MANGO_OK means
+     * "no value" (the host then skips an optional tensor, and fails for a
+     * required one, naming it). */
+    mango_status (*merge)(void *self, mango_context *ctx, const mango_merge_input *in, mango_tensor *out);
     void (*destroy)(void *self);
+    /* Per-model parameters ("weight", "density", ...) as a JSON Schema
+     * subset like mango_component.options_schema; NULL = none. Static. */
+    const char *model_options_schema;
+    uint32_t flags; /* MANGO_MERGE_* */
 } mango_merge_vtable;
 
 /* PROVISIONAL. A dense feed-forward block handed to a MoE converter, tensors by role

@@ -271,6 +271,18 @@ std::vector<T> Tensor::to_host() const {
     return out;
 }
 
+// ---- merging ------------------------------------------------------------------
+
+// One tensor to merge (mango_merge_input, with owned handles).
+struct MergeInput {
+    std::string name, role;      // output tensor name; its role ("" when unknown)
+    int32_t layer = -1;          // output layer; -1 model-level
+    bool is_embed = false;       // rows index the vocabulary
+    std::vector<Tensor> models;  // the models holding it, in configuration order
+    int32_t base = -1;           // index of the base model in `models`, or -1
+    bool has_base() const { return base >= 0 && size_t(base) < models.size(); }
+};
+
 // ---- the instance's context -----------------------------------------------
 
 class Context {
@@ -354,6 +366,27 @@ public:
     // balancing bias). Update it in place under a NoGrad guard.
     Tensor buffer(const std::string &name, const Tensor &init) const { return parameter(name, init, false); }
     bool training() const { return host().is_training(c_) != 0; }
+    // Merges: model i's parameter for the tensor being merged (i indexes MergeInput::models).
+    std::optional<mango_value> model_option(size_t i, const char *key) const {
+        mango_value v{};
+        const mango_status s = host().model_option(c_, i, key, &v);
+        if (s == MANGO_ERR_NOT_FOUND) return std::nullopt;
+        check(s);
+        if (v.kind == MANGO_VALUE_NONE) return std::nullopt;
+        return v;
+    }
+    double model_option_double(size_t i, const char *key) const {
+        auto v = model_option(i, key);
+        if (!v) throw Error(MANGO_ERR_INVALID_ARGUMENT, std::string("model #") + std::to_string(i) + " has no parameter '" + key + "'");
+        return as_double(*v, key);
+    }
+    // Uniform [0, 1) float32 noise of `like`'s shape from the instance's seeded stream.
+    Tensor random_like(const Tensor &like) const {
+        if (!MANGO_HOST_HAS(random_like)) throw Error(MANGO_ERR_UNSUPPORTED, "this host offers no random_like (API revision 3)");
+        mango_tensor t = nullptr;
+        check(host().random_like(c_, like.get(), &t));
+        return Tensor(t);
+    }
     // Whether report_loss / report_stat values are used now (training and
     // evaluation); older hosts: in training only.
     bool reporting() const { return MANGO_HOST_HAS(wants_reports) ? host().wants_reports(c_) != 0 : training(); }

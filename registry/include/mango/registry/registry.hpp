@@ -22,6 +22,8 @@ struct ComponentInfo {
     std::string summary;
     std::string options_schema;            // JSON text; "" = no options
     std::vector<std::string> model_types;  // architectures only
+    std::string model_options_schema;      // merges: per-model parameters ("" = none)
+    bool needs_base = false;               // merges: MANGO_MERGE_NEEDS_BASE
     std::string library;                   // absolute path of the .so
 };
 

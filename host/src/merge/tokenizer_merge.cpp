@@ -1,0 +1,220 @@
+#include "merge/tokenizer_merge.hpp"
+
+#include "formats/atomic_file.hpp"
+#include "util/error.hpp"
+
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+namespace mango::merge {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const char *const kOtherFiles[] = {"tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt",
+                                   "added_tokens.json",     "chat_template.jinja",     "chat_template.json"};
+
+json read_json(const fs::path &p) {
+    std::ifstream in(p);
+    if (!in) throw HostError(p.string() + ": cannot read (building the merged tokenizer needs each model's tokenizer.json)");
+    try {
+        return json::parse(in);
+    } catch (const std::exception &e) {
+        throw HostError(p.string() + ": not valid JSON: " + e.what());
+    }
+}
+
+// token -> id of a tokenizer.json (model vocabulary and added tokens), ids below `limit`.
+std::map<std::string, int64_t> vocabulary(const json &tok, int64_t limit, const std::string &where) {
+    std::map<std::string, int64_t> v;
+    const json &model = tok.contains("model") ? tok["model"] : json();
+    if (model.contains("vocab") && model["vocab"].is_object()) {
+        for (const auto &[k, id] : model["vocab"].items())
+            if (id.get<int64_t>() < limit) v[k] = id.get<int64_t>();
+    } else if (model.contains("vocab") && model["vocab"].is_array()) {  // Unigram: [[piece, score], ...]
+        for (size_t i = 0; i < model["vocab"].size() && int64_t(i) < limit; ++i) v[model["vocab"][i][0].get<std::string>()] = int64_t(i);
+    } else {
+        throw HostError(where + ": tokenizer.json has no vocabulary (model.vocab)");
+    }
+    if (tok.contains("added_tokens"))
+        for (const json &a : tok["added_tokens"])
+            if (a.value("id", limit) < limit) v[a.value("content", "")] = a["id"].get<int64_t>();
+    return v;
+}
+
+// Drops every id >= limit from a tokenizer.json (mergekit's "stripped" base).
+json strip(json tok, int64_t limit) {
+    json &model = tok["model"];
+    if (model.contains("vocab") && model["vocab"].is_object()) {
+        json kept = json::object();
+        for (const auto &[k, id] : model["vocab"].items())
+            if (id.get<int64_t>() < limit) kept[k] = id;
+        model["vocab"] = kept;
+    }
+    if (tok.contains("added_tokens")) {
+        json kept = json::array();
+        for (const json &a : tok["added_tokens"])
+            if (a.value("id", limit) < limit) kept.push_back(a);
+        tok["added_tokens"] = kept;
+    }
+    return tok;
+}
+
+const std::map<std::string, std::string> &builtin_templates() {
+    static const std::map<std::string, std::string> t = {
+        {"chatml",
+         "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"},
+        {"llama3",
+         "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + "
+         "'<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
+         "{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"},
+        {"alpaca",
+         "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}{% elif message['role'] == 'user' %}"
+         "{{ '### Instruction:\n' + message['content'] + '\n\n' }}{% elif message['role'] == 'assistant' %}{{ '### Response:\n' + message['content'] + "
+         "eos_token + '\n\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}"},
+        {"mistral",
+         "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+         "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}"},
+    };
+    return t;
+}
+
+}  // namespace
+
+VocabPlan plan_vocabulary(const Config &c, const std::vector<VocabModel> &models, int64_t base, size_t donor,
+                          const std::function<int64_t(const std::string &ref)> &model_index) {
+    VocabPlan plan;
+    if (c.tokenizer_source.empty()) return plan;  // the donor's files, no permutation
+    const size_t owner = base >= 0 ? size_t(base) : donor;
+    std::vector<std::map<std::string, int64_t>> vocabs;
+    std::vector<json> toks;
+    for (const VocabModel &m : models) {
+        toks.push_back(read_json(fs::path(m.dir) / "tokenizer.json"));
+        vocabs.push_back(vocabulary(toks.back(), m.vocab_size, m.dir + "/tokenizer.json"));
+    }
+    std::map<std::string, int64_t> out;  // token -> output id
+    if (c.tokenizer_source == "base" || c.tokenizer_source == "union") {
+        out = vocabs[owner];
+        plan.tokenizer = strip(toks[owner], models[owner].vocab_size);
+        plan.files_from = models[owner].dir;
+        if (c.tokenizer_source == "union") {
+            int64_t next = 0;
+            for (const auto &[_, id] : out) next = std::max(next, id + 1);
+            json &added = plan.tokenizer["added_tokens"];
+            if (!added.is_array()) added = json::array();
+            for (size_t m = 0; m < models.size(); ++m) {
+                std::vector<std::pair<int64_t, std::string>> by_id;
+                for (const auto &[tok, id] : vocabs[m]) by_id.push_back({id, tok});
+                std::sort(by_id.begin(), by_id.end());
+                for (const auto &[id, tok] : by_id) {
+                    if (out.count(tok)) continue;
+                    out[tok] = next;
+                    added.push_back({{"id", next}, {"content", tok}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
+                                     {"normalized", true}, {"special", false}});
+                    ++next;
+                }
+            }
+        }
+    } else {
+        const int64_t k = model_index(c.tokenizer_source);
+        if (k < 0)
+            throw HostError(c.tokenizer_where + ": tokenizer_source '" + clip(c.tokenizer_source) + "' is not one of the merged models (or base, union)");
+        out = vocabs[size_t(k)];
+        plan.tokenizer = toks[size_t(k)];
+        plan.files_from = models[size_t(k)].dir;
+    }
+    for (const auto &[_, id] : out) plan.real = std::max(plan.real, id + 1);
+    plan.rows = plan.real;
+    if (c.pad_to_multiple_of > 0) plan.rows = (plan.real + c.pad_to_multiple_of - 1) / c.pad_to_multiple_of * c.pad_to_multiple_of;
+    plan.source_id.assign(models.size(), std::vector<int64_t>(size_t(plan.rows), -1));
+    for (size_t m = 0; m < models.size(); ++m) {
+        for (const auto &[tok, id] : out) {
+            auto it = vocabs[m].find(tok);
+            if (it != vocabs[m].end()) plan.source_id[m][size_t(id)] = it->second;
+        }
+        bool identity = models[m].vocab_size == plan.rows;
+        for (int64_t i = 0; identity && i < plan.rows; ++i) identity = plan.source_id[m][size_t(i)] == i;
+        plan.active = plan.active || !identity;
+    }
+    return plan;
+}
+
+std::vector<at::Tensor> permute_rows(const VocabPlan &plan, const std::vector<at::Tensor> &tensors, const std::vector<size_t> &model_ids,
+                                     int32_t base) {
+    const int64_t D = tensors[0].size(1);
+    for (const at::Tensor &t : tensors)
+        if (t.dim() != 2 || t.size(1) != D) throw HostError("embedding matrices differ in width; tokenizers cannot be merged");
+    // The default row of each token: the one model that has it, else the base's, else the mean.
+    at::Tensor sum = at::zeros({plan.rows, D}, tensors[0].options()), count = at::zeros({plan.rows, 1}, tensors[0].options());
+    std::vector<at::Tensor> own;  // [rows] gather index and mask per model
+    for (size_t k = 0; k < tensors.size(); ++k) {
+        const auto &ids = plan.source_id[model_ids[k]];
+        at::Tensor idx = at::tensor(ids, at::kLong);
+        at::Tensor has = (idx >= 0) & (idx < tensors[k].size(0));
+        at::Tensor rows = tensors[k].index_select(0, idx.clamp(0, tensors[k].size(0) - 1).to(tensors[k].device()));
+        at::Tensor m = has.to(tensors[k].device()).unsqueeze(1).to(rows.scalar_type());
+        own.push_back(rows * m);
+        own.push_back(m);
+        sum = sum + rows * m;
+        count = count + m;
+    }
+    at::Tensor fallback = sum / count.clamp_min(1);
+    if (base >= 0) {
+        const at::Tensor &bm = own[2 * size_t(base) + 1];
+        fallback = at::where(bm > 0, own[2 * size_t(base)], fallback);
+    }
+    std::vector<at::Tensor> out;
+    for (size_t k = 0; k < tensors.size(); ++k) {
+        at::Tensor t = at::where(own[2 * k + 1] > 0, own[2 * k], fallback);
+        if (plan.rows > plan.real) {  // padding rows: the mean of the real ones
+            at::Tensor mean = t.narrow(0, 0, plan.real).mean(0, true);
+            t = at::cat({t.narrow(0, 0, plan.real), mean.expand({plan.rows - plan.real, D})});
+        }
+        out.push_back(t.contiguous());
+    }
+    return out;
+}
+
+void write_tokenizer(const VocabPlan &plan, const std::string &donor_dir, const std::string &out) {
+    if (plan.tokenizer.is_null()) {
+        for (const char *f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt",
+                              "added_tokens.json", "chat_template.jinja", "chat_template.json"})
+            if (fs::exists(fs::path(donor_dir) / f)) formats::copy_file_atomic((fs::path(donor_dir) / f).string(), (fs::path(out) / f).string());
+        return;
+    }
+    formats::write_file_atomic((fs::path(out) / "tokenizer.json").string(), plan.tokenizer.dump(2) + "\n");
+    for (const char *f : kOtherFiles)
+        if (fs::exists(fs::path(plan.files_from) / f))
+            formats::copy_file_atomic((fs::path(plan.files_from) / f).string(), (fs::path(out) / f).string());
+}
+
+void apply_chat_template(const Config &c, const std::string &out, const std::vector<std::string> &input_dirs) {
+    if (c.chat_template.empty()) return;
+    std::string tmpl = c.chat_template;
+    if (tmpl == "auto") {
+        std::map<std::string, int> votes;
+        for (const std::string &d : input_dirs) {
+            const fs::path p = fs::path(d) / "tokenizer_config.json";
+            if (!fs::exists(p)) continue;
+            const json j = read_json(p);
+            if (j.contains("chat_template") && j["chat_template"].is_string()) ++votes[j["chat_template"].get<std::string>()];
+        }
+        if (votes.empty()) return;  // no input has one
+        tmpl = std::max_element(votes.begin(), votes.end(), [](auto &a, auto &b) { return a.second < b.second; })->first;
+    } else if (auto it = builtin_templates().find(tmpl); it != builtin_templates().end()) {
+        tmpl = it->second;
+    } else if (tmpl.find("{{") == std::string::npos && tmpl.find("{%") == std::string::npos) {
+        throw HostError(c.file + ": chat_template '" + clip(tmpl) + "' is neither a Jinja template nor one of auto, chatml, llama3, alpaca, mistral");
+    }
+    const fs::path p = fs::path(out) / "tokenizer_config.json";
+    json j = fs::exists(p) ? read_json(p) : json::object();
+    j["chat_template"] = tmpl;
+    formats::write_file_atomic(p.string(), j.dump(2) + "\n");
+}
+
+}  // namespace mango::merge

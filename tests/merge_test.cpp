@@ -1,0 +1,274 @@
+// Merging (mango merge, mergekit's YAML): every method against its formula
+// written here directly in LibTorch on small random LLaMAs (a base and two
+// "fine-tunes" = base + noise), mergekit's properties (identical models give
+// the model; slerp at t = 0 / 1 gives the endpoints; TIES with density 1 and
+// one model equals task arithmetic; gradients give per-layer values; random
+// methods are reproducible), slices, tokenizer union, and bad input refused
+// with nothing written. Golden values from mergekit itself: merge_golden_test.cpp.
+#include "merge/merge.hpp"
+#include "model/model.hpp"
+
+#include "test_plugins.hpp"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+namespace fs = std::filesystem;
+using namespace mango;
+
+namespace {
+
+// One folder per test: ctest runs the tests as parallel processes.
+fs::path root() {
+    static const fs::path r = [] {
+        fs::path p = fs::path(MANGO_TEST_TMP) / "merge" / ::testing::UnitTest::GetInstance()->current_test_info()->name();
+        fs::remove_all(p);
+        fs::create_directories(p);
+        return p;
+    }();
+    return r;
+}
+
+// A saved random LLaMA: base (noise 0) or base + noise * N(0, 1) with `seed`.
+std::string model(const std::string &name, uint64_t seed, double noise, int64_t layers = 3, int64_t vocab = 64) {
+    const fs::path dir = root() / name;
+    if (fs::exists(dir / "model.safetensors")) return dir.string();
+    const fs::path cfg = root() / ("cfg_" + std::to_string(layers) + "_" + std::to_string(vocab));
+    fs::create_directories(cfg);
+    std::ofstream(cfg / "config.json") << nlohmann::json{{"model_type", "llama"}, {"hidden_size", 16}, {"num_hidden_layers", layers},
+                                                         {"num_attention_heads", 2}, {"num_key_value_heads", 1}, {"intermediate_size", 24},
+                                                         {"vocab_size", vocab}, {"initializer_range", 0.2}, {"torch_dtype", "float32"}}
+                                              .dump();
+    auto m = Model::init_random(shared_plugins(), cfg.string(), 1);  // the same base for all
+    if (noise > 0) {
+        at::NoGradGuard g;
+        at::manual_seed(seed);
+        for (auto &[_, t] : m->named_weights()) t.add_(at::randn_like(t) * noise);
+    }
+    m->save(dir.string());
+    return dir.string();
+}
+
+std::map<std::string, at::Tensor> tensors(const std::string &dir) {
+    auto ck = formats::Checkpoint::open(dir);
+    std::map<std::string, at::Tensor> out;
+    for (const auto &n : ck.names()) out[n] = ck.tensor(n).clone();
+    return out;
+}
+
+// Runs YAML text; returns the output folder.
+std::string merge_yaml(const std::string &name, const std::string &yaml, merge::Options o = {}) {
+    const fs::path file = root() / (name + ".yml");
+    std::ofstream(file) << yaml;
+    const fs::path out = root() / ("out_" + name);
+    o.progress = false;
+    o.force = true;
+    merge::run(shared_plugins(), merge::load_config(file.string()), out.string(), o);
+    return out.string();
+}
+
+std::string error_of(const std::string &name, const std::string &yaml, merge::Options o = {}) {
+    try {
+        merge_yaml(name, yaml, o);
+    } catch (const std::exception &e) {
+        return e.what();
+    }
+    return "";
+}
+
+struct Trio {
+    std::string base = model("base", 0, 0), a = model("ft_a", 2, 0.05), b = model("ft_b", 3, 0.05);
+};
+
+double max_diff(const at::Tensor &x, const at::Tensor &y) { return (x.to(at::kDouble) - y.to(at::kDouble)).abs().max().item<double>(); }
+
+}  // namespace
+
+TEST(Merge, LinearIsTheNormalisedWeightedSum) {
+    Trio m;
+    const std::string out = merge_yaml("linear", "merge_method: linear\nmodels:\n  - model: " + m.a + "\n    parameters: {weight: 0.3}\n  - model: " + m.b +
+                                                     "\n    parameters: {weight: 0.9}\ndtype: float32\n");
+    auto A = tensors(m.a), B = tensors(m.b), O = tensors(out);
+    ASSERT_EQ(O.size(), A.size());
+    for (auto &[n, t] : O) EXPECT_LT(max_diff(t, (0.3 * A[n] + 0.9 * B[n]) / 1.2), 1e-6) << n;
+    // The output loads and runs like any model folder.
+    auto loaded = Model::load(shared_plugins(), out);
+    EXPECT_EQ(loaded->info().n_layers, 3);
+}
+
+TEST(Merge, IdenticalModelsGiveTheModel) {
+    Trio m;
+    auto A = tensors(m.a);
+    for (const std::string method : {"linear", "karcher", "task_arithmetic", "ties", "dare_ties", "della", "model_stock", "sce", "ram"}) {
+        const bool base = method != "linear" && method != "karcher";
+        // Three copies of one model (the base among them where the method needs one).
+        const std::string c1 = m.a, c2 = model("ft_a_copy", 2, 0.05), c3 = model("ft_a_copy2", 2, 0.05);
+        std::string yaml = "merge_method: " + method + "\n" + (base ? "base_model: " + c1 + "\n" : "") + "models:\n";
+        for (const std::string &c : {c1, c2, c3}) yaml += "  - model: " + c + "\n    parameters: {weight: 1.0, density: 0.5}\n";
+        if (method == "della") yaml += "parameters: {epsilon: 0.1}\n";
+        if (method == "linear" || method == "karcher" || method == "model_stock" || method == "sce" || method == "ram")
+            yaml = std::regex_replace(yaml, std::regex(", density: 0.5"), "");
+        if (method == "karcher" || method == "model_stock" || method == "sce" || method == "ram")
+            yaml = std::regex_replace(yaml, std::regex("\\{weight: 1.0\\}"), "{}");
+        auto O = tensors(merge_yaml("same_" + method, yaml));
+        for (auto &[n, t] : O) EXPECT_LT(max_diff(t, A[n]), 1e-5) << method << " " << n;
+    }
+}
+
+TEST(Merge, SlerpEndpointsAndFormula) {
+    Trio m;
+    auto yaml = [&](const std::string &t) {
+        return "merge_method: slerp\nbase_model: " + m.a + "\nmodels:\n  - model: " + m.a + "\n  - model: " + m.b + "\nparameters:\n  t: " + t + "\n";
+    };
+    auto A = tensors(m.a), B = tensors(m.b);
+    auto T0 = tensors(merge_yaml("slerp0", yaml("0"))), T1 = tensors(merge_yaml("slerp1", yaml("1"))), Th = tensors(merge_yaml("slerph", yaml("0.3")));
+    for (auto &[n, t] : T0) {
+        EXPECT_LT(max_diff(t, A[n]), 1e-6) << n;
+        EXPECT_LT(max_diff(T1[n], B[n]), 1e-5) << n;
+        // slerp over the flattened tensor (lerp when nearly parallel).
+        const at::Tensor v0 = A[n].flatten(), v1 = B[n].flatten();
+        const double dot = (v0 / v0.norm() * (v1 / v1.norm())).sum().item<double>();
+        at::Tensor want;
+        if (std::abs(dot) > 0.9995) {
+            want = 0.7 * A[n] + 0.3 * B[n];
+        } else {
+            const double th = std::acos(dot), s = std::sin(th);
+            want = std::sin(0.7 * th) / s * A[n] + std::sin(0.3 * th) / s * B[n];
+        }
+        EXPECT_LT(max_diff(Th[n], want), 1e-5) << n;
+    }
+}
+
+TEST(Merge, TiesFollowsTrimElectMerge) {
+    Trio m;
+    const std::string out = merge_yaml("ties", "merge_method: ties\nbase_model: " + m.base + "\nmodels:\n  - model: " + m.a +
+                                                   "\n    parameters: {weight: 1.0, density: 0.4}\n  - model: " + m.b +
+                                                   "\n    parameters: {weight: 0.5, density: 0.6}\n");
+    auto Bs = tensors(m.base), A = tensors(m.a), B = tensors(m.b), O = tensors(out);
+    auto trim = [](const at::Tensor &d, double density) {
+        const int64_t k = int64_t(density * double(d.numel()));
+        const at::Tensor thr = std::get<0>(d.abs().flatten().kthvalue(d.numel() - k + 1));
+        return d * (d.abs() >= thr);
+    };
+    for (auto &[n, o] : O) {
+        const at::Tensor da = trim(A[n] - Bs[n], 0.4) * 1.0, db = trim(B[n] - Bs[n], 0.6) * 0.5;
+        const at::Tensor D = at::stack({da, db});
+        const at::Tensor majority = at::where(D.sum(0) >= 0, 1.0, -1.0);
+        const at::Tensor agree = (D.sign() == majority).to(at::kFloat);
+        const at::Tensor w = at::tensor({1.0f, 0.5f}).view({2, 1, 1}).expand_as(D.dim() == 3 ? D : D.unsqueeze(-1)).reshape(D.sizes());
+        at::Tensor div = (w * agree).sum(0);
+        div = at::where(div == 0, at::ones_like(div), div);
+        EXPECT_LT(max_diff(o, Bs[n] + (D * agree).sum(0) / div), 1e-5) << n;
+    }
+}
+
+TEST(Merge, TiesWithDensityOneAndOneModelIsTaskArithmetic) {
+    Trio m;
+    const std::string models = "base_model: " + m.base + "\nmodels:\n  - model: " + m.a + "\n    parameters: {weight: 0.7}\n";
+    auto ties = tensors(merge_yaml("ties1", "merge_method: ties\nparameters: {normalize: false}\n" + models));
+    auto ta = tensors(merge_yaml("ta1", "merge_method: task_arithmetic\n" + models));
+    auto Bs = tensors(m.base), A = tensors(m.a);
+    for (auto &[n, t] : ta) {
+        EXPECT_LT(max_diff(t, ties[n]), 1e-6) << n;
+        EXPECT_LT(max_diff(t, Bs[n] + 0.7 * (A[n] - Bs[n])), 1e-6) << n;
+    }
+}
+
+TEST(Merge, GradientsGiveEachLayerItsValue) {
+    Trio m;
+    // t over 3 layers: 0, 0.5, 1 -> [0, 1] interpolates to 0, 0.5, 1; lm_head and norms (t = 0) get 0.
+    const std::string out = merge_yaml("gradient", "merge_method: linear\nparameters:\n  normalize: false\nmodels:\n  - model: " + m.a +
+                                                       "\n    parameters:\n      weight: [0.0, 1.0]\n  - model: " + m.b +
+                                                       "\n    parameters:\n      weight:\n        - filter: mlp\n          value: 2.0\n        - value: 0.0\n");
+    auto A = tensors(m.a), B = tensors(m.b), O = tensors(out);
+    const std::string q = ".self_attn.q_proj.weight", up = ".mlp.up_proj.weight";
+    for (int l = 0; l < 3; ++l) {
+        const std::string p = "model.layers." + std::to_string(l);
+        EXPECT_LT(max_diff(O[p + q], A[p + q] * (l / 2.0)), 1e-6) << l;
+        EXPECT_LT(max_diff(O[p + up], A[p + up] * (l / 2.0) + 2.0 * B[p + up]), 1e-6) << l;
+    }
+    EXPECT_LT(O["model.norm.weight"].abs().max().item<double>(), 1e-7);
+}
+
+TEST(Merge, RandomMethodsAreSeededAndReproducible) {
+    Trio m;
+    const std::string yaml = "merge_method: dare_ties\nbase_model: " + m.base + "\nmodels:\n  - model: " + m.a +
+                             "\n    parameters: {weight: 1.0, density: 0.5}\n  - model: " + m.b + "\n    parameters: {weight: 1.0, density: 0.5}\n";
+    auto x = tensors(merge_yaml("dare1", yaml)), y = tensors(merge_yaml("dare2", yaml));
+    merge::Options other;
+    other.seed = 7;
+    auto z = tensors(merge_yaml("dare3", yaml, other));
+    bool differs = false;
+    for (auto &[n, t] : x) {
+        EXPECT_TRUE(at::equal(t, y[n])) << n;
+        differs = differs || !at::equal(t, z[n]);
+    }
+    EXPECT_TRUE(differs) << "another seed draws other masks";
+    // DARE keeps about `density` of each task vector.
+    auto Bs = tensors(m.base), A = tensors(m.a);
+    const std::string n = "model.layers.0.mlp.up_proj.weight";
+    auto dl = tensors(merge_yaml("dare_lin", "merge_method: dare_linear\nbase_model: " + m.base + "\nmodels:\n  - model: " + m.a +
+                                                 "\n    parameters: {weight: 1.0, density: 0.3}\n"));
+    const double kept = ((dl[n] - Bs[n]).abs() > 0).to(at::kDouble).mean().item<double>();
+    EXPECT_NEAR(kept, 0.3, 0.06);
+    // rescale (default on) keeps the L1 norm of the task vector.
+    EXPECT_NEAR((dl[n] - Bs[n]).abs().sum().item<double>(), (A[n] - Bs[n]).abs().sum().item<double>(), 1e-3);
+}
+
+TEST(Merge, SlicesStackLayersAndRenameThem) {
+    Trio m;
+    const std::string out = merge_yaml("slices", "merge_method: passthrough\nslices:\n  - sources:\n      - model: " + m.a +
+                                                     "\n        layer_range: [0, 2]\n  - sources:\n      - model: " + m.b +
+                                                     "\n        layer_range: [1, 3]\n        parameters:\n          scale:\n            - filter: o_proj\n              value: 0.5\n            - value: 1.0\n");
+    auto A = tensors(m.a), B = tensors(m.b), O = tensors(out);
+    const auto cfg = nlohmann::json::parse(std::ifstream(fs::path(out) / "config.json"));
+    EXPECT_EQ(cfg["num_hidden_layers"], 4);
+    EXPECT_TRUE(at::equal(O["model.layers.1.mlp.up_proj.weight"], A["model.layers.1.mlp.up_proj.weight"]));
+    EXPECT_TRUE(at::equal(O["model.layers.2.mlp.up_proj.weight"], B["model.layers.1.mlp.up_proj.weight"]));
+    EXPECT_LT(max_diff(O["model.layers.3.self_attn.o_proj.weight"], 0.5 * B["model.layers.2.self_attn.o_proj.weight"]), 1e-7);
+    EXPECT_TRUE(at::equal(O["model.embed_tokens.weight"], A["model.embed_tokens.weight"]));  // pre weights: first slice
+    EXPECT_TRUE(at::equal(O["lm_head.weight"], B["lm_head.weight"]));                        // post weights: last slice
+    EXPECT_EQ(Model::load(shared_plugins(), out)->info().n_layers, 4);
+}
+
+TEST(Merge, BadInputIsRefusedAndNothingIsWritten) {
+    Trio m;
+    const std::string models = "models:\n  - model: " + m.a + "\n    parameters: {weight: 1.0}\n  - model: " + m.b + "\n    parameters: {weight: 1.0}\n";
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {"merge_method: tiez\n" + models, "no merge plugin named 'tiez'; did you mean 'ties'"},
+        {"merge_method: linear\nmodels:\n  - model: " + m.a + "\n  - model: " + m.b + "\n", "missing required option 'weight'"},
+        {"merge_method: linear\nparameters: {normalise: true}\n" + models, "has no parameter 'normalise'"},
+        {"merge_method: linear\nparameters: {normalize: [{filter: x}]}\n" + models, "conditional without 'value'"},
+        {"merge_method: ties\n" + models, "needs a base_model"},
+        {"merge_method: linear\nmodels:\n  - model: no/such/model\n    parameters: {weight: 1}\n", "there is no model hub here"},
+        {"merge_method: linear\nmodels:\n  - model: org/model@main\n    parameters: {weight: 1}\n", "model@revision"},
+        {"merge_method: passthrough\nslices:\n  - sources:\n      - model: " + m.a + "\n        layer_range: [0, 9]\n", "out of bounds"},
+        {"merge_method: linear\nmodels:\n  - model: " + m.a + "\n    parameters: {weight: 1.0}\n  - model: " + model("deep", 4, 0.1, 4) +
+             "\n    parameters: {weight: 1.0}\n",
+         "need the same depth"},
+        {"merge_method: linear\nmodels: [\n", "merge_case_9.yml:"},
+    };
+    for (size_t i = 0; i < cases.size(); ++i) {
+        const std::string e = error_of("merge_case_" + std::to_string(i), cases[i].first);
+        EXPECT_NE(e.find(cases[i].second), std::string::npos) << "case " << i << ": " << e;
+        EXPECT_FALSE(fs::exists(root() / ("out_merge_case_" + std::to_string(i)))) << "case " << i;
+    }
+    // Shapes that differ (not an embedding): both named.
+    const std::string wide = model("other_vocab", 5, 0.1, 3, 80);
+    auto o = merge_yaml("vocab_min", "merge_method: linear\nmodels:\n  - model: " + m.a + "\n    parameters: {weight: 1.0}\n  - model: " + wide +
+                                         "\n    parameters: {weight: 1.0}\n");
+    EXPECT_EQ(tensors(o)["model.embed_tokens.weight"].size(0), 64) << "embeddings: the common block (mergekit's rectify)";
+    // An existing output folder is kept unless --force.
+    const fs::path file = root() / "keep.yml";
+    std::ofstream(file) << "merge_method: linear\n" + models;
+    merge::Options keep;
+    keep.progress = false;
+    const fs::path out = root() / "out_vocab_min";
+    const auto before = fs::last_write_time(out / "model.safetensors");
+    EXPECT_THROW(merge::run(shared_plugins(), merge::load_config(file.string()), out.string(), keep), HostError);
+    EXPECT_EQ(fs::last_write_time(out / "model.safetensors"), before);
+}
