@@ -39,9 +39,11 @@ std::string model(const std::string &name, uint64_t seed, double noise, int64_t 
     if (fs::exists(dir / "model.safetensors")) return dir.string();
     const fs::path cfg = root() / ("cfg_" + std::to_string(layers) + "_" + std::to_string(vocab));
     fs::create_directories(cfg);
-    std::ofstream(cfg / "config.json") << nlohmann::json{{"model_type", "llama"}, {"hidden_size", 16}, {"num_hidden_layers", layers},
-                                                         {"num_attention_heads", 2}, {"num_key_value_heads", 1}, {"intermediate_size", 24},
-                                                         {"vocab_size", vocab}, {"initializer_range", 0.2}, {"torch_dtype", "float32"}}
+    std::ofstream(cfg / "config.json") << nlohmann::json{{"model_type", "llama"},       {"hidden_size", 16},
+                                                         {"num_hidden_layers", layers}, {"num_attention_heads", 2},
+                                                         {"num_key_value_heads", 1},    {"intermediate_size", 24},
+                                                         {"vocab_size", vocab},         {"initializer_range", 0.2},
+                                                         {"torch_dtype", "float32"}}
                                               .dump();
     auto m = Model::init_random(shared_plugins(), cfg.string(), 1);  // the same base for all
     if (noise > 0) {
@@ -90,8 +92,9 @@ double max_diff(const at::Tensor &x, const at::Tensor &y) { return (x.to(at::kDo
 
 TEST(Merge, LinearIsTheNormalisedWeightedSum) {
     Trio m;
-    const std::string out = merge_yaml("linear", "merge_method: linear\nmodels:\n  - model: " + m.a + "\n    parameters: {weight: 0.3}\n  - model: " + m.b +
-                                                     "\n    parameters: {weight: 0.9}\ndtype: float32\n");
+    const std::string out =
+        merge_yaml("linear", "merge_method: linear\nmodels:\n  - model: " + m.a + "\n    parameters: {weight: 0.3}\n  - model: " + m.b +
+                                 "\n    parameters: {weight: 0.9}\ndtype: float32\n");
     auto A = tensors(m.a), B = tensors(m.b), O = tensors(out);
     ASSERT_EQ(O.size(), A.size());
     for (auto &[n, t] : O) EXPECT_LT(max_diff(t, (0.3 * A[n] + 0.9 * B[n]) / 1.2), 1e-6) << n;
@@ -122,10 +125,12 @@ TEST(Merge, IdenticalModelsGiveTheModel) {
 TEST(Merge, SlerpEndpointsAndFormula) {
     Trio m;
     auto yaml = [&](const std::string &t) {
-        return "merge_method: slerp\nbase_model: " + m.a + "\nmodels:\n  - model: " + m.a + "\n  - model: " + m.b + "\nparameters:\n  t: " + t + "\n";
+        return "merge_method: slerp\nbase_model: " + m.a + "\nmodels:\n  - model: " + m.a + "\n  - model: " + m.b +
+               "\nparameters:\n  t: " + t + "\n";
     };
     auto A = tensors(m.a), B = tensors(m.b);
-    auto T0 = tensors(merge_yaml("slerp0", yaml("0"))), T1 = tensors(merge_yaml("slerp1", yaml("1"))), Th = tensors(merge_yaml("slerph", yaml("0.3")));
+    auto T0 = tensors(merge_yaml("slerp0", yaml("0"))), T1 = tensors(merge_yaml("slerp1", yaml("1"))),
+         Th = tensors(merge_yaml("slerph", yaml("0.3")));
     for (auto &[n, t] : T0) {
         EXPECT_LT(max_diff(t, A[n]), 1e-6) << n;
         EXPECT_LT(max_diff(T1[n], B[n]), 1e-5) << n;
@@ -181,9 +186,10 @@ TEST(Merge, TiesWithDensityOneAndOneModelIsTaskArithmetic) {
 TEST(Merge, GradientsGiveEachLayerItsValue) {
     Trio m;
     // t over 3 layers: 0, 0.5, 1 -> [0, 1] interpolates to 0, 0.5, 1; lm_head and norms (t = 0) get 0.
-    const std::string out = merge_yaml("gradient", "merge_method: linear\nparameters:\n  normalize: false\nmodels:\n  - model: " + m.a +
-                                                       "\n    parameters:\n      weight: [0.0, 1.0]\n  - model: " + m.b +
-                                                       "\n    parameters:\n      weight:\n        - filter: mlp\n          value: 2.0\n        - value: 0.0\n");
+    const std::string out =
+        merge_yaml("gradient", "merge_method: linear\nparameters:\n  normalize: false\nmodels:\n  - model: " + m.a +
+                                   "\n    parameters:\n      weight: [0.0, 1.0]\n  - model: " + m.b +
+                                   "\n    parameters:\n      weight:\n        - filter: mlp\n          value: 2.0\n        - value: 0.0\n");
     auto A = tensors(m.a), B = tensors(m.b), O = tensors(out);
     const std::string q = ".self_attn.q_proj.weight", up = ".mlp.up_proj.weight";
     for (int l = 0; l < 3; ++l) {
@@ -197,7 +203,8 @@ TEST(Merge, GradientsGiveEachLayerItsValue) {
 TEST(Merge, RandomMethodsAreSeededAndReproducible) {
     Trio m;
     const std::string yaml = "merge_method: dare_ties\nbase_model: " + m.base + "\nmodels:\n  - model: " + m.a +
-                             "\n    parameters: {weight: 1.0, density: 0.5}\n  - model: " + m.b + "\n    parameters: {weight: 1.0, density: 0.5}\n";
+                             "\n    parameters: {weight: 1.0, density: 0.5}\n  - model: " + m.b +
+                             "\n    parameters: {weight: 1.0, density: 0.5}\n";
     auto x = tensors(merge_yaml("dare1", yaml)), y = tensors(merge_yaml("dare2", yaml));
     merge::Options other;
     other.seed = 7;
@@ -223,7 +230,8 @@ TEST(Merge, SlicesStackLayersAndRenameThem) {
     Trio m;
     const std::string out = merge_yaml("slices", "merge_method: passthrough\nslices:\n  - sources:\n      - model: " + m.a +
                                                      "\n        layer_range: [0, 2]\n  - sources:\n      - model: " + m.b +
-                                                     "\n        layer_range: [1, 3]\n        parameters:\n          scale:\n            - filter: o_proj\n              value: 0.5\n            - value: 1.0\n");
+                                                     "\n        layer_range: [1, 3]\n        parameters:\n          scale:\n            - "
+                                                     "filter: o_proj\n              value: 0.5\n            - value: 1.0\n");
     auto A = tensors(m.a), B = tensors(m.b), O = tensors(out);
     const auto cfg = nlohmann::json::parse(std::ifstream(fs::path(out) / "config.json"));
     EXPECT_EQ(cfg["num_hidden_layers"], 4);
@@ -237,7 +245,8 @@ TEST(Merge, SlicesStackLayersAndRenameThem) {
 
 TEST(Merge, BadInputIsRefusedAndNothingIsWritten) {
     Trio m;
-    const std::string models = "models:\n  - model: " + m.a + "\n    parameters: {weight: 1.0}\n  - model: " + m.b + "\n    parameters: {weight: 1.0}\n";
+    const std::string models =
+        "models:\n  - model: " + m.a + "\n    parameters: {weight: 1.0}\n  - model: " + m.b + "\n    parameters: {weight: 1.0}\n";
     const std::vector<std::pair<std::string, std::string>> cases = {
         {"merge_method: tiez\n" + models, "no merge plugin named 'tiez'; did you mean 'ties'"},
         {"merge_method: linear\nmodels:\n  - model: " + m.a + "\n  - model: " + m.b + "\n", "missing required option 'weight'"},
@@ -259,8 +268,8 @@ TEST(Merge, BadInputIsRefusedAndNothingIsWritten) {
     }
     // Shapes that differ (not an embedding): both named.
     const std::string wide = model("other_vocab", 5, 0.1, 3, 80);
-    auto o = merge_yaml("vocab_min", "merge_method: linear\nmodels:\n  - model: " + m.a + "\n    parameters: {weight: 1.0}\n  - model: " + wide +
-                                         "\n    parameters: {weight: 1.0}\n");
+    auto o = merge_yaml("vocab_min", "merge_method: linear\nmodels:\n  - model: " + m.a +
+                                         "\n    parameters: {weight: 1.0}\n  - model: " + wide + "\n    parameters: {weight: 1.0}\n");
     EXPECT_EQ(tensors(o)["model.embed_tokens.weight"].size(0), 64) << "embeddings: the common block (mergekit's rectify)";
     // An existing output folder is kept unless --force.
     const fs::path file = root() / "keep.yml";

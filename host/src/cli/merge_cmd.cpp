@@ -40,20 +40,32 @@ int merge_cmd(const Global &g, const po::variables_map &vm) {
     if (vm.count("check")) {
         const merge::Result r = merge::check(host, config, o);
         if (g.json)
-            std::cout << nlohmann::json{{"valid", true}, {"method", r.method}, {"tensors", r.tensors}, {"layers", r.layers}, {"models", r.models}}.dump(2) << "\n";
+            std::cout
+                << nlohmann::json{{"valid", true}, {"method", r.method}, {"tensors", r.tensors}, {"layers", r.layers}, {"models", r.models}}
+                       .dump(2)
+                << "\n";
         else
-            std::cout << config.file << ": valid (" << r.method << ", " << r.models.size() << " models, " << r.tensors << " tensors, " << r.layers
-                      << " layers)\n";
+            std::cout << config.file << ": valid (" << r.method << ", " << r.models.size() << " models, " << r.tensors << " tensors, "
+                      << r.layers << " layers)\n";
         return 0;
     }
     if (!vm.count("out")) throw UsageError("mango merge needs OUT_DIR (or --check)");
     const merge::Result r = merge::run(host, config, vm["out"].as<std::string>(), o);
-    const nlohmann::json j = {{"output", r.out_dir},       {"method", r.method}, {"tensors", r.tensors},
-                              {"skipped", r.skipped},      {"layers", r.layers}, {"bytes_read", r.bytes_read},
-                              {"bytes_written", r.bytes_written}, {"seconds", r.seconds}, {"files", r.files},
+    const nlohmann::json j = {{"output", r.out_dir},
+                              {"method", r.method},
+                              {"tensors", r.tensors},
+                              {"skipped", r.skipped},
+                              {"layers", r.layers},
+                              {"bytes_read", r.bytes_read},
+                              {"bytes_written", r.bytes_written},
+                              {"seconds", r.seconds},
+                              {"files", r.files},
                               {"models", r.models}};
-    if (g.json) std::cout << j.dump(2) << "\n";
-    else std::cout << "merged " << r.models.size() << " models with " << r.method << " into " << r.out_dir << " (" << r.tensors << " tensors)\n";
+    if (g.json)
+        std::cout << j.dump(2) << "\n";
+    else
+        std::cout << "merged " << r.models.size() << " models with " << r.method << " into " << r.out_dir << " (" << r.tensors
+                  << " tensors)\n";
     return 0;
 }
 
@@ -66,10 +78,11 @@ std::vector<Command> merge_commands() {
                  d.add_options()("config", po::value<std::string>()->required(), "mergekit configuration (YAML)")(
                      "out", po::value<std::string>(), "output folder (written whole or not at all)")(
                      "dtype", po::value<std::string>(), "compute dtype: float32|bfloat16|float16 (overrides the YAML's dtype)")(
-                     "device", po::value<std::string>()->default_value("cpu"), "cpu or cuda[:N]")(
-                     "force", "replace OUT_DIR if it exists")("seed", po::value<uint64_t>()->default_value(0), "seed of random methods (DARE, DELLA)")(
+                     "device", po::value<std::string>()->default_value("cpu"), "cpu or cuda[:N]")("force", "replace OUT_DIR if it exists")(
+                     "seed", po::value<uint64_t>()->default_value(0), "seed of random methods (DARE, DELLA)")(
                      "max-shard-size", po::value<std::string>()->default_value("5B"), "bytes per output shard: 5B, 500M, ...")(
-                     "check", "validate the configuration (models, method, parameters, layer ranges) and stop")("no-progress", "no progress bar");
+                     "check", "validate the configuration (models, method, parameters, layer ranges) and stop")("no-progress",
+                                                                                                                "no progress bar");
                  p.add("config", 1).add("out", 1);
              },
              merge_cmd}};

@@ -32,7 +32,8 @@ void pwrite_all(int fd, const void *data, size_t n, uint64_t offset, const std::
 
 }  // namespace
 
-ShardWriter::ShardWriter(std::string dir, uint64_t max_shard_bytes, std::vector<Planned> planned, std::map<std::string, std::string> metadata)
+ShardWriter::ShardWriter(std::string dir, uint64_t max_shard_bytes, std::vector<Planned> planned,
+                         std::map<std::string, std::string> metadata)
     : dir_(std::move(dir)), max_(max_shard_bytes), planned_(std::move(planned)), metadata_(std::move(metadata)) {
     fs::create_directories(dir_);
 }
@@ -67,7 +68,8 @@ void ShardWriter::close_shard() {
     for (const Entry &e : entries_) j[e.name] = {{"dtype", e.dtype}, {"shape", e.shape}, {"data_offsets", {e.begin, e.end}}};
     std::string header = j.dump();
     const std::string &path = shard_files_.back();
-    if (header.size() > room_) throw FormatError(path + ": header of " + std::to_string(header.size()) + " bytes exceeds its reserved room (a bug)");
+    if (header.size() > room_)
+        throw FormatError(path + ": header of " + std::to_string(header.size()) + " bytes exceeds its reserved room (a bug)");
     header.append(room_ - header.size(), ' ');
     uint8_t len[8];
     for (int i = 0; i < 8; ++i) len[i] = uint8_t(room_ >> (8 * i));
@@ -104,8 +106,10 @@ std::vector<std::string> ShardWriter::finish() {
     nlohmann::json weight_map = nlohmann::json::object();
     for (size_t i = 0; i < n; ++i) {
         char name[64];
-        if (n == 1) std::snprintf(name, sizeof name, "model.safetensors");
-        else std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, n);
+        if (n == 1)
+            std::snprintf(name, sizeof name, "model.safetensors");
+        else
+            std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, n);
         const std::string final_path = (fs::path(dir_) / name).string();
         fs::rename(shard_files_[i], final_path);
         out.push_back(final_path);

@@ -52,8 +52,8 @@ private:
     std::map<std::string, std::string> metadata_;
     int fd_ = -1;
     uint64_t room_ = 0, cursor_ = 0, total_ = 0;
-    std::vector<Entry> entries_;                    // of the open shard
-    std::vector<std::string> shard_files_;          // temp names, in order
+    std::vector<Entry> entries_;            // of the open shard
+    std::vector<std::string> shard_files_;  // temp names, in order
     std::vector<std::vector<std::string>> shard_tensors_;
 };
 

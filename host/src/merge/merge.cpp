@@ -48,11 +48,15 @@ at::ScalarType dtype_named(const std::string &d) {
     return at::kHalf;
 }
 
-std::string dtype_text(at::ScalarType t) { return t == at::kFloat ? "float32" : t == at::kBFloat16 ? "bfloat16" : t == at::kHalf ? "float16" : c10::toString(t); }
+std::string dtype_text(at::ScalarType t) {
+    return t == at::kFloat ? "float32" : t == at::kBFloat16 ? "bfloat16" : t == at::kHalf ? "float16" : c10::toString(t);
+}
 
 bool is_vocab_role(const std::string &role) { return role == "embed.tokens.weight" || role == "lm_head.weight"; }
 
-json schema_of(const std::string &text) { return text.empty() ? json{{"type", "object"}, {"properties", json::object()}} : json::parse(text); }
+json schema_of(const std::string &text) {
+    return text.empty() ? json{{"type", "object"}, {"properties", json::object()}} : json::parse(text);
+}
 
 // A value as the schema's type expects it, with mergekit's leniency: booleans
 // and numbers stand for each other (true = 1.0), integral floats for integers.
@@ -84,12 +88,14 @@ public:
         for (const Slice &s : c_.slices)
             for (const Source &src : s.sources) model(src.model, src.where);
         if (method_->needs_base && c_.base_model.empty())
-            throw HostError(c_.method_where + ": merge method '" + c_.method + "' needs a base_model (the model the others are fine-tunes of)");
+            throw HostError(c_.method_where + ": merge method '" + c_.method +
+                            "' needs a base_model (the model the others are fine-tunes of)");
         // `models:` syntax: every layer of every model; the base joins as a source when it is not listed (as in mergekit).
         slices_ = c_.slices;
         if (!c_.slices_syntax) {
             Slice &s = slices_[0];
-            if (!c_.base_model.empty() && std::none_of(s.sources.begin(), s.sources.end(), [&](const Source &x) { return int64_t(index_of(x.model)) == base_; })) {
+            if (!c_.base_model.empty() &&
+                std::none_of(s.sources.begin(), s.sources.end(), [&](const Source &x) { return int64_t(index_of(x.model)) == base_; })) {
                 Source b;
                 b.model = c_.base_model;
                 b.where = c_.base_where;
@@ -101,22 +107,24 @@ public:
             }
             for (const Source &src : s.sources)
                 if (src.end != s.sources[0].end)
-                    throw HostError(src.where + ": " + src.model + " has " + std::to_string(src.end) + " layers and " + s.sources[0].model + " " +
-                                    std::to_string(s.sources[0].end) + "; models merged layer by layer need the same depth (use slices for others)");
+                    throw HostError(src.where + ": " + src.model + " has " + std::to_string(src.end) + " layers and " + s.sources[0].model +
+                                    " " + std::to_string(s.sources[0].end) +
+                                    "; models merged layer by layer need the same depth (use slices for others)");
         }
         for (const Slice &s : slices_)
             for (const Source &src : s.sources) {
                 const InputModel &m = models_[index_of(src.model)];
                 if (src.end > m.config.num_layers)
-                    throw HostError(src.where + ": layer_range [" + std::to_string(src.start) + ", " + std::to_string(src.end) + ") is out of bounds for " +
-                                    m.dir + " (" + std::to_string(m.config.num_layers) + " layers: 0.." + std::to_string(m.config.num_layers - 1) + ")");
+                    throw HostError(src.where + ": layer_range [" + std::to_string(src.start) + ", " + std::to_string(src.end) +
+                                    ") is out of bounds for " + m.dir + " (" + std::to_string(m.config.num_layers) + " layers: 0.." +
+                                    std::to_string(m.config.num_layers - 1) + ")");
             }
         donor_ = base_ >= 0 ? size_t(base_) : index_of(slices_[0].sources[0].model);
         const InputModel &donor = models_[donor_];
         for (const InputModel &m : models_)
             if (m.config.model_type != donor.config.model_type)
-                throw HostError(c_.file + ": the models have different architectures: " + donor.dir + " is " + donor.config.model_type + ", " + m.dir +
-                                " is " + m.config.model_type);
+                throw HostError(c_.file + ": the models have different architectures: " + donor.dir + " is " + donor.config.model_type +
+                                ", " + m.dir + " is " + m.config.model_type);
         // The output's config and tensor table.
         out_config_ = donor.config.raw;
         out_layers_ = 0;
@@ -136,8 +144,10 @@ public:
         std::vector<const TensorDecl *> pre, layers, post;
         for (const TensorDecl &d : out_table) {
             if (d.flags & MANGO_TENSOR_TIED) continue;  // the output config says it is tied: not stored
-            if (d.layer >= 0) layers.push_back(&d);
-            else (d.role.rfind("embed.", 0) == 0 ? pre : post).push_back(&d);
+            if (d.layer >= 0)
+                layers.push_back(&d);
+            else
+                (d.role.rfind("embed.", 0) == 0 ? pre : post).push_back(&d);
         }
         std::stable_sort(layers.begin(), layers.end(), [](auto *a, auto *b) { return a->layer < b->layer; });
         for (auto *d : pre) add(*d, &slices_.front(), 0, 0);
@@ -185,8 +195,9 @@ public:
             }
             const bool is_base = int32_t(i) == p.base;
             try {
-                per_model.push_back(registry::resolve_options(is_base ? model_schema_base_.dump() : model_schema_.dump(), given,
-                                                              (src ? src->where : s.where) + ": tensor '" + p.name + "' of " + models_[p.sources[i].first].ref));
+                per_model.push_back(registry::resolve_options(
+                    is_base ? model_schema_base_.dump() : model_schema_.dump(), given,
+                    (src ? src->where : s.where) + ": tensor '" + p.name + "' of " + models_[p.sources[i].first].ref));
             } catch (const std::invalid_argument &e) {
                 throw HostError(e.what());
             }
@@ -217,13 +228,14 @@ private:
             if (fs::is_directory(p) && fs::exists(p / "config.json")) return fs::absolute(p).lexically_normal().string();
         for (const fs::path &p : {fs::path(ref), fs::path(c_.dir) / ref})
             if (fs::is_directory(p))
-                throw HostError(where + ": " + fs::absolute(p).lexically_normal().string() + " is not a model folder (it has no config.json)");
+                throw HostError(where + ": " + fs::absolute(p).lexically_normal().string() +
+                                " is not a model folder (it has no config.json)");
         std::string hint = ref.find('@') != std::string::npos   ? " (model@revision references need the hub; give a local folder)"
                            : ref.find('+') != std::string::npos ? " (model+lora references are not supported; merge the LoRA first)"
                                                                 : "";
-        throw HostError(where + ": model '" + clip(ref) + "': no such folder (looked in " + fs::absolute(ref).lexically_normal().string() + " and " +
-                        (fs::path(c_.dir) / ref).lexically_normal().string() + "); Mango merges local Hugging Face folders, there is no model hub here" +
-                        hint);
+        throw HostError(where + ": model '" + clip(ref) + "': no such folder (looked in " + fs::absolute(ref).lexically_normal().string() +
+                        " and " + (fs::path(c_.dir) / ref).lexically_normal().string() +
+                        "); Mango merges local Hugging Face folders, there is no model hub here" + hint);
     }
 
     int64_t model(const std::string &ref, const std::string &where) {
@@ -240,7 +252,8 @@ private:
             throw HostError(where + ": " + e.what());
         }
         auto ckpt = m.ckpt;
-        for (TensorDecl &d : Model::tensor_table(host_, m.config, [ckpt](const std::string &n) { return ckpt->contains(n); }, m.dir))
+        for (TensorDecl &d : Model::tensor_table(
+                 host_, m.config, [ckpt](const std::string &n) { return ckpt->contains(n); }, m.dir))
             m.by_role[{d.layer, d.role}] = d;
         refs_[ref] = models_.size();
         models_.push_back(std::move(m));
@@ -257,8 +270,8 @@ private:
                 if (!known.count(k)) {
                     std::string list;
                     for (const auto &x : known) list += (list.empty() ? "" : ", ") + x;
-                    throw HostError(where + ": merge method '" + c_.method + "' has no parameter '" + clip(k) + "' (its parameters: " +
-                                    (list.empty() ? "none" : list) + ")");
+                    throw HostError(where + ": merge method '" + c_.method + "' has no parameter '" + clip(k) +
+                                    "' (its parameters: " + (list.empty() ? "none" : list) + ")");
                 }
                 if (model_level && !per_model.count(k))
                     throw HostError(where + ": '" + k + "' is a global parameter of '" + c_.method +
@@ -310,8 +323,8 @@ private:
             return;
         }
         if (method_->needs_base && p.base < 0)
-            throw HostError(s->where + ": tensor '" + d.name + "': the base model " + base_ref + " is not among the sources that hold it; merge method '" +
-                            c_.method + "' needs it");
+            throw HostError(s->where + ": tensor '" + d.name + "': the base model " + base_ref +
+                            " is not among the sources that hold it; merge method '" + c_.method + "' needs it");
         planned_.push_back(std::move(p));
     }
 
@@ -382,11 +395,12 @@ Result run(const PluginHost &host, const Config &config, const std::string &out_
         auto method = MergeInstance::create(host, spec);
         std::vector<VocabModel> vocab_models;
         for (const InputModel &m : plan.models_) vocab_models.push_back({m.dir, m.config.vocab_size});
-        const VocabPlan vocab = plan_vocabulary(config, vocab_models, plan.base_index(), plan.donor_, [&](const std::string &ref) -> int64_t {
-            for (size_t k = 0; k < plan.models_.size(); ++k)
-                if (plan.models_[k].ref == ref) return int64_t(k);
-            return -1;
-        });
+        const VocabPlan vocab =
+            plan_vocabulary(config, vocab_models, plan.base_index(), plan.donor_, [&](const std::string &ref) -> int64_t {
+                for (size_t k = 0; k < plan.models_.size(); ++k)
+                    if (plan.models_[k].ref == ref) return int64_t(k);
+                return -1;
+            });
         std::vector<formats::ShardWriter::Planned> names;
         for (const Planned &p : plan.planned_)
             names.push_back({p.name, plan.models_[p.sources[0].first].ckpt->entry(p.sources[0].second).shape.size()});
@@ -414,7 +428,8 @@ Result run(const PluginHost &host, const Config &config, const std::string &out_
                 const InputModel &m = plan.models_[p.sources[k].first];
                 at::Tensor t = m.ckpt->tensor(p.sources[k].second);
                 if (!t.is_floating_point())
-                    throw HostError(m.dir + ": tensor '" + p.sources[k].second + "' has dtype " + c10::toString(t.scalar_type()) + "; merging takes floating-point weights");
+                    throw HostError(m.dir + ": tensor '" + p.sources[k].second + "' has dtype " + c10::toString(t.scalar_type()) +
+                                    "; merging takes floating-point weights");
                 r.bytes_read += t.nbytes();
                 call.models.push_back(t);
             }
@@ -428,8 +443,9 @@ Result run(const PluginHost &host, const Config &config, const std::string &out_
             if (!p.is_embed)
                 for (size_t k = 1; k < call.models.size(); ++k)
                     if (!call.models[k].sizes().equals(call.models[0].sizes()))
-                        throw HostError("tensor '" + p.name + "' has shape " + c10::str(call.models[0].sizes()) + " in " + plan.models_[p.sources[0].first].dir +
-                                        " and " + c10::str(call.models[k].sizes()) + " in " + plan.models_[p.sources[k].first].dir);
+                        throw HostError("tensor '" + p.name + "' has shape " + c10::str(call.models[0].sizes()) + " in " +
+                                        plan.models_[p.sources[0].first].dir + " and " + c10::str(call.models[k].sizes()) + " in " +
+                                        plan.models_[p.sources[k].first].dir);
             at::Tensor merged;
             {
                 at::NoGradGuard no_grad;
@@ -446,8 +462,8 @@ Result run(const PluginHost &host, const Config &config, const std::string &out_
             }
             check_finite_floating(merged, config.method_where + ": merge method '" + config.method + "'", "tensor '" + p.name + "'");
             if (!p.is_embed && !merged.sizes().equals(call.models[0].sizes()))
-                throw HostError(config.method_where + ": merge method '" + config.method + "' returned shape " + c10::str(merged.sizes()) + " for '" +
-                                p.name + "', expected " + c10::str(call.models[0].sizes()));
+                throw HostError(config.method_where + ": merge method '" + config.method + "' returned shape " + c10::str(merged.sizes()) +
+                                " for '" + p.name + "', expected " + c10::str(call.models[0].sizes()));
             const at::ScalarType target = !config.out_dtype.empty() ? dtype_named(config.out_dtype) : compute;
             if (!out_dtype_set) out_dtype = target, out_dtype_set = true;
             if (p.role == "embed.tokens.weight" && merged.dim() == 2) embed_rows = merged.size(0);
@@ -470,7 +486,8 @@ Result run(const PluginHost &host, const Config &config, const std::string &out_
         formats::write_file_atomic((fs::path(tmp) / "config.json").string(), cfg.dump(2) + "\n");
         write_tokenizer(vocab, donor.dir, tmp);
         if (fs::exists(fs::path(donor.dir) / "generation_config.json"))
-            formats::copy_file_atomic((fs::path(donor.dir) / "generation_config.json").string(), (fs::path(tmp) / "generation_config.json").string());
+            formats::copy_file_atomic((fs::path(donor.dir) / "generation_config.json").string(),
+                                      (fs::path(tmp) / "generation_config.json").string());
         apply_chat_template(config, tmp, [&] {
             std::vector<std::string> dirs;
             for (const InputModel &m : plan.models_) dirs.push_back(m.dir);
@@ -478,7 +495,8 @@ Result run(const PluginHost &host, const Config &config, const std::string &out_
         }());
         formats::write_file_atomic((fs::path(tmp) / "mergekit_config.yml").string(), config.text);
         r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-        bar.finish(std::to_string(r.tensors) + " tensors, " + format_fixed(double(r.bytes_written) / 1e9, 2) + " GB written in " + format_duration(r.seconds));
+        bar.finish(std::to_string(r.tensors) + " tensors, " + format_fixed(double(r.bytes_written) / 1e9, 2) + " GB written in " +
+                   format_duration(r.seconds));
     } catch (...) {
         std::error_code ec;
         fs::remove_all(tmp, ec);

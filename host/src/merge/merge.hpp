@@ -18,11 +18,11 @@
 namespace mango::merge {
 
 struct Options {
-    std::string device = "cpu";   // "cpu" or "cuda[:N]"
-    std::string dtype;            // overrides the configuration's dtype ("" = as configured)
-    bool force = false;           // replace an existing OUT_DIR
+    std::string device = "cpu";  // "cpu" or "cuda[:N]"
+    std::string dtype;           // overrides the configuration's dtype ("" = as configured)
+    bool force = false;          // replace an existing OUT_DIR
     bool progress = true;
-    uint64_t seed = 0;            // random methods (DARE, DELLA, ...): per tensor, from this and the tensor's name
+    uint64_t seed = 0;                         // random methods (DARE, DELLA, ...): per tensor, from this and the tensor's name
     uint64_t max_shard_bytes = 5000000000ULL;  // as mergekit's default (bytes)
     // Names a model reference may use instead of a folder (pipeline models).
     std::map<std::string, std::string> aliases;

@@ -41,7 +41,8 @@ struct Reader {
     json scalar(const YAML::Node &n, const std::string &key) const {
         if (!n.IsScalar()) fail(n, "'" + key + "' must be a number, a boolean, a list of numbers or a list of {filter, value}");
         const std::string text = n.Scalar();
-        static const std::set<std::string> yes = {"true", "True", "TRUE", "yes", "Yes", "on", "On"}, no = {"false", "False", "FALSE", "no", "No", "off", "Off"};
+        static const std::set<std::string> yes = {"true", "True", "TRUE", "yes", "Yes", "on", "On"},
+                                           no = {"false", "False", "FALSE", "no", "No", "off", "Off"};
         if (yes.count(text)) return true;
         if (no.count(text)) return false;
         try {
@@ -58,8 +59,10 @@ struct Reader {
 
     Setting setting(const YAML::Node &n, const std::string &key) const {
         if (n.IsScalar()) return scalar(n, key);
-        if (n.IsMap()) fail(n, "'" + key + "': a {filter, value} conditional must be inside a list: [{filter: ..., value: ...}, {value: ...}]");
-        if (!n.IsSequence() || n.size() == 0) fail(n, "'" + key + "' must be a number, a non-empty list of numbers, or a list of {filter, value}");
+        if (n.IsMap())
+            fail(n, "'" + key + "': a {filter, value} conditional must be inside a list: [{filter: ..., value: ...}, {value: ...}]");
+        if (!n.IsSequence() || n.size() == 0)
+            fail(n, "'" + key + "' must be a number, a non-empty list of numbers, or a list of {filter, value}");
         json out = json::array();
         const bool conditional = n[0].IsMap();
         for (const auto &item : n) {
@@ -142,8 +145,9 @@ Config parse_config(const std::string &text, const std::string &file, const std:
     }
     const Reader r{file};
     if (!root.IsMap()) throw HostError(file + ": expected a mergekit configuration (a YAML map with merge_method and models or slices)");
-    r.only(root, {"merge_method", "models", "slices", "modules", "base_model", "parameters", "dtype", "out_dtype", "tokenizer_source",
-                  "tokenizer", "chat_template"},
+    r.only(root,
+           {"merge_method", "models", "slices", "modules", "base_model", "parameters", "dtype", "out_dtype", "tokenizer_source",
+            "tokenizer", "chat_template"},
            "the configuration");
     if (!root["merge_method"]) throw HostError(file + ": missing 'merge_method'");
     c.method = r.string(root["merge_method"], "merge_method");
@@ -181,15 +185,16 @@ Config parse_config(const std::string &text, const std::string &file, const std:
             r.only(e, {"sources", "base_model", "parameters", "residual_weight"}, "a slice");
             Slice s;
             s.where = r.at(e);
-            if (!e["sources"] || !e["sources"].IsSequence() || e["sources"].size() == 0) r.fail(e, "a slice needs a non-empty 'sources' list");
+            if (!e["sources"] || !e["sources"].IsSequence() || e["sources"].size() == 0)
+                r.fail(e, "a slice needs a non-empty 'sources' list");
             for (const auto &src : e["sources"]) s.sources.push_back(r.source(src, true));
             if (e["base_model"]) s.base_model = r.model_ref(e["base_model"]);
             s.parameters = r.settings(e["parameters"], "parameters");
             const int64_t len = s.sources[0].end - s.sources[0].start;
             for (const auto &src : s.sources)
                 if (src.end - src.start != len)
-                    throw HostError(src.where + ": all sources of a slice must hold the same number of layers (" + std::to_string(len) + " in the first, " +
-                                    std::to_string(src.end - src.start) + " here)");
+                    throw HostError(src.where + ": all sources of a slice must hold the same number of layers (" + std::to_string(len) +
+                                    " in the first, " + std::to_string(src.end - src.start) + " here)");
             c.slices.push_back(std::move(s));
         }
     }
@@ -203,7 +208,8 @@ Config parse_config(const std::string &text, const std::string &file, const std:
     }
     if (root["tokenizer_source"] && root["tokenizer"]) throw HostError(file + ": give tokenizer_source or tokenizer, not both");
     if (root["tokenizer_source"]) {
-        c.tokenizer_source = root["tokenizer_source"].IsMap() ? r.model_ref(root["tokenizer_source"]) : r.string(root["tokenizer_source"], "tokenizer_source");
+        c.tokenizer_source = root["tokenizer_source"].IsMap() ? r.model_ref(root["tokenizer_source"])
+                                                              : r.string(root["tokenizer_source"], "tokenizer_source");
         c.tokenizer_where = r.at(root["tokenizer_source"]);
     }
     if (const YAML::Node t = root["tokenizer"]) {

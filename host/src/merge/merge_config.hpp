@@ -22,7 +22,7 @@ struct Source {
     std::string model;             // as written
     int64_t start = -1, end = -1;  // layer_range [start, end); -1 = every layer
     Settings parameters;
-    std::string where;             // "merge.yml:7"
+    std::string where;  // "merge.yml:7"
 };
 
 struct Slice {
@@ -43,8 +43,8 @@ struct Config {
     std::string tokenizer_source;  // "" (base model's files), "base", "union", or a model reference
     std::string tokenizer_where;
     int64_t pad_to_multiple_of = 0;
-    std::string chat_template;     // "" = as the donor has it
-    std::string text;              // the file's text (kept with the output)
+    std::string chat_template;  // "" = as the donor has it
+    std::string text;           // the file's text (kept with the output)
     std::string where(int line) const { return file + ":" + std::to_string(line); }
 };
 

@@ -15,7 +15,7 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-const char *const kOtherFiles[] = {"tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt",
+const char *const kOtherFiles[] = {"tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",   "vocab.json", "merges.txt",
                                    "added_tokens.json",     "chat_template.jinja",     "chat_template.json"};
 
 json read_json(const fs::path &p) {
@@ -71,11 +71,15 @@ const std::map<std::string, std::string> &builtin_templates() {
          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"},
         {"llama3",
          "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + "
-         "'<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
-         "{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"},
+         "'<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + "
+         "content %}"
+         "{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% "
+         "endif %}"},
         {"alpaca",
-         "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}{% elif message['role'] == 'user' %}"
-         "{{ '### Instruction:\n' + message['content'] + '\n\n' }}{% elif message['role'] == 'assistant' %}{{ '### Response:\n' + message['content'] + "
+         "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}{% elif message['role'] == "
+         "'user' %}"
+         "{{ '### Instruction:\n' + message['content'] + '\n\n' }}{% elif message['role'] == 'assistant' %}{{ '### Response:\n' + "
+         "message['content'] + "
          "eos_token + '\n\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}"},
         {"mistral",
          "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
@@ -114,8 +118,13 @@ VocabPlan plan_vocabulary(const Config &c, const std::vector<VocabModel> &models
                 for (const auto &[id, tok] : by_id) {
                     if (out.count(tok)) continue;
                     out[tok] = next;
-                    added.push_back({{"id", next}, {"content", tok}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
-                                     {"normalized", true}, {"special", false}});
+                    added.push_back({{"id", next},
+                                     {"content", tok},
+                                     {"single_word", false},
+                                     {"lstrip", false},
+                                     {"rstrip", false},
+                                     {"normalized", true},
+                                     {"special", false}});
                     ++next;
                 }
             }
@@ -123,7 +132,8 @@ VocabPlan plan_vocabulary(const Config &c, const std::vector<VocabModel> &models
     } else {
         const int64_t k = model_index(c.tokenizer_source);
         if (k < 0)
-            throw HostError(c.tokenizer_where + ": tokenizer_source '" + clip(c.tokenizer_source) + "' is not one of the merged models (or base, union)");
+            throw HostError(c.tokenizer_where + ": tokenizer_source '" + clip(c.tokenizer_source) +
+                            "' is not one of the merged models (or base, union)");
         out = vocabs[size_t(k)];
         plan.tokenizer = toks[size_t(k)];
         plan.files_from = models[size_t(k)].dir;
@@ -182,9 +192,10 @@ std::vector<at::Tensor> permute_rows(const VocabPlan &plan, const std::vector<at
 
 void write_tokenizer(const VocabPlan &plan, const std::string &donor_dir, const std::string &out) {
     if (plan.tokenizer.is_null()) {
-        for (const char *f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt",
-                              "added_tokens.json", "chat_template.jinja", "chat_template.json"})
-            if (fs::exists(fs::path(donor_dir) / f)) formats::copy_file_atomic((fs::path(donor_dir) / f).string(), (fs::path(out) / f).string());
+        for (const char *f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
+                              "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json"})
+            if (fs::exists(fs::path(donor_dir) / f))
+                formats::copy_file_atomic((fs::path(donor_dir) / f).string(), (fs::path(out) / f).string());
         return;
     }
     formats::write_file_atomic((fs::path(out) / "tokenizer.json").string(), plan.tokenizer.dump(2) + "\n");
@@ -209,7 +220,8 @@ void apply_chat_template(const Config &c, const std::string &out, const std::vec
     } else if (auto it = builtin_templates().find(tmpl); it != builtin_templates().end()) {
         tmpl = it->second;
     } else if (tmpl.find("{{") == std::string::npos && tmpl.find("{%") == std::string::npos) {
-        throw HostError(c.file + ": chat_template '" + clip(tmpl) + "' is neither a Jinja template nor one of auto, chatml, llama3, alpaca, mistral");
+        throw HostError(c.file + ": chat_template '" + clip(tmpl) +
+                        "' is neither a Jinja template nor one of auto, chatml, llama3, alpaca, mistral");
     }
     const fs::path p = fs::path(out) / "tokenizer_config.json";
     json j = fs::exists(p) ? read_json(p) : json::object();

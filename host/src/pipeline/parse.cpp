@@ -5,8 +5,12 @@
 #include "formats/tokenizer.hpp"
 #include <mango/registry/options.hpp>
 
+#include "merge/merge_config.hpp"
+
+#include <fstream>
 #include <map>
 #include <set>
+#include <sstream>
 
 namespace mango {
 
@@ -313,7 +317,49 @@ void check_names(const std::vector<std::string> &given, const std::vector<std::s
             throw PipelineError(where + ": no " + what + " '" + g + "' (" + defined(known) + ")");
 }
 
-void read_steps(PipelineSpec &spec, const toml::node *steps, const Source &src, Names &names) {
+// A merge step: mergekit's YAML in a file (`config`) or inline (`yaml`), where
+// a model reference may also be the name of one of the pipeline's models.
+MergeStep read_merge(const PluginHost &host, Table &t, const PipelineSpec &spec, const Source &src, Names &names) {
+    MergeStep st;
+    st.model = t.required_string("model");
+    auto file = t.path("config");
+    auto inline_yaml = t.string("yaml");
+    if (file.has_value() == inline_yaml.has_value())
+        throw PipelineError(t.here() + ": give exactly one of 'config' (a mergekit YAML file) or 'yaml' (its text)");
+    if (file) {
+        std::ifstream in(*file);
+        if (!in) throw PipelineError(t.at("config") + ": cannot read " + *file);
+        std::stringstream ss;
+        ss << in.rdbuf();
+        st.yaml = ss.str();
+        st.yaml_file = *file;
+        st.yaml_dir = fs::path(*file).parent_path().string();
+    } else {
+        st.yaml = *inline_yaml;
+        st.yaml_file = t.at("yaml");
+        st.yaml_dir = src.dir.string();
+    }
+    for (size_t p = st.yaml.find("{output}"); p != std::string::npos; p = st.yaml.find("{output}", p)) st.yaml.replace(p, 8, spec.output);
+    auto out = t.path("output");
+    st.output = out ? *out : (fs::path(spec.output) / "merges" / st.model).string();
+    st.dtype = t.string("dtype", "");
+    if (!st.dtype.empty() && st.dtype != "float32" && st.dtype != "bfloat16" && st.dtype != "float16")
+        throw PipelineError(t.at("dtype") + ": dtype must be float32, bfloat16 or float16, not \"" + clip(st.dtype) + "\"");
+    st.seed = static_cast<uint64_t>(t.integer("seed", 0, 0));
+    // The YAML's structure and method now; its models may be trained by earlier steps, so they are checked when the step runs.
+    merge::Config c;
+    try {
+        c = merge::parse_config(st.yaml, st.yaml_file, st.yaml_dir);
+        host.require("merge", c.method);
+    } catch (const std::exception &e) {
+        throw PipelineError(std::string(e.what()));
+    }
+    if (std::find(names.models.begin(), names.models.end(), st.model) == names.models.end()) names.models.push_back(st.model);
+    names.defs.erase(st.model);  // known only at run time
+    return st;
+}
+
+void read_steps(const PluginHost &host, PipelineSpec &spec, const toml::node *steps, const Source &src, Names &names) {
     if (!steps) throw PipelineError(src.file + ": no [[steps]]: nothing to do");
     if (!steps->is_array_of_tables()) throw PipelineError(where(src, steps, "steps") + ": expected [[steps]] tables");
     std::map<std::string, size_t> fused_used_at;  // plain model -> first step that used a fusion of it
@@ -393,8 +439,10 @@ void read_steps(PipelineSpec &spec, const toml::node *steps, const Source &src, 
             if (std::find(names.models.begin(), names.models.end(), st.model) == names.models.end()) names.models.push_back(st.model);
             names.defs.erase(st.model);  // known only at run time
             s.step = st;
+        } else if (s.kind == "merge") {
+            s.step = read_merge(host, t, spec, src, names);
         } else {
-            throw PipelineError(t.at("run") + ": unknown step \"" + s.kind + "\" (expected train, eval, generate, save or load)");
+            throw PipelineError(t.at("run") + ": unknown step \"" + s.kind + "\" (expected train, eval, generate, save, load or merge)");
         }
         t.finish();
         spec.steps.push_back(std::move(s));
@@ -481,7 +529,7 @@ PipelineSpec Pipeline::parse(const PluginHost &host, const std::string &file, co
                 break;
             }
     }
-    read_steps(spec, top.get("steps"), src, names);
+    read_steps(host, spec, top.get("steps"), src, names);
     top.finish();
     bool needs_tokenizer = !spec.data.empty();
     for (const auto &s : spec.steps) needs_tokenizer = needs_tokenizer || s.kind == "generate";

@@ -1,7 +1,7 @@
 // Pipelines: one TOML file names a tokenizer, data sets, models (existing
 // folders, random initialisations from a config.json, fusions of other
 // models, saved fusions) and ordered steps (train, eval, generate, save,
-// load). `Pipeline::parse` reads and validates the whole file (keys, types,
+// load, merge). `Pipeline::parse` reads and validates the whole file (keys, types,
 // files, model configs, layer ranges, hidden sizes, plugin names and their
 // option schemas) before anything runs; every error names file, line and key.
 // configs/README.md documents every key.
@@ -79,9 +79,17 @@ struct SaveStep {
 struct LoadStep {
     std::string model, path;  // binds `model` to the folder (a model or a saved fusion)
 };
+struct MergeStep {
+    std::string model;            // the merged model's name in later steps
+    std::string yaml, yaml_file;  // mergekit configuration text ({output} replaced) and where it came from
+    std::string yaml_dir;         // relative model paths resolve here
+    std::string output;           // the merged folder
+    std::string dtype;            // overrides the YAML's ("" = as configured)
+    uint64_t seed = 0;
+};
 struct StepDef {
     std::string kind, where;
-    std::variant<TrainStep, EvalStep, GenerateStep, SaveStep, LoadStep> step;
+    std::variant<TrainStep, EvalStep, GenerateStep, SaveStep, LoadStep, MergeStep> step;
 };
 
 struct PipelineSpec {

@@ -2,6 +2,7 @@
 // packs data once, and runs the steps in order.
 #include "pipeline/pipeline.hpp"
 
+#include "merge/merge.hpp"
 #include "train/evaluate.hpp"
 #include "util/logging.hpp"
 #include "util/progress.hpp"
@@ -343,6 +344,28 @@ private:
         }
         say("loaded " + s.model + " from " + s.path);
         return {{"model", s.model}, {"path", s.path}};
+    }
+
+    json step(const MergeStep &s, size_t) {
+        merge::Config c = merge::parse_config(s.yaml, s.yaml_file, s.yaml_dir);
+        merge::Options o;
+        o.progress = settings_.progress && !settings_.json;
+        o.force = true;  // the pipeline's own output folder
+        o.dtype = s.dtype;
+        o.seed = s.seed;
+        o.device = spec_.device.str();
+        // Pipeline model names stand for their folders: given ones, trained ones (saved), earlier merges and loads.
+        for (const auto &m : spec_.models)
+            if (m.kind == ModelDef::Kind::Folder) o.aliases[m.name] = m.path;
+        for (const auto &[name, m] : plain_)
+            if (m->from_checkpoint()) o.aliases[name] = m->dir();
+        const merge::Result r = merge::run(host_, c, s.output, o);
+        auto m = std::shared_ptr<Model>(Model::load(host_, r.out_dir, spec_.dtype, spec_.device));
+        plain_[s.model] = m;
+        live_[s.model] = m;
+        say("merged " + std::to_string(r.models.size()) + " models with " + r.method + " into " + r.out_dir + " (" +
+            std::to_string(r.tensors) + " tensors, " + format_fixed(r.seconds, 1) + " s); it is model '" + s.model + "'");
+        return {{"model", s.model}, {"method", r.method}, {"output", r.out_dir}, {"tensors", r.tensors}, {"seconds", r.seconds}};
     }
 
     void copy_tokenizer(const std::string &dir) {

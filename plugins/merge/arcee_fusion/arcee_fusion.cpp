@@ -17,7 +17,8 @@ struct ArceeFusion {
     // sorted[floor(q (n - 1))], on a random sample of 1e6 elements when larger.
     static std::vector<double> quantiles(Context &ctx, const Tensor &imp, const std::vector<double> &qs) {
         Tensor flat = ops::flatten(imp);
-        if (flat.numel() > 1000000) flat = ops::index_select(flat, 0, ops::narrow(ops::argsort(ctx.random_like(flat), 0, false), 0, 0, 1000000));
+        if (flat.numel() > 1000000)
+            flat = ops::index_select(flat, 0, ops::narrow(ops::argsort(ctx.random_like(flat), 0, false), 0, 0, 1000000));
         Tensor sorted = ops::argsort(flat, 0, false);
         const int64_t n = flat.numel();
         std::vector<double> out;

@@ -168,19 +168,29 @@ inline Tensor gta_merge(Context &ctx, const MergeInput &in, const Gta &how) {
             if (in.is_embed && x.dim() == 2 && base.dim() == 2 && x.size(0) >= base.size(0) && x.size(1) >= base.size(1)) {
                 x = ops::narrow(ops::narrow(x, 0, 0, base.size(0)), 1, 0, base.size(1));  // the base's block
             } else {
-                log(MANGO_LOG_WARN, "tensor '" + in.name + "': model #" + std::to_string(i) + " has shape " + Context::shape_text(x.sizes()) +
-                                        ", the base " + Context::shape_text(base.sizes()) + "; left out of this tensor");
+                log(MANGO_LOG_WARN, "tensor '" + in.name + "': model #" + std::to_string(i) + " has shape " +
+                                        Context::shape_text(x.sizes()) + ", the base " + Context::shape_text(base.sizes()) +
+                                        "; left out of this tensor");
                 continue;
             }
         }
         Tensor d = ops::sub(x, base);
         const double density = ctx.model_option_double(i, "density");
         switch (how.sparsify) {
-        case Sparsify::none: break;
-        case Sparsify::magnitude: d = magnitude(d, density, l1, in.name); break;
-        case Sparsify::random: d = random_keep(ctx, d, density, l1); break;
-        case Sparsify::magnitude_outliers: d = magnitude_outliers(d, density, ctx.model_option_double(i, "gamma"), l1); break;
-        case Sparsify::della: d = della_magprune(ctx, d, density, ctx.model_option_double(i, "epsilon"), l1, in.name); break;
+            case Sparsify::none:
+                break;
+            case Sparsify::magnitude:
+                d = magnitude(d, density, l1, in.name);
+                break;
+            case Sparsify::random:
+                d = random_keep(ctx, d, density, l1);
+                break;
+            case Sparsify::magnitude_outliers:
+                d = magnitude_outliers(d, density, ctx.model_option_double(i, "gamma"), l1);
+                break;
+            case Sparsify::della:
+                d = della_magprune(ctx, d, density, ctx.model_option_double(i, "epsilon"), l1, in.name);
+                break;
         }
         deltas.push_back(d);
         weights.push_back(ctx.model_option_double(i, "weight"));
@@ -207,35 +217,38 @@ inline Tensor gta_merge(Context &ctx, const MergeInput &in, const Gta &how) {
 }
 
 // The global schema of a GTA method; `normalize` and `rescale` defaults differ per method.
-#define MANGO_GTA_SCHEMA(NORMALIZE, RESCALE)                                                                                           \
-    "{\"type\": \"object\", \"properties\": {"                                                                                         \
-    "\"normalize\": {\"type\": \"boolean\", \"default\": " #NORMALIZE ", \"description\": \"divide by the sum of the weights\"},"       \
-    "\"rescale\": {\"type\": \"boolean\", \"default\": " #RESCALE                                                                      \
-    ", \"description\": \"keep each sparsified task vector's L1 norm\"},"                                                              \
-    "\"lambda\": {\"type\": \"number\", \"default\": 1.0, \"description\": \"scale of the merged task vector\"},"                      \
-    "\"int8_mask\": {\"type\": \"boolean\", \"default\": false, \"description\": \"accepted for mergekit configs; no effect on values\"}}}"
+#define MANGO_GTA_SCHEMA(NORMALIZE, RESCALE)                                                                                     \
+    "{\"type\": \"object\", \"properties\": {"                                                                                   \
+    "\"normalize\": {\"type\": \"boolean\", \"default\": " #NORMALIZE                                                            \
+    ", \"description\": \"divide by the sum of the weights\"},"                                                                  \
+    "\"rescale\": {\"type\": \"boolean\", \"default\": " #RESCALE                                                                \
+    ", \"description\": \"keep each sparsified task vector's L1 norm\"},"                                                        \
+    "\"lambda\": {\"type\": \"number\", \"default\": 1.0, \"description\": \"scale of the merged task vector\"},"                \
+    "\"int8_mask\": {\"type\": \"boolean\", \"default\": false, \"description\": \"accepted for mergekit configs; no effect on " \
+    "values\"}}}"
 
-#define MANGO_GTA_MODEL_SCHEMA(EXTRA)                                                                                                 \
-    "{\"type\": \"object\", \"properties\": {"                                                                                         \
-    "\"weight\": {\"type\": \"number\", \"description\": \"this model's weight\"},"                                                     \
-    "\"density\": {\"type\": \"number\", \"default\": 1.0, \"description\": \"share of the task vector kept\"}" EXTRA                   \
+#define MANGO_GTA_MODEL_SCHEMA(EXTRA)                                                                                 \
+    "{\"type\": \"object\", \"properties\": {"                                                                        \
+    "\"weight\": {\"type\": \"number\", \"description\": \"this model's weight\"},"                                   \
+    "\"density\": {\"type\": \"number\", \"default\": 1.0, \"description\": \"share of the task vector kept\"}" EXTRA \
     "}, \"required\": [\"weight\"]}"
 
-#define MANGO_GTA_GAMMA ", \"gamma\": {\"type\": \"number\", \"default\": 0.01, \"description\": \"share of the largest magnitudes dropped\"}"
+#define MANGO_GTA_GAMMA \
+    ", \"gamma\": {\"type\": \"number\", \"default\": 0.01, \"description\": \"share of the largest magnitudes dropped\"}"
 #define MANGO_GTA_EPSILON \
     ", \"epsilon\": {\"type\": \"number\", \"default\": 0.15, \"description\": \"keep probability spread: density +/- epsilon by rank\"}"
 
 // One GTA method as a plugin: MANGO_GTA_PLUGIN(ties, "TIES: ...", true, Sparsify::magnitude, true, false, "")
-#define MANGO_GTA_PLUGIN(NAME, SUMMARY, CONSENSUS, SPARSIFY, NORMALIZE, RESCALE, EXTRA)                                      \
-    namespace {                                                                                                            \
-    struct Method {                                                                                                        \
-        explicit Method(mango::Context &) {}                                                                              \
-        mango::Tensor merge(mango::Context &ctx, const mango::MergeInput &in) {                                           \
-            return mango::merging::gta_merge(ctx, in, {CONSENSUS, mango::merging::Sparsify::SPARSIFY});                    \
-        }                                                                                                                  \
-    };                                                                                                                     \
-    }                                                                                                                      \
-    MANGO_PLUGIN("merge_" #NAME, "1.0.0", SUMMARY,                                                                         \
+#define MANGO_GTA_PLUGIN(NAME, SUMMARY, CONSENSUS, SPARSIFY, NORMALIZE, RESCALE, EXTRA)                                             \
+    namespace {                                                                                                                     \
+    struct Method {                                                                                                                 \
+        explicit Method(mango::Context &) {}                                                                                        \
+        mango::Tensor merge(mango::Context &ctx, const mango::MergeInput &in) {                                                     \
+            return mango::merging::gta_merge(ctx, in, {CONSENSUS, mango::merging::Sparsify::SPARSIFY});                             \
+        }                                                                                                                           \
+    };                                                                                                                              \
+    }                                                                                                                               \
+    MANGO_PLUGIN("merge_" #NAME, "1.0.0", SUMMARY,                                                                                  \
                  mango::merge<Method>(#NAME, "1.0.0", SUMMARY, MANGO_GTA_SCHEMA(NORMALIZE, RESCALE), MANGO_GTA_MODEL_SCHEMA(EXTRA), \
                                       MANGO_MERGE_NEEDS_BASE))
 

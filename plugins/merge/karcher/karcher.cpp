@@ -19,7 +19,8 @@ struct Karcher {
         std::vector<Tensor> xs = in.models;
         if (xs.size() == 1) return xs[0];
         merging::rectify_embed(xs, in.is_embed);
-        if (!merging::same_shapes(xs)) throw Error(MANGO_ERR_SHAPE, "tensor '" + in.name + "' has different shapes: " + merging::shapes_text(xs));
+        if (!merging::same_shapes(xs))
+            throw Error(MANGO_ERR_SHAPE, "tensor '" + in.name + "' has different shapes: " + merging::shapes_text(xs));
         const int64_t max_iter = ctx.option_int("max_iter");
         const double tol = ctx.option_double("tol"), alpha = 1.0 / double(xs.size());
         std::vector<double> norms;
@@ -41,7 +42,8 @@ struct Karcher {
         for (int64_t it = 0; it < max_iter; ++it) {
             Tensor T = ops::zeros_like(u);
             for (size_t i : valid) {
-                const double dot = std::max(-1.0, std::min(1.0, ops::item(ops::sum_all(ops::mul(ops::flatten(u), ops::flatten(units[i]))))));
+                const double dot =
+                    std::max(-1.0, std::min(1.0, ops::item(ops::sum_all(ops::mul(ops::flatten(u), ops::flatten(units[i]))))));
                 const double theta = std::acos(dot);
                 if (theta < tol) continue;
                 T = ops::add(T, ops::mul(ops::sub(units[i], ops::mul(u, dot)), a * theta / std::sin(theta)));
@@ -61,4 +63,5 @@ struct Karcher {
 }  // namespace
 
 MANGO_PLUGIN("merge_karcher", "1.0.0", "Karcher mean",
-             mango::merge<Karcher>("karcher", "1.0.0", "Riemannian (Karcher) mean of the models on the sphere, equal weights", kSchema, nullptr))
+             mango::merge<Karcher>("karcher", "1.0.0", "Riemannian (Karcher) mean of the models on the sphere, equal weights", kSchema,
+                                   nullptr))

@@ -16,7 +16,8 @@ struct Linear {
     Tensor merge(Context &ctx, const MergeInput &in) {
         std::vector<Tensor> xs = in.models;
         merging::rectify_embed(xs, in.is_embed);
-        if (!merging::same_shapes(xs)) throw Error(MANGO_ERR_SHAPE, "tensor '" + in.name + "' has different shapes: " + merging::shapes_text(xs));
+        if (!merging::same_shapes(xs))
+            throw Error(MANGO_ERR_SHAPE, "tensor '" + in.name + "' has different shapes: " + merging::shapes_text(xs));
         std::vector<double> w;
         for (size_t i = 0; i < xs.size(); ++i) w.push_back(ctx.model_option_double(i, "weight"));
         Tensor X = ops::stack(xs, 0);

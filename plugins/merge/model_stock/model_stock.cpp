@@ -32,7 +32,8 @@ struct ModelStock {
         for (size_t i = 0; i < offsets.size(); ++i)
             for (size_t j = i + 1; j < offsets.size(); ++j) {
                 Tensor prod = ops::mul(ops::norm(offsets[i], {-1}), ops::norm(offsets[j], {-1}));
-                cosines.push_back(ops::clamp(ops::div(ops::sum(ops::mul(offsets[i], offsets[j]), {-1}), ops::clamp_min(prod, 1e-6)), -1, 1));
+                cosines.push_back(
+                    ops::clamp(ops::div(ops::sum(ops::mul(offsets[i], offsets[j]), {-1}), ops::clamp_min(prod, 1e-6)), -1, 1));
             }
         Tensor cos = ops::unsqueeze(ops::mean(ops::stack(cosines, 0), {0}), -1);
         const double N = double(offsets.size());
@@ -48,5 +49,6 @@ struct ModelStock {
 }  // namespace
 
 MANGO_PLUGIN("merge_model_stock", "1.0.0", "Model Stock",
-             mango::merge<ModelStock>("model_stock", "1.0.0", "interpolate the fine-tunes' mean toward the base by their angle (Model Stock)",
-                                      kSchema, nullptr, MANGO_MERGE_NEEDS_BASE))
+             mango::merge<ModelStock>("model_stock", "1.0.0",
+                                      "interpolate the fine-tunes' mean toward the base by their angle (Model Stock)", kSchema, nullptr,
+                                      MANGO_MERGE_NEEDS_BASE))

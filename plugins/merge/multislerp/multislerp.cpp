@@ -41,7 +41,8 @@ struct MultiSlerp {
         Tensor result;
         if (mean_norm < eps) {
             if (N != 2)
-                throw Error(MANGO_ERR_INVALID_ARGUMENT, "multislerp: the weighted mean direction of tensor '" + in.name + "' is zero (antipodal models with balancing weights)");
+                throw Error(MANGO_ERR_INVALID_ARGUMENT, "multislerp: the weighted mean direction of tensor '" + in.name +
+                                                            "' is zero (antipodal models with balancing weights)");
             result = ops::sum(ops::mul(X, merging::weight_tensor(w, X, X.dim() - 1)), {0});
         } else {
             mean = ops::div_scalar(mean, mean_norm);

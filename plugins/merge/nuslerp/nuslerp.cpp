@@ -43,7 +43,8 @@ struct NuSlerp {
         for (size_t i = 0; i < in.models.size(); ++i)
             if (int32_t(i) != in.base) xs.push_back(in.models[i]), w.push_back(ctx.model_option_double(i, "weight"));
         if (xs.size() != 2)
-            throw Error(MANGO_ERR_INVALID_ARGUMENT, "nuslerp merges exactly two models besides the base (tensor '" + in.name + "' has " + std::to_string(xs.size()) + ")");
+            throw Error(MANGO_ERR_INVALID_ARGUMENT, "nuslerp merges exactly two models besides the base (tensor '" + in.name + "' has " +
+                                                        std::to_string(xs.size()) + ")");
         const double t = std::abs(w[0] + w[1]) < 1e-6 ? 0.5 : w[1] / (w[0] + w[1]);
         if (in.has_base()) xs.push_back(in.models[size_t(in.base)]);
         merging::rectify_embed(xs, in.is_embed);

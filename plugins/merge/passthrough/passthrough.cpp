@@ -14,7 +14,8 @@ struct Passthrough {
     explicit Passthrough(Context &) {}
     Tensor merge(Context &ctx, const MergeInput &in) {
         if (in.models.size() != 1)
-            throw Error(MANGO_ERR_INVALID_ARGUMENT, "passthrough takes exactly one model per tensor; '" + in.name + "' has " + std::to_string(in.models.size()));
+            throw Error(MANGO_ERR_INVALID_ARGUMENT,
+                        "passthrough takes exactly one model per tensor; '" + in.name + "' has " + std::to_string(in.models.size()));
         if (auto s = ctx.model_option(0, "scale")) return ops::mul(in.models[0], s->kind == MANGO_VALUE_INT ? double(s->u.i) : s->u.d);
         return in.models[0];
     }

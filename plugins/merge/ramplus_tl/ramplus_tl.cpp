@@ -31,7 +31,8 @@ struct RamPlus {
         Tensor overlap = ops::gt_scalar(count, 1.0), unique = ops::eq_scalar(count, 1.0);
         Tensor Z = ops::mul(TV, ops::to_dtype(active, TV.dtype()));
         Tensor out = ops::zeros_like(ops::select(Z, 0, 0));
-        Tensor mean_shared = ops::div(ops::mul(ops::sum(Z, {0}), ops::to_dtype(overlap, TV.dtype())), ops::to_dtype(ops::clamp_min(count, 1.0), TV.dtype()));
+        Tensor mean_shared =
+            ops::div(ops::mul(ops::sum(Z, {0}), ops::to_dtype(overlap, TV.dtype())), ops::to_dtype(ops::clamp_min(count, 1.0), TV.dtype()));
         for (int64_t i = 0; i < TV.size(0); ++i) {
             Tensor a = ops::select(active, 0, i);
             const double shared = ops::item(ops::sum_all(ops::to_dtype(ops::logical_and(a, overlap), MANGO_DTYPE_I64)));

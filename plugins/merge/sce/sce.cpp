@@ -28,7 +28,8 @@ struct Sce {
         if (topk < 1) {
             Tensor var = ops::variance(T, {0}, false);
             Tensor mask = ops::zeros_like(var);
-            const int64_t nonzero = int64_t(ops::item(ops::sum_all(ops::to_dtype(ops::logical_not(ops::eq_scalar(var, 0.0)), MANGO_DTYPE_I64))));
+            const int64_t nonzero =
+                int64_t(ops::item(ops::sum_all(ops::to_dtype(ops::logical_not(ops::eq_scalar(var, 0.0)), MANGO_DTYPE_I64))));
             const int64_t k = topk <= 0 ? 0 : int64_t(double(nonzero) * topk);
             if (k > 0) {
                 Tensor flat = ops::flatten(ops::abs(var));
@@ -54,5 +55,5 @@ struct Sce {
 }  // namespace
 
 MANGO_PLUGIN("merge_sce", "1.0.0", "select, calculate, erase",
-             mango::merge<Sce>("sce", "1.0.0", "variance-selected, magnitude-weighted, sign-consensus task vectors (FuseChat SCE)", kSchema, nullptr,
-                               MANGO_MERGE_NEEDS_BASE))
+             mango::merge<Sce>("sce", "1.0.0", "variance-selected, magnitude-weighted, sign-consensus task vectors (FuseChat SCE)", kSchema,
+                               nullptr, MANGO_MERGE_NEEDS_BASE))

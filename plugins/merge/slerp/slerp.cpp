@@ -16,7 +16,9 @@ struct Slerp {
     explicit Slerp(Context &) {}
     Tensor merge(Context &ctx, const MergeInput &in) {
         if (in.models.size() == 1) return in.models[0];
-        if (in.models.size() != 2) throw Error(MANGO_ERR_INVALID_ARGUMENT, "slerp merges exactly two models (tensor '" + in.name + "' has " + std::to_string(in.models.size()) + ")");
+        if (in.models.size() != 2)
+            throw Error(MANGO_ERR_INVALID_ARGUMENT,
+                        "slerp merges exactly two models (tensor '" + in.name + "' has " + std::to_string(in.models.size()) + ")");
         if (!in.has_base()) throw Error(MANGO_ERR_INVALID_ARGUMENT, "slerp: the base model does not hold tensor '" + in.name + "'");
         std::vector<Tensor> v = {in.models[size_t(in.base)], in.models[size_t(1 - in.base)]};
         merging::rectify_embed(v, in.is_embed);
