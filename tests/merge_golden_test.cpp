@@ -44,7 +44,8 @@ TEST_P(MergeGolden, MatchesMergekit) {
     call.layer = meta.at("is_embed") == "1" ? -1 : 0;
     call.is_embed = meta.at("is_embed") == "1";
     call.base = std::stoi(meta.at("base"));
-    for (size_t i = 0; file->find("input." + std::to_string(i)); ++i) call.models.push_back(file->tensor("input." + std::to_string(i)).clone());
+    for (size_t i = 0; file->find("input." + std::to_string(i)); ++i)
+        call.models.push_back(file->tensor("input." + std::to_string(i)).clone());
     InstanceSpec spec;
     spec.name = meta.at("method");
     auto method = MergeInstance::create(shared_plugins(), spec);
@@ -53,7 +54,8 @@ TEST_P(MergeGolden, MatchesMergekit) {
     ASSERT_NE(info, nullptr);
     call.options = registry::resolve_options(info->options_schema, nlohmann::json::parse(meta.at("globals")), GetParam());
     for (const auto &m : nlohmann::json::parse(meta.at("per_model"))) {
-        nlohmann::json schema = info->model_options_schema.empty() ? nlohmann::json::object() : nlohmann::json::parse(info->model_options_schema);
+        nlohmann::json schema =
+            info->model_options_schema.empty() ? nlohmann::json::object() : nlohmann::json::parse(info->model_options_schema);
         schema.erase("required");
         call.model_options.push_back(registry::resolve_options(schema.dump(), m, GetParam()));
     }

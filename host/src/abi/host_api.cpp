@@ -15,6 +15,10 @@
 #include <ATen/core/grad_mode.h>
 
 #include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
 #include <cstring>
 #include <mutex>
 #include <unordered_map>
@@ -223,8 +227,45 @@ mango_status api_find_op(const char *name, const char *overload, const mango_op 
     });
 }
 
+// MANGO_PROFILE_OPS=1: time spent in each operator plugins call, printed to
+// stderr at exit (slowest first) — where a plugin's time goes.
+struct OpProfile {
+    std::mutex mu;
+    std::map<std::string, std::pair<double, long>> seconds;  // op -> (total, calls)
+    bool on = [] {
+        const char *e = std::getenv("MANGO_PROFILE_OPS");
+        return e && *e && std::string(e) != "0";
+    }();
+    ~OpProfile() {
+        if (!on || seconds.empty()) return;
+        std::vector<std::pair<double, std::string>> rows;
+        for (const auto &[name, v] : seconds) rows.push_back({v.first, name});
+        std::sort(rows.rbegin(), rows.rend());
+        std::fprintf(stderr, "operator profile (MANGO_PROFILE_OPS):\n");
+        for (const auto &[t, name] : rows)
+            std::fprintf(stderr, "  %10.1f ms  %8ld calls  %s\n", t * 1e3, seconds[name].second, name.c_str());
+    }
+};
+OpProfile g_profile;
+
+mango_status call_op_impl(const mango_op *op, const mango_value *args, size_t n_args, mango_value *results, size_t max_results,
+                          size_t *n_results);
+
 mango_status api_call_op(const mango_op *op, const mango_value *args, size_t n_args, mango_value *results, size_t max_results,
                          size_t *n_results) {
+    if (!g_profile.on || !op) return call_op_impl(op, args, n_args, results, max_results, n_results);
+    const auto start = std::chrono::steady_clock::now();
+    const mango_status s = call_op_impl(op, args, n_args, results, max_results, n_results);
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::lock_guard<std::mutex> lock(g_profile.mu);
+    auto &slot = g_profile.seconds[op->name];
+    slot.first += dt;
+    ++slot.second;
+    return s;
+}
+
+mango_status call_op_impl(const mango_op *op, const mango_value *args, size_t n_args, mango_value *results, size_t max_results,
+                          size_t *n_results) {
     if (n_results) *n_results = 0;
     return guarded([&] {
         if (!op) return fail(MANGO_ERR_INVALID_ARGUMENT, "call_op: op is NULL");

@@ -447,10 +447,15 @@ Result run(const PluginHost &host, const Config &config, const std::string &out_
                                         plan.models_[p.sources[0].first].dir + " and " + c10::str(call.models[k].sizes()) + " in " +
                                         plan.models_[p.sources[k].first].dir);
             at::Tensor merged;
+            const auto tensor_start = std::chrono::steady_clock::now();
             {
                 at::NoGradGuard no_grad;
                 merged = method->merge(call);
             }
+            log_message(
+                1, "merge: " + p.name + " " + c10::str(call.models[0].sizes()) + " in " +
+                       format_fixed(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - tensor_start).count(), 1) +
+                       " ms");
             if (!merged.defined()) {
                 if (p.optional) {
                     ++r.skipped;

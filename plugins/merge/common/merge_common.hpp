@@ -76,6 +76,32 @@ inline mango_dtype work_dtype(const Tensor &t) {
     return t.device().type != MANGO_DEVICE_CPU || t.dtype() == MANGO_DTYPE_BF16 ? t.dtype() : MANGO_DTYPE_F32;
 }
 
+// The r-th smallest value (r from 1) of a flat tensor, exactly. kthvalue is a
+// single-threaded quickselect (5 s for 136M values on this machine), so large
+// tensors first bracket the answer from a strided sample of 2^16 values,
+// count what lies below and inside the bracket with two vectorised passes,
+// and select only among the few candidates inside; when the bracket misses
+// (never seen, but possible) it falls back to the full selection.
+inline Tensor kth_smallest(const Tensor &w, int64_t r) {
+    const int64_t n = w.numel(), m = int64_t(1) << 16;
+    if (n <= 4 * m) return ops::kthvalue(w, r);
+    Tensor sample = ops::to_dtype(ops::slice(w, 0, 0, n, n / m), MANGO_DTYPE_F32);
+    const int64_t s = sample.numel();
+    Tensor sorted = ops::index_select(sample, 0, ops::argsort(sample, 0, false));
+    const double q = double(r - 1) / double(n - 1), margin = 4 * std::sqrt(double(s) * q * (1 - q)) + 8;
+    const int64_t lo_at = std::max<int64_t>(0, int64_t(q * double(s - 1) - margin)),
+                  hi_at = std::min<int64_t>(s - 1, int64_t(q * double(s - 1) + margin));
+    const double lo = ops::item(ops::select(sorted, 0, lo_at)), hi = ops::item(ops::select(sorted, 0, hi_at));
+    static const Op count("aten::count_nonzero", "");
+    const int64_t below = int64_t(ops::item(count({ops::lt_scalar(w, lo)})));
+    Tensor inside = ops::logical_and(ops::ge_scalar(w, lo), ops::logical_not(ops::gt_scalar(w, hi)));
+    const int64_t within = int64_t(ops::item(count({inside})));
+    if (r <= below || r > below + within) return ops::kthvalue(w, r);
+    static const Op nonzero("aten::nonzero");  // (masked_select is single-threaded: 25x slower here)
+    Tensor candidates = ops::index_select(w, 0, ops::reshape(nonzero({inside}), {-1}));
+    return ops::kthvalue(ops::to_dtype(candidates, MANGO_DTYPE_F32), r - below);
+}
+
 // Keeps the `density` share of largest magnitudes. Where magnitudes tie at
 // the cut all of them stay (mergekit's argsort keeps an arbitrary subset);
 // exact zeros contribute nothing either way.
@@ -85,10 +111,15 @@ inline Tensor magnitude(const Tensor &d, double density, bool l1, const std::str
     if (k <= 0)
         throw Error(MANGO_ERR_INVALID_ARGUMENT, "tensor '" + name + "': density " + std::to_string(density) + " keeps no element of " +
                                                     std::to_string(n) + " (density x elements must be at least 1)");
-    Tensor w = ops::to_dtype(ops::flatten(ops::abs(d)), MANGO_DTYPE_F32);
-    Tensor threshold = ops::kthvalue(w, n - k + 1);  // the k-th largest
-    Tensor mask = ops::to_dtype(ops::reshape(ops::ge(w, threshold), d.sizes()), d.dtype());
-    return rescaled(d, mask, l1);
+    Tensor w = ops::flatten(ops::abs(d));  // comparisons are exact in the stored dtype (mergekit widens to float32 first)
+    const double threshold = ops::item(kth_smallest(w, n - k + 1));  // the k-th largest
+    const double before = l1 ? ops::item(ops::sum_all(w)) : 0;
+    // In place: d is this method's own task vector.
+    static const Op masked_fill_("aten::masked_fill_", "Scalar");
+    Tensor kept = masked_fill_({d, ops::lt_scalar(ops::reshape(w, d.sizes()), threshold), 0.0});
+    if (!l1) return kept;
+    const double after = ops::item(ops::sum_all(ops::abs(kept)));
+    return before < 1e-7 || after < 1e-7 ? kept : ops::mul(kept, before / after);
 }
 
 // DARE: each element kept with probability `density` (host-seeded noise).
@@ -142,10 +173,9 @@ inline Tensor della_magprune(Context &ctx, const Tensor &d, double density, doub
 // models (dim 0): "sum" weighs by the (weighted) deltas, "count" counts signs;
 // zero never agrees.
 inline Tensor sign_mask(const Tensor &deltas, bool count) {
-    Tensor sign = ops::sign(deltas);
-    Tensor votes = count ? ops::sum(sign, {0}) : ops::sum(deltas, {0});
-    Tensor majority = ops::add_scalar(ops::mul(ops::to_dtype(ops::ge_scalar(votes, 0.0), deltas.dtype()), 2.0), -1.0);
-    return ops::eq(sign, majority);
+    Tensor votes = count ? ops::sum(ops::sign(deltas), {0}) : ops::sum(deltas, {0});
+    // sign(delta) == majority, where a tie counts as positive and zero never agrees.
+    return ops::where(ops::ge_scalar(votes, 0.0), ops::gt_scalar(deltas, 0.0), ops::lt_scalar(deltas, 0.0));
 }
 
 // ---- generalized task arithmetic (generalized_task_arithmetic.py) -----------
@@ -196,24 +226,39 @@ inline Tensor gta_merge(Context &ctx, const MergeInput &in, const Gta &how) {
         weights.push_back(ctx.model_option_double(i, "weight"));
     }
     if (deltas.empty()) return base;
-    Tensor D = ops::stack(deltas, 0);
-    Tensor W = weight_tensor(weights, D, D.dim() - 1);
-    Tensor WD = ops::mul(D, W);
-    Tensor mixed, divisor;
-    if (how.consensus) {
-        Tensor mask = ops::to_dtype(sign_mask(WD, false), D.dtype());
-        mixed = ops::sum(ops::mul(WD, mask), {0});
-        divisor = ops::sum(ops::mul(W, mask), {0});
-        divisor = ops::masked_fill(divisor, ops::eq_scalar(divisor, 0.0), 1.0);
-    } else {
-        mixed = ops::sum(WD, {0});
-        divisor = ops::sum(W, {0});
-        divisor = ops::masked_fill(divisor, ops::lt_scalar(ops::abs(divisor), 1e-8), 1.0);
-    }
-    if (ctx.option_bool("normalize")) mixed = ops::div(mixed, divisor);
+    const bool normalize = ctx.option_bool("normalize");
     const double lambda = ctx.option_double("lambda");
-    if (lambda != 1) mixed = ops::mul(mixed, lambda);
-    return ops::to_dtype(ops::add(base, mixed), base.dtype());
+    // Elementwise from here: row blocks of about 4M values, so the temporaries
+    // stay small (and warm in cache) whatever the tensor's size.
+    const int64_t rows = base.dim() == 0 ? 1 : base.size(0), per_row = rows ? base.numel() / rows : 1;
+    const int64_t block = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(1, per_row));
+    auto part = [&](const Tensor &t, int64_t r, int64_t len) { return base.dim() == 0 ? t : ops::narrow(t, 0, r, len); };
+    Tensor out = ops::clone(base);
+    static const Op copy_("aten::copy_");
+    for (int64_t r = 0; r < rows; r += block) {
+        const int64_t len = std::min(block, rows - r);
+        std::vector<Tensor> slices;
+        for (const Tensor &d : deltas) slices.push_back(part(d, r, len));
+        Tensor D = ops::stack(slices, 0);
+        Tensor W = weight_tensor(weights, D, D.dim() - 1);
+        Tensor WD = ops::mul(D, W);
+        Tensor mixed, divisor;
+        if (how.consensus) {
+            Tensor mask = ops::to_dtype(sign_mask(WD, false), D.dtype());
+            mixed = ops::sum(ops::mul(WD, mask), {0});
+            divisor = ops::sum(ops::mul(W, mask), {0});
+            divisor = ops::masked_fill(divisor, ops::eq_scalar(divisor, 0.0), 1.0);
+        } else {
+            mixed = ops::sum(WD, {0});
+            divisor = ops::sum(W, {0});
+            divisor = ops::masked_fill(divisor, ops::lt_scalar(ops::abs(divisor), 1e-8), 1.0);
+        }
+        if (normalize) mixed = ops::div(mixed, divisor);
+        if (lambda != 1) mixed = ops::mul(mixed, lambda);
+        Tensor target = part(out, r, len);
+        copy_({target, ops::to_dtype(ops::add(part(base, r, len), mixed), base.dtype())});
+    }
+    return out;
 }
 
 // The global schema of a GTA method; `normalize` and `rescale` defaults differ per method.
