@@ -21,7 +21,7 @@ at::Tensor lm_loss(const at::Tensor &logits, const at::Tensor &ids, const at::Te
     return (nll * keep.reshape({-1})).sum() / keep.sum().clamp_min(1);
 }
 
-std::map<std::string, double> default_aux_weights() { return {{"load_balance", 0.01}, {"entropy", 0.0}}; }
+std::map<std::string, double> default_aux_weights() { return {{"load_balance", 0.01}, {"entropy", 0.0}, {"router_z", 0.0}}; }
 
 std::map<std::string, std::vector<double>> report_stats(const std::vector<LayerReport> &reports) {
     std::map<std::string, std::vector<double>> out;

@@ -3,7 +3,7 @@
 //   h   = x + o(attn(rms(x)))          rotary q/k, grouped-query k/v, optional
 //   out = h + down(silu(gate(rms(h))) * up(rms(h)))   QKV bias (Qwen2) and
 //                                                     sliding window (Mistral)
-// Rotary scaling: none, "linear", "llama3"; anything else is refused.
+// Rotary scaling: none, "linear", "llama3", "yarn"; anything else is refused.
 // Reference: transformers' modeling_llama.py / modeling_mistral.py / modeling_qwen2.py.
 #include <mango/attention.hpp>
 #include <mango/component.hpp>
@@ -21,35 +21,6 @@ using mango::Tensor;
 namespace ops = mango::ops;
 namespace attn = mango::attention;
 namespace nn = mango::layers;
-
-// Rotary inverse frequencies with the config's scaling applied.
-std::vector<double> scaled_inv_freq(Context &ctx, int64_t head_dim) {
-    std::vector<double> f = attn::rope_inv_freq(head_dim, ctx.config_double("rope_theta", 10000.0));
-    const std::string type = ctx.config_string("rope_scaling.rope_type", ctx.config_string("rope_scaling.type", "default"));
-    if (type == "default") return f;
-    const double factor = ctx.config_double("rope_scaling.factor", 1.0);
-    if (type == "linear") {
-        for (double &x : f) x /= factor;
-        return f;
-    }
-    if (type == "llama3") {
-        const double low = ctx.config_double("rope_scaling.low_freq_factor", 1.0);
-        const double high = ctx.config_double("rope_scaling.high_freq_factor", 4.0);
-        const double old_ctx = static_cast<double>(ctx.config_int("rope_scaling.original_max_position_embeddings", 8192));
-        const double low_wavelen = old_ctx / low, high_wavelen = old_ctx / high;
-        for (double &x : f) {
-            const double wavelen = 2 * M_PI / x;
-            if (wavelen > low_wavelen) {
-                x /= factor;
-            } else if (wavelen >= high_wavelen) {  // medium band: interpolate
-                const double smooth = (old_ctx / wavelen - low) / (high - low);
-                x = (1 - smooth) * x / factor + smooth * x;
-            }
-        }
-        return f;
-    }
-    throw Error(MANGO_ERR_UNSUPPORTED, "rope_scaling type '" + type + "' is not supported by the llama plugin (supported: linear, llama3)");
-}
 
 // What a LLaMA-family config says, read once.
 struct Config {
@@ -91,7 +62,8 @@ public:
     static mango::TensorTable tensor_table(Context &ctx) { return table(Config(ctx)); }
 
     explicit Llama(Context &ctx) : c_(ctx) {
-        inv_freq_ = scaled_inv_freq(ctx, c_.head_dim);
+        rope_ = attn::rope_from_config(ctx, c_.head_dim);
+        inv_freq_ = rope_.inv_freq;
         const mango::Weights w = table(c_).load(ctx);
         embed_ = w.get("embed.tokens.weight");
         inv_freq_t_ = attn::to_tensor(inv_freq_, embed_.device());
@@ -139,7 +111,7 @@ public:
         Tensor q = attn::split_heads(ops::linear(h, l.q, l.qb), c_.heads, c_.head_dim);
         Tensor k = attn::split_heads(ops::linear(h, l.k, l.kb), c_.kv_heads, c_.head_dim);
         Tensor v = attn::split_heads(ops::linear(h, l.v, l.vb), c_.kv_heads, c_.head_dim);
-        auto [cos, sin] = attn::rope_cos_sin(inv_freq_t_, pos, x.dtype());
+        auto [cos, sin] = attn::rope_cos_sin_scaled(inv_freq_t_, pos, x.dtype(), rope_.attention_factor);
         q = attn::apply_rope(q, cos, sin);
         k = attn::apply_rope(k, cos, sin);
         auto [keys, values] = attn::cached_kv(ctx, i, k, v, use_cache);
@@ -188,6 +160,7 @@ private:
     }
 
     Config c_;
+    attn::Rope rope_;
     std::vector<double> inv_freq_;
     Tensor inv_freq_t_, embed_, norm_, lm_head_;
     std::vector<Layer> blocks_;
@@ -199,5 +172,5 @@ const char *const kModelTypes[] = {"llama", "mistral", "qwen2", nullptr};
 
 MANGO_PLUGIN("llama", "1.0.0", "LLaMA-family decoders",
              mango::architecture<Llama>("llama", "1.0.0",
-                                        "LLaMA 1/2/3, Mistral, Qwen2: RMSNorm, rotary (linear/llama3 scaling), GQA, SwiGLU", nullptr,
+                                        "LLaMA 1/2/3, Mistral, Qwen2: RMSNorm, rotary (linear/llama3/yarn scaling), GQA, SwiGLU", nullptr,
                                         kModelTypes))

@@ -36,6 +36,68 @@ inline std::vector<double> rope_inv_freq(int64_t dim, double theta) {
     return f;
 }
 
+// Rotary frequencies for `dim` channels with the config's rope scaling
+// (rope_scaling / 5.x rope_parameters): default, "linear", "llama3", "yarn"
+// (transformers' _compute_yarn_parameters); `attention_factor` multiplies
+// cos and sin (yarn's mscale ratio; 1 otherwise). Other types are refused.
+struct Rope {
+    std::vector<double> inv_freq;
+    double attention_factor = 1.0;
+    std::string type = "default";
+};
+inline Rope rope_from_config(Context &ctx, int64_t dim, double default_theta = 10000.0) {
+    Rope r;
+    const double theta = ctx.config_double("rope_theta", default_theta);
+    r.inv_freq = rope_inv_freq(dim, theta);
+    r.type = ctx.config_string("rope_scaling.rope_type", ctx.config_string("rope_scaling.type", "default"));
+    if (r.type == "default") return r;
+    const double factor = ctx.config_double("rope_scaling.factor", 1.0);
+    if (r.type == "linear") {
+        for (double &x : r.inv_freq) x /= factor;
+        return r;
+    }
+    if (r.type == "llama3") {
+        const double low = ctx.config_double("rope_scaling.low_freq_factor", 1.0);
+        const double high = ctx.config_double("rope_scaling.high_freq_factor", 4.0);
+        const double old_ctx = static_cast<double>(ctx.config_int("rope_scaling.original_max_position_embeddings", 8192));
+        const double low_wavelen = old_ctx / low, high_wavelen = old_ctx / high;
+        for (double &x : r.inv_freq) {
+            const double wavelen = 2 * M_PI / x;
+            if (wavelen > low_wavelen) {
+                x /= factor;
+            } else if (wavelen >= high_wavelen) {  // medium band: interpolate
+                const double smooth = (old_ctx / wavelen - low) / (high - low);
+                x = (1 - smooth) * x / factor + smooth * x;
+            }
+        }
+        return r;
+    }
+    if (r.type == "yarn") {
+        const double orig = double(ctx.config_int("rope_scaling.original_max_position_embeddings", ctx.config_int("max_position_embeddings", 2048)));
+        const double mscale = ctx.config_double("rope_scaling.mscale", 0), mscale_all = ctx.config_double("rope_scaling.mscale_all_dim", 0);
+        auto get_mscale = [](double s, double m) { return s <= 1 ? 1.0 : 0.1 * m * std::log(s) + 1.0; };
+        r.attention_factor = ctx.config("rope_scaling.attention_factor")
+                                 ? ctx.config_double("rope_scaling.attention_factor", 1.0)
+                                 : (mscale != 0 && mscale_all != 0 ? get_mscale(factor, mscale) / get_mscale(factor, mscale_all) : get_mscale(factor, 1.0));
+        double beta_fast = ctx.config_double("rope_scaling.beta_fast", 32), beta_slow = ctx.config_double("rope_scaling.beta_slow", 1);
+        if (beta_fast == 0) beta_fast = 32;
+        if (beta_slow == 0) beta_slow = 1;
+        auto correction_dim = [&](double rotations) { return double(dim) * std::log(orig / (rotations * 2 * M_PI)) / (2 * std::log(theta)); };
+        double low = correction_dim(beta_fast), high = correction_dim(beta_slow);
+        if (ctx.config_bool("rope_scaling.truncate", true)) low = std::floor(low), high = std::ceil(high);
+        low = std::max(low, 0.0);
+        high = std::min(high, double(dim - 1));
+        if (low == high) high += 0.001;
+        for (size_t j = 0; j < r.inv_freq.size(); ++j) {
+            const double ramp = std::min(1.0, std::max(0.0, (double(j) - low) / (high - low)));
+            const double extra = r.inv_freq[j], inter = r.inv_freq[j] / factor;
+            r.inv_freq[j] = inter * ramp + extra * (1 - ramp);
+        }
+        return r;
+    }
+    throw Error(MANGO_ERR_UNSUPPORTED, "rope_scaling type '" + r.type + "' is not supported (default, linear, llama3, yarn)");
+}
+
 inline Tensor to_tensor(const std::vector<double> &v, mango_device dev) {
     std::vector<float> f(v.begin(), v.end());
     const int64_t n = static_cast<int64_t>(f.size());
@@ -50,6 +112,22 @@ inline std::pair<Tensor, Tensor> rope_cos_sin(const Tensor &inv_freq, const Tens
     Tensor freqs = ops::mul(ops::unsqueeze(ops::to_dtype(positions, MANGO_DTYPE_F32), -1), inv_freq);  // [B, T, D/2]
     Tensor emb = ops::unsqueeze(ops::cat({freqs, freqs}, -1), 1);
     return {ops::to_dtype(ops::cos(emb), dtype), ops::to_dtype(ops::sin(emb), dtype)};
+}
+
+// cos and sin times a factor (yarn's attention_factor), in `dtype`.
+inline std::pair<Tensor, Tensor> rope_cos_sin_scaled(const Tensor &inv_freq, const Tensor &positions, mango_dtype dtype, double factor) {
+    Tensor freqs = ops::mul(ops::unsqueeze(ops::to_dtype(positions, MANGO_DTYPE_F32), -1), inv_freq);
+    Tensor emb = ops::unsqueeze(ops::cat({freqs, freqs}, -1), 1);
+    return {ops::to_dtype(ops::mul(ops::cos(emb), factor), dtype), ops::to_dtype(ops::mul(ops::sin(emb), factor), dtype)};
+}
+
+// DeepSeek's interleaved rope: pairs (x[2i], x[2i+1]) rotate by angle i; the
+// result comes out de-interleaved (evens' then odds'), as transformers does.
+inline Tensor apply_rope_interleaved(const Tensor &x, const Tensor &cos, const Tensor &sin) {
+    const int64_t d = x.size(-1);
+    Tensor evens = ops::slice(x, -1, 0, d, 2), odds = ops::slice(x, -1, 1, d, 2);
+    Tensor c = ops::narrow(cos, -1, 0, d / 2), s = ops::narrow(sin, -1, 0, d / 2);
+    return ops::cat({ops::sub(ops::mul(evens, c), ops::mul(odds, s)), ops::add(ops::mul(odds, c), ops::mul(evens, s))}, -1);
 }
 
 // x * cos + rotate_half(x) * sin over the last dim (x: [B, H, T, D]).
