@@ -105,8 +105,9 @@ TEST_P(DecoderParity, CachedDecodingEqualsRecomputation) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, DecoderParity,
-                         ::testing::Values("gpt2", "gpt_neo", "gptj", "llama", "llama3_scaled", "llama_linear", "mistral", "qwen2", "mixtral",
-                                           "mixtral_fused", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "deepseek_v3_plain"));
+                         ::testing::Values("gpt2", "gpt_neo", "gptj", "llama", "llama3_scaled", "llama_linear", "mistral", "qwen2",
+                                           "mixtral", "mixtral_fused", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3",
+                                           "deepseek_v3_plain"));
 
 TEST(Model, UnknownModelTypeListsInstalledArchitectures) {
     const fs::path d = fs::path(MANGO_TEST_TMP) / "unknown_arch";

@@ -24,12 +24,12 @@ int main(int argc, char **argv) {
     const mango::PluginHost host(mango::registry::Registry::discover(ro));
     fs::create_directories(dir / "config");
     // Qwen2-0.5B's shapes: 494M parameters with 24 layers.
-    std::ofstream(dir / "config" / "config.json") << nlohmann::json{{"model_type", "qwen2"}, {"hidden_size", 896}, {"num_hidden_layers", layers},
-                                                                    {"num_attention_heads", 14}, {"num_key_value_heads", 2},
-                                                                    {"intermediate_size", 4864}, {"vocab_size", 151936},
-                                                                    {"tie_word_embeddings", true}, {"torch_dtype", "bfloat16"},
-                                                                    {"initializer_range", 0.02}}
-                                                         .dump(2);
+    std::ofstream(dir / "config" / "config.json")
+        << nlohmann::json{{"model_type", "qwen2"},     {"hidden_size", 896},          {"num_hidden_layers", layers},
+                          {"num_attention_heads", 14}, {"num_key_value_heads", 2},    {"intermediate_size", 4864},
+                          {"vocab_size", 151936},      {"tie_word_embeddings", true}, {"torch_dtype", "bfloat16"},
+                          {"initializer_range", 0.02}}
+               .dump(2);
     auto base = mango::Model::init_random(host, (dir / "config").string(), 1, at::kBFloat16);
     base->save((dir / "base").string());
     int64_t params = 0;

@@ -22,7 +22,8 @@ MoeDecoder::Config read(Context &ctx) {
     c.moe_inter = ctx.config_int("intermediate_size", 0);
     c.renormalize = true;
     c.jitter = ctx.config_double("router_jitter_noise", 0.0);
-    c.fused = ctx.weight_exists("model.layers.0.mlp.experts.gate_up_proj") && !ctx.weight_exists("model.layers.0.block_sparse_moe.gate.weight");
+    c.fused =
+        ctx.weight_exists("model.layers.0.mlp.experts.gate_up_proj") && !ctx.weight_exists("model.layers.0.block_sparse_moe.gate.weight");
     c.moe_prefix = c.fused ? "mlp." : "block_sparse_moe.";
     c.expert_names = {"w1", "w3", "w2"};
     return c;
@@ -38,6 +39,6 @@ const char *const kModelTypes[] = {"mixtral", nullptr};
 }  // namespace
 
 MANGO_PLUGIN("mixtral", "1.0.0", "Mixtral sparse mixture-of-experts decoders",
-             mango::architecture<Mixtral>("mixtral", "1.0.0",
-                                          "Mixtral: GQA + rotary attention, softmax top-k MoE in every layer (per-expert or fused checkpoints)",
-                                          nullptr, kModelTypes))
+             mango::architecture<Mixtral>(
+                 "mixtral", "1.0.0", "Mixtral: GQA + rotary attention, softmax top-k MoE in every layer (per-expert or fused checkpoints)",
+                 nullptr, kModelTypes))

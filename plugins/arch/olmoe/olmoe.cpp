@@ -35,5 +35,6 @@ const char *const kModelTypes[] = {"olmoe", nullptr};
 }  // namespace
 
 MANGO_PLUGIN("olmoe", "1.0.0", "OLMoE decoders",
-             mango::architecture<Olmoe>("olmoe", "1.0.0", "OLMoE: whole-projection q/k norm, clip_qkv, softmax top-k experts in every layer",
-                                        nullptr, kModelTypes))
+             mango::architecture<Olmoe>("olmoe", "1.0.0",
+                                        "OLMoE: whole-projection q/k norm, clip_qkv, softmax top-k experts in every layer", nullptr,
+                                        kModelTypes))

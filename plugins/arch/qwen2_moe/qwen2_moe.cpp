@@ -53,6 +53,6 @@ const char *const kModelTypes[] = {"qwen2_moe", nullptr};
 }  // namespace
 
 MANGO_PLUGIN("qwen2_moe", "1.0.0", "Qwen2-MoE decoders",
-             mango::architecture<Qwen2Moe>("qwen2_moe", "1.0.0",
-                                           "Qwen1.5/2-MoE: QKV bias, softmax top-k experts + sigmoid-gated shared expert, dense layers between",
-                                           nullptr, kModelTypes))
+             mango::architecture<Qwen2Moe>(
+                 "qwen2_moe", "1.0.0", "Qwen1.5/2-MoE: QKV bias, softmax top-k experts + sigmoid-gated shared expert, dense layers between",
+                 nullptr, kModelTypes))

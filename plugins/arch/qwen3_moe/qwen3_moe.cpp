@@ -50,5 +50,6 @@ const char *const kModelTypes[] = {"qwen3_moe", nullptr};
 }  // namespace
 
 MANGO_PLUGIN("qwen3_moe", "1.0.0", "Qwen3-MoE decoders",
-             mango::architecture<Qwen3Moe>("qwen3_moe", "1.0.0", "Qwen3-MoE: per-head q/k norm, softmax top-k experts, dense layers between",
-                                           nullptr, kModelTypes))
+             mango::architecture<Qwen3Moe>("qwen3_moe", "1.0.0",
+                                           "Qwen3-MoE: per-head q/k norm, softmax top-k experts, dense layers between", nullptr,
+                                           kModelTypes))

@@ -73,16 +73,20 @@ inline Rope rope_from_config(Context &ctx, int64_t dim, double default_theta = 1
         return r;
     }
     if (r.type == "yarn") {
-        const double orig = double(ctx.config_int("rope_scaling.original_max_position_embeddings", ctx.config_int("max_position_embeddings", 2048)));
+        const double orig =
+            double(ctx.config_int("rope_scaling.original_max_position_embeddings", ctx.config_int("max_position_embeddings", 2048)));
         const double mscale = ctx.config_double("rope_scaling.mscale", 0), mscale_all = ctx.config_double("rope_scaling.mscale_all_dim", 0);
         auto get_mscale = [](double s, double m) { return s <= 1 ? 1.0 : 0.1 * m * std::log(s) + 1.0; };
-        r.attention_factor = ctx.config("rope_scaling.attention_factor")
-                                 ? ctx.config_double("rope_scaling.attention_factor", 1.0)
-                                 : (mscale != 0 && mscale_all != 0 ? get_mscale(factor, mscale) / get_mscale(factor, mscale_all) : get_mscale(factor, 1.0));
+        r.attention_factor =
+            ctx.config("rope_scaling.attention_factor")
+                ? ctx.config_double("rope_scaling.attention_factor", 1.0)
+                : (mscale != 0 && mscale_all != 0 ? get_mscale(factor, mscale) / get_mscale(factor, mscale_all) : get_mscale(factor, 1.0));
         double beta_fast = ctx.config_double("rope_scaling.beta_fast", 32), beta_slow = ctx.config_double("rope_scaling.beta_slow", 1);
         if (beta_fast == 0) beta_fast = 32;
         if (beta_slow == 0) beta_slow = 1;
-        auto correction_dim = [&](double rotations) { return double(dim) * std::log(orig / (rotations * 2 * M_PI)) / (2 * std::log(theta)); };
+        auto correction_dim = [&](double rotations) {
+            return double(dim) * std::log(orig / (rotations * 2 * M_PI)) / (2 * std::log(theta));
+        };
         double low = correction_dim(beta_fast), high = correction_dim(beta_slow);
         if (ctx.config_bool("rope_scaling.truncate", true)) low = std::floor(low), high = std::ceil(high);
         low = std::max(low, 0.0);

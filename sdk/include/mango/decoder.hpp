@@ -17,10 +17,10 @@ enum class QkNorm { none, per_head, whole };
 
 struct Attention {
     int64_t hidden = 0, heads = 0, kv_heads = 0, head_dim = 0;
-    int64_t window = 0;       // sliding window (0 = none)
-    double eps = 1e-6;        // q/k norms
+    int64_t window = 0;  // sliding window (0 = none)
+    double eps = 1e-6;   // q/k norms
     QkNorm qk_norm = QkNorm::none;
-    double clip_qkv = 0;      // 0 = none
+    double clip_qkv = 0;  // 0 = none
     bool qkv_bias = false, o_bias = false;
 
     // Declares the layer's attention tensors under `prefix` ("model.layers.{L}.self_attn.").

@@ -52,7 +52,7 @@ inline Routing sigmoid_grouped_topk(const Tensor &x, const Tensor &gate, const T
     if (n_group > 1 && topk_group < n_group) {
         Tensor grouped = ops::reshape(choice, {T, n_group, E / n_group});
         Tensor group_scores = ops::sum(ops::topk(grouped, 2, -1).first, {-1});  // [T, G]
-        Tensor keep = ops::topk(group_scores, topk_group, -1).second;            // [T, topk_group]
+        Tensor keep = ops::topk(group_scores, topk_group, -1).second;           // [T, topk_group]
         Tensor gmask = ops::scatter(ops::zeros_like(group_scores), 1, keep, ops::ones_like(ops::to_dtype(keep, MANGO_DTYPE_F32)));
         Tensor smask = ops::reshape(ops::expand(ops::unsqueeze(gmask, -1), {T, n_group, E / n_group}), {T, E});
         choice = ops::masked_fill(choice, ops::eq_scalar(smask, 0.0), -INFINITY);
@@ -117,7 +117,7 @@ private:
         static const Op sort("aten::sort", "stable");
         Results sorted;
         sort.call({flat, true, int64_t(0), false}, sorted);
-        Tensor order = sorted.tensor(1);                                      // slots, grouped by expert
+        Tensor order = sorted.tensor(1);  // slots, grouped by expert
         static const Op bincount("aten::bincount");
         const std::vector<int64_t> counts = bincount({flat, nullptr, n_}).to_host<int64_t>();
         static const Op floor_divide("aten::floor_divide", "Scalar");
@@ -137,8 +137,8 @@ private:
     Tensor gathered(const Tensor &x, const Routing &r, const std::string &act) const {
         const int64_t T = x.size(0), K = r.experts.size(1), H = x.size(1);
         Tensor flat = ops::reshape(r.experts, {-1});
-        Tensor gu = ops::index_select(stacked_gate_up(), 0, flat);  // [TK, 2I, H]
-        Tensor dn = ops::index_select(stacked_down(), 0, flat);     // [TK, H, I]
+        Tensor gu = ops::index_select(stacked_gate_up(), 0, flat);                                              // [TK, 2I, H]
+        Tensor dn = ops::index_select(stacked_down(), 0, flat);                                                 // [TK, H, I]
         Tensor xs = ops::unsqueeze(ops::reshape(ops::expand(ops::unsqueeze(x, 1), {T, K, H}), {T * K, H}), 1);  // [TK, 1, H]
         static const Op bmm("aten::bmm");
         Tensor h = bmm({xs, ops::transpose(gu, 1, 2)});  // [TK, 1, 2I]
@@ -256,9 +256,9 @@ struct SparseMlp {
     double scale = 1.0;                   // routed_scaling_factor
     double jitter = 0;                    // Mixtral's router_jitter_noise (training only)
     std::string act = "silu";
-    int64_t small_batch = 64;             // up to this many routed slots: gather weights, no host sync
+    int64_t small_batch = 64;  // up to this many routed slots: gather weights, no host sync
     // Weights
-    Tensor router, bias;                  // [E, H]; DeepSeek's e_score_correction_bias [E]
+    Tensor router, bias;  // [E, H]; DeepSeek's e_score_correction_bias [E]
     Experts experts;
     Tensor shared_gate, shared_up, shared_down;  // shared expert(s) (empty = none)
     Tensor shared_expert_gate;                   // Qwen2-MoE's sigmoid gate [1, H] (empty = unweighted)
@@ -270,8 +270,9 @@ struct SparseMlp {
         Tensor x = ops::reshape(x_in, {B * T, H});
         if (jitter > 0 && ctx.training())  // multiplicative uniform noise on what router and experts see
             x = ops::mul(x, ops::to_dtype(ops::add_scalar(ops::mul(ctx.random_like(x), 2 * jitter), 1 - jitter), x.dtype()));
-        const Routing r = scoring == Scoring::softmax ? softmax_topk(x, router, top_k, renormalize)
-                                                      : sigmoid_grouped_topk(x, router, bias, top_k, n_group, topk_group, renormalize, scale);
+        const Routing r = scoring == Scoring::softmax
+                              ? softmax_topk(x, router, top_k, renormalize)
+                              : sigmoid_grouped_topk(x, router, bias, top_k, n_group, topk_group, renormalize, scale);
         const bool small = !ctx.training() && B * T * top_k <= small_batch;
         Tensor y = experts.forward(x, r, act, small);
         if (shared_gate) {

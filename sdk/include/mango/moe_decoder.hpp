@@ -20,15 +20,15 @@ public:
         bool tied = false;
         std::string act = "silu";
         decoder::Attention attn;
-        std::vector<bool> sparse;     // per layer
-        int64_t dense_inter = 0;      // dense layers' MLP
+        std::vector<bool> sparse;  // per layer
+        int64_t dense_inter = 0;   // dense layers' MLP
         int64_t experts = 0, top_k = 0, moe_inter = 0;
         bool renormalize = false;
         double jitter = 0;
-        bool fused = false;           // transformers 5's fused expert tensors
+        bool fused = false;  // transformers 5's fused expert tensors
         std::string moe_prefix = "mlp.";
         ExpertNames expert_names;
-        int64_t shared_inter = 0;     // shared expert (0 = none)
+        int64_t shared_inter = 0;  // shared expert (0 = none)
         bool shared_expert_gate = false;
 
         int64_t sparse_layers() const {
@@ -38,12 +38,14 @@ public:
         }
         // Common checks every family needs, with the keys' names.
         void check() const {
-            if (hidden <= 0 || layers <= 0 || vocab <= 0) throw Error(MANGO_ERR_INVALID_ARGUMENT, "config needs positive hidden_size, num_hidden_layers and vocab_size");
+            if (hidden <= 0 || layers <= 0 || vocab <= 0)
+                throw Error(MANGO_ERR_INVALID_ARGUMENT, "config needs positive hidden_size, num_hidden_layers and vocab_size");
             if (attn.heads <= 0 || attn.kv_heads <= 0 || attn.heads % attn.kv_heads)
                 throw Error(MANGO_ERR_INVALID_ARGUMENT, "num_attention_heads must be a positive multiple of num_key_value_heads");
             if (sparse_layers() > 0 && (experts <= 0 || top_k <= 0 || top_k > experts))
-                throw Error(MANGO_ERR_INVALID_ARGUMENT, "num_experts_per_tok (" + std::to_string(top_k) + ") must be between 1 and the number of experts (" +
-                                                            std::to_string(experts) + ")");
+                throw Error(MANGO_ERR_INVALID_ARGUMENT, "num_experts_per_tok (" + std::to_string(top_k) +
+                                                            ") must be between 1 and the number of experts (" + std::to_string(experts) +
+                                                            ")");
             if (!layers::known_activation(act)) throw Error(MANGO_ERR_UNSUPPORTED, "hidden_act '" + act + "' is not supported");
         }
     };
@@ -75,8 +77,10 @@ public:
             }
         }
         t.model("norm.final.weight", "model.norm.weight", {H});
-        if (c.tied) t.tied("lm_head.weight", "lm_head.weight", "model.embed_tokens.weight", {c.vocab, H});
-        else t.model("lm_head.weight", "lm_head.weight", {c.vocab, H});
+        if (c.tied)
+            t.tied("lm_head.weight", "lm_head.weight", "model.embed_tokens.weight", {c.vocab, H});
+        else
+            t.model("lm_head.weight", "lm_head.weight", {c.vocab, H});
         return t;
     }
 
