@@ -118,7 +118,8 @@ TEST(Model, UnknownModelTypeListsInstalledArchitectures) {
         FAIL();
     } catch (const mango::HostError &e) {
         EXPECT_NE(std::string(e.what()).find("no architecture plugin handles model_type = \"falcon\" (installed: bert (bert, roberta, "
-                                             "distilbert); gpt2 (gpt2); gpt_neo (gpt_neo); gptj (gptj); llama (llama, mistral, qwen2)"),
+                                             "distilbert); deepseek_v3 (deepseek_v3); gpt2 (gpt2); gpt_neo (gpt_neo); gptj (gptj); llama (llama, "
+                                             "mistral, qwen2); mixtral (mixtral)"),
                   std::string::npos)
             << e.what();
     }
@@ -167,14 +168,14 @@ TEST(Model, UnsupportedRopeScalingIsRefused) {
     fs::remove_all(d);
     fs::create_directories(d);
     json cfg = json::parse(std::ifstream(fs::path(model_dir("llama")) / "config.json"));
-    cfg["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+    cfg["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 4.0}};
     std::ofstream(d / "config.json") << cfg.dump();
     fs::copy_file(fs::path(model_dir("llama")) / "model.safetensors", d / "model.safetensors");
     try {
         mango::Model::load(shared_plugins(), d.string());
         FAIL();
     } catch (const mango::HostError &e) {
-        EXPECT_NE(std::string(e.what()).find("rope_scaling type 'yarn' is not supported"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("rope_scaling type 'dynamic' is not supported"), std::string::npos) << e.what();
     }
 }
 
