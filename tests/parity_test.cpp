@@ -117,10 +117,11 @@ TEST(Model, UnknownModelTypeListsInstalledArchitectures) {
         mango::Model::load(shared_plugins(), d.string());
         FAIL();
     } catch (const mango::HostError &e) {
-        EXPECT_NE(std::string(e.what()).find("no architecture plugin handles model_type = \"falcon\" (installed: bert (bert, roberta, "
-                                             "distilbert); deepseek_v3 (deepseek_v3); gpt2 (gpt2); gpt_neo (gpt_neo); gptj (gptj); llama (llama, "
-                                             "mistral, qwen2); mixtral (mixtral)"),
-                  std::string::npos)
+        EXPECT_NE(
+            std::string(e.what()).find("no architecture plugin handles model_type = \"falcon\" (installed: bert (bert, roberta, "
+                                       "distilbert); deepseek_v3 (deepseek_v3); gpt2 (gpt2); gpt_neo (gpt_neo); gptj (gptj); llama (llama, "
+                                       "mistral, qwen2); mixtral (mixtral)"),
+            std::string::npos)
             << e.what();
     }
 }

@@ -134,6 +134,7 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
         rep.losses = std::move(r.losses);
         rep.stats = std::move(r.stats);
         rep.source = routers_[li]->where();
+        rep.layer = int32_t(li);
         reports_.push_back(std::move(rep));
     }
     return base.head(adapt(b + ".in", h, check));  // target -> base size

@@ -71,6 +71,13 @@ void Model::set_trainable(bool on) {
     for (auto &[_, t] : named_weights()) t.set_requires_grad(on);
 }
 
+std::vector<std::pair<std::string, at::Tensor>> Model::buffers() const {
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    for (const auto &p : ctx_->parameters)
+        if (!p.trainable) out.emplace_back(p.name, p.value);
+    return out;
+}
+
 std::vector<std::pair<std::string, at::Tensor>> Model::trainable() const {
     std::vector<std::pair<std::string, at::Tensor>> out;
     for (auto &[name, t] : named_weights())
@@ -198,8 +205,18 @@ at::Tensor Model::block(int32_t layer, const at::Tensor &hidden, const at::Tenso
         throw HostError(ctx_->label + ": layer " + std::to_string(layer) + " out of range (model has " + std::to_string(info_.n_layers) +
                         ")");
     mango_tensor h = wrap(hidden), m = wrap(mask), p = wrap(positions), out = nullptr;
+    ctx_->clear_reports();
     clear_plugin_error();
     const mango_status s = vt_->block(self_, ctx_.get(), layer, h, m, p, use_cache ? 1 : 0, &out);
+    if (s == MANGO_OK && (!ctx_->losses.empty() || !ctx_->stats.empty())) {
+        LayerReport r;
+        r.losses = ctx_->losses;
+        r.stats = ctx_->stats;
+        r.mask = mask.narrow(1, mask.size(1) - hidden.size(1), hidden.size(1));
+        r.source = ctx_->label + ": block " + std::to_string(layer);
+        r.layer = layer;
+        reports_.push_back(std::move(r));
+    }
     host_api()->tensor_release(h);
     host_api()->tensor_release(m);
     host_api()->tensor_release(p);
@@ -223,6 +240,7 @@ void Model::clear_cache() {
 }
 
 at::Tensor Model::forward(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions, bool use_cache) {
+    reports_.clear();
     at::Tensor h = embed(ids, positions);
     const bool recompute = recompute_blocks(use_cache);
     for (int32_t l = 0; l < info_.n_layers; ++l) {

@@ -29,6 +29,7 @@ struct LayerReport {
     at::Tensor mask;     // [B, T] of the tokens routed (1 token, 0 pad)
     std::vector<std::pair<std::string, at::Tensor>> losses, stats;
     std::string source;          // "router 'simple' of fusion layer 1 (p.toml:12)", for messages
+    int32_t layer = -1;          // the fusion layer or block it comes from
     at::Tensor entropy() const;  // mean entropy of the weight rows (scalar)
     at::Tensor load() const;     // mean weight per expert over real tokens [E]
 };
@@ -112,6 +113,9 @@ public:
     // trainable (or frozen again).
     void set_trainable(bool on);
     std::vector<std::pair<std::string, at::Tensor>> trainable() const override;
+    // State the architecture keeps beside its weights (e.g. MoE step counters,
+    // running expert shares): saved and resumed with the training state.
+    std::vector<std::pair<std::string, at::Tensor>> buffers() const override;
     void begin_training(bool) override { set_trainable(true); }
     void end_training() override { set_trainable(false); }
     // Writes config.json and model.safetensors (sharded above max_shard_bytes > 0).
@@ -145,6 +149,10 @@ public:
     // Whole forward: logits [B, T, V] (decoders) or final hidden states.
     at::Tensor forward(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions, bool use_cache = false);
     void clear_cache() override;
+    void train(bool on) override { ctx_->training = on; }
+    void set_reporting(bool on) override { ctx_->reporting = on; }
+    // What the architecture reported per block in the last forward (MoE routers).
+    const std::vector<LayerReport> &layer_reports() const override { return reports_; }
     // Tokens in the KV cache, as the host fed them through forward() (0 after clear_cache).
     int64_t cached_tokens() const { return cached_; }
     const std::string &label() const { return ctx_->label; }
@@ -166,6 +174,7 @@ private:
     at::ScalarType dtype_ = at::kFloat;
     at::Device device_ = at::kCPU;
     int64_t cached_ = 0;
+    std::vector<LayerReport> reports_;
 };
 
 }  // namespace mango

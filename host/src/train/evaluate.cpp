@@ -39,7 +39,7 @@ EvalResult evaluate(CausalLM &model, const at::Tensor &seqs, int64_t batch_size)
                 if (sum.size() != v.size()) sum.assign(v.size(), 0.0);
                 for (size_t i = 0; i < v.size(); ++i) sum[i] += v[i];
             }
-            if (reports.empty()) continue;
+            if (reports.empty() || !reports[0].weights.defined()) continue;  // routing weights: fusions
             std::vector<at::Tensor> per_layer;
             for (const auto &st : reports) {
                 at::Tensor w = st.weights;  // per token: the mean over the sequence's real tokens

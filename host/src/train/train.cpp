@@ -35,7 +35,7 @@ std::map<std::string, std::vector<double>> report_stats(const std::vector<LayerR
             } else {
                 values.push_back(v.mean().item<double>());
             }
-            out["layer" + std::to_string(l) + "." + name] = std::move(values);
+            out["layer" + std::to_string(reports[l].layer >= 0 ? reports[l].layer : int32_t(l)) + "." + name] = std::move(values);
         }
     return out;
 }

@@ -51,18 +51,22 @@ struct Config {
         eps = ctx.config_double("rms_norm_eps", 1e-6);
         tied = ctx.config_bool("tie_word_embeddings", false);
         act = ctx.config_string("hidden_act", "silu");
+        importance = ctx.config_bool("learned_token_importance", false);
         if (hidden <= 0 || layers <= 0 || vocab <= 0 || heads <= 0 || kv_lora <= 0 || rope_dim <= 0 || v_dim <= 0 || nope_dim < 0)
-            throw Error(MANGO_ERR_INVALID_ARGUMENT, "config needs positive hidden_size, num_hidden_layers, vocab_size, num_attention_heads, "
-                                                    "kv_lora_rank, qk_rope_head_dim and v_head_dim");
+            throw Error(MANGO_ERR_INVALID_ARGUMENT,
+                        "config needs positive hidden_size, num_hidden_layers, vocab_size, num_attention_heads, "
+                        "kv_lora_rank, qk_rope_head_dim and v_head_dim");
         if (rope_dim % 2) throw Error(MANGO_ERR_INVALID_ARGUMENT, "qk_rope_head_dim must be even");
         if (first_dense < layers) {
             if (experts <= 0 || top_k <= 0 || top_k > experts)
-                throw Error(MANGO_ERR_INVALID_ARGUMENT, "num_experts_per_tok (" + std::to_string(top_k) + ") must be between 1 and n_routed_experts (" +
-                                                            std::to_string(experts) + ")");
+                throw Error(MANGO_ERR_INVALID_ARGUMENT, "num_experts_per_tok (" + std::to_string(top_k) +
+                                                            ") must be between 1 and n_routed_experts (" + std::to_string(experts) + ")");
             if (n_group <= 0 || experts % n_group)
-                throw Error(MANGO_ERR_INVALID_ARGUMENT, "n_group (" + std::to_string(n_group) + ") must divide n_routed_experts (" + std::to_string(experts) + ")");
+                throw Error(MANGO_ERR_INVALID_ARGUMENT,
+                            "n_group (" + std::to_string(n_group) + ") must divide n_routed_experts (" + std::to_string(experts) + ")");
             if (topk_group <= 0 || topk_group > n_group)
-                throw Error(MANGO_ERR_INVALID_ARGUMENT, "topk_group (" + std::to_string(topk_group) + ") must be between 1 and n_group (" + std::to_string(n_group) + ")");
+                throw Error(MANGO_ERR_INVALID_ARGUMENT, "topk_group (" + std::to_string(topk_group) + ") must be between 1 and n_group (" +
+                                                            std::to_string(n_group) + ")");
             if (experts / n_group < 2 && n_group > 1 && topk_group < n_group)
                 throw Error(MANGO_ERR_INVALID_ARGUMENT, "group-limited routing needs at least 2 experts per group");
         }
@@ -71,14 +75,15 @@ struct Config {
         if (method != "noaux_tc" && method != "greedy" && method != "group_limited_greedy")
             throw Error(MANGO_ERR_UNSUPPORTED, "topk_method '" + method + "' is not supported (noaux_tc)");
         const std::string scoring = ctx.config_string("scoring_func", "sigmoid");
-        if (scoring != "sigmoid") throw Error(MANGO_ERR_UNSUPPORTED, "scoring_func '" + scoring + "' is not supported (sigmoid, as transformers)");
+        if (scoring != "sigmoid")
+            throw Error(MANGO_ERR_UNSUPPORTED, "scoring_func '" + scoring + "' is not supported (sigmoid, as transformers)");
         fused = first_dense < layers && ctx.weight_exists("model.layers." + std::to_string(first_dense) + ".mlp.experts.gate_up_proj") &&
                 !ctx.weight_exists("model.layers." + std::to_string(first_dense) + ".mlp.experts.0.down_proj.weight");
     }
     int64_t hidden = 0, layers = 0, vocab = 0, heads = 0, q_lora = 0, kv_lora = 0, rope_dim = 0, nope_dim = 0, v_dim = 0;
     int64_t inter = 0, moe_inter = 0, experts = 0, shared = 0, top_k = 0, n_group = 1, topk_group = 1, first_dense = 0;
     double scale = 1, eps = 1e-6;
-    bool norm_topk = true, interleave = true, bias = false, tied = false, fused = false;
+    bool norm_topk = true, interleave = true, bias = false, tied = false, fused = false, importance = false;
     std::string act;
     int64_t qk_dim() const { return nope_dim + rope_dim; }
 };
@@ -91,7 +96,8 @@ public:
         rope_ = attn::rope_from_config(ctx, c_.rope_dim);
         softmax_scale_ = 1.0 / std::sqrt(double(c_.qk_dim()));
         if (rope_.type != "default") {
-            const double m_all = ctx.config_double("rope_scaling.mscale_all_dim", 0), factor = ctx.config_double("rope_scaling.factor", 1.0);
+            const double m_all = ctx.config_double("rope_scaling.mscale_all_dim", 0),
+                         factor = ctx.config_double("rope_scaling.factor", 1.0);
             if (m_all != 0) {
                 const double m = factor <= 1 ? 1.0 : 0.1 * m_all * std::log(factor) + 1.0;
                 softmax_scale_ *= m * m;
@@ -136,6 +142,9 @@ public:
                     l.moe.shared_up = w.at(i, "moe.shared.up.weight");
                     l.moe.shared_down = w.at(i, "moe.shared.down.weight");
                 }
+                if (c_.importance) l.moe.importance = w.at(i, "moe.importance.weight");
+                l.moe.read_training(ctx, c_.hidden);
+                l.moe.make_buffers(ctx, "layers." + std::to_string(i) + ".");
             }
             blocks_.push_back(std::move(l));
         }
@@ -193,7 +202,8 @@ private:
         // The cache holds the normalised latent [B, 1, S, r] and the rotated shared key part [B, 1, S, dr].
         auto [lat_all, rot_all] = attn::cached_kv(ctx, i, ops::unsqueeze(latent, 1), k_rot, use_cache);
         const int64_t S = lat_all.size(2);
-        Tensor kv = ops::transpose(ops::reshape(ops::linear(ops::squeeze(lat_all, 1), l.kv_b), {B, S, nh, dn + dv}), 1, 2);  // [B, nh, S, dn+dv]
+        Tensor kv =
+            ops::transpose(ops::reshape(ops::linear(ops::squeeze(lat_all, 1), l.kv_b), {B, S, nh, dn + dv}), 1, 2);  // [B, nh, S, dn+dv]
         Tensor k_nope = ops::narrow(kv, -1, 0, dn), v = ops::narrow(kv, -1, dn, dv);
         Tensor query = ops::cat({q_pass, q_rot}, -1);
         Tensor key = ops::cat({k_nope, ops::expand(rot_all, {B, nh, S, dr})}, -1);
@@ -240,10 +250,13 @@ private:
                 t.layer(i, "moe.shared.up.weight", p + "shared_experts.up_proj.weight", {S, H});
                 t.layer(i, "moe.shared.down.weight", p + "shared_experts.down_proj.weight", {H, S});
             }
+            if (c.importance) t.layer(i, "moe.importance.weight", p + "token_importance.weight", {1, H});
         }
         t.model("norm.final.weight", "model.norm.weight", {H});
-        if (c.tied) t.tied("lm_head.weight", "lm_head.weight", "model.embed_tokens.weight", {c.vocab, H});
-        else t.model("lm_head.weight", "lm_head.weight", {c.vocab, H});
+        if (c.tied)
+            t.tied("lm_head.weight", "lm_head.weight", "model.embed_tokens.weight", {c.vocab, H});
+        else
+            t.model("lm_head.weight", "lm_head.weight", {c.vocab, H});
         return t;
     }
 
@@ -259,6 +272,7 @@ const char *const kModelTypes[] = {"deepseek_v3", nullptr};
 }  // namespace
 
 MANGO_PLUGIN("deepseek_v3", "1.0.0", "DeepSeek-V3 decoders",
-             mango::architecture<DeepseekV3>("deepseek_v3", "1.0.0",
-                                             "DeepSeek-V3: multi-head latent attention, sigmoid group-limited top-k with correction bias, shared experts",
-                                             nullptr, kModelTypes))
+             mango::architecture<DeepseekV3>(
+                 "deepseek_v3", "1.0.0",
+                 "DeepSeek-V3: multi-head latent attention, sigmoid group-limited top-k with correction bias, shared experts", nullptr,
+                 kModelTypes))

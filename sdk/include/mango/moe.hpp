@@ -23,6 +23,7 @@ struct Routing {
     Tensor experts;  // [T, k] int64: the chosen experts
     Tensor logits;   // [T, E] the router's raw scores (hidden dtype; float32 for DeepSeek)
     Tensor probs;    // [T, E] float32: softmax (or sigmoid) scores the choice came from
+    Tensor dropped;  // share of slots over capacity (scalar), when capacity applies
 };
 
 // softmax(x W^T) over all experts in float32, top-k (largest first),
@@ -263,6 +264,46 @@ struct SparseMlp {
     Tensor shared_gate, shared_up, shared_down;  // shared expert(s) (empty = none)
     Tensor shared_expert_gate;                   // Qwen2-MoE's sigmoid gate [1, H] (empty = unweighted)
 
+    // Training-time features (config.json keys; formulas in configs/README.md).
+    struct Training {
+        double capacity_factor = 0;                  // expert_capacity_factor (0 = no capacity)
+        int64_t min_capacity = 4, max_capacity = 0;  // min/max_expert_capacity (0 = no maximum)
+        bool null_expert = false;                    // use_null_expert: overflow keeps its weight, output 0
+        int64_t warmup_steps = 0;                    // moe_warmup_steps: dense path faded out
+        int64_t reset_every = 0;                     // router_reset_step
+        double bias_rate = 0;                        // bias_update_rate (noaux_tc correction bias)
+        bool token_importance = false;               // learned_token_importance
+        bool any() const { return capacity_factor > 0 || warmup_steps > 0 || reset_every > 0 || bias_rate > 0 || token_importance; }
+    } training;
+    Tensor importance;   // [1, H] learned_token_importance
+    Tensor step, usage;  // buffers: training forwards so far [1]; running expert share [E]
+
+    // Reads the training keys of config.json (the same for every MoE family).
+    void read_training(Context &ctx, int64_t hidden) {
+        training.capacity_factor = ctx.config_double("expert_capacity_factor", 0);
+        training.min_capacity = ctx.config_int("min_expert_capacity", 4);
+        training.max_capacity = ctx.config_int("max_expert_capacity", 0);
+        training.null_expert = ctx.config_bool("use_null_expert", false);
+        training.warmup_steps = ctx.config_int("moe_warmup_steps", 0);
+        training.reset_every = ctx.config_int("router_reset_step", 0);
+        training.bias_rate = ctx.config_double("bias_update_rate", 0);
+        training.token_importance = ctx.config_bool("learned_token_importance", false);
+        if (training.capacity_factor < 0) throw Error(MANGO_ERR_INVALID_ARGUMENT, "expert_capacity_factor must be >= 0");
+        if (training.capacity_factor > 0 && (training.min_capacity < 1 || (training.max_capacity != 0 && training.max_capacity < 1)))
+            throw Error(MANGO_ERR_INVALID_ARGUMENT, "expert capacity must be at least 1 token (min_expert_capacity " +
+                                                        std::to_string(training.min_capacity) + ", max_expert_capacity " +
+                                                        std::to_string(training.max_capacity) + ")");
+        if (training.bias_rate > 0 && !bias)
+            throw Error(MANGO_ERR_INVALID_ARGUMENT, "bias_update_rate needs a router correction bias (sigmoid scoring)");
+        (void)hidden;
+    }
+    // Buffers the features keep (after the weights are loaded).
+    void make_buffers(Context &ctx, const std::string &prefix) {
+        if (!training.any()) return;
+        step = ctx.buffer(prefix + "moe_step", ops::zeros({1}));
+        usage = ctx.buffer(prefix + "moe_usage", ops::full({n_experts}, 1.0 / double(n_experts)));
+    }
+
     // x [B, T, H]; mask [B, S] over cached + new tokens (1 token, 0 pad).
     // `moe_layers` divides the reported balance loss (its mean over layers).
     Tensor forward(Context &ctx, const Tensor &x_in, const Tensor &mask, int64_t moe_layers) const {
@@ -270,18 +311,108 @@ struct SparseMlp {
         Tensor x = ops::reshape(x_in, {B * T, H});
         if (jitter > 0 && ctx.training())  // multiplicative uniform noise on what router and experts see
             x = ops::mul(x, ops::to_dtype(ops::add_scalar(ops::mul(ctx.random_like(x), 2 * jitter), 1 - jitter), x.dtype()));
-        const Routing r = scoring == Scoring::softmax
-                              ? softmax_topk(x, router, top_k, renormalize)
-                              : sigmoid_grouped_topk(x, router, bias, top_k, n_group, topk_group, renormalize, scale);
+        Routing r = scoring == Scoring::softmax ? softmax_topk(x, router, top_k, renormalize)
+                                                : sigmoid_grouped_topk(x, router, bias, top_k, n_group, topk_group, renormalize, scale);
+        Tensor gain;  // learned token importance: [T] multiplier of the routed output
+        if (importance) gain = ops::mul(ops::sigmoid(ops::linear(x, importance)), 2.0);
+        if (training.capacity_factor > 0 && ctx.training()) apply_capacity(r, gain, B * T);
         const bool small = !ctx.training() && B * T * top_k <= small_batch;
         Tensor y = experts.forward(x, r, act, small);
+        if (gain) y = ops::mul(y, ops::to_dtype(gain, y.dtype()));
+        if (training.warmup_steps > 0 && ctx.training()) {
+            const double done = ops::item(step), alpha = std::max(0.0, 1.0 - done / double(training.warmup_steps));
+            if (alpha > 0) y = ops::add(ops::mul(y, 1 - alpha), ops::mul(dense_average(x), alpha));
+        }
         if (shared_gate) {
             Tensor s = dense_mlp(x, shared_gate, shared_up, shared_down, act);
             if (shared_expert_gate) s = ops::mul(ops::sigmoid(ops::linear(x, shared_expert_gate)), s);
             y = ops::add(y, s);
         }
         if (ctx.reporting()) report(ctx, r, mask, B, T, moe_layers);
+        if (training.any() && ctx.training()) after_step(ctx, r, mask, B, T);
         return ops::reshape(y, {B, T, H});
+    }
+
+    // Capacity C = clamp(ceil(factor * T * k / E), min, max) slots per expert;
+    // an expert keeps its C slots of highest priority (routing weight, times
+    // the token importance when learned); the other slots overflow: dropped
+    // (the token's remaining slots renormalised; with none left the token
+    // takes the residual path alone) or, with use_null_expert, sent to a
+    // null expert (weight kept, output zero).
+    void apply_capacity(Routing &r, const Tensor &gain, int64_t tokens) const {
+        const int64_t K = r.experts.size(1);
+        int64_t C = int64_t(std::ceil(training.capacity_factor * double(tokens * K) / double(n_experts)));
+        C = std::max(C, training.min_capacity);
+        if (training.max_capacity > 0) C = std::min(C, training.max_capacity);
+        Tensor priority = ops::detach(r.weights);
+        if (gain) priority = ops::mul(priority, ops::unsqueeze(ops::detach(gain), -1));
+        Tensor flat_e = ops::reshape(r.experts, {-1}), flat_p = ops::reshape(priority, {-1});
+        // Rank of each slot within its expert by priority: sort by (expert, -priority).
+        static const Op sort("aten::sort", "stable");
+        Results by_priority;
+        sort.call({flat_p, true, int64_t(0), true}, by_priority);
+        Tensor order = by_priority.tensor(1);
+        Results by_expert;
+        sort.call({ops::index_select(flat_e, 0, order), true, int64_t(0), false}, by_expert);
+        Tensor slots = ops::index_select(order, 0, by_expert.tensor(1));  // grouped by expert, best first
+        Tensor sorted_e = ops::index_select(flat_e, 0, slots);
+        static const Op bincount("aten::bincount");
+        Tensor counts = bincount({flat_e, nullptr, n_experts});
+        static const Op cumsum("aten::cumsum");
+        Tensor starts = ops::sub(cumsum({counts, int64_t(0)}), counts);  // first position of each expert
+        Tensor rank = ops::sub(ops::arange(flat_e.numel(), MANGO_DTYPE_I64, flat_e.device()), ops::index_select(starts, 0, sorted_e));
+        Tensor keep_sorted = ops::lt_scalar(rank, double(C));
+        Tensor keep =
+            ops::scatter(ops::zeros_like(ops::to_dtype(flat_e, MANGO_DTYPE_F32)), 0, slots, ops::to_dtype(keep_sorted, MANGO_DTYPE_F32));
+        keep = ops::reshape(keep, r.weights.sizes());
+        r.dropped = ops::rsub_scalar(ops::mean_all(keep), 1.0);
+        Tensor w = ops::mul(r.weights, keep);
+        if (!training.null_expert && renormalize) w = ops::div(w, ops::clamp_min(ops::sum(w, {-1}, true), 1e-20));
+        r.weights = w;
+    }
+
+    // Every expert applied to every token with equal weights: the dense
+    // path moe_warmup_steps fades out.
+    Tensor dense_average(const Tensor &x) const {
+        const int64_t T = x.size(0);
+        Routing all;
+        std::vector<int64_t> ids(static_cast<size_t>(n_experts), 0);
+        for (int64_t e = 0; e < n_experts; ++e) ids[size_t(e)] = e;
+        mango_tensor h = nullptr;
+        const int64_t shape[1] = {n_experts};
+        check(host().tensor_from_data(ids.data(), MANGO_DTYPE_I64, shape, 1, x.device(), &h));
+        all.experts = ops::contiguous(ops::expand(ops::unsqueeze(Tensor(h), 0), {T, n_experts}));
+        all.weights = ops::full({T, n_experts}, 1.0 / double(n_experts), MANGO_DTYPE_F32, x.device());
+        return experts.forward(x, all, act, false);
+    }
+
+    // After a training forward: count it; move the correction bias toward
+    // balance (bias += rate * sign(mean share - share)); keep a running share
+    // and re-draw the router rows of experts that collapsed (share below
+    // 1 / (10 E)) every router_reset_step forwards.
+    void after_step(Context &ctx, const Routing &r, const Tensor &mask, int64_t B, int64_t T) const {
+        NoGrad no_grad;
+        Tensor keep;
+        if (mask) keep = ops::to_dtype(ops::reshape(ops::narrow(mask, 1, mask.size(1) - T, T), {B * T}), MANGO_DTYPE_F32);
+        Tensor share = expert_share(r, keep, n_experts);
+        static const Op add_("aten::add_", "Tensor"), copy_("aten::copy_");
+        add_({step, ops::ones_like(step)});
+        copy_({usage, ops::add(ops::mul(usage, 0.9), ops::mul(share, 0.1))});
+        if (training.bias_rate > 0) {
+            Tensor delta = ops::mul(ops::sign(ops::sub(ops::full_like(share, 1.0 / double(n_experts)), share)), training.bias_rate);
+            add_({bias, ops::to_dtype(delta, bias.dtype())});
+        }
+        if (training.reset_every > 0 && int64_t(ops::item(step)) % training.reset_every == 0) {
+            Tensor collapsed = ops::lt_scalar(usage, 0.1 / double(n_experts));  // [E]
+            if (ops::item(ops::sum_all(ops::to_dtype(collapsed, MANGO_DTYPE_F32))) > 0) {
+                const double sd = std::sqrt(ops::item(ops::variance(ops::flatten(router), {0}, false)));
+                Tensor fresh =
+                    ops::mul(ops::to_dtype(ops::sub(ops::mul(ctx.random_like(router), 2.0), ops::ones_like(router)), router.dtype()),
+                             sd * std::sqrt(3.0));
+                copy_({router, ops::where(ops::unsqueeze(collapsed, -1), fresh, router)});
+                copy_({usage, ops::where(collapsed, ops::full_like(usage, 1.0 / double(n_experts)), usage)});
+            }
+        }
     }
 
     void report(Context &ctx, const Routing &r, const Tensor &mask, int64_t B, int64_t T, int64_t moe_layers) const {
@@ -291,6 +422,7 @@ struct SparseMlp {
         ctx.report_loss("router_z", ops::div_scalar(router_z_loss(r, keep), double(std::max<int64_t>(1, moe_layers))));
         Tensor share = expert_share(r, keep, n_experts);
         ctx.report_stat("expert_share", share);
+        if (r.dropped) ctx.report_stat("capacity_dropped", r.dropped);
         // Imbalance: coefficient of variation and max / mean of the shares.
         Tensor mean = ops::mean_all(share);
         ctx.report_stat("load_cv", ops::div(ops::sqrt(ops::mean_all(ops::pow(ops::sub(share, mean), 2.0))), mean));

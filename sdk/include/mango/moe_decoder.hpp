@@ -30,6 +30,7 @@ public:
         ExpertNames expert_names;
         int64_t shared_inter = 0;  // shared expert (0 = none)
         bool shared_expert_gate = false;
+        bool token_importance = false;  // learned_token_importance: a [1, H] vector per sparse layer
 
         int64_t sparse_layers() const {
             int64_t n = 0;
@@ -75,6 +76,7 @@ public:
                 t.layer(i, "moe.shared.down.weight", m + "shared_expert.down_proj.weight", {H, c.shared_inter});
                 if (c.shared_expert_gate) t.layer(i, "moe.shared_gate.weight", m + "shared_expert_gate.weight", {1, H});
             }
+            if (c.token_importance) t.layer(i, "moe.importance.weight", m + "token_importance.weight", {1, H});
         }
         t.model("norm.final.weight", "model.norm.weight", {H});
         if (c.tied)
@@ -112,6 +114,9 @@ public:
                     l.moe.shared_down = w.at(i, "moe.shared.down.weight");
                     if (c_.shared_expert_gate) l.moe.shared_expert_gate = w.at(i, "moe.shared_gate.weight");
                 }
+                if (c_.token_importance) l.moe.importance = w.at(i, "moe.importance.weight");
+                l.moe.read_training(ctx, c_.hidden);
+                l.moe.make_buffers(ctx, "layers." + std::to_string(i) + ".");
             }
             blocks_.push_back(std::move(l));
         }
@@ -174,6 +179,7 @@ inline void read_common(Context &ctx, MoeDecoder::Config &c, double default_eps)
     c.attn.head_dim = ctx.config_int("head_dim", c.hidden / c.attn.heads);
     c.attn.eps = c.eps;
     c.sparse.assign(size_t(std::max<int64_t>(0, c.layers)), true);
+    c.token_importance = ctx.config_bool("learned_token_importance", false);
 }
 
 // Does the checkpoint hold layer `layer`'s experts fused (transformers 5)?
