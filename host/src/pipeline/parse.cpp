@@ -284,6 +284,7 @@ TrainStep read_train(Table &t, const PipelineSpec &spec, size_t index, std::stri
     o.aux_weights = default_aux_weights();
     if (t.has("balance_weight")) o.aux_weights["load_balance"] = t.number("balance_weight", 0.01);
     if (t.has("entropy_weight")) o.aux_weights["entropy"] = t.number("entropy_weight", 0.0);
+    o.aux_ramp_steps = t.integer("aux_loss_ramp_steps", 0, 0);
     if (auto w = t.table("aux_weights")) {
         for (const std::string &name : w->keys()) o.aux_weights[name] = w->number(name, 0.0);
         w->finish();

@@ -164,6 +164,7 @@ private:
                              t.min_lr_ratio, t.clip_norm, t.adapter_weight, double(t.seed), double(t.align_steps)})
                 what["opts"].push_back(v);
             what["aux_weights"] = t.aux_weights;
+            what["aux_ramp"] = t.aux_ramp_steps;
             if (d) what["def"] = {d->path, d->seed, int(d->kind)};
             if (d && d->kind == ModelDef::Kind::Fusion) {
                 what["adapter"] = spec_json(d->fusion.adapter);

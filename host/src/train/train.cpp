@@ -145,7 +145,8 @@ TrainStepResult Trainer::step(const at::Tensor &ids, const at::Tensor &mask) {
                                         " = 0.01 } (weighted now: " + known + ")");
                     }
                     aux_sums[name] += value.detach().to(at::kDouble).item<double>();
-                    if (w->second != 0) loss = loss + w->second * value.to(at::kFloat);
+                    const double ramp = o_.aux_ramp_steps > 0 ? std::min(1.0, double(done_ + 1) / double(o_.aux_ramp_steps)) : 1.0;
+                    if (w->second != 0) loss = loss + w->second * ramp * value.to(at::kFloat);
                 }
         if (o_.adapter_weight != 0) {
             at::Tensor reg = at::zeros({}, loss.options());
