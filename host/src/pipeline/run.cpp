@@ -187,6 +187,10 @@ private:
             std::to_string(o.train.steps) + " steps of " + std::to_string(o.train.batch_size) + " x " + std::to_string(train.size(1)) +
             " tokens");
         const TrainRunResult r = run_training(m, train, o);
+        if (fs::exists(o.log_path)) {  // the curves beside the metrics log
+            const std::string svg = o.log_path.substr(0, o.log_path.size() - 6) + ".svg";  // .jsonl -> .svg
+            formats::write_file_atomic(svg, training_curves_svg("Training " + s.model, o.log_path));
+        }
         json out = {{"model", s.model},
                     {"steps", r.steps},
                     {"resumed_from", r.resumed_from},
@@ -227,7 +231,7 @@ private:
                 if (s.max_sequences > 0 && seqs.size(0) > s.max_sequences)  // evenly spaced, so a mix keeps its proportions
                     seqs = seqs.index_select(0, at::linspace(0, double(seqs.size(0) - 1), s.max_sequences).round().to(at::kLong));
                 const EvalResult r = evaluate(m, seqs, s.batch_size);
-                if (heat.empty() && r.router_weights.defined()) heat = name;
+                if (heat.empty() && (r.router_weights.defined() || r.expert_shares.defined())) heat = name;
                 ppl[name][dn] = r.perplexity;
                 json row = {{"model", name}, {"data", dn},         {"perplexity", r.perplexity},
                             {"nll", r.nll},  {"tokens", r.tokens}, {"sequences", r.sequences}};
@@ -245,7 +249,9 @@ private:
                         layers.push_back(w);
                     }
                     row["router_mean_weights"] = layers;
-                    if (name == heat) groups.push_back({dn, r.router_weights});
+                    if (name == heat) groups.push_back({dn, mean});
+                } else if (r.expert_shares.defined() && name == heat) {
+                    groups.push_back({dn, r.expert_shares});
                 }
                 rows.push_back(row);
             }
@@ -273,7 +279,7 @@ private:
         if (!groups.empty()) {
             const ModelDef *d = def(heat);
             std::vector<std::string> experts;
-            const int64_t E = groups[0].weights.size(2);
+            const int64_t E = groups[0].shares.size(1);
             for (int64_t e = 0; e < E; ++e) experts.push_back("expert " + std::to_string(e));
             if (d && d->kind == ModelDef::Kind::Fusion) {
                 // Name experts by model when every layer lists the models in the same order.
@@ -283,12 +289,11 @@ private:
                     for (int64_t e = 0; e < E; ++e) experts[size_t(e)] = d->fusion.layers[0][size_t(e)].first;
             }
             const fs::path svg = fs::path(spec_.output) / "router_heatmap.svg";
-            formats::write_file_atomic(
-                svg.string(),
-                router_heatmap_svg("Router weights of " + heat + " (eval step " + std::to_string(index + 1) + ")", experts, groups));
+            formats::write_file_atomic(svg.string(),
+                                       expert_share_svg("Expert shares of " + heat + " (eval step " + std::to_string(index + 1) + ")", experts, groups));
             say("router heatmap: " + svg.string());
             for (const auto &g : groups) {
-                const at::Tensor mean = g.weights.mean(at::IntArrayRef{0, 1});
+                const at::Tensor mean = g.shares.mean(0);
                 std::string line = "  router of " + heat + " on " + g.label + ": mean weight";
                 for (int64_t e = 0; e < E; ++e) line += " " + experts[size_t(e)] + " " + format_fixed(mean[e].item<double>(), 2);
                 say(line);

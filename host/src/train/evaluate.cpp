@@ -8,7 +8,11 @@
 
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <sstream>
+
+#include <nlohmann/json.hpp>
+#include "util/progress.hpp"
 
 namespace mango {
 
@@ -64,6 +68,13 @@ EvalResult evaluate(CausalLM &model, const at::Tensor &seqs, int64_t batch_size)
         r.stats[k] = v;
     }
     if (!weights.empty()) r.router_weights = at::cat(weights, 1);
+    std::vector<at::Tensor> shares;  // layer order: "layer<N>.expert_share" sorted by N
+    std::vector<std::pair<int, std::string>> keys;
+    for (const auto &[k, v] : r.stats)
+        if (k.size() > 13 && k.compare(k.size() - 13, 13, ".expert_share") == 0) keys.push_back({std::stoi(k.substr(5)), k});
+    std::sort(keys.begin(), keys.end());
+    for (const auto &[_, k] : keys) shares.push_back(at::tensor(r.stats[k], at::kDouble));
+    if (!shares.empty()) r.expert_shares = at::stack(shares);
     return r;
 }
 
@@ -100,55 +111,83 @@ std::string colour(double w, double uniform) {
 
 }  // namespace
 
-std::string router_heatmap_svg(const std::string &title, const std::vector<std::string> &experts, const std::vector<HeatmapGroup> &groups) {
+std::string expert_share_svg(const std::string &title, const std::vector<std::string> &experts, const std::vector<HeatmapGroup> &groups) {
     if (groups.empty()) return "";
-    const int64_t layers = groups[0].weights.size(0), E = groups[0].weights.size(2);
-    int64_t columns = 0;
-    for (const auto &g : groups) columns += g.weights.size(1);
-    const double cell_w = std::max(2.0, std::min(14.0, 900.0 / double(std::max<int64_t>(1, columns))));
-    const double cell_h = 14, gap = 8, left = 170, top = 46;
-    const double band = double(E) * cell_h + gap;
-    const double width = left + double(columns) * cell_w + double(groups.size()) * 6 + 20;
-    const double height = top + double(layers) * band + 60;
+    const int64_t L = groups[0].shares.size(0), E = groups[0].shares.size(1);
+    const double cell_w = std::max(34.0, std::min(70.0, 700.0 / double(std::max<int64_t>(1, E)))), cell_h = 20, left = 70, top = 56, gap = 30;
+    const double panel_w = double(E) * cell_w;
+    const double width = left + double(groups.size()) * (panel_w + gap) + 10, height = top + double(L) * cell_h + 60;
     std::ostringstream o;
     o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
       << "\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
       << "<text x=\"8\" y=\"18\" font-size=\"14\">" << escape(title) << "</text>\n"
-      << "<text x=\"8\" y=\"34\" fill=\"#555\">router weight of each expert per validation sequence: white = an even share (1/" << E
-      << "), orange = more (up to 1), blue = less (down to 0); hover a cell for its value</text>\n";
-    double x0 = left;
-    for (const auto &g : groups) {
-        const at::Tensor w = g.weights.to(at::kCPU, at::kDouble).contiguous();
-        const auto a = w.accessor<double, 3>();
-        for (int64_t l = 0; l < layers; ++l)
-            for (int64_t e = 0; e < E; ++e) {
-                const double y = top + double(l) * band + double(e) * cell_h;
-                for (int64_t s = 0; s < w.size(1); ++s) {
-                    o << "<rect x=\"" << x0 + double(s) * cell_w << "\" y=\"" << y << "\" width=\"" << cell_w << "\" height=\"" << cell_h
-                      << "\" fill=\"" << colour(a[l][s][e], 1.0 / double(E)) << "\"><title>" << escape(g.label) << " seq " << s
-                      << ", layer " << l << ", " << escape(experts[e]) << ": " << a[l][s][e] << "</title></rect>";
-                }
-                o << "\n";
-            }
-        const double mid = x0 + double(w.size(1)) * cell_w / 2;
-        o << "<text x=\"" << mid << "\" y=\"" << top + double(layers) * band + 14 << "\" text-anchor=\"middle\">" << escape(g.label)
+      << "<text x=\"8\" y=\"34\" fill=\"#555\">each expert's share of a layer's routing: white = an even share (1/" << E
+      << "), orange = more, blue = less</text>\n";
+    for (size_t g = 0; g < groups.size(); ++g) {
+        const double x0 = left + double(g) * (panel_w + gap);
+        const at::Tensor w = groups[g].shares.to(at::kCPU, at::kDouble).contiguous();
+        const auto a = w.accessor<double, 2>();
+        o << "<text x=\"" << x0 + panel_w / 2 << "\" y=\"" << top - 6 << "\" text-anchor=\"middle\" font-weight=\"bold\">" << escape(groups[g].label)
           << "</text>\n";
-        // Mean weight per expert over the group, for the reader.
-        std::ostringstream means;
-        at::Tensor m = w.mean(at::IntArrayRef{0, 1});
-        for (int64_t e = 0; e < E; ++e) {
-            char buf[64];
-            std::snprintf(buf, sizeof buf, "%s%.2f", e ? " / " : "", m[e].item<double>());
-            means << buf;
-        }
-        o << "<text x=\"" << mid << "\" y=\"" << top + double(layers) * band + 28 << "\" text-anchor=\"middle\" fill=\"#555\">mean "
-          << means.str() << "</text>\n";
-        x0 += double(w.size(1)) * cell_w + 6;
-    }
-    for (int64_t l = 0; l < layers; ++l)
+        for (int64_t l = 0; l < L; ++l)
+            for (int64_t e = 0; e < E; ++e) {
+                const double x = x0 + double(e) * cell_w, y = top + double(l) * cell_h, v = a[l][e];
+                o << "<rect x=\"" << x << "\" y=\"" << y << "\" width=\"" << cell_w - 1 << "\" height=\"" << cell_h - 1 << "\" fill=\""
+                  << colour(v, 1.0 / double(E)) << "\"><title>" << escape(groups[g].label) << ", layer " << l << ", " << escape(experts[size_t(e)]) << ": "
+                  << v << "</title></rect><text x=\"" << x + cell_w / 2 << "\" y=\"" << y + 14 << "\" text-anchor=\"middle\" font-size=\"10\">"
+                  << format_fixed(v, 2) << "</text>\n";
+            }
         for (int64_t e = 0; e < E; ++e)
-            o << "<text x=\"" << left - 6 << "\" y=\"" << top + double(l) * band + double(e) * cell_h + cell_h - 3
-              << "\" text-anchor=\"end\">layer " << l << " · " << escape(experts[e]) << "</text>\n";
+            o << "<text x=\"" << x0 + (double(e) + 0.5) * cell_w << "\" y=\"" << top + double(L) * cell_h + 14 << "\" text-anchor=\"middle\">"
+              << escape(experts[size_t(e)]) << "</text>\n";
+    }
+    for (int64_t l = 0; l < L; ++l)
+        o << "<text x=\"" << left - 6 << "\" y=\"" << top + double(l) * cell_h + 14 << "\" text-anchor=\"end\">layer " << l << "</text>\n";
+    o << "</svg>\n";
+    return o.str();
+}
+
+std::string training_curves_svg(const std::string &title, const std::string &log_path) {
+    std::ifstream in(log_path);
+    std::map<std::string, std::vector<std::pair<double, double>>> series;  // name -> (step, value)
+    std::string line;
+    while (std::getline(in, line)) {
+        nlohmann::json j;
+        try {
+            j = nlohmann::json::parse(line);
+        } catch (const std::exception &) {
+            continue;
+        }
+        if (!j.contains("step")) continue;
+        const double step = j["step"].get<double>();
+        for (const char *k : {"lm_loss", "perplexity", "validation_perplexity"})
+            if (j.contains(k) && j[k].is_number()) series[k].push_back({step, j[k].get<double>()});
+        if (j.contains("aux_losses") && j["aux_losses"].contains("load_balance")) series["load_balance"].push_back({step, j["aux_losses"]["load_balance"].get<double>()});
+    }
+    const std::vector<std::string> order = {"lm_loss", "perplexity", "load_balance", "validation_perplexity"};
+    std::vector<std::string> shown;
+    for (const auto &k : order)
+        if (!series[k].empty()) shown.push_back(k);
+    const double pw = 320, ph = 180, pad = 46;
+    std::ostringstream o;
+    o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << double(std::max<size_t>(1, shown.size())) * (pw + pad) + pad << "\" height=\"" << ph + 90
+      << "\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"8\" y=\"18\" font-size=\"14\">"
+      << escape(title) << "</text>\n";
+    for (size_t i = 0; i < shown.size(); ++i) {
+        const auto &pts = series[shown[i]];
+        double x_lo = pts.front().first, x_hi = pts.front().first, y_lo = pts.front().second, y_hi = pts.front().second;
+        for (const auto &[x, y] : pts) x_lo = std::min(x_lo, x), x_hi = std::max(x_hi, x), y_lo = std::min(y_lo, y), y_hi = std::max(y_hi, y);
+        if (x_hi == x_lo) x_hi = x_lo + 1;
+        if (y_hi == y_lo) y_hi = y_lo + 1;
+        const double x0 = pad + double(i) * (pw + pad), y0 = 40;
+        o << "<rect x=\"" << x0 << "\" y=\"" << y0 << "\" width=\"" << pw << "\" height=\"" << ph << "\" fill=\"none\" stroke=\"#999\"/>\n";
+        o << "<text x=\"" << x0 + pw / 2 << "\" y=\"" << y0 - 6 << "\" text-anchor=\"middle\" font-weight=\"bold\">" << shown[i] << "</text>\n";
+        o << "<text x=\"" << x0 - 4 << "\" y=\"" << y0 + 10 << "\" text-anchor=\"end\">" << format_fixed(y_hi, 3) << "</text>\n";
+        o << "<text x=\"" << x0 - 4 << "\" y=\"" << y0 + ph << "\" text-anchor=\"end\">" << format_fixed(y_lo, 3) << "</text>\n";
+        o << "<text x=\"" << x0 + pw << "\" y=\"" << y0 + ph + 14 << "\" text-anchor=\"end\">step " << int64_t(x_hi) << "</text>\n<polyline fill=\"none\" stroke=\"#d6602c\" stroke-width=\"1.5\" points=\"";
+        for (const auto &[x, y] : pts) o << x0 + (x - x_lo) / (x_hi - x_lo) * pw << "," << y0 + ph - (y - y_lo) / (y_hi - y_lo) * ph << " ";
+        o << "\"/>\n";
+    }
     o << "</svg>\n";
     return o.str();
 }

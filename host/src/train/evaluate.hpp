@@ -20,19 +20,26 @@ struct EvalResult {
     at::Tensor router_weights;
     // Statistics plugins reported ("layer1.load" -> values), mean over batches.
     std::map<std::string, std::vector<double>> stats;
+    // MoE models: [sparse layers, experts], each expert's share of the routed
+    // slots (from the "expert_share" statistics); undefined for other models.
+    at::Tensor expert_shares;
 };
 
 // seqs: [N, T] int64, every token real. Runs in batches without gradients.
 EvalResult evaluate(CausalLM &model, const at::Tensor &seqs, int64_t batch_size = 8);
 
-// A heatmap of router weights as a self-contained SVG: one band per fusion
-// layer, one row per expert, one column per sequence; columns grouped and
-// labelled by data set.
+// Expert shares as one self-contained SVG a reader takes in at a glance: one
+// panel per data set, a row per layer and a column per expert, each cell
+// coloured by the expert's share of that layer's routing (white = an even
+// share 1/E, orange = more, blue = less) with the value written in it.
 struct HeatmapGroup {
     std::string label;   // data set name
-    at::Tensor weights;  // [layers, sequences, experts]
+    at::Tensor shares;   // [layers, experts], rows summing to 1
 };
-std::string router_heatmap_svg(const std::string &title, const std::vector<std::string> &expert_names,
-                               const std::vector<HeatmapGroup> &groups);
+std::string expert_share_svg(const std::string &title, const std::vector<std::string> &expert_names, const std::vector<HeatmapGroup> &groups);
+
+// Training curves from a JSONL metrics log (loss, perplexity, the
+// load-balancing loss and validation perplexity when present), as an SVG.
+std::string training_curves_svg(const std::string &title, const std::string &metrics_jsonl);
 
 }  // namespace mango
