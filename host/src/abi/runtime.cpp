@@ -25,9 +25,13 @@ void on_sigint(int) {
 // spin against each other (measured: a 6-layer, 512-wide LLaMA forward took
 // 286 ms with both threaded, 125 ms with OpenBLAS on one thread, on 2 cores).
 // So OpenBLAS, when it is the BLAS in use, keeps to one thread per caller.
+bool g_blas_single = false;
 void single_threaded_blas() {
     using SetThreads = void (*)(int);
-    if (auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set(1);
+    if (auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
+        set(1);
+        g_blas_single = true;
+    }
 }
 }  // namespace
 
@@ -43,7 +47,8 @@ std::string runtime_description() {
 #ifdef MANGO_WITH_CUDA
     cuda = at::cuda::is_available() ? std::to_string(at::cuda::device_count()) + " device(s)" : "built, no device";
 #endif
-    return std::string("LibTorch ") + TORCH_VERSION + ", " + std::to_string(at::get_num_threads()) + " threads, CUDA: " + cuda;
+    return std::string("LibTorch ") + TORCH_VERSION + ", " + std::to_string(at::get_num_threads()) + " threads" +
+           (g_blas_single ? " (OpenBLAS: one thread per caller)" : "") + ", CUDA: " + cuda;
 }
 
 }  // namespace mango

@@ -36,7 +36,8 @@ const RuntimeCommands &runtime_commands() {
     static bool done = false;
     if (done) return loaded;
     const std::string path = library_path();
-    void *lib = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    // Global: the runtime finds its BLAS by symbol (single_threaded_blas in abi/runtime.cpp).
+    void *lib = ::dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL);
     if (!lib) throw std::runtime_error("cannot load the mango runtime " + path + ": " + ::dlerror());
     auto fill = reinterpret_cast<RuntimeCommandsFn>(::dlsym(lib, MANGO_COMMANDS_SYMBOL));
     if (!fill) throw std::runtime_error(path + " has no " MANGO_COMMANDS_SYMBOL " (a library of another mango version?)");
