@@ -10,6 +10,7 @@
 #include <mango/plugin.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <iostream>
 
 namespace mango::cli {
@@ -173,6 +174,8 @@ int run(int argc, char **argv) {
 }  // namespace mango::cli
 
 int main(int argc, char **argv) {
+    // Before LibTorch (and its OpenMP) loads: workers sleep while BLAS runs (see abi/runtime.cpp).
+    ::setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
     try {
         return mango::cli::run(argc, argv);
     } catch (const mango::cli::UsageError &e) {
