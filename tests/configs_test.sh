@@ -20,7 +20,8 @@ done > "$work/demo/data/code.jsonl"
 tiny=(--set 'steps.*.steps=2' --set 'steps.*.batch_size=2' --set 'steps.*.save_state_every=1'
       --set 'steps.*.align_steps=1' --set 'steps.*.max_new_tokens=4' --set 'steps.*.warmup_steps=1')
 n=0
-for cfg in "$src"/configs/*.toml; do
+# The demo first: other pipelines read its data and trained models.
+for cfg in "$src/configs/demo.toml" $(ls "$src"/configs/*.toml | grep -v '/demo.toml$'); do
   name=$(basename "$cfg" .toml)
   out="$work/$name"
   echo "== $name"
@@ -38,6 +39,9 @@ done
 grep -q '<svg' "$work/demo/router_heatmap.svg" || fail "the heatmap is not SVG"
 [[ $(grep -c '"perplexity"' "$work/demo/metrics.json") == 16 ]] || fail "the demo's metrics.json should hold 4 models x 4 data sets"
 [[ -s $work/moe_demo/router_heatmap.svg ]] || fail "the MoE demo wrote no expert-share picture"
+[[ -s $work/convert_demo/router_heatmap.svg ]] || fail "the conversion demo wrote no expert-share picture"
+[[ -s $work/convert_demo/converted/upcycled/conversion_report.json ]] || fail "the conversion demo wrote no conversion report"
+[[ $(grep -c '"perplexity"' "$work/convert_demo/metrics.json") == 12 ]] || fail "the conversion demo's metrics.json should hold 3 models x 4 data sets"
 
 # fuse_architectures: the reloaded self-contained fusion evaluates exactly as the original.
 ppl_of() { awk -v m="\"$1\"" '$0 ~ "\"model\": " m {found=1} found && /"perplexity"/ {v=$2} found && /}/ {found=0} END {print v}' "$2"; }

@@ -63,10 +63,12 @@ std::string vtable_problem(int32_t kind, const void *vt, std::vector<std::string
             return "";
         }
         case MANGO_KIND_MOE_CONVERTER: {
+            // Provisional until its first plugins; this is its first frozen layout.
             auto *t = static_cast<const mango_moe_converter_vtable *>(vt);
-            if (size < MANGO_V1_SIZE(mango_moe_converter_vtable, destroy))
-                return too_small(MANGO_V1_SIZE(mango_moe_converter_vtable, destroy));
-            if (!t->create || !t->convert || !t->config_changes || !t->destroy) return "function table has NULL entries";
+            if (size < sizeof(mango_moe_converter_vtable))
+                return "moe_converter table struct_size " + std::to_string(size) + " is too small (" + std::to_string(sizeof(mango_moe_converter_vtable)) +
+                       " bytes)";
+            if (!t->create || !t->convert || !t->destroy) return "function table has NULL entries";
             return "";
         }
         case MANGO_KIND_ARCHITECTURE: {

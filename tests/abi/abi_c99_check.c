@@ -26,8 +26,8 @@ PIN(router_vtable, sizeof(mango_router_vtable) == 40);
 PIN(router_vtable_route_v2, offsetof(mango_router_vtable, route_v2) == 32); /* revision 2 */
 PIN(merge_vtable, sizeof(mango_merge_vtable) == 48);
 PIN(merge_input, sizeof(mango_merge_input) == 56);
-PIN(moe_vtable, sizeof(mango_moe_converter_vtable) == 40);
-PIN(dense_ffn, sizeof(mango_dense_ffn) == 56);
+PIN(moe_vtable, sizeof(mango_moe_converter_vtable) == 32);
+PIN(dense_ffn, sizeof(mango_dense_ffn) == 120);
 PIN(model_info, sizeof(mango_model_info) == 72);
 PIN(architecture_vtable, sizeof(mango_architecture_vtable) == 72);
 PIN(architecture_vtable_tensors, offsetof(mango_architecture_vtable, tensors) == 64); /* revision 2 */

@@ -1,6 +1,6 @@
 // bench_generate MODEL_DIR [--device cpu|cuda] [--dtype float32|bfloat16]
 //                [--prefill N] [--prompt N] [--decode N] [--reps R]
-// Prefill tokens/s (one forward over N tokens, batch 1) and greedy decode
+// [--batch B]: prefill tokens/s (one forward over N tokens, batch 1) and greedy decode
 // tokens/s (KV cache) of a model folder, as JSON. tools/bench/bench_gpu_llama.py
 // runs it beside transformers on the same folder.
 #include "model/generate.hpp"
@@ -32,7 +32,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     std::string dir = argv[1], device = "cpu", dtype = "float32";
-    int64_t prefill = 512, prompt = 32, decode = 128;
+    int64_t prefill = 512, prompt = 32, decode = 128, batch = 1;
     int reps = 10;
     for (int i = 2; i + 1 < argc; i += 2) {
         const std::string a = argv[i], v = argv[i + 1];
@@ -48,6 +48,8 @@ int main(int argc, char **argv) {
             decode = std::stoll(v);
         else if (a == "--reps")
             reps = std::stoi(v);
+        else if (a == "--batch")
+            batch = std::stoll(v);
     }
     mango::init_runtime(0);
     const at::Device dev(device == "cuda" ? at::kCUDA : at::kCPU);
@@ -70,7 +72,7 @@ int main(int argc, char **argv) {
     std::sort(t.begin(), t.end());
     mango::GenerateOptions o;
     o.max_new_tokens = decode;
-    std::vector<std::vector<int64_t>> p = {std::vector<int64_t>(static_cast<size_t>(prompt), 5)};
+    std::vector<std::vector<int64_t>> p(static_cast<size_t>(batch), std::vector<int64_t>(static_cast<size_t>(prompt), 5));
     mango::generate(*model, p, o);  // warm-up
     std::vector<double> g;
     for (int r = 0; r < 3; ++r) {
@@ -82,5 +84,5 @@ int main(int argc, char **argv) {
     std::sort(g.begin(), g.end());
     std::cout << "{\"impl\": \"mango\", \"device\": \"" << device << "\", \"dtype\": \"" << dtype << "\", \"prefill_tokens\": " << prefill
               << ", \"prefill_tok_s\": " << prefill / t[t.size() / 2] << ", \"decode_tokens\": " << decode
-              << ", \"decode_tok_s\": " << decode / g[1] << "}\n";
+              << ", \"batch\": " << batch << ", \"decode_tok_s\": " << double(decode * batch) / g[1] << "}\n";
 }

@@ -208,6 +208,58 @@ at::Tensor MergeInstance::merge(const MergeCall &call) {
     return out ? adopt(out, where_) : at::Tensor();
 }
 
+std::unique_ptr<MoeConverterInstance> MoeConverterInstance::create(const PluginHost &host, const InstanceSpec &spec) {
+    const registry::ComponentInfo &info = host.require("moe_converter", spec.name);
+    auto vt = static_cast<const mango_moe_converter_vtable *>(host.vtable(info));
+    std::string where;
+    auto ctx = make_context(info, spec, where);
+    std::unique_ptr<MoeConverterInstance> c(new MoeConverterInstance(info, std::move(ctx), where));
+    c->vt_ = vt;
+    call_plugin(where + ": create", [&] { return vt->create(c->ctx_.get(), &c->self_); });
+    c->destroy_ = vt->destroy;
+    return c;
+}
+
+std::map<std::string, at::Tensor> MoeConverterInstance::convert(const ConvertCall &call) {
+    ctx_->emitted.clear();
+    ctx_->generator = at::make_generator<at::CPUGeneratorImpl>(call.seed);
+    std::vector<mango_tensor> owned;
+    auto h = [&](const at::Tensor &t) -> mango_tensor {
+        if (!t.defined()) return nullptr;
+        owned.push_back(wrap(t));
+        return owned.back();
+    };
+    mango_dense_ffn f{};
+    f.struct_size = sizeof f;
+    f.layer = call.layer;
+    f.activation = call.activation.c_str();
+    f.gate = h(call.gate);
+    f.up = h(call.up);
+    f.down = h(call.down);
+    f.n_experts = call.experts;
+    f.top_k = call.top_k;
+    f.hidden_states = h(call.hidden_states);
+    f.expert_directions = h(call.expert_directions);
+    std::vector<mango_tensor> sg, su, sd;
+    for (size_t i = 0; i < call.source_up.size(); ++i) {
+        sg.push_back(h(call.source_gate[i]));
+        su.push_back(h(call.source_up[i]));
+        sd.push_back(h(call.source_down[i]));
+    }
+    f.n_sources = su.size();
+    f.source_gate = sg.empty() ? nullptr : sg.data();
+    f.source_up = su.empty() ? nullptr : su.data();
+    f.source_down = sd.empty() ? nullptr : sd.data();
+    clear_plugin_error();
+    const mango_status s = vt_->convert(self_, ctx_.get(), &f);
+    for (mango_tensor t : owned) host_api()->tensor_release(t);
+    check_plugin(s, where_ + ": layer " + std::to_string(call.layer));
+    std::map<std::string, at::Tensor> out;
+    for (const auto &[name, t] : ctx_->emitted) out[name] = t;
+    ctx_->emitted.clear();
+    return out;
+}
+
 void RouterInstance::check_weights(const at::Tensor &weights, const at::Tensor &hidden, const at::Tensor &mask) const {
     const at::Tensor w = weights.detach();
     check_finite_floating(w, where_, "the expert weights");

@@ -127,6 +127,28 @@ private:
     const mango_merge_vtable *vt_ = nullptr;
 };
 
+// A dense FFN for a MoE converter (see mango_dense_ffn).
+struct ConvertCall {
+    int32_t layer = 0;
+    std::string activation = "silu";
+    at::Tensor gate, up, down;
+    int64_t experts = 0, top_k = 0;
+    at::Tensor hidden_states, expert_directions;
+    std::vector<at::Tensor> source_gate, source_up, source_down;
+    uint64_t seed = 0;
+};
+
+class MoeConverterInstance : public Instance {
+public:
+    static std::unique_ptr<MoeConverterInstance> create(const PluginHost &host, const InstanceSpec &spec);
+    // The emitted tensors by name ("experts.0.gate", ..., "router").
+    std::map<std::string, at::Tensor> convert(const ConvertCall &call);
+
+private:
+    using Instance::Instance;
+    const mango_moe_converter_vtable *vt_ = nullptr;
+};
+
 // Throws naming `where` unless `t` has a floating dtype and only finite values.
 void check_finite_floating(const at::Tensor &t, const std::string &where, const std::string &what);
 

@@ -53,6 +53,7 @@ std::vector<Command> tokenize_commands();
 std::vector<Command> run_commands();
 std::vector<Command> plugin_test_commands();
 std::vector<Command> merge_commands();
+std::vector<Command> convert_commands();
 
 // What the thin executable finds in the runtime library (load_commands.cpp).
 struct RuntimeCommands {

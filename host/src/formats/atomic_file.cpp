@@ -130,4 +130,38 @@ FolderLock::~FolderLock() {
     }
 }
 
+OutputFolder::OutputFolder(const std::string &out_in, bool force, const std::vector<std::string> &inputs) {
+    namespace fs = std::filesystem;
+    const fs::path out = fs::absolute(out_in).lexically_normal();
+    out_ = out.string();
+    for (const std::string &input : inputs) {
+        const std::string a = out_ + "/", b = fs::absolute(input).lexically_normal().string() + "/";
+        if (a.rfind(b, 0) == 0 || b.rfind(a, 0) == 0)
+            throw FormatError(out_ + ": the output folder must not be, contain or lie inside an input model (" + input + ")");
+    }
+    if (fs::exists(out) && !force) throw FormatError(out_ + " exists; pass --force to replace it");
+    fs::create_directories(out.parent_path());
+    lock_ = std::make_unique<FolderLock>(out.parent_path().string());
+    remove_stale_temp_files(out.parent_path().string());
+    tmp_ = temp_name(out_);
+    fs::remove_all(tmp_);
+    fs::create_directories(tmp_);
+}
+
+void OutputFolder::commit() {
+    namespace fs = std::filesystem;
+    const std::string old = out_ + ".mango-old-" + std::to_string(::getpid());
+    if (fs::exists(out_)) fs::rename(out_, old);
+    fs::rename(tmp_, out_);
+    committed_ = true;
+    std::error_code ec;
+    fs::remove_all(old, ec);
+}
+
+OutputFolder::~OutputFolder() {
+    if (committed_) return;
+    std::error_code ec;
+    std::filesystem::remove_all(tmp_, ec);
+}
+
 }  // namespace mango::formats

@@ -6,7 +6,9 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
+#include <vector>
 
 namespace mango::formats {
 
@@ -37,6 +39,28 @@ public:
 
 private:
     int fd_ = -1;
+};
+
+// An output folder that appears whole or not at all: files are written into
+// a temp folder beside OUT (path()), and commit() swaps it in (a replaced
+// folder is moved aside first, then removed). Until commit() the temp folder
+// is removed on destruction. The constructor fails when OUT exists without
+// `force`, or when OUT is, contains or lies inside one of `inputs`; the
+// parent folder stays locked (FolderLock) for the object's lifetime.
+class OutputFolder {
+public:
+    OutputFolder(const std::string &out, bool force, const std::vector<std::string> &inputs);
+    ~OutputFolder();
+    OutputFolder(const OutputFolder &) = delete;
+    OutputFolder &operator=(const OutputFolder &) = delete;
+    const std::string &path() const { return tmp_; }  // where to write
+    const std::string &target() const { return out_; }
+    void commit();
+
+private:
+    std::string out_, tmp_;
+    std::unique_ptr<FolderLock> lock_;
+    bool committed_ = false;
 };
 
 }  // namespace mango::formats

@@ -365,20 +365,11 @@ Result run(const PluginHost &host, const Config &config, const std::string &out_
     plan.plan();
     for (const Planned &t : plan.planned_) plan.parameters(t);  // fail before writing anything
 
-    const fs::path out = fs::absolute(out_dir_in).lexically_normal();
-    for (const InputModel &m : plan.models_) {
-        const fs::path in = fs::path(m.dir);
-        const std::string a = out.string() + "/", b = in.string() + "/";
-        if (a.rfind(b, 0) == 0 || b.rfind(a, 0) == 0)
-            throw HostError(out.string() + ": the output folder must not be, contain or lie inside an input model (" + m.dir + ")");
-    }
-    if (fs::exists(out) && !options.force) throw HostError(out.string() + " exists; pass --force to replace it");
-    fs::create_directories(out.parent_path());
-    formats::FolderLock lock(out.parent_path().string());
-    formats::remove_stale_temp_files(out.parent_path().string());
-    const std::string tmp = formats::temp_name(out.string());
-    fs::remove_all(tmp);
-    fs::create_directories(tmp);
+    std::vector<std::string> inputs;
+    for (const InputModel &m : plan.models_) inputs.push_back(m.dir);
+    formats::OutputFolder folder(out_dir_in, options.force, inputs);
+    const fs::path out = folder.target();
+    const std::string tmp = folder.path();
 
     Result r;
     r.out_dir = out.string();
@@ -386,7 +377,7 @@ Result run(const PluginHost &host, const Config &config, const std::string &out_
     r.layers = plan.out_layers_;
     r.skipped = plan.skipped_;
     for (const auto &m : plan.models_) r.models.push_back(m.dir);
-    try {
+    {
         const at::Device device(options.device);
         const std::string dtype_name = options.dtype.empty() ? config.dtype : options.dtype;
         InstanceSpec spec;
@@ -502,17 +493,8 @@ Result run(const PluginHost &host, const Config &config, const std::string &out_
         r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
         bar.finish(std::to_string(r.tensors) + " tensors, " + format_fixed(double(r.bytes_written) / 1e9, 2) + " GB written in " +
                    format_duration(r.seconds));
-    } catch (...) {
-        std::error_code ec;
-        fs::remove_all(tmp, ec);
-        throw;
     }
-    // The folder appears whole: a replaced one is moved aside first, then removed.
-    const std::string old = out.string() + ".mango-old-" + std::to_string(::getpid());
-    if (fs::exists(out)) fs::rename(out, old);
-    fs::rename(tmp, out);
-    std::error_code ec;
-    fs::remove_all(old, ec);
+    folder.commit();
     for (std::string &f : r.files) f = (out / fs::path(f).filename()).string();
     return r;
 }

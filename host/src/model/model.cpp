@@ -140,9 +140,6 @@ std::unique_ptr<Model> Model::build(const PluginHost &host, const std::string &d
     m->dtype_ = dtype;
     m->device_ = device;
     m->config_ = formats::load_hf_config(dir);
-    const registry::ComponentInfo *arch = &architecture_for(host, m->config_);
-    m->component_ = *arch;
-    m->vt_ = static_cast<const mango_architecture_vtable *>(host.vtable(*arch));
     m->ctx_ = std::make_unique<InstanceContext>();
     if (random) {
         m->ctx_->random_init = true;
@@ -150,40 +147,66 @@ std::unique_ptr<Model> Model::build(const PluginHost &host, const std::string &d
         at::manual_seed(seed);
     } else {
         m->ckpt_ = std::make_shared<formats::Checkpoint>(formats::Checkpoint::open(dir));
-    }
-    m->ctx_->label = "architecture '" + arch->name + "' for " + dir;
-    m->ctx_->config = normalized_config(m->config_.raw);
-    m->ctx_->param_options = at::TensorOptions().dtype(dtype).device(device);
-    auto ckpt = m->ckpt_;
-    const std::string where = dir;
-    if (ckpt) m->ctx_->has_weight = [ckpt](const std::string &name) { return ckpt->contains(name); };
-    if (ckpt)
-        m->ctx_->weights = [ckpt, dtype, device, where](const std::string &name) {
+        auto ckpt = m->ckpt_;
+        m->ctx_->has_weight = [ckpt](const std::string &name) { return ckpt->contains(name); };
+        m->ctx_->weights = [ckpt, dtype, device, where = dir](const std::string &name) {
             if (!ckpt->contains(name)) throw HostError(where + " has no tensor '" + name + "'");
-            at::Tensor t = ckpt->tensor(name);
-            if (!t.is_floating_point())
-                throw HostError(where + ": tensor '" + name + "' has dtype " + c10::toString(t.scalar_type()) +
-                                ", expected a floating-point weight");
-            return t.to(device, dtype);
+            return checked_weight(ckpt->tensor(name), name, where).to(device, dtype);
         };
+    }
+    m->instantiate(host);
+    return m;
+}
+
+std::unique_ptr<Model> Model::from_tensors(const PluginHost &host, const nlohmann::json &config,
+                                           std::shared_ptr<const std::map<std::string, at::Tensor>> tensors, const std::string &where,
+                                           at::ScalarType dtype, at::Device device) {
+    std::unique_ptr<Model> m(new Model());
+    m->dir_ = where;
+    m->dtype_ = dtype;
+    m->device_ = device;
+    m->config_ = formats::parse_hf_config(config.dump(), where + "/config.json");
+    m->ctx_ = std::make_unique<InstanceContext>();
+    m->ctx_->has_weight = [tensors](const std::string &name) { return tensors->count(name) > 0; };
+    m->ctx_->weights = [tensors, dtype, device, where](const std::string &name) {
+        auto it = tensors->find(name);
+        if (it == tensors->end()) throw HostError(where + " has no tensor '" + name + "'");
+        return checked_weight(it->second, name, where).to(device, dtype);
+    };
+    m->instantiate(host);
+    return m;
+}
+
+at::Tensor Model::checked_weight(const at::Tensor &t, const std::string &name, const std::string &where) {
+    if (!t.is_floating_point())
+        throw HostError(where + ": tensor '" + name + "' has dtype " + c10::toString(t.scalar_type()) + ", expected a floating-point weight");
+    return t;
+}
+
+void Model::instantiate(const PluginHost &host) {
+    const registry::ComponentInfo *arch = &architecture_for(host, config_);
+    component_ = *arch;
+    vt_ = static_cast<const mango_architecture_vtable *>(host.vtable(*arch));
+    ctx_->label = "architecture '" + arch->name + "' for " + dir_;
+    ctx_->config = normalized_config(config_.raw);
+    ctx_->param_options = at::TensorOptions().dtype(dtype_).device(device_);
     try {
-        call_plugin(m->ctx_->label + ": create", [&] { return m->vt_->create(m->ctx_.get(), &m->self_); });
+        call_plugin(ctx_->label + ": create", [&] { return vt_->create(ctx_.get(), &self_); });
         mango_model_info info{};
         info.struct_size = sizeof info;
-        call_plugin(m->ctx_->label + ": describe", [&] { return m->vt_->describe(m->self_, m->ctx_.get(), &info); });
-        if (MANGO_HAS(m->vt_, mango_architecture_vtable, tensors) && m->vt_->tensors) {
+        call_plugin(ctx_->label + ": describe", [&] { return vt_->describe(self_, ctx_.get(), &info); });
+        if (MANGO_HAS(vt_, mango_architecture_vtable, tensors) && vt_->tensors) {
             // The table is the truth about roles; describe()'s v1 declarations are replaced.
-            m->ctx_->roles.clear();
-            call_plugin(m->ctx_->label + ": tensors", [&] { return m->vt_->tensors(m->ctx_.get()); });
+            ctx_->roles.clear();
+            call_plugin(ctx_->label + ": tensors", [&] { return vt_->tensors(ctx_.get()); });
         }
-        m->info_ = {info.is_causal != 0, info.hidden_size, info.n_layers,      info.vocab_size,          info.n_heads,
-                    info.n_kv_heads,     info.head_dim,    info.max_positions, info.tied_embeddings != 0};
+        info_ = {info.is_causal != 0, info.hidden_size, info.n_layers,      info.vocab_size,          info.n_heads,
+                 info.n_kv_heads,     info.head_dim,    info.max_positions, info.tied_embeddings != 0};
     } catch (...) {
-        if (m->self_) m->vt_->destroy(m->self_);
-        m->self_ = nullptr;
+        if (self_) vt_->destroy(self_);
+        self_ = nullptr;
         throw;
     }
-    return m;
 }
 
 Model::~Model() {

@@ -8,6 +8,7 @@
 
 #include <ATen/core/grad_mode.h>
 
+#include <map>
 #include <memory>
 #include <string>
 
@@ -94,6 +95,11 @@ public:
     // for biases.
     static std::unique_ptr<Model> init_random(const PluginHost &host, const std::string &config_dir, uint64_t seed,
                                               at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
+    // A model from a config and tensors in memory (by checkpoint name), as
+    // if a folder held them; `where` names it in messages.
+    static std::unique_ptr<Model> from_tensors(const PluginHost &host, const nlohmann::json &config,
+                                               std::shared_ptr<const std::map<std::string, at::Tensor>> tensors, const std::string &where,
+                                               at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
     // Every tensor a model of DIR/config.json has, as its architecture's
     // table declares them, without loading any weight (the plugin must have
     // a tensor table: architecture vtable revision 2). `check_dir`: also
@@ -163,6 +169,9 @@ private:
     Model() = default;
     static std::unique_ptr<Model> build(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device,
                                         bool random, uint64_t seed);
+    // Creates the plugin instance for config_ with ctx_'s weight callbacks set.
+    void instantiate(const PluginHost &host);
+    static at::Tensor checked_weight(const at::Tensor &t, const std::string &name, const std::string &where);
     std::string dir_;
     formats::HfConfig config_;
     std::shared_ptr<formats::Checkpoint> ckpt_;

@@ -360,6 +360,67 @@ MergeStep read_merge(const PluginHost &host, Table &t, const PipelineSpec &spec,
     return st;
 }
 
+// A convert_moe step: the options of `mango convert-moe`, data sets by name.
+ConvertMoeStep read_convert_moe(const PluginHost &host, Table &t, const PipelineSpec &spec, Names &names) {
+    ConvertMoeStep st;
+    st.model = t.required_string("model");
+    st.from = t.required_string("from");
+    moe::ConvertOptions &o = st.options;
+    if (const toml::node *c = t.get("converter"); c && c->is_table()) {
+        const InstanceSpec ps = plugin_spec(host, Table(t.source(), *c->as_table(), t.name() + ".converter"), "moe_converter");
+        o.converter = ps.name;
+        o.converter_options = ps.options;
+        o.where = ps.where;
+    } else {
+        o.converter = t.string("converter", "upcycle");
+        o.where = t.at("converter");
+        try {
+            host.require("moe_converter", o.converter);
+        } catch (const std::exception &e) {
+            throw PipelineError(t.at("converter") + ": " + e.what());
+        }
+    }
+    o.experts = t.integer("experts", 4, 2);
+    o.top_k = t.integer("top_k", 2, 1);
+    if (o.top_k > o.experts)
+        throw PipelineError(t.at("top_k") + ": top_k " + std::to_string(o.top_k) + " exceeds experts " + std::to_string(o.experts));
+    if (t.has("every") && t.has("layers")) throw PipelineError(t.here() + ": give 'every' or 'layers', not both");
+    o.every = t.integer("every", 1, 1);
+    if (const toml::node *l = t.get("layers")) {
+        if (!l->is_array()) throw PipelineError(t.at("layers") + ": expected a list of layer numbers");
+        for (const toml::node &x : *l->as_array()) {
+            if (!x.is_integer()) throw PipelineError(t.at("layers") + ": expected a list of layer numbers");
+            o.layers.push_back(int32_t(x.as_integer()->get()));
+        }
+    }
+    o.format = t.string("format", "");
+    if (!o.format.empty() && o.format != "mixtral" && o.format != "qwen2_moe" && o.format != "deepseek_v3")
+        throw PipelineError(t.at("format") + ": format must be mixtral, qwen2_moe or deepseek_v3, not \"" + clip(o.format) + "\"");
+    auto data_name = [&](const std::string &key) {
+        const std::string d = t.string(key, "");
+        if (!d.empty()) check_names({d}, names.data, "data set", t.at(key));
+        return d;
+    };
+    st.test_data = data_name("test_data");
+    st.calibration_data = data_name("calibration_data");
+    o.max_increase = t.number("max_increase", 0.02, 0);
+    o.metric = t.string("metric", "perplexity");
+    if (o.metric != "perplexity" && o.metric != "kl")
+        throw PipelineError(t.at("metric") + ": metric must be perplexity or kl, not \"" + clip(o.metric) + "\"");
+    o.test_sequences = t.integer("test_sequences", 16, 1);
+    o.calibration_tokens = t.integer("calibration_tokens", 2048, 1);
+    if (auto p = t.path("prompts")) o.prompts = *p;
+    o.gate_mode = t.string("gate_mode", "");
+    st.sources = t.strings("sources");
+    o.rest = t.string("rest", "base");
+    o.seed = static_cast<uint64_t>(t.integer("seed", 0, 0));
+    auto out = t.path("output");
+    st.output = out ? *out : (fs::path(spec.output) / "converted" / st.model).string();
+    if (std::find(names.models.begin(), names.models.end(), st.model) == names.models.end()) names.models.push_back(st.model);
+    names.defs.erase(st.model);  // known only at run time
+    return st;
+}
+
 void read_steps(const PluginHost &host, PipelineSpec &spec, const toml::node *steps, const Source &src, Names &names) {
     if (!steps) throw PipelineError(src.file + ": no [[steps]]: nothing to do");
     if (!steps->is_array_of_tables()) throw PipelineError(where(src, steps, "steps") + ": expected [[steps]] tables");
@@ -442,8 +503,11 @@ void read_steps(const PluginHost &host, PipelineSpec &spec, const toml::node *st
             s.step = st;
         } else if (s.kind == "merge") {
             s.step = read_merge(host, t, spec, src, names);
+        } else if (s.kind == "convert_moe") {
+            s.step = read_convert_moe(host, t, spec, names);
         } else {
-            throw PipelineError(t.at("run") + ": unknown step \"" + s.kind + "\" (expected train, eval, generate, save, load or merge)");
+            throw PipelineError(t.at("run") + ": unknown step \"" + s.kind +
+                                "\" (expected train, eval, generate, save, load, merge or convert_moe)");
         }
         t.finish();
         spec.steps.push_back(std::move(s));

@@ -10,6 +10,7 @@
 #include "train/data.hpp"
 #include "fusion/fusion.hpp"
 #include "model/generate.hpp"
+#include "moe/convert.hpp"
 #include "train/training_run.hpp"
 
 #include <optional>
@@ -87,9 +88,17 @@ struct MergeStep {
     std::string dtype;            // overrides the YAML's ("" = as configured)
     uint64_t seed = 0;
 };
+struct ConvertMoeStep {
+    std::string model;                        // the converted model's name in later steps
+    std::string from;                         // the dense model: a pipeline model name or a folder
+    std::vector<std::string> sources;         // from_models: names or folders
+    std::string test_data, calibration_data;  // data set names ("" = none): validation / training sequences
+    std::string output;                       // the converted folder
+    moe::ConvertOptions options;
+};
 struct StepDef {
     std::string kind, where;
-    std::variant<TrainStep, EvalStep, GenerateStep, SaveStep, LoadStep, MergeStep> step;
+    std::variant<TrainStep, EvalStep, GenerateStep, SaveStep, LoadStep, MergeStep, ConvertMoeStep> step;
 };
 
 struct PipelineSpec {

@@ -374,6 +374,50 @@ private:
         return {{"model", s.model}, {"method", r.method}, {"output", r.out_dir}, {"tensors", r.tensors}, {"seconds", r.seconds}};
     }
 
+    json step(const ConvertMoeStep &s, size_t) {
+        // A pipeline model name stands for its folder (given, trained and saved, merged, loaded, converted).
+        auto folder = [&](const std::string &name) {
+            if (auto it = plain_.find(name); it != plain_.end()) {
+                if (!it->second->from_checkpoint())
+                    throw PipelineError("convert_moe: model '" + name + "' has no weights in a folder yet (train it first)");
+                return it->second->dir();
+            }
+            for (const auto &m : spec_.models)
+                if (m.name == name) {
+                    if (m.kind != ModelDef::Kind::Folder)
+                        throw PipelineError("convert_moe: model '" + name + "' is not a dense model folder (train or save it first)");
+                    return m.path;
+                }
+            return name;
+        };
+        moe::ConvertOptions o = s.options;
+        o.progress = settings_.progress && !settings_.json;
+        o.force = true;  // the pipeline's own output folder
+        o.tokenizer = spec_.tokenizer;
+        for (const auto &src : s.sources) o.sources.push_back(folder(src));
+        if (!s.test_data.empty()) {
+            const PackedData &p = data(s.test_data);
+            o.test_ids = p.validation.size(0) > 0 ? p.validation : p.train;
+        }
+        if (!s.calibration_data.empty()) o.calibration_ids = data(s.calibration_data).train;
+        const moe::ConvertResult r = moe::convert(host_, folder(s.from), s.output, o);
+        say(moe::outcome_table(r));
+        auto m = std::shared_ptr<Model>(Model::load(host_, r.out_dir, spec_.dtype, spec_.device));
+        plain_[s.model] = m;
+        live_[s.model] = m;
+        json layers = json::array();
+        int64_t kept = 0;
+        for (const auto &x : r.layers) {
+            layers.push_back({{"layer", x.layer}, {"converted", x.converted}, {"before", x.before}, {"after", x.after}});
+            kept += x.converted;
+        }
+        say("converted " + s.from + " to a " + r.format + " model with " + std::to_string(r.experts) + " experts (top-" +
+            std::to_string(r.top_k) + ") in " + std::to_string(kept) + " layers, " + r.out_dir + "; it is model '" + s.model + "'");
+        json out = {{"model", s.model}, {"output", r.out_dir}, {"format", r.format}, {"layers", layers}};
+        if (!r.metric.empty()) out.update({{"metric", r.metric}, {"dense", r.dense_metric}, {"final", r.final_metric}});
+        return out;
+    }
+
     void copy_tokenizer(const std::string &dir) {
         const fs::path src = fs::is_directory(spec_.tokenizer) ? fs::path(spec_.tokenizer) / "tokenizer.json" : fs::path(spec_.tokenizer);
         formats::copy_file_atomic(src.string(), (fs::path(dir) / "tokenizer.json").string());

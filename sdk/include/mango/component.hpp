@@ -134,6 +134,41 @@ struct MergeGlue {
     }
 };
 
+// T(Context&) and void convert(Context&, const DenseFfn&), emitting through ctx.emit().
+template <class T>
+struct ConverterGlue {
+    static mango_status create(mango_context *c, void **self) {
+        return guard([&] {
+            Context ctx(c);
+            *self = new T(ctx);
+        });
+    }
+    static mango_status convert(void *self, mango_context *c, const mango_dense_ffn *f) {
+        return guard([&] {
+            Context ctx(c);
+            DenseFfn d;
+            d.layer = f->layer;
+            d.activation = f->activation ? f->activation : "silu";
+            d.gate = Tensor::borrow(f->gate);
+            d.up = Tensor::borrow(f->up);
+            d.down = Tensor::borrow(f->down);
+            d.up_bias = Tensor::borrow(f->up_bias);
+            d.down_bias = Tensor::borrow(f->down_bias);
+            d.n_experts = f->n_experts;
+            d.top_k = f->top_k;
+            d.hidden_states = Tensor::borrow(f->hidden_states);
+            d.expert_directions = Tensor::borrow(f->expert_directions);
+            for (size_t i = 0; i < f->n_sources; ++i) {
+                d.source_gate.push_back(Tensor::borrow(f->source_gate ? f->source_gate[i] : nullptr));
+                d.source_up.push_back(Tensor::borrow(f->source_up[i]));
+                d.source_down.push_back(Tensor::borrow(f->source_down[i]));
+            }
+            static_cast<T *>(self)->convert(ctx, d);
+        });
+    }
+    static inline const mango_moe_converter_vtable vtable{sizeof(mango_moe_converter_vtable), &create, &convert, &destroy<T>};
+};
+
 // T(Context&), describe(Context&, mango_model_info&), embed(Context&, ids, pos),
 // block(Context&, layer, hidden, mask, pos, use_cache), head(Context&, hidden),
 // and optionally static TensorTable tensor_table(Context&) (from config alone).
@@ -221,6 +256,11 @@ template <class T>
 mango_component merge(const char *name, const char *version, const char *summary, const char *schema, const char *model_schema,
                       uint32_t flags = 0) {
     return component(MANGO_KIND_MERGE, name, version, summary, schema, detail::MergeGlue<T>::make(model_schema, flags));
+}
+
+template <class T>
+mango_component moe_converter(const char *name, const char *version, const char *summary, const char *schema) {
+    return component(MANGO_KIND_MOE_CONVERTER, name, version, summary, schema, &detail::ConverterGlue<T>::vtable);
 }
 
 // `model_types`: a static NULL-terminated list of config.json model_type values.

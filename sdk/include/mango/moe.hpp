@@ -102,7 +102,10 @@ public:
     // per slot instead, so nothing waits for the device.
     Tensor forward(const Tensor &x, const Routing &r, const std::string &act, bool small) const {
         const int64_t T = x.size(0), K = r.experts.size(1);
-        Tensor y = small ? gathered(x, r, act) : grouped(x, r, act);  // [T*K, H], slot order
+        // One grouped GEMM per projection on CUDA bf16 where the LibTorch has
+        // aten::_grouped_mm (no host sync either); else per-expert matmuls.
+        const bool grouped_mm = x.device().type == MANGO_DEVICE_CUDA && x.dtype() == MANGO_DTYPE_BF16 && has_grouped_mm() && (gate_up_ || small);
+        Tensor y = grouped_mm ? grouped_gemm(x, r, act) : small ? gathered(x, r, act) : grouped(x, r, act);  // [T*K, H], slot order
         Tensor weighted = ops::mul(y, ops::reshape(r.weights, {T * K, 1}));
         return ops::to_dtype(ops::sum(ops::reshape(weighted, {T, K, x.size(1)}), {1}), x.dtype());
     }
@@ -133,6 +136,32 @@ private:
         }
         Tensor ys = ops::cat(parts, 0);
         return ops::index_select(ys, 0, ops::argsort(order, 0, false));  // back to slot order
+    }
+
+    static bool has_grouped_mm() {
+        static const bool yes = [] {
+            const mango_op *op = nullptr;
+            return host().find_op("aten::_grouped_mm", "", &op) == MANGO_OK;
+        }();
+        return yes;
+    }
+
+    // Slots sorted by expert, two aten::_grouped_mm calls with the experts'
+    // offsets computed on the device.
+    Tensor grouped_gemm(const Tensor &x, const Routing &r, const std::string &act) const {
+        const int64_t K = r.experts.size(1);
+        Tensor flat = ops::reshape(r.experts, {-1});
+        static const Op sort("aten::sort", "stable"), bincount("aten::bincount"), cumsum("aten::cumsum"), floor_divide("aten::floor_divide", "Scalar"),
+            grouped_mm("aten::_grouped_mm");
+        Results sorted;
+        sort.call({flat, true, int64_t(0), false}, sorted);
+        Tensor order = sorted.tensor(1);
+        Tensor offs = ops::to_dtype(cumsum({bincount({flat, nullptr, n_}), int64_t(0)}), MANGO_DTYPE_I32);
+        Tensor rows = ops::index_select(x, 0, floor_divide({order, int64_t(K)}));
+        Tensor h = grouped_mm({rows, ops::transpose(stacked_gate_up(), 1, 2), offs});  // [TK, 2I]
+        h = ops::mul(layers::activation(act, ops::narrow(h, -1, 0, inter_)), ops::narrow(h, -1, inter_, inter_));
+        Tensor ys = grouped_mm({h, ops::transpose(stacked_down(), 1, 2), offs});  // [TK, H]
+        return ops::index_select(ys, 0, ops::argsort(order, 0, false));
     }
 
     Tensor gathered(const Tensor &x, const Routing &r, const std::string &act) const {

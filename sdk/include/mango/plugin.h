@@ -294,8 +294,8 @@ typedef struct mango_host_api {
      * when empty, else a new reference. set: borrowed, host keeps a ref. */
     mango_status (*cache_get)(mango_context *ctx, const char *key, mango_tensor *out);
     mango_status (*cache_set)(mango_context *ctx, const char *key, mango_tensor value);
-    /* PROVISIONAL (no shipped plugin uses it yet). Output of MoE conversion:
-     * a named result tensor (borrowed). */
+    /* Output of a MoE conversion: a named result tensor (borrowed; the host
+     * keeps a reference). */
     mango_status (*emit)(mango_context *ctx, const char *name, mango_tensor value);
     /* A per-model parameter of a merge (weight, density, ...) for the
      * tensor being merged: model_index is the position in
@@ -425,29 +425,44 @@ typedef struct mango_merge_vtable {
     uint32_t flags; /* MANGO_MERGE_* */
 } mango_merge_vtable;
 
-/* PROVISIONAL. A dense feed-forward block handed to a MoE converter, tensors by role
- * (borrowed; NULL where the architecture has none). */
+/* A dense feed-forward block handed to a MoE converter: the FFN of one layer
+ * of the dense model (and of each source model, for converters that take
+ * experts from several fine-tunes), what the conversion asks for, and data
+ * to initialise the router from. Everything is borrowed for the call. FFNs
+ * are SwiGLU-style: down(act(gate x) * (up x)); gate is NULL for a plain
+ * MLP (down(act(up x))). */
 typedef struct mango_dense_ffn {
     uint32_t struct_size;
     int32_t layer;
-    const char *activation; /* config's activation name, e.g. "silu", "gelu_new" */
-    mango_tensor gate;      /* [F, H] or NULL (non-gated MLP) */
-    mango_tensor up;        /* [F, H] */
-    mango_tensor down;      /* [H, F] */
-    mango_tensor up_bias;   /* [F] or NULL */
-    mango_tensor down_bias; /* [H] or NULL */
+    const char *activation;  /* config's activation name, e.g. "silu" */
+    mango_tensor gate;       /* [F, H] or NULL (non-gated MLP) */
+    mango_tensor up;         /* [F, H] */
+    mango_tensor down;       /* [H, F] */
+    mango_tensor up_bias;    /* [F] or NULL */
+    mango_tensor down_bias;  /* [H] or NULL */
+    int64_t n_experts;       /* experts to make */
+    int64_t top_k;           /* experts per token the output model will use */
+    /* Inputs of this layer's FFN (after its norm) on calibration text, [N, H],
+     * or NULL: for routers initialised from data. */
+    mango_tensor hidden_states;
+    /* Other models' FFNs for this layer (fine-tunes of the same base), in
+     * configuration order, n_sources each (NULL arrays when none). */
+    size_t n_sources;
+    const mango_tensor *source_gate, *source_up, *source_down;
+    /* Per expert, a direction in hidden space the router should prefer for
+     * it ([n_experts, H]; e.g. from prompts), or NULL. */
+    mango_tensor expert_directions;
 } mango_dense_ffn;
 
-/* PROVISIONAL. MoE converter: turns one dense FFN into experts + router weights, written
- * with emit() under role names ("experts.<i>.up.weight", "router.weight",
- * ...). describe_config() emits config changes as a JSON object text. */
+/* MoE converter: turns one dense FFN into n_experts experts and a router,
+ * written with emit(): "experts.<e>.gate", "experts.<e>.up",
+ * "experts.<e>.down" ([F_e, H], [F_e, H], [H, F_e]; gate omitted for a plain
+ * MLP; every expert the same F_e) and "router" ([n_experts, H]). Any output
+ * scale the method needs (e.g. E/k for split experts) is folded into down. */
 typedef struct mango_moe_converter_vtable {
     uint32_t struct_size;
     mango_status (*create)(mango_context *ctx, void **self);
     mango_status (*convert)(void *self, mango_context *ctx, const mango_dense_ffn *ffn);
-    /* Writes a borrowed JSON object text (valid until destroy) of config.json
-     * keys to set, e.g. {"num_local_experts": 8, "num_experts_per_tok": 2}. */
-    mango_status (*config_changes)(void *self, mango_context *ctx, const char **json);
     void (*destroy)(void *self);
 } mango_moe_converter_vtable;
 

@@ -283,6 +283,17 @@ struct MergeInput {
     bool has_base() const { return base >= 0 && size_t(base) < models.size(); }
 };
 
+// One dense FFN to convert into experts (mango_dense_ffn, with owned handles).
+struct DenseFfn {
+    int32_t layer = 0;
+    std::string activation;
+    Tensor gate, up, down, up_bias, down_bias;  // gate empty for a plain MLP
+    int64_t n_experts = 0, top_k = 0;
+    Tensor hidden_states;                        // [N, H] or empty
+    std::vector<Tensor> source_gate, source_up, source_down;  // other models' FFNs
+    Tensor expert_directions;                    // [n_experts, H] or empty
+};
+
 // ---- the instance's context -----------------------------------------------
 
 class Context {

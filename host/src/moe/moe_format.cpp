@@ -1,0 +1,205 @@
+#include "moe/moe_format.hpp"
+
+#include "util/error.hpp"
+
+#include <ATen/ATen.h>
+
+#include <set>
+
+namespace mango::moe {
+
+using json = nlohmann::json;
+
+at::Tensor DenseModel::find(int32_t layer, const std::string &role) const {
+    for (const TensorDecl &d : table)
+        if (d.layer == layer && d.role == role) {
+            auto it = tensors.find(d.flags & MANGO_TENSOR_TIED ? d.tied_to : d.name);
+            return it == tensors.end() ? at::Tensor() : it->second;
+        }
+    return {};
+}
+
+const std::vector<std::string> &known_formats() {
+    static const std::vector<std::string> f = {"mixtral", "qwen2_moe", "deepseek_v3"};
+    return f;
+}
+
+namespace {
+
+const std::set<std::string> kSources = {"llama", "mistral", "qwen2"};
+
+std::string layer_list(const std::vector<bool> &sparse, bool want) {
+    std::string s;
+    for (size_t l = 0; l < sparse.size(); ++l)
+        if (sparse[l] == want) s += (s.empty() ? "" : ", ") + std::to_string(l);
+    return s;
+}
+
+// The attention window the source applies, 0 for none (mistral: sliding_window; qwen2: when use_sliding_window).
+int64_t sliding_window(const DenseModel &d) {
+    const json &r = d.config.raw;
+    if (!r.contains("sliding_window") || !r["sliding_window"].is_number_integer()) return 0;
+    if (d.config.model_type == "qwen2" && !r.value("use_sliding_window", false)) return 0;
+    if (d.config.model_type == "llama") return 0;
+    const int64_t w = r["sliding_window"].get<int64_t>();
+    return w > 0 && (d.config.max_positions <= 0 || w < d.config.max_positions) ? w : 0;
+}
+
+bool has_qkv_bias(const DenseModel &d) {
+    for (const TensorDecl &t : d.table)
+        if (t.role == "attn.q.bias" || t.role == "attn.k.bias" || t.role == "attn.v.bias") return true;
+    return false;
+}
+
+}  // namespace
+
+void check_source(const DenseModel &d) {
+    if (!kSources.count(d.config.model_type))
+        throw HostError(d.dir + " (model_type \"" + clip(d.config.model_type) +
+                        "\"): convert-moe writes Mixtral or Qwen2-MoE models, whose layers are LLaMA-style (RMSNorm, rotary attention, "
+                        "gated FFN), so it reads llama, mistral and qwen2 models; a MoE format for other families is not implemented");
+    for (int32_t l = 0; l < int32_t(d.config.num_layers); ++l)
+        for (const char *role : {"mlp.gate.weight", "mlp.up.weight", "mlp.down.weight"})
+            if (!d.has(l, role))
+                throw HostError(d.dir + ": layer " + std::to_string(l) + " has no FFN tensor with role '" + role +
+                                "' (convert-moe needs a gated FFN in every layer; see `mango inspect --roles " + d.dir + "`)");
+}
+
+std::string choose_format(const std::string &requested, const DenseModel &d, const std::vector<bool> &sparse) {
+    const bool all_sparse = std::find(sparse.begin(), sparse.end(), false) == sparse.end();
+    const bool bias = has_qkv_bias(d);
+    const int64_t window = sliding_window(d);
+    std::string f = requested;
+    if (f.empty()) f = all_sparse && !bias ? "mixtral" : "qwen2_moe";
+    if (f == "mixtral") {
+        if (!all_sparse)
+            throw HostError("format mixtral puts experts in every layer, but layers " + layer_list(sparse, false) +
+                            " stay dense (not chosen, or reverted by the test); use --format qwen2_moe, which keeps dense layers "
+                            "between sparse ones");
+        if (bias)
+            throw HostError("format mixtral has no q/k/v biases, but " + d.dir + " (" + d.config.model_type +
+                            ") has them; use --format qwen2_moe");
+        return f;
+    }
+    if (f == "qwen2_moe") {
+        if (window > 0)
+            throw HostError("format qwen2_moe (as written here) has no sliding-window attention, but " + d.dir + " attends over a window of " +
+                            std::to_string(window) + " tokens; convert every layer and use --format mixtral, which has sliding_window");
+        return f;
+    }
+    if (f == "deepseek_v3")
+        throw HostError("format deepseek_v3 uses multi-head latent attention (compressed, normalised keys and values); the attention "
+                        "of a " + d.config.model_type + " model cannot be written in it exactly; use --format mixtral (every layer "
+                        "converted) or --format qwen2_moe (any layers)");
+    std::string known;
+    for (const std::string &k : known_formats()) known += (known.empty() ? "" : ", ") + k;
+    throw HostError("unknown MoE format '" + clip(f) + "' (known: " + known + ")");
+}
+
+json moe_config(const std::string &format, const DenseModel &d, const std::vector<bool> &sparse, int64_t experts, int64_t top_k,
+                int64_t expert_intermediate) {
+    const json &r = d.config.raw;
+    json c = json::object();
+    for (const char *k : {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "rope_scaling", "rope_parameters",
+                          "bos_token_id", "eos_token_id", "pad_token_id", "initializer_range", "attention_dropout", "torch_dtype", "dtype",
+                          "transformers_version"})
+        if (r.contains(k) && !r[k].is_null()) c[k] = r[k];
+    c["num_key_value_heads"] = d.config.num_kv_heads > 0 ? d.config.num_kv_heads : d.config.num_heads;
+    c["head_dim"] = d.config.head_dim > 0 ? d.config.head_dim : d.config.hidden_size / std::max<int64_t>(1, d.config.num_heads);
+    c["hidden_act"] = r.value("hidden_act", std::string("silu"));
+    c["rms_norm_eps"] = r.value("rms_norm_eps", 1e-6);
+    c["rope_theta"] = d.config.rope_theta;  // the families' defaults differ (Mixtral: 1e6)
+    c["tie_word_embeddings"] = d.config.tie_word_embeddings;
+    if (d.config.max_positions > 0) c["max_position_embeddings"] = d.config.max_positions;
+    c["output_router_logits"] = false;
+    c["num_experts_per_tok"] = top_k;
+    if (format == "mixtral") {
+        c["model_type"] = "mixtral";
+        c["architectures"] = {"MixtralForCausalLM"};
+        c["intermediate_size"] = expert_intermediate;
+        c["num_local_experts"] = experts;
+        c["router_aux_loss_coef"] = 0.02;
+        c["router_jitter_noise"] = 0.0;
+        const int64_t w = sliding_window(d);
+        c["sliding_window"] = w > 0 ? json(w) : json(nullptr);
+    } else {
+        c["model_type"] = "qwen2_moe";
+        c["architectures"] = {"Qwen2MoeForCausalLM"};
+        c["intermediate_size"] = d.config.intermediate_size;
+        c["moe_intermediate_size"] = expert_intermediate;
+        c["num_experts"] = experts;
+        c["decoder_sparse_step"] = 1;
+        json dense = json::array();
+        for (size_t l = 0; l < sparse.size(); ++l)
+            if (!sparse[l]) dense.push_back(l);
+        c["mlp_only_layers"] = dense;
+        c["shared_expert_intermediate_size"] = 0;  // no shared expert: its tensors are written empty
+        c["norm_topk_prob"] = true;                // renormalised top-k, as the conversion assumes
+        c["qkv_bias"] = true;
+        c["use_sliding_window"] = false;
+        c["router_aux_loss_coef"] = 0.001;
+    }
+    return c;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> moe_tensors(const PluginHost &host, const json &config, const DenseModel &d,
+                                                            const std::map<int32_t, LayerExperts> &converted) {
+    const std::string where = d.dir + " converted to " + config.value("model_type", std::string());
+    const formats::HfConfig cfg = formats::parse_hf_config(config.dump(), where + "/config.json");
+    const std::vector<TensorDecl> table = Model::tensor_table(host, cfg, nullptr, where);
+    const at::ScalarType ffn_dtype = d.find(0, "mlp.up.weight").scalar_type();
+    const at::ScalarType attn_dtype = d.find(0, "attn.q.weight").scalar_type();
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    std::set<std::pair<int32_t, std::string>> used;
+    for (const TensorDecl &t : table) {
+        if (t.flags & MANGO_TENSOR_TIED) continue;
+        at::Tensor v = d.find(t.layer, t.role);
+        if (v.defined()) {
+            used.insert({t.layer, t.role});
+        } else if (t.role == "attn.q.bias" || t.role == "attn.k.bias" || t.role == "attn.v.bias") {
+            v = at::zeros(t.shape, at::TensorOptions().dtype(attn_dtype));  // Qwen2-MoE always has them; zero = none
+        } else if (auto it = converted.find(t.layer); it != converted.end() && t.role.rfind("moe.", 0) == 0) {
+            const LayerExperts &x = it->second;
+            if (t.role == "moe.router.weight") {
+                v = x.router;
+            } else if (t.role.rfind("moe.experts.", 0) == 0) {
+                const size_t dot = t.role.find('.', 12);
+                const size_t e = size_t(std::stoul(t.role.substr(12, dot - 12)));
+                const std::string part = t.role.substr(dot + 1);
+                v = part == "gate.weight" ? x.gate.at(e) : part == "up.weight" ? x.up.at(e) : x.down.at(e);
+            }
+            if (v.defined()) v = v.to(ffn_dtype).contiguous();
+        }
+        if (!v.defined())
+            throw HostError(where + ": no value for tensor '" + t.name + "' (role '" + t.role + "', layer " + std::to_string(t.layer) + ")");
+        if (!t.shape.empty() && v.sizes().vec() != t.shape)
+            throw HostError(where + ": tensor '" + t.name + "' has shape " + c10::str(v.sizes()) + ", the format expects " +
+                            c10::str(at::IntArrayRef(t.shape)));
+        out.emplace_back(t.name, v);
+        // Qwen2-MoE always builds a shared expert: written with no neurons (and a zero gate) it adds nothing.
+        if (t.role == "moe.router.weight" && config.value("model_type", std::string()) == "qwen2_moe" &&
+            config.value("shared_expert_intermediate_size", 0) == 0) {
+            const int64_t H = v.size(1);
+            const std::string p = t.name.substr(0, t.name.size() - std::string("gate.weight").size());
+            const auto o = at::TensorOptions().dtype(ffn_dtype);
+            out.emplace_back(p + "shared_expert.gate_proj.weight", at::zeros({0, H}, o));
+            out.emplace_back(p + "shared_expert.up_proj.weight", at::zeros({0, H}, o));
+            out.emplace_back(p + "shared_expert.down_proj.weight", at::zeros({H, 0}, o));
+            out.emplace_back(p + "shared_expert_gate.weight", at::zeros({1, H}, o));
+        }
+    }
+    // Whatever the dense model has beyond the converted FFNs must have found a place.
+    std::string lost;
+    for (const TensorDecl &t : d.table) {
+        if (t.flags & MANGO_TENSOR_TIED || used.count({t.layer, t.role})) continue;
+        if (converted.count(t.layer) && t.role.rfind("mlp.", 0) == 0) continue;
+        if (!d.tensors.count(t.name)) continue;  // optional and absent
+        lost += (lost.empty() ? "" : ", ") + t.name;
+    }
+    if (!lost.empty())
+        throw HostError(where + " cannot hold these tensors of " + d.dir + ": " + clip(lost, 300) +
+                        (config.value("model_type", std::string()) == "mixtral" ? " (try --format qwen2_moe)" : ""));
+    return out;
+}
+
+}  // namespace mango::moe
