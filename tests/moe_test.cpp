@@ -32,17 +32,33 @@ fs::path dir_of(const std::string &name) {
 }
 
 json mixtral(json extra = json::object()) {
-    json c = {{"model_type", "mixtral"}, {"hidden_size", 32}, {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
-              {"intermediate_size", 24}, {"num_local_experts", 4}, {"num_experts_per_tok", 2}, {"vocab_size", 64}, {"initializer_range", 0.1}};
+    json c = {{"model_type", "mixtral"},  {"hidden_size", 32},       {"num_hidden_layers", 2}, {"num_attention_heads", 4},
+              {"num_key_value_heads", 2}, {"intermediate_size", 24}, {"num_local_experts", 4}, {"num_experts_per_tok", 2},
+              {"vocab_size", 64},         {"initializer_range", 0.1}};
     c.update(extra);
     return c;
 }
 json deepseek(json extra = json::object()) {
-    json c = {{"model_type", "deepseek_v3"}, {"hidden_size", 32}, {"num_hidden_layers", 2}, {"num_attention_heads", 2},
-              {"num_key_value_heads", 2}, {"intermediate_size", 48}, {"moe_intermediate_size", 16}, {"n_routed_experts", 4},
-              {"n_shared_experts", 1}, {"num_experts_per_tok", 2}, {"n_group", 2}, {"topk_group", 1}, {"first_k_dense_replace", 1},
-              {"q_lora_rank", 16}, {"kv_lora_rank", 8}, {"qk_rope_head_dim", 4}, {"qk_nope_head_dim", 4}, {"v_head_dim", 8},
-              {"vocab_size", 64}, {"initializer_range", 0.1}};
+    json c = {{"model_type", "deepseek_v3"},
+              {"hidden_size", 32},
+              {"num_hidden_layers", 2},
+              {"num_attention_heads", 2},
+              {"num_key_value_heads", 2},
+              {"intermediate_size", 48},
+              {"moe_intermediate_size", 16},
+              {"n_routed_experts", 4},
+              {"n_shared_experts", 1},
+              {"num_experts_per_tok", 2},
+              {"n_group", 2},
+              {"topk_group", 1},
+              {"first_k_dense_replace", 1},
+              {"q_lora_rank", 16},
+              {"kv_lora_rank", 8},
+              {"qk_rope_head_dim", 4},
+              {"qk_nope_head_dim", 4},
+              {"v_head_dim", 8},
+              {"vocab_size", 64},
+              {"initializer_range", 0.1}};
     c.update(extra);
     return c;
 }
@@ -92,11 +108,20 @@ std::string load_error(const json &config) {
 }  // namespace
 
 TEST(Moe, FamiliesTrainFromScratchSaveAndReload) {
-    const std::vector<json> configs = {
-        mixtral(), deepseek(),
-        {{"model_type", "qwen2_moe"}, {"hidden_size", 32}, {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
-         {"intermediate_size", 48}, {"moe_intermediate_size", 16}, {"shared_expert_intermediate_size", 24}, {"num_experts", 4},
-         {"num_experts_per_tok", 2}, {"vocab_size", 64}, {"initializer_range", 0.1}}};
+    const std::vector<json> configs = {mixtral(),
+                                       deepseek(),
+                                       {{"model_type", "qwen2_moe"},
+                                        {"hidden_size", 32},
+                                        {"num_hidden_layers", 2},
+                                        {"num_attention_heads", 4},
+                                        {"num_key_value_heads", 2},
+                                        {"intermediate_size", 48},
+                                        {"moe_intermediate_size", 16},
+                                        {"shared_expert_intermediate_size", 24},
+                                        {"num_experts", 4},
+                                        {"num_experts_per_tok", 2},
+                                        {"vocab_size", 64},
+                                        {"initializer_range", 0.1}}};
     for (const json &cfg : configs) {
         const std::string type = cfg["model_type"];
         auto m = random_model(type, cfg);
@@ -122,7 +147,9 @@ TEST(Moe, FamiliesTrainFromScratchSaveAndReload) {
         const fs::path out = dir_of(type + "_saved");
         m->save(out.string());
         auto names = formats::Checkpoint::open(out.string()).names();
-        EXPECT_TRUE(std::any_of(names.begin(), names.end(), [](const std::string &n) { return n.find(".experts.3.") != std::string::npos; })) << type;
+        EXPECT_TRUE(std::any_of(names.begin(), names.end(), [](const std::string &n) {
+            return n.find(".experts.3.") != std::string::npos;
+        })) << type;
         auto back = Model::load(shared_plugins(), out.string());
         EXPECT_TRUE(at::allclose(logits(*back, d.narrow(0, 0, 2)), logits(*m, d.narrow(0, 0, 2)), 1e-5, 1e-6)) << type;
     }
@@ -131,7 +158,8 @@ TEST(Moe, FamiliesTrainFromScratchSaveAndReload) {
 TEST(Moe, CapacityDropsOverflowAndNullExpertKeepsWeight) {
     const at::Tensor ids = data().narrow(0, 0, 8);
     for (const bool null_expert : {false, true}) {
-        auto m = random_model(null_expert ? "null" : "drop", mixtral({{"expert_capacity_factor", 0.25}, {"min_expert_capacity", 1}, {"use_null_expert", null_expert}}));
+        auto m = random_model(null_expert ? "null" : "drop",
+                              mixtral({{"expert_capacity_factor", 0.25}, {"min_expert_capacity", 1}, {"use_null_expert", null_expert}}));
         m->set_trainable(true);
         m->train(true);
         const at::Tensor mask = at::ones_like(ids);
@@ -146,8 +174,9 @@ TEST(Moe, CapacityDropsOverflowAndNullExpertKeepsWeight) {
 }
 
 TEST(Moe, WarmupBiasUpdatesAndStepCounterAreResumable) {
-    auto m = random_model("feat", deepseek({{"moe_warmup_steps", 5}, {"bias_update_rate", 0.05}, {"router_reset_step", 3},
-                                            {"learned_token_importance", true}}));
+    auto m = random_model(
+        "feat",
+        deepseek({{"moe_warmup_steps", 5}, {"bias_update_rate", 0.05}, {"router_reset_step", 3}, {"learned_token_importance", true}}));
     ASSERT_FALSE(m->buffers().empty());
     at::Tensor bias;
     for (const auto &[name, t] : m->named_weights())
@@ -179,9 +208,10 @@ TEST(Moe, BadConfigurationsAreRefusedByName) {
     EXPECT_NE(load_error(mixtral({{"num_experts_per_tok", 5}})).find("num_experts_per_tok (5) must be between 1 and"), std::string::npos);
     EXPECT_NE(load_error(deepseek({{"n_group", 3}})).find("n_group (3) must divide n_routed_experts (4)"), std::string::npos);
     EXPECT_NE(load_error(deepseek({{"scoring_func", "softmax"}})).find("scoring_func 'softmax' is not supported"), std::string::npos);
-    EXPECT_NE(load_error(mixtral({{"expert_capacity_factor", 1.0}, {"min_expert_capacity", 0}})).find("at least 1 token"), std::string::npos);
-    json qwen = {{"model_type", "qwen2_moe"}, {"hidden_size", 32}, {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_experts", 4},
-                 {"num_experts_per_tok", 2}, {"vocab_size", 64}, {"use_sliding_window", true}};
+    EXPECT_NE(load_error(mixtral({{"expert_capacity_factor", 1.0}, {"min_expert_capacity", 0}})).find("at least 1 token"),
+              std::string::npos);
+    json qwen = {{"model_type", "qwen2_moe"}, {"hidden_size", 32},        {"num_hidden_layers", 2}, {"num_attention_heads", 4},
+                 {"num_experts", 4},          {"num_experts_per_tok", 2}, {"vocab_size", 64},       {"use_sliding_window", true}};
     EXPECT_NE(load_error(qwen).find("use_sliding_window = true"), std::string::npos);
     // A checkpoint without one expert: the missing tensor is named.
     const fs::path src = fs::path(MANGO_SOURCE_DIR) / "tests/golden/models/mixtral";

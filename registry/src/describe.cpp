@@ -66,8 +66,8 @@ std::string vtable_problem(int32_t kind, const void *vt, std::vector<std::string
             // Provisional until its first plugins; this is its first frozen layout.
             auto *t = static_cast<const mango_moe_converter_vtable *>(vt);
             if (size < sizeof(mango_moe_converter_vtable))
-                return "moe_converter table struct_size " + std::to_string(size) + " is too small (" + std::to_string(sizeof(mango_moe_converter_vtable)) +
-                       " bytes)";
+                return "moe_converter table struct_size " + std::to_string(size) + " is too small (" +
+                       std::to_string(sizeof(mango_moe_converter_vtable)) + " bytes)";
             if (!t->create || !t->convert || !t->destroy) return "function table has NULL entries";
             return "";
         }

@@ -83,6 +83,6 @@ int main(int argc, char **argv) {
     }
     std::sort(g.begin(), g.end());
     std::cout << "{\"impl\": \"mango\", \"device\": \"" << device << "\", \"dtype\": \"" << dtype << "\", \"prefill_tokens\": " << prefill
-              << ", \"prefill_tok_s\": " << prefill / t[t.size() / 2] << ", \"decode_tokens\": " << decode
-              << ", \"batch\": " << batch << ", \"decode_tok_s\": " << double(decode * batch) / g[1] << "}\n";
+              << ", \"prefill_tok_s\": " << prefill / t[t.size() / 2] << ", \"decode_tokens\": " << decode << ", \"batch\": " << batch
+              << ", \"decode_tok_s\": " << double(decode * batch) / g[1] << "}\n";
 }

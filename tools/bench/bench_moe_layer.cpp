@@ -32,11 +32,16 @@ int main(int argc, char **argv) {
     int reps = 20;
     for (int i = 2; i + 1 < argc; i += 2) {
         const std::string a = argv[i], v = argv[i + 1];
-        if (a == "--device") device = v;
-        else if (a == "--dtype") dtype = v;
-        else if (a == "--batch") batch = std::stoll(v);
-        else if (a == "--tokens") tokens = std::stoll(v);
-        else if (a == "--reps") reps = std::stoi(v);
+        if (a == "--device")
+            device = v;
+        else if (a == "--dtype")
+            dtype = v;
+        else if (a == "--batch")
+            batch = std::stoll(v);
+        else if (a == "--tokens")
+            tokens = std::stoll(v);
+        else if (a == "--reps")
+            reps = std::stoi(v);
     }
     mango::init_runtime(0);
     const at::Device dev(device == "cuda" ? at::kCUDA : at::kCPU);
@@ -59,6 +64,7 @@ int main(int argc, char **argv) {
         t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     }
     std::sort(t.begin(), t.end());
-    std::cout << "{\"impl\": \"mango\", \"layer_ms\": " << t[t.size() / 2] << ", \"batch\": " << batch << ", \"tokens\": " << tokens << "}\n";
+    std::cout << "{\"impl\": \"mango\", \"layer_ms\": " << t[t.size() / 2] << ", \"batch\": " << batch << ", \"tokens\": " << tokens
+              << "}\n";
     return 0;
 }

@@ -25,7 +25,8 @@ Command with_runtime(Command c) {
 
 extern "C" __attribute__((visibility("default"))) void mango_runtime_commands_v1(mango::cli::RuntimeCommands *out) {
     using namespace mango::cli;
-    for (auto make : {plugin_test_commands, inspect_commands, tokenize_commands, generate_commands, merge_commands, convert_commands, run_commands})
+    for (auto make :
+         {plugin_test_commands, inspect_commands, tokenize_commands, generate_commands, merge_commands, convert_commands, run_commands})
         for (Command &c : make()) out->commands.push_back(with_runtime(std::move(c)));
     out->describe = [](const Global &g) {
         mango::init_runtime(g.threads);

@@ -1,6 +1,7 @@
 #include "formats/atomic_file.hpp"
 
 #include "formats/safetensors_header.hpp"
+#include "util/error.hpp"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -137,9 +138,9 @@ OutputFolder::OutputFolder(const std::string &out_in, bool force, const std::vec
     for (const std::string &input : inputs) {
         const std::string a = out_ + "/", b = fs::absolute(input).lexically_normal().string() + "/";
         if (a.rfind(b, 0) == 0 || b.rfind(a, 0) == 0)
-            throw FormatError(out_ + ": the output folder must not be, contain or lie inside an input model (" + input + ")");
+            throw HostError(out_ + ": the output folder must not be, contain or lie inside an input model (" + input + ")");
     }
-    if (fs::exists(out) && !force) throw FormatError(out_ + " exists; pass --force to replace it");
+    if (fs::exists(out) && !force) throw HostError(out_ + " exists; pass --force to replace it");
     fs::create_directories(out.parent_path());
     lock_ = std::make_unique<FolderLock>(out.parent_path().string());
     remove_stale_temp_files(out.parent_path().string());

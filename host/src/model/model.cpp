@@ -140,6 +140,7 @@ std::unique_ptr<Model> Model::build(const PluginHost &host, const std::string &d
     m->dtype_ = dtype;
     m->device_ = device;
     m->config_ = formats::load_hf_config(dir);
+    architecture_for(host, m->config_);  // an unknown model_type is the first thing to say
     m->ctx_ = std::make_unique<InstanceContext>();
     if (random) {
         m->ctx_->random_init = true;
@@ -179,7 +180,8 @@ std::unique_ptr<Model> Model::from_tensors(const PluginHost &host, const nlohman
 
 at::Tensor Model::checked_weight(const at::Tensor &t, const std::string &name, const std::string &where) {
     if (!t.is_floating_point())
-        throw HostError(where + ": tensor '" + name + "' has dtype " + c10::toString(t.scalar_type()) + ", expected a floating-point weight");
+        throw HostError(where + ": tensor '" + name + "' has dtype " + c10::toString(t.scalar_type()) +
+                        ", expected a floating-point weight");
     return t;
 }
 

@@ -142,9 +142,10 @@ LayerExperts take_experts(std::map<std::string, at::Tensor> emitted, const Conve
         const bool ok = u.dim() == 2 && u.size(0) == F_e && u.size(1) == H && dn.dim() == 2 && dn.size(0) == H && dn.size(1) == F_e &&
                         (!g.defined() || g.sizes() == u.sizes()) && g.defined() == call.gate.defined();
         if (!ok)
-            throw HostError(where + ": expert " + std::to_string(e) + " has gate/up/down shapes " + (g.defined() ? c10::str(g.sizes()) : "-") +
-                            " " + c10::str(u.sizes()) + " " + c10::str(dn.sizes()) + "; expected [F_e, " + std::to_string(H) +
-                            "] and [" + std::to_string(H) + ", F_e] with one F_e for every expert");
+            throw HostError(where + ": expert " + std::to_string(e) + " has gate/up/down shapes " +
+                            (g.defined() ? c10::str(g.sizes()) : "-") + " " + c10::str(u.sizes()) + " " + c10::str(dn.sizes()) +
+                            "; expected [F_e, " + std::to_string(H) + "] and [" + std::to_string(H) +
+                            ", F_e] with one F_e for every expert");
         x.gate.push_back(g), x.up.push_back(u), x.down.push_back(dn);
     }
     if (!emitted.empty()) throw HostError(where + " emitted an unexpected tensor '" + clip(emitted.begin()->first) + "'");
@@ -156,7 +157,9 @@ void copy_side_files(const std::string &from, const std::string &to) {
     for (const auto &e : fs::directory_iterator(from)) {
         if (!e.is_regular_file()) continue;
         const std::string name = e.path().filename().string();
-        auto ends = [&](const std::string &tail) { return name.size() >= tail.size() && name.compare(name.size() - tail.size(), tail.size(), tail) == 0; };
+        auto ends = [&](const std::string &tail) {
+            return name.size() >= tail.size() && name.compare(name.size() - tail.size(), tail.size(), tail) == 0;
+        };
         const bool weights = name.find(".safetensors") != std::string::npos || ends(".bin") || ends(".pt") || ends(".pth");
         if (weights || name == "config.json" || name == "conversion_report.json" || name[0] == '.' ||
             name.find(".mango-tmp-") != std::string::npos)
@@ -209,7 +212,8 @@ ConvertResult convert(const PluginHost &host, const std::string &model_dir, cons
 
     std::optional<formats::Tokenizer> tok;
     const bool tested = !o.test_data.empty() || o.test_ids.defined();
-    if ((!o.test_data.empty() && !o.test_ids.defined()) || (!o.calibration_data.empty() && !o.calibration_ids.defined()) || !o.prompts.empty()) {
+    if ((!o.test_data.empty() && !o.test_ids.defined()) || (!o.calibration_data.empty() && !o.calibration_ids.defined()) ||
+        !o.prompts.empty()) {
         const std::string path = o.tokenizer.empty() ? model_dir : o.tokenizer;
         tok.emplace(formats::Tokenizer::from_file(path));
     }
@@ -252,8 +256,8 @@ ConvertResult convert(const PluginHost &host, const std::string &model_dir, cons
             LayerExperts x = take_experts(converter->convert(c), c, where);
             if (F_e < 0) F_e = x.up[0].size(0);
             if (x.up[0].size(0) != F_e)
-                throw HostError(where + ": experts have " + std::to_string(x.up[0].size(0)) + " neurons, other layers' " + std::to_string(F_e) +
-                                " (a MoE config has one expert size)");
+                throw HostError(where + ": experts have " + std::to_string(x.up[0].size(0)) + " neurons, other layers' " +
+                                std::to_string(F_e) + " (a MoE config has one expert size)");
             experts[l] = std::move(x);
             bar.update(++done, "layer " + std::to_string(l));
         }
@@ -312,8 +316,9 @@ ConvertResult convert(const PluginHost &host, const std::string &model_dir, cons
         bar.finish(std::to_string(std::count(sparse.begin(), sparse.end(), true)) + " of " + std::to_string(total) + " layers kept");
     }
     if (std::find(sparse.begin(), sparse.end(), true) == sparse.end())
-        throw HostError("every converted layer was reverted by the test (" + o.metric + " rose by more than " + format_fixed(o.max_increase, 4) +
-                        " each time): nothing written; raise --max-increase or change the converter\n" + outcome_table(r));
+        throw HostError("every converted layer was reverted by the test (" + o.metric + " rose by more than " +
+                        format_fixed(o.max_increase, 4) + " each time): nothing written; raise --max-increase or change the converter\n" +
+                        outcome_table(r));
     r.format = choose_format(o.format, d, sparse);
     auto [cfg, named] = build(sparse, r.format);
 
@@ -336,9 +341,9 @@ ConvertResult convert(const PluginHost &host, const std::string &model_dir, cons
     if (tested)
         report.update({{"metric", o.metric}, {"max_increase", o.max_increase}, {"dense", r.dense_metric}, {"final", r.final_metric}});
     for (const LayerOutcome &x : r.layers)
-        report["layers"].push_back(!tested ? json{{"layer", x.layer}, {"converted", x.converted}}
-                                                       : json{{"layer", x.layer}, {"converted", x.converted}, {"before", x.before},
-                                                              {"after", x.after}});
+        report["layers"].push_back(!tested
+                                       ? json{{"layer", x.layer}, {"converted", x.converted}}
+                                       : json{{"layer", x.layer}, {"converted", x.converted}, {"before", x.before}, {"after", x.after}});
     formats::write_file_atomic((fs::path(folder.path()) / "conversion_report.json").string(), report.dump(2) + "\n");
     folder.commit();
     return r;

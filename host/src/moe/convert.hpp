@@ -37,7 +37,7 @@ struct ConvertOptions {
     // turned into router rows by `gate_mode` (for router_init = directions).
     std::string calibration_data, prompts, gate_mode;  // gate_mode "" = hidden with prompts
     int64_t calibration_tokens = 2048;
-    at::Tensor calibration_ids;  // or tokenised sequences [N, T]
+    at::Tensor calibration_ids;        // or tokenised sequences [N, T]
     std::vector<std::string> sources;  // from_models: one fine-tune folder per expert (default: the prompts file's source_model)
     std::string rest = "base";         // from_models: non-FFN tensors from the base, or "average" of the sources
     std::string tokenizer;             // default: MODEL_DIR/tokenizer.json

@@ -83,14 +83,18 @@ std::string choose_format(const std::string &requested, const DenseModel &d, con
     }
     if (f == "qwen2_moe") {
         if (window > 0)
-            throw HostError("format qwen2_moe (as written here) has no sliding-window attention, but " + d.dir + " attends over a window of " +
-                            std::to_string(window) + " tokens; convert every layer and use --format mixtral, which has sliding_window");
+            throw HostError("format qwen2_moe (as written here) has no sliding-window attention, but " + d.dir +
+                            " attends over a window of " + std::to_string(window) +
+                            " tokens; convert every layer and use --format mixtral, which has sliding_window");
         return f;
     }
     if (f == "deepseek_v3")
-        throw HostError("format deepseek_v3 uses multi-head latent attention (compressed, normalised keys and values); the attention "
-                        "of a " + d.config.model_type + " model cannot be written in it exactly; use --format mixtral (every layer "
-                        "converted) or --format qwen2_moe (any layers)");
+        throw HostError(
+            "format deepseek_v3 uses multi-head latent attention (compressed, normalised keys and values); the attention "
+            "of a " +
+            d.config.model_type +
+            " model cannot be written in it exactly; use --format mixtral (every layer "
+            "converted) or --format qwen2_moe (any layers)");
     std::string known;
     for (const std::string &k : known_formats()) known += (known.empty() ? "" : ", ") + k;
     throw HostError("unknown MoE format '" + clip(f) + "' (known: " + known + ")");
@@ -100,9 +104,9 @@ json moe_config(const std::string &format, const DenseModel &d, const std::vecto
                 int64_t expert_intermediate) {
     const json &r = d.config.raw;
     json c = json::object();
-    for (const char *k : {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "rope_scaling", "rope_parameters",
-                          "bos_token_id", "eos_token_id", "pad_token_id", "initializer_range", "attention_dropout", "torch_dtype", "dtype",
-                          "transformers_version"})
+    for (const char *k :
+         {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "rope_scaling", "rope_parameters", "bos_token_id",
+          "eos_token_id", "pad_token_id", "initializer_range", "attention_dropout", "torch_dtype", "dtype", "transformers_version"})
         if (r.contains(k) && !r[k].is_null()) c[k] = r[k];
     c["num_key_value_heads"] = d.config.num_kv_heads > 0 ? d.config.num_kv_heads : d.config.num_heads;
     c["head_dim"] = d.config.head_dim > 0 ? d.config.head_dim : d.config.hidden_size / std::max<int64_t>(1, d.config.num_heads);
@@ -171,7 +175,8 @@ std::vector<std::pair<std::string, at::Tensor>> moe_tensors(const PluginHost &ho
             if (v.defined()) v = v.to(ffn_dtype).contiguous();
         }
         if (!v.defined())
-            throw HostError(where + ": no value for tensor '" + t.name + "' (role '" + t.role + "', layer " + std::to_string(t.layer) + ")");
+            throw HostError(where + ": no value for tensor '" + t.name + "' (role '" + t.role + "', layer " + std::to_string(t.layer) +
+                            ")");
         if (!t.shape.empty() && v.sizes().vec() != t.shape)
             throw HostError(where + ": tensor '" + t.name + "' has shape " + c10::str(v.sizes()) + ", the format expects " +
                             c10::str(at::IntArrayRef(t.shape)));

@@ -51,8 +51,7 @@ nlohmann::json moe_config(const std::string &format, const DenseModel &dense, co
 
 // Every tensor of the MoE model by checkpoint name, in the family's table
 // order. Throws when the dense model has tensors the family cannot hold.
-std::vector<std::pair<std::string, at::Tensor>> moe_tensors(const PluginHost &host, const nlohmann::json &config,
-                                                            const DenseModel &dense,
+std::vector<std::pair<std::string, at::Tensor>> moe_tensors(const PluginHost &host, const nlohmann::json &config, const DenseModel &dense,
                                                             const std::map<int32_t, LayerExperts> &converted);
 
 }  // namespace mango::moe

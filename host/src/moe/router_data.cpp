@@ -82,8 +82,9 @@ std::vector<ExpertPrompts> read_prompts(const std::string &path) {
     }
     YAML::Node list = root.IsMap() && root["experts"] ? root["experts"] : root;
     if (!list.IsSequence() || list.size() == 0)
-        throw HostError(path + ": expected a list of experts (each with positive_prompts, optional negative_prompts), or a mergekit-moe "
-                               "configuration with an `experts` list");
+        throw HostError(path +
+                        ": expected a list of experts (each with positive_prompts, optional negative_prompts), or a mergekit-moe "
+                        "configuration with an `experts` list");
     std::vector<ExpertPrompts> out;
     for (size_t i = 0; i < list.size(); ++i) {
         const std::string where = path + ": experts[" + std::to_string(i) + "]";
@@ -130,7 +131,8 @@ std::vector<at::Tensor> prompt_router_rows(const PluginHost &host, const DenseMo
                         std::to_string(prompts.size()) + ")");
     if (!tok) throw HostError("gate mode " + mode + " needs the model's tokenizer");
     for (size_t e = 0; e < prompts.size(); ++e)
-        if (prompts[e].positive.empty()) throw HostError("gate mode " + mode + ": expert " + std::to_string(e) + " has no positive_prompts");
+        if (prompts[e].positive.empty())
+            throw HostError("gate mode " + mode + ": expert " + std::to_string(e) + " has no positive_prompts");
     auto encode = [&](const std::string &text) {
         std::vector<int32_t> ids = tok->encode(text, true);
         if (ids.empty()) throw HostError("a prompt gives no tokens: \"" + clip(text, 60) + "\"");

@@ -187,7 +187,7 @@ private:
             std::to_string(o.train.steps) + " steps of " + std::to_string(o.train.batch_size) + " x " + std::to_string(train.size(1)) +
             " tokens");
         const TrainRunResult r = run_training(m, train, o);
-        if (fs::exists(o.log_path)) {  // the curves beside the metrics log
+        if (fs::exists(o.log_path)) {                                                      // the curves beside the metrics log
             const std::string svg = o.log_path.substr(0, o.log_path.size() - 6) + ".svg";  // .jsonl -> .svg
             formats::write_file_atomic(svg, training_curves_svg("Training " + s.model, o.log_path));
         }
@@ -289,8 +289,9 @@ private:
                     for (int64_t e = 0; e < E; ++e) experts[size_t(e)] = d->fusion.layers[0][size_t(e)].first;
             }
             const fs::path svg = fs::path(spec_.output) / "router_heatmap.svg";
-            formats::write_file_atomic(svg.string(),
-                                       expert_share_svg("Expert shares of " + heat + " (eval step " + std::to_string(index + 1) + ")", experts, groups));
+            formats::write_file_atomic(
+                svg.string(),
+                expert_share_svg("Expert shares of " + heat + " (eval step " + std::to_string(index + 1) + ")", experts, groups));
             say("router heatmap: " + svg.string());
             for (const auto &g : groups) {
                 const at::Tensor mean = g.shares.mean(0);

@@ -114,7 +114,8 @@ std::string colour(double w, double uniform) {
 std::string expert_share_svg(const std::string &title, const std::vector<std::string> &experts, const std::vector<HeatmapGroup> &groups) {
     if (groups.empty()) return "";
     const int64_t L = groups[0].shares.size(0), E = groups[0].shares.size(1);
-    const double cell_w = std::max(34.0, std::min(70.0, 700.0 / double(std::max<int64_t>(1, E)))), cell_h = 20, left = 70, top = 56, gap = 30;
+    const double cell_w = std::max(34.0, std::min(70.0, 700.0 / double(std::max<int64_t>(1, E)))), cell_h = 20, left = 70, top = 56,
+                 gap = 30;
     const double panel_w = double(E) * cell_w;
     const double width = left + double(groups.size()) * (panel_w + gap) + 10, height = top + double(L) * cell_h + 60;
     std::ostringstream o;
@@ -127,19 +128,19 @@ std::string expert_share_svg(const std::string &title, const std::vector<std::st
         const double x0 = left + double(g) * (panel_w + gap);
         const at::Tensor w = groups[g].shares.to(at::kCPU, at::kDouble).contiguous();
         const auto a = w.accessor<double, 2>();
-        o << "<text x=\"" << x0 + panel_w / 2 << "\" y=\"" << top - 6 << "\" text-anchor=\"middle\" font-weight=\"bold\">" << escape(groups[g].label)
-          << "</text>\n";
+        o << "<text x=\"" << x0 + panel_w / 2 << "\" y=\"" << top - 6 << "\" text-anchor=\"middle\" font-weight=\"bold\">"
+          << escape(groups[g].label) << "</text>\n";
         for (int64_t l = 0; l < L; ++l)
             for (int64_t e = 0; e < E; ++e) {
                 const double x = x0 + double(e) * cell_w, y = top + double(l) * cell_h, v = a[l][e];
                 o << "<rect x=\"" << x << "\" y=\"" << y << "\" width=\"" << cell_w - 1 << "\" height=\"" << cell_h - 1 << "\" fill=\""
-                  << colour(v, 1.0 / double(E)) << "\"><title>" << escape(groups[g].label) << ", layer " << l << ", " << escape(experts[size_t(e)]) << ": "
-                  << v << "</title></rect><text x=\"" << x + cell_w / 2 << "\" y=\"" << y + 14 << "\" text-anchor=\"middle\" font-size=\"10\">"
-                  << format_fixed(v, 2) << "</text>\n";
+                  << colour(v, 1.0 / double(E)) << "\"><title>" << escape(groups[g].label) << ", layer " << l << ", "
+                  << escape(experts[size_t(e)]) << ": " << v << "</title></rect><text x=\"" << x + cell_w / 2 << "\" y=\"" << y + 14
+                  << "\" text-anchor=\"middle\" font-size=\"10\">" << format_fixed(v, 2) << "</text>\n";
             }
         for (int64_t e = 0; e < E; ++e)
-            o << "<text x=\"" << x0 + (double(e) + 0.5) * cell_w << "\" y=\"" << top + double(L) * cell_h + 14 << "\" text-anchor=\"middle\">"
-              << escape(experts[size_t(e)]) << "</text>\n";
+            o << "<text x=\"" << x0 + (double(e) + 0.5) * cell_w << "\" y=\"" << top + double(L) * cell_h + 14
+              << "\" text-anchor=\"middle\">" << escape(experts[size_t(e)]) << "</text>\n";
     }
     for (int64_t l = 0; l < L; ++l)
         o << "<text x=\"" << left - 6 << "\" y=\"" << top + double(l) * cell_h + 14 << "\" text-anchor=\"end\">layer " << l << "</text>\n";
@@ -162,7 +163,8 @@ std::string training_curves_svg(const std::string &title, const std::string &log
         const double step = j["step"].get<double>();
         for (const char *k : {"lm_loss", "perplexity", "validation_perplexity"})
             if (j.contains(k) && j[k].is_number()) series[k].push_back({step, j[k].get<double>()});
-        if (j.contains("aux_losses") && j["aux_losses"].contains("load_balance")) series["load_balance"].push_back({step, j["aux_losses"]["load_balance"].get<double>()});
+        if (j.contains("aux_losses") && j["aux_losses"].contains("load_balance"))
+            series["load_balance"].push_back({step, j["aux_losses"]["load_balance"].get<double>()});
     }
     const std::vector<std::string> order = {"lm_loss", "perplexity", "load_balance", "validation_perplexity"};
     std::vector<std::string> shown;
@@ -170,21 +172,26 @@ std::string training_curves_svg(const std::string &title, const std::string &log
         if (!series[k].empty()) shown.push_back(k);
     const double pw = 320, ph = 180, pad = 46;
     std::ostringstream o;
-    o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << double(std::max<size_t>(1, shown.size())) * (pw + pad) + pad << "\" height=\"" << ph + 90
-      << "\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"8\" y=\"18\" font-size=\"14\">"
+    o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << double(std::max<size_t>(1, shown.size())) * (pw + pad) + pad
+      << "\" height=\"" << ph + 90
+      << "\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"8\" y=\"18\" "
+         "font-size=\"14\">"
       << escape(title) << "</text>\n";
     for (size_t i = 0; i < shown.size(); ++i) {
         const auto &pts = series[shown[i]];
         double x_lo = pts.front().first, x_hi = pts.front().first, y_lo = pts.front().second, y_hi = pts.front().second;
-        for (const auto &[x, y] : pts) x_lo = std::min(x_lo, x), x_hi = std::max(x_hi, x), y_lo = std::min(y_lo, y), y_hi = std::max(y_hi, y);
+        for (const auto &[x, y] : pts)
+            x_lo = std::min(x_lo, x), x_hi = std::max(x_hi, x), y_lo = std::min(y_lo, y), y_hi = std::max(y_hi, y);
         if (x_hi == x_lo) x_hi = x_lo + 1;
         if (y_hi == y_lo) y_hi = y_lo + 1;
         const double x0 = pad + double(i) * (pw + pad), y0 = 40;
         o << "<rect x=\"" << x0 << "\" y=\"" << y0 << "\" width=\"" << pw << "\" height=\"" << ph << "\" fill=\"none\" stroke=\"#999\"/>\n";
-        o << "<text x=\"" << x0 + pw / 2 << "\" y=\"" << y0 - 6 << "\" text-anchor=\"middle\" font-weight=\"bold\">" << shown[i] << "</text>\n";
+        o << "<text x=\"" << x0 + pw / 2 << "\" y=\"" << y0 - 6 << "\" text-anchor=\"middle\" font-weight=\"bold\">" << shown[i]
+          << "</text>\n";
         o << "<text x=\"" << x0 - 4 << "\" y=\"" << y0 + 10 << "\" text-anchor=\"end\">" << format_fixed(y_hi, 3) << "</text>\n";
         o << "<text x=\"" << x0 - 4 << "\" y=\"" << y0 + ph << "\" text-anchor=\"end\">" << format_fixed(y_lo, 3) << "</text>\n";
-        o << "<text x=\"" << x0 + pw << "\" y=\"" << y0 + ph + 14 << "\" text-anchor=\"end\">step " << int64_t(x_hi) << "</text>\n<polyline fill=\"none\" stroke=\"#d6602c\" stroke-width=\"1.5\" points=\"";
+        o << "<text x=\"" << x0 + pw << "\" y=\"" << y0 + ph + 14 << "\" text-anchor=\"end\">step " << int64_t(x_hi)
+          << "</text>\n<polyline fill=\"none\" stroke=\"#d6602c\" stroke-width=\"1.5\" points=\"";
         for (const auto &[x, y] : pts) o << x0 + (x - x_lo) / (x_hi - x_lo) * pw << "," << y0 + ph - (y - y_lo) / (y_hi - y_lo) * ph << " ";
         o << "\"/>\n";
     }

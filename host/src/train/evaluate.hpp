@@ -33,10 +33,11 @@ EvalResult evaluate(CausalLM &model, const at::Tensor &seqs, int64_t batch_size 
 // coloured by the expert's share of that layer's routing (white = an even
 // share 1/E, orange = more, blue = less) with the value written in it.
 struct HeatmapGroup {
-    std::string label;   // data set name
-    at::Tensor shares;   // [layers, experts], rows summing to 1
+    std::string label;  // data set name
+    at::Tensor shares;  // [layers, experts], rows summing to 1
 };
-std::string expert_share_svg(const std::string &title, const std::vector<std::string> &expert_names, const std::vector<HeatmapGroup> &groups);
+std::string expert_share_svg(const std::string &title, const std::vector<std::string> &expert_names,
+                             const std::vector<HeatmapGroup> &groups);
 
 // Training curves from a JSONL metrics log (loss, perplexity, the
 // load-balancing loss and validation perplexity when present), as an SVG.

@@ -33,7 +33,7 @@ struct TrainOptions {
     // Weight of each auxiliary loss by the name plugins report it under. A
     // reported name missing here stops training at the first step.
     std::map<std::string, double> aux_weights = default_aux_weights();
-    int64_t aux_ramp_steps = 0;  // auxiliary weights grow linearly from 1/N to full over the first N steps (0 = full at once)
+    int64_t aux_ramp_steps = 0;   // auxiliary weights grow linearly from 1/N to full over the first N steps (0 = full at once)
     double adapter_weight = 0.0;  // x mean squared adapter parameters ("adapters.*")
     uint64_t seed = 0;            // batch order and dropout
     int64_t align_steps = 0;      // fused models: the first N steps fit the adapters as stitches (alignment_loss) instead of the LM loss

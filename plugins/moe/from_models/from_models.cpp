@@ -13,11 +13,13 @@ constexpr const char *kSchema =
     "{\"type\": \"object\", \"properties\": {"
     "\"router_init\": {\"type\": \"string\", \"default\": \"directions\", \"enum\": [\"zero\", \"random\", \"data\", \"directions\"], "
     "\"description\": \"directions (from the experts' prompts), data (k-means of the layer's inputs), zero, random\"},"
-    "\"noise\": {\"type\": \"number\", \"default\": 0.0, \"minimum\": 0, \"description\": \"Gaussian noise (absolute std) added to every expert weight\"},"
+    "\"noise\": {\"type\": \"number\", \"default\": 0.0, \"minimum\": 0, \"description\": \"Gaussian noise (absolute std) added to every "
+    "expert weight\"},"
     "\"residual_scale\": {\"type\": \"number\", \"default\": 1.0, \"description\": \"multiplier of every expert's down projection\"}}}";
 
 struct FromModels {
-    explicit FromModels(Context &ctx) : init_(ctx.option_string("router_init")), noise_(ctx.option_double("noise")), scale_(ctx.option_double("residual_scale")) {}
+    explicit FromModels(Context &ctx)
+        : init_(ctx.option_string("router_init")), noise_(ctx.option_double("noise")), scale_(ctx.option_double("residual_scale")) {}
 
     void convert(Context &ctx, const DenseFfn &f) {
         converting::require_experts(f);
@@ -42,4 +44,5 @@ struct FromModels {
 }  // namespace
 
 MANGO_PLUGIN("moe_from_models", "1.0.0", "experts from fine-tunes",
-             mango::moe_converter<FromModels>("from_models", "1.0.0", "one expert per fine-tune of a base (mergekit-moe, Branch-Train-MiX)", kSchema))
+             mango::moe_converter<FromModels>("from_models", "1.0.0", "one expert per fine-tune of a base (mergekit-moe, Branch-Train-MiX)",
+                                              kSchema))

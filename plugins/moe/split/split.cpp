@@ -15,20 +15,23 @@ namespace {
 using namespace mango;
 namespace ops = mango::ops;
 
-constexpr const char *kSchema = "{\"type\": \"object\", \"properties\": {"
-                                "\"method\": {\"type\": \"string\", \"default\": \"random\", \"enum\": [\"random\", \"clustering\"], "
-                                "\"description\": \"how neurons are assigned to experts\"},"
-                                "\"scale\": {\"type\": \"number\", \"default\": 0, \"minimum\": 0, "
-                                "\"description\": \"multiplier of each expert's down projection (0 = the number of experts)\"},"
-                                MANGO_ROUTER_INIT_SCHEMA "}}";
+constexpr const char *kSchema =
+    "{\"type\": \"object\", \"properties\": {"
+    "\"method\": {\"type\": \"string\", \"default\": \"random\", \"enum\": [\"random\", \"clustering\"], "
+    "\"description\": \"how neurons are assigned to experts\"},"
+    "\"scale\": {\"type\": \"number\", \"default\": 0, \"minimum\": 0, "
+    "\"description\": \"multiplier of each expert's down projection (0 = the number of experts)\"}," MANGO_ROUTER_INIT_SCHEMA "}}";
 
 struct Split {
-    explicit Split(Context &ctx) : method_(ctx.option_string("method")), scale_(ctx.option_double("scale")), init_(ctx.option_string("router_init")) {}
+    explicit Split(Context &ctx)
+        : method_(ctx.option_string("method")), scale_(ctx.option_double("scale")), init_(ctx.option_string("router_init")) {}
 
     void convert(Context &ctx, const DenseFfn &f) {
         converting::require_experts(f);
         const int64_t F = f.up.size(0), H = f.up.size(1), E = f.n_experts;
-        if (F % E) throw Error(MANGO_ERR_INVALID_ARGUMENT, "split: " + std::to_string(E) + " experts do not divide the " + std::to_string(F) + " intermediate neurons");
+        if (F % E)
+            throw Error(MANGO_ERR_INVALID_ARGUMENT,
+                        "split: " + std::to_string(E) + " experts do not divide the " + std::to_string(F) + " intermediate neurons");
         const std::vector<int64_t> labels = method_ == "random" ? random_labels(ctx, F, E) : cluster_labels(f.up, E);
         const double scale = scale_ > 0 ? scale_ : double(E);
         for (int64_t e = 0; e < E; ++e) {
@@ -92,4 +95,5 @@ struct Split {
 }  // namespace
 
 MANGO_PLUGIN("moe_split", "1.0.0", "FFN splitting",
-             mango::moe_converter<Split>("split", "1.0.0", "the dense FFN's neurons partitioned into experts (LLaMA-MoE: random or clustering)", kSchema))
+             mango::moe_converter<Split>("split", "1.0.0",
+                                         "the dense FFN's neurons partitioned into experts (LLaMA-MoE: random or clustering)", kSchema))

@@ -13,11 +13,12 @@ namespace {
 using namespace mango;
 namespace ops = mango::ops;
 
-constexpr const char *kSchema = "{\"type\": \"object\", \"properties\": {"
-                                "\"drop_ratio\": {\"type\": \"number\", \"default\": 0.0, \"minimum\": 0, \"maximum\": 1, "
-                                "\"description\": \"share of each expert's neurons re-initialised (Drop-Upcycling)\"},"
-                                "\"noise\": {\"type\": \"number\", \"default\": 0.0, \"minimum\": 0, "
-                                "\"description\": \"relative Gaussian noise added to every expert weight\"}," MANGO_ROUTER_INIT_SCHEMA "}}";
+constexpr const char *kSchema =
+    "{\"type\": \"object\", \"properties\": {"
+    "\"drop_ratio\": {\"type\": \"number\", \"default\": 0.0, \"minimum\": 0, \"maximum\": 1, "
+    "\"description\": \"share of each expert's neurons re-initialised (Drop-Upcycling)\"},"
+    "\"noise\": {\"type\": \"number\", \"default\": 0.0, \"minimum\": 0, "
+    "\"description\": \"relative Gaussian noise added to every expert weight\"}," MANGO_ROUTER_INIT_SCHEMA "}}";
 
 // std and mean of a matrix, as doubles.
 std::pair<double, double> stats(const Tensor &w) {
@@ -27,7 +28,8 @@ std::pair<double, double> stats(const Tensor &w) {
 }
 
 struct Upcycle {
-    explicit Upcycle(Context &ctx) : drop_(ctx.option_double("drop_ratio")), noise_(ctx.option_double("noise")), init_(ctx.option_string("router_init")) {}
+    explicit Upcycle(Context &ctx)
+        : drop_(ctx.option_double("drop_ratio")), noise_(ctx.option_double("noise")), init_(ctx.option_string("router_init")) {}
 
     void convert(Context &ctx, const DenseFfn &f) {
         converting::require_experts(f);
@@ -50,7 +52,9 @@ struct Upcycle {
                 down = redraw(down, f.down, 1);
             }
             if (noise_ > 0) {
-                auto jitter = [&](const Tensor &w) { return ops::add(w, ops::to_dtype(ops::mul(converting::normal_like(ctx, w), noise_ * stats(w).second), w.dtype())); };
+                auto jitter = [&](const Tensor &w) {
+                    return ops::add(w, ops::to_dtype(ops::mul(converting::normal_like(ctx, w), noise_ * stats(w).second), w.dtype()));
+                };
                 if (gate) gate = jitter(gate);
                 up = jitter(up);
                 down = jitter(down);
@@ -67,4 +71,5 @@ struct Upcycle {
 }  // namespace
 
 MANGO_PLUGIN("moe_upcycle", "1.0.0", "sparse upcycling",
-             mango::moe_converter<Upcycle>("upcycle", "1.0.0", "every expert a copy of the dense FFN (Drop-Upcycling: re-drawn neurons; noise)", kSchema))
+             mango::moe_converter<Upcycle>("upcycle", "1.0.0",
+                                           "every expert a copy of the dense FFN (Drop-Upcycling: re-drawn neurons; noise)", kSchema))

@@ -104,7 +104,8 @@ public:
         const int64_t T = x.size(0), K = r.experts.size(1);
         // One grouped GEMM per projection on CUDA bf16 where the LibTorch has
         // aten::_grouped_mm (no host sync either); else per-expert matmuls.
-        const bool grouped_mm = x.device().type == MANGO_DEVICE_CUDA && x.dtype() == MANGO_DTYPE_BF16 && has_grouped_mm() && (gate_up_ || small);
+        const bool grouped_mm =
+            x.device().type == MANGO_DEVICE_CUDA && x.dtype() == MANGO_DTYPE_BF16 && has_grouped_mm() && (gate_up_ || small);
         Tensor y = grouped_mm ? grouped_gemm(x, r, act) : small ? gathered(x, r, act) : grouped(x, r, act);  // [T*K, H], slot order
         Tensor weighted = ops::mul(y, ops::reshape(r.weights, {T * K, 1}));
         return ops::to_dtype(ops::sum(ops::reshape(weighted, {T, K, x.size(1)}), {1}), x.dtype());
@@ -151,8 +152,8 @@ private:
     Tensor grouped_gemm(const Tensor &x, const Routing &r, const std::string &act) const {
         const int64_t K = r.experts.size(1);
         Tensor flat = ops::reshape(r.experts, {-1});
-        static const Op sort("aten::sort", "stable"), bincount("aten::bincount"), cumsum("aten::cumsum"), floor_divide("aten::floor_divide", "Scalar"),
-            grouped_mm("aten::_grouped_mm");
+        static const Op sort("aten::sort", "stable"), bincount("aten::bincount"), cumsum("aten::cumsum"),
+            floor_divide("aten::floor_divide", "Scalar"), grouped_mm("aten::_grouped_mm");
         Results sorted;
         sort.call({flat, true, int64_t(0), false}, sorted);
         Tensor order = sorted.tensor(1);

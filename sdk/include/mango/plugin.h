@@ -434,14 +434,14 @@ typedef struct mango_merge_vtable {
 typedef struct mango_dense_ffn {
     uint32_t struct_size;
     int32_t layer;
-    const char *activation;  /* config's activation name, e.g. "silu" */
-    mango_tensor gate;       /* [F, H] or NULL (non-gated MLP) */
-    mango_tensor up;         /* [F, H] */
-    mango_tensor down;       /* [H, F] */
-    mango_tensor up_bias;    /* [F] or NULL */
-    mango_tensor down_bias;  /* [H] or NULL */
-    int64_t n_experts;       /* experts to make */
-    int64_t top_k;           /* experts per token the output model will use */
+    const char *activation; /* config's activation name, e.g. "silu" */
+    mango_tensor gate;      /* [F, H] or NULL (non-gated MLP) */
+    mango_tensor up;        /* [F, H] */
+    mango_tensor down;      /* [H, F] */
+    mango_tensor up_bias;   /* [F] or NULL */
+    mango_tensor down_bias; /* [H] or NULL */
+    int64_t n_experts;      /* experts to make */
+    int64_t top_k;          /* experts per token the output model will use */
     /* Inputs of this layer's FFN (after its norm) on calibration text, [N, H],
      * or NULL: for routers initialised from data. */
     mango_tensor hidden_states;

@@ -289,9 +289,9 @@ struct DenseFfn {
     std::string activation;
     Tensor gate, up, down, up_bias, down_bias;  // gate empty for a plain MLP
     int64_t n_experts = 0, top_k = 0;
-    Tensor hidden_states;                        // [N, H] or empty
+    Tensor hidden_states;                                     // [N, H] or empty
     std::vector<Tensor> source_gate, source_up, source_down;  // other models' FFNs
-    Tensor expert_directions;                    // [n_experts, H] or empty
+    Tensor expert_directions;                                 // [n_experts, H] or empty
 };
 
 // ---- the instance's context -----------------------------------------------
