@@ -204,15 +204,25 @@ TEST(Moe, WarmupBiasUpdatesAndStepCounterAreResumable) {
     EXPECT_EQ(found, 1);  // one sparse layer
 }
 
-TEST(Moe, BadConfigurationsAreRefusedByName) {
+TEST(Moe, BadTopKIsRefusedByName) {
     EXPECT_NE(load_error(mixtral({{"num_experts_per_tok", 5}})).find("num_experts_per_tok (5) must be between 1 and"), std::string::npos);
+}
+TEST(Moe, BadGroupsAreRefusedByName) {
     EXPECT_NE(load_error(deepseek({{"n_group", 3}})).find("n_group (3) must divide n_routed_experts (4)"), std::string::npos);
+}
+TEST(Moe, UnsupportedScoringIsRefusedByName) {
     EXPECT_NE(load_error(deepseek({{"scoring_func", "softmax"}})).find("scoring_func 'softmax' is not supported"), std::string::npos);
+}
+TEST(Moe, ZeroCapacityIsRefusedByName) {
     EXPECT_NE(load_error(mixtral({{"expert_capacity_factor", 1.0}, {"min_expert_capacity", 0}})).find("at least 1 token"),
               std::string::npos);
+}
+TEST(Moe, SlidingWindowQwenIsRefusedByName) {
     json qwen = {{"model_type", "qwen2_moe"}, {"hidden_size", 32},        {"num_hidden_layers", 2}, {"num_attention_heads", 4},
                  {"num_experts", 4},          {"num_experts_per_tok", 2}, {"vocab_size", 64},       {"use_sliding_window", true}};
     EXPECT_NE(load_error(qwen).find("use_sliding_window = true"), std::string::npos);
+}
+TEST(Moe, MissingExpertIsRefusedByName) {
     // A checkpoint without one expert: the missing tensor is named.
     const fs::path src = fs::path(MANGO_SOURCE_DIR) / "tests/golden/models/mixtral";
     const fs::path d = dir_of("missing_expert");
