@@ -60,8 +60,14 @@ for impl in ["grouped_mm", "batched_mm", "eager"]:
         print(json.dumps({"impl": f"transformers-{impl}", "error": str(e)[:200]}), flush=True)
         continue
     layer = m.model.layers[0]
-    with torch.no_grad():
-        ms = timed(lambda: layer.mlp(x))
+    try:
+        with torch.no_grad():
+            ms = timed(lambda: layer.mlp(x))
+    except torch.OutOfMemoryError as e:  # batched_mm gathers every routed slot's weights
+        print(json.dumps({"impl": f"transformers-{impl}", "error": "out of memory: " + str(e)[:120]}), flush=True)
+        del m
+        torch.cuda.empty_cache()
+        continue
     hf[impl] = ms
     print(json.dumps({"impl": f"transformers-{impl}", "moe_block_ms": ms, "tflops": flops / ms / 1e9}), flush=True)
     if impl == "grouped_mm":
