@@ -99,14 +99,17 @@ public:
     // out[t] = sum_k w[t, k] * mlp_{e[t, k]}(x[t]) for x [T, H]. Tokens are
     // grouped by expert (one matmul chain per expert that got tokens). With
     // `small` set (a few tokens: decoding) the experts' weights are gathered
-    // per slot instead, so nothing waits for the device.
-    Tensor forward(const Tensor &x, const Routing &r, const std::string &act, bool small) const {
+    // per slot instead, so nothing waits for the device. On CUDA bf16, where
+    // the LibTorch has aten::_grouped_mm, one grouped GEMM per projection
+    // (no host sync). Outside training, per-expert weights are stacked once
+    // and the stack is kept; a training forward drops it (the optimiser is
+    // about to change the weights), so weights must only change in training.
+    Tensor forward(const Tensor &x, const Routing &r, const std::string &act, bool small, bool training = false) const {
         const int64_t T = x.size(0), K = r.experts.size(1);
-        // One grouped GEMM per projection on CUDA bf16 where the LibTorch has
-        // aten::_grouped_mm (no host sync either); else per-expert matmuls.
-        const bool grouped_mm =
-            x.device().type == MANGO_DEVICE_CUDA && x.dtype() == MANGO_DTYPE_BF16 && has_grouped_mm() && (gate_up_ || small);
-        Tensor y = grouped_mm ? grouped_gemm(x, r, act) : small ? gathered(x, r, act) : grouped(x, r, act);  // [T*K, H], slot order
+        if (training) cache_gate_up_ = cache_down_ = Tensor();
+        const bool stackable = gate_up_ || !training;  // the stacked layout exists, or may be cached
+        const bool grouped_mm = stackable && x.device().type == MANGO_DEVICE_CUDA && x.dtype() == MANGO_DTYPE_BF16 && has_grouped_mm();
+        Tensor y = grouped_mm ? grouped_gemm(x, r, act) : small && stackable ? gathered(x, r, act) : grouped(x, r, act);  // [T*K, H]
         Tensor weighted = ops::mul(y, ops::reshape(r.weights, {T * K, 1}));
         return ops::to_dtype(ops::sum(ops::reshape(weighted, {T, K, x.size(1)}), {1}), x.dtype());
     }
@@ -347,7 +350,7 @@ struct SparseMlp {
         if (importance) gain = ops::mul(ops::sigmoid(ops::linear(x, importance)), 2.0);
         if (training.capacity_factor > 0 && ctx.training()) apply_capacity(r, gain, B * T);
         const bool small = !ctx.training() && B * T * top_k <= small_batch;
-        Tensor y = experts.forward(x, r, act, small);
+        Tensor y = experts.forward(x, r, act, small, ctx.training());
         if (gain) y = ops::mul(y, ops::to_dtype(gain, y.dtype()));
         if (training.warmup_steps > 0 && ctx.training()) {
             const double done = ops::item(step), alpha = std::max(0.0, 1.0 - done / double(training.warmup_steps));
@@ -413,7 +416,7 @@ struct SparseMlp {
         check(host().tensor_from_data(ids.data(), MANGO_DTYPE_I64, shape, 1, x.device(), &h));
         all.experts = ops::contiguous(ops::expand(ops::unsqueeze(Tensor(h), 0), {T, n_experts}));
         all.weights = ops::full({T, n_experts}, 1.0 / double(n_experts), MANGO_DTYPE_F32, x.device());
-        return experts.forward(x, all, act, false);
+        return experts.forward(x, all, act, false, true);
     }
 
     // After a training forward: count it; move the correction bias toward
