@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Do transformers and Mango agree on what `mango convert-moe` writes?
-usage: tools/check_moe_transformers.py [BUILD_DIR]   (needs torch, transformers, tokenizers)
+"""Do transformers and Mango agree on what `mango convert-moe` and `mango merge` write?
+usage: tools/check_with_transformers.py [BUILD_DIR]   (needs torch, transformers)
 
 Random dense models (llama, mistral, qwen2; fp32, vocabulary of the test
 tokenizer) are converted by BUILD_DIR/bin/mango convert-moe in several ways;
@@ -8,7 +8,8 @@ each output is loaded by transformers (no missing or unexpected tensors
 allowed) and must give the same greedy tokens as `mango generate`. Where the
 conversion is exact by construction (upcycling with a zero router, split with
 every expert active), transformers' logits of the MoE model must equal its
-logits of the dense one. Runs on the CPU in fp32. Prints one JSON line per
+logits of the dense one. Merges (ties, slerp, passthrough) of fine-tunes must
+load too and give Mango's greedy tokens. Runs on the CPU in fp32. Prints one JSON line per
 case and exits 1 when any disagrees."""
 import json
 import os
@@ -68,6 +69,18 @@ def convert(src, name, *args):
     return out, json.loads(r.stdout)
 
 
+def merge(name, yaml):
+    cfg = os.path.join(work, name + ".yml")
+    with open(cfg, "w") as f:
+        f.write(yaml)
+    out = os.path.join(work, name)
+    r = subprocess.run([mango, "merge", cfg, out, "--json"], capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"merge {name} failed:\n{r.stderr[-3000:]}")
+    shutil.copy(tokenizer, os.path.join(out, "tokenizer.json"))
+    return out
+
+
 def hf(d):
     m, info = tf.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, output_loading_info=True)
     bad = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
@@ -95,7 +108,9 @@ failures = 0
 def check(case, out, report, dense_dir=None):
     global failures
     m, bad = hf(out)
-    row = {"case": case, "format": report["format"], "layers": [x["layer"] for x in report["layers"] if x["converted"]]}
+    row = {"case": case}
+    if "format" in report:
+        row.update(format=report["format"], layers=[x["layer"] for x in report["layers"] if x["converted"]])
     if bad:
         row["loading"] = bad
     agree = []
@@ -146,6 +161,16 @@ for mode in ["hidden", "cheap_embed"]:
     out, rep = convert(llama, "from_models_" + mode, "--converter", "from_models", "--experts", "2", "--top-k", "1", "--prompts", prompts,
                        "--gate-mode", mode)
     check(f"from_models, 2 fine-tunes, gate_mode {mode}", out, rep)
+
+ties = merge("merge_ties", f"merge_method: ties\nbase_model: {llama}\nmodels:\n  - model: {a}\n    parameters: {{weight: 0.6, density: 0.5}}\n"
+                          f"  - model: {b}\n    parameters: {{weight: 0.4, density: 0.5}}\ndtype: float32\n")
+check("merge: ties of two fine-tunes", ties, {})
+slerp = merge("merge_slerp", f"merge_method: slerp\nbase_model: {a}\nmodels:\n  - model: {a}\n  - model: {b}\n"
+                             "parameters:\n  t: [0, 0.5, 1]\ndtype: float32\n")
+check("merge: slerp with a layer gradient", slerp, {})
+deeper = merge("merge_passthrough", f"merge_method: passthrough\nslices:\n  - sources: [{{model: {a}, layer_range: [0, 3]}}]\n"
+                                    f"  - sources: [{{model: {b}, layer_range: [1, 4]}}]\ndtype: float32\n")
+check("merge: passthrough, 6 layers from two models", deeper, {})
 
 print(json.dumps({"failures": failures, "transformers": tf.__version__, "torch": torch.__version__}))
 sys.exit(1 if failures else 0)
