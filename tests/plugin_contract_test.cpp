@@ -19,6 +19,10 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "abi/crash_guard.hpp"
+
+#include <csignal>
+
 #include <filesystem>
 #include <fstream>
 
@@ -221,6 +225,26 @@ TEST(PluginContract, BrokenRouterOutputsAreRefusedNamingRouterAndPlace) {
             EXPECT_NE(m.find("router 'broken'"), std::string::npos) << mode << ": " << m;
         }
     }
+}
+
+// A plugin that crashes takes the process down (nothing is isolated), but
+// the message names the call, the fusion layer, its TOML line, the library
+// and what the host was doing, and the exit status is the signal's.
+TEST(PluginContractDeathTest, ACrashingRouterIsNamedWithItsLibraryAndPlace) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    InstanceSpec r = named("broken", {{"mode", "crash"}});
+    r.where = "p.toml:9";
+    auto f = fusion(r);
+    const at::Tensor ids = data().narrow(0, 0, 2);
+    EXPECT_EXIT(
+        {
+            install_crash_handlers();
+            set_crash_context("step 2/3: eval (p.toml:14)");
+            logits_of(*f, ids);
+        },
+        ::testing::KilledBySignal(SIGSEGV),
+        "fatal signal 11 \\(Segmentation fault\\) in a plugin call: p.toml:9: router of fusion layer 0: router 'broken'(.|\n)*"
+        "plugin library: .*fixture_contract.so(.|\n)*while: step 2/3: eval \\(p.toml:14\\)");
 }
 
 TEST(PluginContract, FailureWithoutMessageIsReportedAsSuch) {

@@ -2,6 +2,8 @@
 // conversions between LibTorch tensors and opaque handles.
 #pragma once
 
+#include "abi/crash_guard.hpp"
+
 #include "util/error.hpp"
 
 #include <mango/plugin.h>
@@ -37,11 +39,17 @@ void clear_plugin_error();
 // Throws mango::HostError "<what>: <the plugin's message>" if status is not
 // OK ("returned status N (NAME) without a message" when it set none).
 void check_plugin(mango_status status, const std::string &what);
-// One plugin call: clear the message, call, check.
+// One plugin call: clear the message, call (naming it for the crash
+// handler), check.
 template <class F>
 void call_plugin(const std::string &what, F &&f) {
     clear_plugin_error();
-    check_plugin(f(), what);
+    mango_status s;
+    {
+        PluginCallScope scope(what, nullptr);
+        s = f();
+    }
+    check_plugin(s, what);
 }
 
 // Tests: make get_api() report a table of `bytes` (an older host); 0 = full.

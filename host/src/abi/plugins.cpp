@@ -119,7 +119,11 @@ at::Tensor AdapterInstance::forward(const at::Tensor &x, bool check) {
         throw HostError(where_ + ": input has hidden size " + std::to_string(x.size(-1)) + ", expected " + std::to_string(d_in_));
     mango_tensor in = wrap(x), out = nullptr;
     clear_plugin_error();
-    const mango_status s = vt_->forward(self_, ctx_.get(), in, &out);
+    mango_status s;
+    {
+        PluginCallScope scope(where_, function_address(vt_->forward));
+        s = vt_->forward(self_, ctx_.get(), in, &out);
+    }
     host_api()->tensor_release(in);
     check_plugin(s, where_ + ": forward");
     at::Tensor y = adopt(out, where_ + ": forward");
@@ -153,7 +157,11 @@ RouterOutput RouterInstance::route(const at::Tensor &hidden, const at::Tensor &m
                  out = nullptr;
     const bool v2 = MANGO_HAS(vt_, mango_router_vtable, route_v2) && vt_->route_v2;
     clear_plugin_error();
-    const mango_status s = v2 ? vt_->route_v2(self_, ctx_.get(), h, m, p, &out) : vt_->route(self_, ctx_.get(), h, m, &out);
+    mango_status s;
+    {
+        PluginCallScope scope(where_, v2 ? function_address(vt_->route_v2) : function_address(vt_->route));
+        s = v2 ? vt_->route_v2(self_, ctx_.get(), h, m, p, &out) : vt_->route(self_, ctx_.get(), h, m, &out);
+    }
     host_api()->tensor_release(h);
     host_api()->tensor_release(m);
     host_api()->tensor_release(p);
@@ -202,7 +210,11 @@ at::Tensor MergeInstance::merge(const MergeCall &call) {
     in.base = call.base;
     mango_tensor out = nullptr;
     clear_plugin_error();
-    const mango_status s = vt_->merge(self_, ctx_.get(), &in, &out);
+    mango_status s;
+    {
+        PluginCallScope scope(where_, function_address(vt_->merge));
+        s = vt_->merge(self_, ctx_.get(), &in, &out);
+    }
     for (mango_tensor h : handles) host_api()->tensor_release(h);
     check_plugin(s, where_ + ": tensor '" + call.name + "'");
     return out ? adopt(out, where_) : at::Tensor();
@@ -251,7 +263,11 @@ std::map<std::string, at::Tensor> MoeConverterInstance::convert(const ConvertCal
     f.source_up = su.empty() ? nullptr : su.data();
     f.source_down = sd.empty() ? nullptr : sd.data();
     clear_plugin_error();
-    const mango_status s = vt_->convert(self_, ctx_.get(), &f);
+    mango_status s;
+    {
+        PluginCallScope scope(where_, function_address(vt_->convert));
+        s = vt_->convert(self_, ctx_.get(), &f);
+    }
     for (mango_tensor t : owned) host_api()->tensor_release(t);
     check_plugin(s, where_ + ": layer " + std::to_string(call.layer));
     std::map<std::string, at::Tensor> out;

@@ -1,5 +1,6 @@
 #include "abi/runtime.hpp"
 
+#include "abi/crash_guard.hpp"
 #include "abi/host_api.hpp"
 
 #include <ATen/Parallel.h>
@@ -38,6 +39,7 @@ void init_runtime(int threads) {
     const int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     at::set_num_threads(n);
     std::signal(SIGINT, on_sigint);
+    install_crash_handlers();
 }
 
 std::string runtime_description() {

@@ -4,6 +4,12 @@
 // router or adapter alone.
 #include "cli.hpp"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
 #include "abi/plugins.hpp"
 #include "model/generate.hpp"
 #include "model/model.hpp"
@@ -195,16 +201,7 @@ void test_architecture(Report &rep, const PluginHost &host, const std::string &n
     });
 }
 
-int plugin_test(const Global &g, const po::variables_map &vm) {
-    const PluginHost host(registry::Registry::discover(registry_options(g)));
-    const std::string name = vm["name"].as<std::string>();
-    std::string kind = vm.count("kind") ? vm["kind"].as<std::string>() : "";
-    if (kind.empty()) {
-        auto found = host.registry().find_by_name(name);
-        if (found.empty()) (void)host.require("component", name);  // throws with close names
-        if (found.size() > 1) throw UsageError("several components are named '" + name + "'; choose one with --kind");
-        kind = found[0]->kind;
-    }
+int run_tests(const Global &g, const po::variables_map &vm, const PluginHost &host, const std::string &kind, const std::string &name) {
     const int64_t H = vm["hidden"].as<int64_t>(), B = vm["batch"].as<int64_t>(), T = vm["tokens"].as<int64_t>();
     Report rep;
     rep.j["component"] = {{"kind", kind}, {"name", name}, {"library", host.require(kind, name).library}};
@@ -212,10 +209,8 @@ int plugin_test(const Global &g, const po::variables_map &vm) {
         test_router(rep, host, spec_of(name, vm), H, vm["experts"].as<int64_t>(), B, T);
     else if (kind == "adapter")
         test_adapter(rep, host, spec_of(name, vm), H, vm.count("d-out") ? vm["d-out"].as<int64_t>() : H / 2, B, T);
-    else if (kind == "architecture")
-        test_architecture(rep, host, name, vm.count("model") ? vm["model"].as<std::string>() : "");
     else
-        throw UsageError("plugins test covers routers, adapters and architectures, not " + kind + " components");
+        test_architecture(rep, host, name, vm.count("model") ? vm["model"].as<std::string>() : "");
     rep.j["ok"] = rep.ok;
     rep.j["checks"] = rep.lines;
     if (g.json) {
@@ -226,6 +221,51 @@ int plugin_test(const Global &g, const po::variables_map &vm) {
         std::cout << (rep.ok ? "passed" : "FAILED") << "\n";
     }
     return rep.ok ? 0 : 1;
+}
+
+// The tests run in a child process: a component that crashes is reported, and this command survives it.
+int plugin_test(const Global &g, const po::variables_map &vm) {
+    const PluginHost host(registry::Registry::discover(registry_options(g)));
+    const std::string name = vm["name"].as<std::string>();
+    std::string kind = vm.count("kind") ? vm["kind"].as<std::string>() : "";
+    if (kind.empty()) {
+        auto found = host.registry().find_by_name(name);
+        if (found.empty()) (void)host.require("component", name);  // throws with close names
+        if (found.size() > 1) throw UsageError("several components are named '" + name + "'; choose one with --kind");
+        kind = found[0]->kind;
+    }
+    if (kind != "router" && kind != "adapter" && kind != "architecture")
+        throw UsageError("plugins test covers routers, adapters and architectures, not " + kind + " components");
+    const std::string library = host.require(kind, name).library;
+    std::cout.flush();
+    std::cerr.flush();
+    const pid_t pid = ::fork();
+    if (pid < 0) throw HostError(std::string("plugins test: cannot start the test process: ") + std::strerror(errno));
+    if (pid == 0) {
+        int rc = 1;
+        try {
+            rc = run_tests(g, vm, host, kind, name);
+        } catch (const std::exception &e) {
+            std::cerr << "mango: error: " << e.what() << "\n";
+        }
+        std::cout.flush();
+        std::cerr.flush();
+        ::_exit(rc);
+    }
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (WIFEXITED(status)) return WEXITSTATUS(status);
+    const int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+    const std::string crash = "crashed with signal " + std::to_string(sig) + " (" + strsignal(sig) + ")";
+    if (g.json)
+        std::cout << nlohmann::json{{"component", {{"kind", kind}, {"name", name}, {"library", library}}}, {"ok", false}, {"crashed", crash}}
+                         .dump(2)
+                  << "\n";
+    else
+        std::cout << kind << " '" << name << "' (" << library << ")\n  CRASH  the component " << crash
+                  << "; in a pipeline it would take the host down with it\nFAILED\n";
+    return 1;
 }
 
 }  // namespace

@@ -218,7 +218,11 @@ Model::~Model() {
 at::Tensor Model::embed(const at::Tensor &ids, const at::Tensor &positions) {
     mango_tensor i = wrap(ids), p = wrap(positions), out = nullptr;
     clear_plugin_error();
-    const mango_status s = vt_->embed(self_, ctx_.get(), i, p, &out);
+    mango_status s;
+    {
+        PluginCallScope scope(ctx_->label, function_address(vt_->embed));
+        s = vt_->embed(self_, ctx_.get(), i, p, &out);
+    }
     host_api()->tensor_release(i);
     host_api()->tensor_release(p);
     check_plugin(s, ctx_->label + ": embed");
@@ -232,7 +236,11 @@ at::Tensor Model::block(int32_t layer, const at::Tensor &hidden, const at::Tenso
     mango_tensor h = wrap(hidden), m = wrap(mask), p = wrap(positions), out = nullptr;
     ctx_->clear_reports();
     clear_plugin_error();
-    const mango_status s = vt_->block(self_, ctx_.get(), layer, h, m, p, use_cache ? 1 : 0, &out);
+    mango_status s;
+    {
+        PluginCallScope scope(ctx_->label, function_address(vt_->block));
+        s = vt_->block(self_, ctx_.get(), layer, h, m, p, use_cache ? 1 : 0, &out);
+    }
     if (s == MANGO_OK && (!ctx_->losses.empty() || !ctx_->stats.empty())) {
         LayerReport r;
         r.losses = ctx_->losses;
@@ -253,7 +261,11 @@ at::Tensor Model::block(int32_t layer, const at::Tensor &hidden, const at::Tenso
 at::Tensor Model::head(const at::Tensor &hidden) {
     mango_tensor h = wrap(hidden), out = nullptr;
     clear_plugin_error();
-    const mango_status s = vt_->head(self_, ctx_.get(), h, &out);
+    mango_status s;
+    {
+        PluginCallScope scope(ctx_->label, function_address(vt_->head));
+        s = vt_->head(self_, ctx_.get(), h, &out);
+    }
     host_api()->tensor_release(h);
     check_plugin(s, ctx_->label + ": head");
     return adopt(out, ctx_->label + ": head");

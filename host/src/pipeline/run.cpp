@@ -2,6 +2,8 @@
 // packs data once, and runs the steps in order.
 #include "pipeline/pipeline.hpp"
 
+#include "abi/crash_guard.hpp"
+
 #include "merge/merge.hpp"
 #include "train/evaluate.hpp"
 #include "util/logging.hpp"
@@ -52,6 +54,7 @@ public:
         for (size_t i = 0; i < spec_.steps.size(); ++i) {
             const StepDef &s = spec_.steps[i];
             say("\n== step " + std::to_string(i + 1) + "/" + std::to_string(spec_.steps.size()) + ": " + s.kind);
+            set_crash_context("step " + std::to_string(i + 1) + "/" + std::to_string(spec_.steps.size()) + ": " + s.kind + " (" + s.where + ")");
             json r = std::visit([&](const auto &st) { return this->step(st, i); }, s.step);
             r["run"] = s.kind;
             steps.push_back(r);
