@@ -44,7 +44,7 @@ void on_crash(int sig, siginfo_t *si, void *uc_raw) {
 }
 
 const bool installed = [] {
-    struct sigaction sa{};
+    struct sigaction sa {};
     sa.sa_sigaction = on_crash;
     sa.sa_flags = SA_SIGINFO | SA_RESETHAND;
     for (int s : {SIGSEGV, SIGBUS, SIGILL, SIGFPE}) sigaction(s, &sa, nullptr);

@@ -259,7 +259,9 @@ int plugin_test(const Global &g, const po::variables_map &vm) {
     const int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
     const std::string crash = "crashed with signal " + std::to_string(sig) + " (" + strsignal(sig) + ")";
     if (g.json)
-        std::cout << nlohmann::json{{"component", {{"kind", kind}, {"name", name}, {"library", library}}}, {"ok", false}, {"crashed", crash}}
+        std::cout << nlohmann::json{{"component", {{"kind", kind}, {"name", name}, {"library", library}}},
+                                    {"ok", false},
+                                    {"crashed", crash}}
                          .dump(2)
                   << "\n";
     else

@@ -151,6 +151,16 @@ OutputFolder::OutputFolder(const std::string &out_in, bool force, const std::vec
 
 void OutputFolder::commit() {
     namespace fs = std::filesystem;
+    if (keep_others_ && fs::is_directory(out_))
+        for (const auto &e : fs::directory_iterator(out_)) {
+            const std::string name = e.path().filename().string();
+            const bool weights = name.find(".safetensors") != std::string::npos;
+            const fs::path to = fs::path(tmp_) / name;
+            if (weights || fs::exists(to) || name.find(".mango-") != std::string::npos) continue;
+            std::error_code ec;
+            if (e.is_regular_file()) fs::create_hard_link(e.path(), to, ec);
+            if (!e.is_regular_file() || ec) fs::copy(e.path(), to, fs::copy_options::recursive);
+        }
     const std::string old = out_ + ".mango-old-" + std::to_string(::getpid());
     if (fs::exists(out_)) fs::rename(out_, old);
     fs::rename(tmp_, out_);

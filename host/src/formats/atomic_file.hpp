@@ -55,12 +55,15 @@ public:
     OutputFolder &operator=(const OutputFolder &) = delete;
     const std::string &path() const { return tmp_; }  // where to write
     const std::string &target() const { return out_; }
+    // Files of a replaced folder that the new one does not have are carried
+    // over on commit (a user's notes beside a model), except weights.
+    void keep_other_files() { keep_others_ = true; }
     void commit();
 
 private:
     std::string out_, tmp_;
     std::unique_ptr<FolderLock> lock_;
-    bool committed_ = false;
+    bool committed_ = false, keep_others_ = false;
 };
 
 }  // namespace mango::formats

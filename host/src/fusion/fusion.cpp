@@ -230,11 +230,14 @@ void FusedModel::set_reporting(bool on) {
 
 namespace mango {
 
-void FusedModel::save(const std::string &dir, bool self_contained) const {
+void FusedModel::save(const std::string &out_dir, bool self_contained, const std::map<std::string, std::string> &extra_files) const {
     // Trained experts, and models that exist only in memory, must be written out.
     self_contained = self_contained || experts_trainable_ ||
                      std::any_of(models_.begin(), models_.end(), [](const auto &m) { return !m->from_checkpoint(); });
-    fs::create_directories(dir);
+    formats::OutputFolder folder(out_dir, true, {});
+    folder.keep_other_files();
+    const std::string dir = folder.path();
+    for (const auto &[name, source] : extra_files) formats::copy_file_atomic(source, (fs::path(dir) / name).string());
     json j = {{"format", "mango-fusion"},
               {"version", 1},
               {"base", spec_.base},
@@ -248,9 +251,10 @@ void FusedModel::save(const std::string &dir, bool self_contained) const {
         if (self_contained) {
             const std::string rel = "models/" + std::to_string(i);
             const fs::path copy = fs::path(dir) / rel;
-            m.save(copy.string());
             const fs::path tok = fs::path(m.dir()) / "tokenizer.json";
-            if (fs::exists(tok)) formats::copy_file_atomic(tok.string(), (copy / "tokenizer.json").string());
+            m.save(copy.string(), false,
+                   fs::exists(tok) ? std::map<std::string, std::string>{{"tokenizer.json", tok.string()}}
+                                   : std::map<std::string, std::string>{});
             j["models"].push_back({{"path", rel}, {"sha256", model_hashes(copy.string())}});
         } else {
             j["models"].push_back({{"path", fs::absolute(m.dir()).lexically_normal().string()}, {"sha256", model_hashes(m.dir())}});
@@ -265,6 +269,7 @@ void FusedModel::save(const std::string &dir, bool self_contained) const {
     for (auto &b : buffers()) state.push_back(b);
     formats::write_safetensors((fs::path(dir) / "fusion.safetensors").string(), state, {{"format", "pt"}, {"mango", "fusion"}});
     formats::write_file_atomic((fs::path(dir) / "fusion.json").string(), j.dump(2) + "\n");
+    folder.commit();
 }
 
 std::unique_ptr<FusedModel> FusedModel::load(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device) {

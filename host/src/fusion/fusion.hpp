@@ -71,7 +71,8 @@ public:
     // also writes every model into DIR/models/<i> and refers to those
     // copies, so DIR can be moved; it is forced when the experts were trained
     // or a model was initialised from its config alone.
-    void save(const std::string &dir, bool self_contained = false) const override;
+    void save(const std::string &dir, bool self_contained = false,
+              const std::map<std::string, std::string> &extra_files = {}) const override;
     // Loads a saved fusion; a base model whose files changed since is refused
     // naming the file.
     static std::unique_ptr<FusedModel> load(const PluginHost &host, const std::string &dir, at::ScalarType dtype = at::kFloat,

@@ -2,6 +2,8 @@
 
 #include "model/recompute.hpp"
 
+#include "formats/atomic_file.hpp"
+
 #include "util/error.hpp"
 
 #include <ATen/ATen.h>
@@ -85,12 +87,18 @@ std::vector<std::pair<std::string, at::Tensor>> Model::trainable() const {
     return out;
 }
 
-void Model::save(const std::string &dir, bool) const { save_sharded(dir, 0); }
+void Model::save(const std::string &dir, bool, const std::map<std::string, std::string> &extra_files) const {
+    save_sharded(dir, 0, extra_files);
+}
 
-void Model::save_sharded(const std::string &dir, uint64_t max_shard_bytes) const {
-    std::filesystem::create_directories(dir);
-    formats::write_file_atomic((std::filesystem::path(dir) / "config.json").string(), config_.raw.dump(2) + "\n");
-    formats::write_checkpoint(dir, named_weights(), max_shard_bytes);
+void Model::save_sharded(const std::string &dir, uint64_t max_shard_bytes, const std::map<std::string, std::string> &extra_files) const {
+    formats::OutputFolder folder(dir, true, {});
+    folder.keep_other_files();
+    formats::write_checkpoint(folder.path(), named_weights(), max_shard_bytes);
+    for (const auto &[name, source] : extra_files)
+        formats::copy_file_atomic(source, (std::filesystem::path(folder.path()) / name).string());
+    formats::write_file_atomic((std::filesystem::path(folder.path()) / "config.json").string(), config_.raw.dump(2) + "\n");
+    folder.commit();
 }
 
 const registry::ComponentInfo &Model::architecture_for(const PluginHost &host, const formats::HfConfig &config) {

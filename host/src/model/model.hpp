@@ -70,7 +70,12 @@ public:
     virtual void begin_training(bool all_weights) = 0;
     virtual void end_training() = 0;
     // Writes the model to `dir` (a Hugging Face folder, or a saved fusion).
-    virtual void save(const std::string &dir, bool self_contained = false) const = 0;
+    // Writes the model to DIR, which appears whole or not at all (written
+    // beside it, then renamed over it); `extra_files` are copied in too
+    // (name in DIR -> source file; e.g. the tokenizer), so a kill never
+    // leaves a folder without them.
+    virtual void save(const std::string &dir, bool self_contained = false,
+                      const std::map<std::string, std::string> &extra_files = {}) const = 0;
 
     // Fused models: how far the adapters are from stitching each expert into
     // the base model's hidden states (see FusedModel); others have none.
@@ -125,8 +130,9 @@ public:
     void begin_training(bool) override { set_trainable(true); }
     void end_training() override { set_trainable(false); }
     // Writes config.json and model.safetensors (sharded above max_shard_bytes > 0).
-    void save(const std::string &dir, bool self_contained = false) const override;
-    void save_sharded(const std::string &dir, uint64_t max_shard_bytes) const;
+    void save(const std::string &dir, bool self_contained = false,
+              const std::map<std::string, std::string> &extra_files = {}) const override;
+    void save_sharded(const std::string &dir, uint64_t max_shard_bytes, const std::map<std::string, std::string> &extra_files = {}) const;
 
     // Config.json with transformers 5.x keys (rope_parameters, dtype) also
     // offered under their 4.x names (rope_theta, rope_scaling, torch_dtype),

@@ -54,7 +54,8 @@ public:
         for (size_t i = 0; i < spec_.steps.size(); ++i) {
             const StepDef &s = spec_.steps[i];
             say("\n== step " + std::to_string(i + 1) + "/" + std::to_string(spec_.steps.size()) + ": " + s.kind);
-            set_crash_context("step " + std::to_string(i + 1) + "/" + std::to_string(spec_.steps.size()) + ": " + s.kind + " (" + s.where + ")");
+            set_crash_context("step " + std::to_string(i + 1) + "/" + std::to_string(spec_.steps.size()) + ": " + s.kind + " (" + s.where +
+                              ")");
             json r = std::visit([&](const auto &st) { return this->step(st, i); }, s.step);
             r["run"] = s.kind;
             steps.push_back(r);
@@ -209,8 +210,7 @@ private:
         // A trained plain model is written out, so fusions can refer to it by path and content hash.
         if (auto it = plain_.find(s.model); it != plain_.end()) {
             const std::string dir = (fs::path(spec_.output) / "models" / s.model).string();
-            it->second->save(dir);
-            if (tok_) copy_tokenizer(dir);
+            it->second->save(dir, false, tokenizer_files());
             auto reloaded = std::shared_ptr<Model>(Model::load(host_, dir, spec_.dtype, spec_.device));
             plain_[s.model] = reloaded;
             live_[s.model] = reloaded;
@@ -337,8 +337,7 @@ private:
     }
 
     json step(const SaveStep &s, size_t) {
-        model(s.model).save(s.path, s.self_contained);
-        if (tok_) copy_tokenizer(s.path);
+        model(s.model).save(s.path, s.self_contained, tokenizer_files());
         say("saved " + s.model + " to " + s.path);
         return {{"model", s.model}, {"path", s.path}};
     }
@@ -422,9 +421,11 @@ private:
         return out;
     }
 
-    void copy_tokenizer(const std::string &dir) {
-        const fs::path src = fs::is_directory(spec_.tokenizer) ? fs::path(spec_.tokenizer) / "tokenizer.json" : fs::path(spec_.tokenizer);
-        formats::copy_file_atomic(src.string(), (fs::path(dir) / "tokenizer.json").string());
+    // The pipeline's tokenizer.json, saved beside every model it writes.
+    std::map<std::string, std::string> tokenizer_files() const {
+        if (!tok_) return {};
+        return {{"tokenizer.json",
+                 (fs::is_directory(spec_.tokenizer) ? fs::path(spec_.tokenizer) / "tokenizer.json" : fs::path(spec_.tokenizer)).string()}};
     }
 
     const PluginHost &host_;
