@@ -17,8 +17,8 @@ for i in 1 2 3 4 5 6 7 8 9 10 11 12; do
   printf '{"text": "function add%d(a, b) {\\n  return a + b + %d;\\n}\\nmodule.exports = add%d;\\n"}\n' $i $i $i
 done > "$work/demo/data/code.jsonl"
 
-tiny=(--set 'steps.*.steps=2' --set 'steps.*.batch_size=2' --set 'steps.*.save_state_every=1'
-      --set 'steps.*.align_steps=1' --set 'steps.*.max_new_tokens=4' --set 'steps.*.warmup_steps=1')
+tiny=(--set 'steps.*.steps?=2' --set 'steps.*.batch_size?=2' --set 'steps.*.save_state_every?=1'
+      --set 'steps.*.align_steps?=1' --set 'steps.*.max_new_tokens?=4' --set 'steps.*.warmup_steps?=1')
 n=0
 # The demo first: other pipelines read its data and trained models.
 for cfg in "$src/configs/demo.toml" $(ls "$src"/configs/*.toml | grep -v '/demo.toml$'); do

@@ -35,6 +35,11 @@ struct UsageError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// TEXT itself when it is valid UTF-8; with `lossy`, invalid bytes replaced
+// by U+FFFD (what Hugging Face tokenizers see from Python); else a
+// UsageError naming `what` and the byte offset.
+std::string checked_utf8(const std::string &text, const std::string &what, bool lossy);
+
 // The registry search options the global flags ask for.
 inline registry::Options registry_options(const Global &g) {
     registry::Options o;

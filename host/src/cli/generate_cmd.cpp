@@ -1,6 +1,8 @@
 // mango generate MODEL_DIR --prompt TEXT [--prompt TEXT...] [options]
 #include "cli.hpp"
 
+#include "formats/unicode.hpp"
+
 #include "formats/tokenizer.hpp"
 #include "model/generate.hpp"
 
@@ -43,7 +45,9 @@ std::vector<int64_t> stop_ids(const Model &m) {
 
 int generate_cmd(const Global &g, const po::variables_map &vm) {
     const std::string dir = vm["model"].as<std::string>();
-    const auto prompts = vm["prompt"].as<std::vector<std::string>>();
+    std::vector<std::string> prompts;
+    for (const auto &p : vm["prompt"].as<std::vector<std::string>>())
+        prompts.push_back(checked_utf8(p, "--prompt", vm.count("lossy-utf8") > 0));
     GenerateOptions o;
     o.max_new_tokens = vm["max-new-tokens"].as<int64_t>();
     const bool sampling = vm.count("temperature") || vm.count("top-k") || vm.count("top-p") || vm.count("seed");
@@ -68,12 +72,38 @@ int generate_cmd(const Global &g, const po::variables_map &vm) {
     for (const auto &p : prompts) {
         std::vector<int64_t> row;
         for (int32_t id : tok.encode(p, true)) row.push_back(id);
-        if (row.empty()) throw std::runtime_error("prompt '" + p + "' encodes to no tokens");
+        if (row.empty()) throw std::runtime_error("prompt '" + clip(p) + "' encodes to no tokens");
         for (int64_t id : row)
             if (id >= model->info().vocab_size)
                 throw std::runtime_error("prompt token id " + std::to_string(id) + " is outside the model's vocabulary of " +
                                          std::to_string(model->info().vocab_size) + " (tokenizer and model do not match)");
         ids.push_back(std::move(row));
+    }
+    // Lengths are checked before anything runs: past the model's positions only when asked.
+    // (rotary models have no hard limit; config.json's max_position_embeddings is what they were trained for)
+    const int64_t limit = model->max_positions() > 0 ? model->max_positions() : model->config().max_positions;
+    size_t longest = 0;
+    for (const auto &row : ids) longest = std::max(longest, row.size());
+    if (limit > 0 && int64_t(longest) + o.max_new_tokens > limit && !vm.count("past-max-positions"))
+        throw UsageError("a prompt of " + std::to_string(longest) + " tokens plus --max-new-tokens " + std::to_string(o.max_new_tokens) +
+                         " exceeds the model's " + std::to_string(limit) +
+                         " positions (max_position_embeddings); shorten them, or pass --past-max-positions");
+    // One prompt, as text: print each piece as soon as it is generated.
+    const bool stream = !g.json && prompts.size() == 1;
+    std::vector<int32_t> streamed;
+    std::string shown;
+    if (stream) {
+        std::cout << prompts[0] << std::flush;
+        o.on_token = [&](size_t, int64_t token) {
+            streamed.push_back(int32_t(token));
+            const std::string text = tok.decode(streamed, true);
+            // Print what is new once it is whole UTF-8 (a byte-level token may end mid-character).
+            if (text.size() > shown.size() && text.compare(0, shown.size(), shown) == 0 &&
+                formats::unicode::first_invalid_utf8(text) == std::string::npos) {
+                std::cout << text.substr(shown.size()) << std::flush;
+                shown = text;
+            }
+        };
     }
     const auto t0 = std::chrono::steady_clock::now();
     const auto out = mango::generate(*model, ids, o);
@@ -85,7 +115,11 @@ int generate_cmd(const Global &g, const po::variables_map &vm) {
         std::vector<int32_t> gen(out[i].begin(), out[i].end());
         const std::string text = tok.decode(gen, true);
         results.push_back({{"prompt", prompts[i]}, {"prompt_ids", ids[i]}, {"generated_ids", out[i]}, {"text", text}});
-        if (!g.json) std::cout << prompts[i] << text << "\n";
+        if (stream)
+            std::cout << (text.size() >= shown.size() && text.compare(0, shown.size(), shown) == 0 ? text.substr(shown.size()) : "")
+                      << "\n";
+        else if (!g.json)
+            std::cout << prompts[i] << text << "\n";
     }
     if (g.json)
         std::cout << nlohmann::json{{"results", results}, {"seconds", secs}, {"new_tokens", n_new}}.dump(2) << "\n";
@@ -111,7 +145,9 @@ std::vector<Command> generate_commands() {
                      "no-repeat-ngram-size", po::value<int64_t>()->default_value(0), "never repeat an n-gram of this size")(
                      "dtype", po::value<std::string>()->default_value("float32"), "float32 | bfloat16 | float16")(
                      "tokenizer", po::value<std::string>(), "tokenizer.json or folder (default: MODEL_DIR)")(
-                     "no-cache", "recompute the whole sequence every step (no KV cache)");
+                     "no-cache", "recompute the whole sequence every step (no KV cache)")(
+                     "past-max-positions", "allow prompt + new tokens beyond max_position_embeddings")(
+                     "lossy-utf8", "replace invalid UTF-8 in prompts with U+FFFD instead of refusing them");
                  p.add("model", 1);
              },
              generate_cmd}};

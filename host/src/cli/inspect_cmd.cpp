@@ -2,6 +2,7 @@
 #include "cli.hpp"
 
 #include "formats/safetensors.hpp"
+#include "formats/tokenizer.hpp"
 #include "model/model.hpp"
 
 #include <nlohmann/json.hpp>
@@ -9,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <set>
 
 namespace fs = std::filesystem;
 
@@ -78,6 +80,51 @@ int inspect_roles(const Global &g, const std::string &dir) {
     return 0;
 }
 
+// What is wrong with a model folder, as a user would want to hear before
+// running it: a config its architecture refuses, tensors missing or of the
+// wrong shape, tensors nobody reads, a tokenizer that does not load.
+std::vector<std::string> check_folder(const Global &g, const std::string &dir, const formats::Checkpoint &ckpt, bool &checked) {
+    std::vector<std::string> problems;
+    checked = false;
+    if (!fs::is_directory(dir) || !fs::exists(fs::path(dir) / "config.json")) return problems;
+    checked = true;
+    const PluginHost host(registry::Registry::discover(registry_options(g)));
+    std::vector<TensorDecl> table;
+    try {
+        table = Model::tensor_table(host, dir, true);
+    } catch (const std::exception &e) {
+        problems.push_back(e.what());
+        return problems;
+    }
+    std::set<std::string> declared;
+    for (const TensorDecl &t : table) {
+        if (t.flags & MANGO_TENSOR_TIED) {
+            declared.insert(t.name);
+            continue;
+        }
+        declared.insert(t.name);
+        if (!ckpt.contains(t.name)) {
+            if (!(t.flags & MANGO_TENSOR_OPTIONAL)) problems.push_back("missing tensor '" + t.name + "' (role " + t.role + ")");
+            continue;
+        }
+        const auto &shape = ckpt.entry(t.name).shape;
+        if (!t.shape.empty() && shape != t.shape)
+            problems.push_back("tensor '" + t.name + "' has shape " + shape_text(shape) + ", config.json implies " + shape_text(t.shape));
+    }
+    size_t unused = 0;
+    std::string first;
+    for (const std::string &n : ckpt.names())
+        if (!declared.count(n) && unused++ == 0) first = n;
+    if (unused) problems.push_back(std::to_string(unused) + " tensor(s) the architecture does not read, e.g. '" + first + "'");
+    const fs::path tok = fs::path(dir) / "tokenizer.json";
+    if (fs::exists(tok)) try {
+            formats::Tokenizer::from_file(tok.string());
+        } catch (const std::exception &e) {
+            problems.push_back(e.what());
+        }
+    return problems;
+}
+
 int inspect(const Global &g, const po::variables_map &vm) {
     const std::string path = vm["path"].as<std::string>();
     if (vm.count("roles")) return inspect_roles(g, path);
@@ -106,13 +153,19 @@ int inspect(const Global &g, const po::variables_map &vm) {
     for (const auto &f : ckpt.files())
         files.push_back({{"path", f->path()}, {"tensors", f->header().tensors.size()}, {"metadata", f->header().metadata}});
     json out = {{"path", path}, {"parameters", params}, {"bytes", bytes}, {"dtypes", by_dtype}, {"files", files}, {"tensors", tensors}};
+    bool checked = false;
+    const std::vector<std::string> problems = check_folder(g, path, ckpt, checked);
+    if (checked) {
+        out["ok"] = problems.empty();
+        out["problems"] = problems;
+    }
     if (config.is_object()) {
         out["model_type"] = config.value("model_type", "");
         if (config.contains("architectures")) out["architectures"] = config["architectures"];
     }
     if (g.json) {
         std::cout << out.dump(2) << "\n";
-        return 0;
+        return problems.empty() ? 0 : 1;
     }
     if (config.is_object()) {
         std::cout << "model_type: " << config.value("model_type", "(none)");
@@ -136,7 +189,12 @@ int inspect(const Global &g, const po::variables_map &vm) {
         std::cout << name << std::string(width - name.size() + 2, ' ') << dtype << std::string(dtype.size() < 9 ? 9 - dtype.size() : 1, ' ')
                   << shape_text(t["shape"].get<std::vector<int64_t>>()) << "\n";
     }
-    return 0;
+    if (checked) {
+        std::cout << "\ncheck: " << (problems.empty() ? "OK (config.json accepted; every tensor present with its shape)" : "FAILED")
+                  << "\n";
+        for (const auto &p : problems) std::cout << "  " << p << "\n";
+    }
+    return problems.empty() ? 0 : 1;
 }
 
 }  // namespace

@@ -170,6 +170,14 @@ int run(int argc, char **argv) {
     return cmd->run(g, vm);
 }
 
+// A message is for reading: one that echoes a huge value (a 2 MB token in a
+// TOML file) keeps its head and tail.
+std::string readable(const std::string &m) {
+    constexpr size_t kMax = 2000;
+    if (m.size() <= kMax) return m;
+    return m.substr(0, 1400) + " [... " + std::to_string(m.size() - 1800) + " characters cut ...] " + m.substr(m.size() - 400);
+}
+
 }  // namespace
 }  // namespace mango::cli
 
@@ -179,10 +187,10 @@ int main(int argc, char **argv) {
     try {
         return mango::cli::run(argc, argv);
     } catch (const mango::cli::UsageError &e) {
-        std::cerr << "mango: " << e.what() << "\nTry 'mango --help'.\n";
+        std::cerr << "mango: " << mango::cli::readable(e.what()) << "\nTry 'mango --help'.\n";
         return 2;
     } catch (const std::exception &e) {
-        std::cerr << "mango: error: " << e.what() << "\n";
+        std::cerr << "mango: error: " << mango::cli::readable(e.what()) << "\n";
         return 1;
     }
 }

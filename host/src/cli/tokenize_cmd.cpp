@@ -2,6 +2,7 @@
 #include "cli.hpp"
 
 #include "formats/tokenizer.hpp"
+#include "formats/unicode.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -9,12 +10,21 @@
 #include <sstream>
 
 namespace mango::cli {
+
+std::string checked_utf8(const std::string &text, const std::string &what, bool lossy) {
+    const size_t bad = formats::unicode::first_invalid_utf8(text);
+    if (bad == std::string::npos) return text;
+    if (lossy) return formats::unicode::from_bytes_lossy(text);
+    throw UsageError(what + " is not valid UTF-8 (byte " + std::to_string(bad) +
+                     "); pass --lossy-utf8 to replace invalid bytes with U+FFFD, as Hugging Face tokenizers receive them from Python");
+}
+
 namespace {
 
 int tokenize(const Global &g, const po::variables_map &vm) {
     const formats::Tokenizer tok = formats::Tokenizer::from_file(vm["model"].as<std::string>());
-    const std::string input = vm["text"].as<std::string>();
     const bool special = !vm.count("no-special");
+    const std::string input = checked_utf8(vm["text"].as<std::string>(), "TEXT", vm.count("lossy-utf8") > 0);
     if (vm.count("decode")) {
         std::vector<int32_t> ids;
         std::stringstream ss(input);
@@ -53,7 +63,8 @@ std::vector<Command> tokenize_commands() {
                  d.add_options()("model", po::value<std::string>()->required(), "model folder or tokenizer.json")(
                      "text", po::value<std::string>()->required(), "text to encode (ids with --decode)")(
                      "decode", "decode ids instead of encoding text")("no-special",
-                                                                      "no BOS/CLS/SEP when encoding; drop special tokens when decoding");
+                                                                      "no BOS/CLS/SEP when encoding; drop special tokens when decoding")(
+                     "lossy-utf8", "replace invalid UTF-8 in TEXT with U+FFFD instead of refusing it");
                  p.add("model", 1).add("text", 1);
              },
              tokenize}};

@@ -3,6 +3,8 @@
 // JSON description; anything this file does not implement is refused by name.
 #include "formats/tokenizer.hpp"
 
+#include "util/error.hpp"
+
 #include "unicode.hpp"
 
 #include <nlohmann/json.hpp>
@@ -359,6 +361,11 @@ public:
                 throw TokenizerError(where + ": merge " + m.dump() + " is neither 'a b' nor [a, b]");
             }
             std::string merged = a + (!prefix_.empty() && b.rfind(prefix_, 0) == 0 ? b.substr(prefix_.size()) : b);
+            // As Hugging Face tokenizers: every part of a merge is in the vocabulary.
+            for (const std::string *t : {&a, &b, &merged})
+                if (!vocab.find(*t))
+                    throw TokenizerError(where + ": merge " + std::to_string(rank) + " ('" + clip(a, 60) + "' + '" + clip(b, 60) +
+                                         "') uses '" + clip(*t, 60) + "', which is not in the vocabulary");
             merges_.emplace(a + '\0' + b, std::make_pair(rank++, std::move(merged)));
         }
     }

@@ -18,6 +18,8 @@ std::string encode(const std::vector<char32_t> &cps);
 std::vector<std::string> chars(const std::string &s);
 // Like Rust's String::from_utf8_lossy: each maximal invalid subsequence -> U+FFFD.
 std::string from_bytes_lossy(const std::string &bytes);
+// Offset of the first byte that is not valid UTF-8, or std::string::npos.
+size_t first_invalid_utf8(const std::string &s);
 
 bool is_whitespace(char32_t c);   // Unicode White_Space
 bool is_control(char32_t c);      // category C* other than \t \n \r

@@ -94,6 +94,7 @@ std::vector<std::vector<int64_t>> generate(CausalLM &model, const std::vector<st
             if (!done[i]) {
                 out[i].push_back(tok);
                 history[i].push_back(tok);
+                if (o.on_token) o.on_token(i, tok);
                 if (std::find(o.stop_ids.begin(), o.stop_ids.end(), tok) != o.stop_ids.end()) done[i] = true;
             }
             all_done = all_done && done[i];

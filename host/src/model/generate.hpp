@@ -5,6 +5,7 @@
 #include "model/model.hpp"
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace mango {
@@ -20,6 +21,8 @@ struct GenerateOptions {
     std::vector<int64_t> stop_ids;  // a row ends after emitting one of these
     int64_t pad_id = 0;
     bool use_cache = true;
+    // Called with (prompt index, token) as each new token is chosen (streaming).
+    std::function<void(size_t, int64_t)> on_token;
 };
 
 // Ids of the new tokens per prompt (a stop id included, nothing after it).

@@ -5,10 +5,12 @@
 #include "formats/atomic_file.hpp"
 
 #include "util/error.hpp"
+#include "util/progress.hpp"
 
 #include <ATen/ATen.h>
 
 #include <filesystem>
+#include <unistd.h>
 #include <set>
 
 namespace mango {
@@ -148,7 +150,9 @@ std::unique_ptr<Model> Model::build(const PluginHost &host, const std::string &d
     m->dtype_ = dtype;
     m->device_ = device;
     m->config_ = formats::load_hf_config(dir);
-    architecture_for(host, m->config_);  // an unknown model_type is the first thing to say
+    const registry::ComponentInfo &arch = architecture_for(host, m->config_);  // an unknown model_type is the first thing to say
+    if (MANGO_HAS(static_cast<const mango_architecture_vtable *>(host.vtable(arch)), mango_architecture_vtable, tensors))
+        check_fits(tensor_table(host, m->config_, nullptr, dir), dtype, device, dir);
     m->ctx_ = std::make_unique<InstanceContext>();
     if (random) {
         m->ctx_->random_init = true;
@@ -184,6 +188,25 @@ std::unique_ptr<Model> Model::from_tensors(const PluginHost &host, const nlohman
     };
     m->instantiate(host);
     return m;
+}
+
+void Model::check_fits(const std::vector<TensorDecl> &table, at::ScalarType dtype, at::Device device, const std::string &where) {
+    double elements = 0, largest = 0;
+    std::string largest_name;
+    for (const TensorDecl &t : table) {
+        if (t.flags & MANGO_TENSOR_TIED) continue;
+        double n = 1;
+        for (int64_t d : t.shape) n *= double(d);
+        elements += n;
+        if (n > largest) largest = n, largest_name = t.name;
+    }
+    const double bytes = elements * double(c10::elementSize(dtype));
+    if (!device.is_cpu()) return;  // device memory is the device's to refuse
+    const double ram = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGE_SIZE));
+    if (ram > 0 && bytes > ram)
+        throw HostError(where + ": the model needs " + format_bytes(bytes) + " for its weights as " + c10::toString(dtype) +
+                        " (largest: '" + largest_name + "', " + format_bytes(largest * double(c10::elementSize(dtype))) +
+                        "), more than this machine's " + format_bytes(ram) + " of memory; check config.json's sizes");
 }
 
 at::Tensor Model::checked_weight(const at::Tensor &t, const std::string &name, const std::string &where) {

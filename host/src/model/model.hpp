@@ -178,6 +178,8 @@ private:
     // Creates the plugin instance for config_ with ctx_'s weight callbacks set.
     void instantiate(const PluginHost &host);
     static at::Tensor checked_weight(const at::Tensor &t, const std::string &name, const std::string &where);
+    // Throws when the weights cannot fit in this machine's memory (a config with absurd sizes).
+    static void check_fits(const std::vector<TensorDecl> &table, at::ScalarType dtype, at::Device device, const std::string &where);
     std::string dir_;
     formats::HfConfig config_;
     std::shared_ptr<formats::Checkpoint> ckpt_;

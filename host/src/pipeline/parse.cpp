@@ -47,14 +47,14 @@ InstanceSpec plugin_spec(const PluginHost &host, Table t, const std::string &kin
 at::Device parse_device(const std::string &s, const std::string &where) {
     if (s == "cpu") return at::kCPU;
     if (s == "cuda" || s.rfind("cuda:", 0) == 0) return at::Device(s);
-    throw PipelineError(where + ": device must be \"cpu\" or \"cuda[:N]\", not \"" + s + "\"");
+    throw PipelineError(where + ": device must be \"cpu\" or \"cuda[:N]\", not \"" + clip(s) + "\"");
 }
 
 at::ScalarType parse_dtype(const std::string &s, const std::string &where) {
     if (s == "float32") return at::kFloat;
     if (s == "bfloat16") return at::kBFloat16;
     if (s == "float16") return at::kHalf;
-    throw PipelineError(where + ": dtype must be float32, bfloat16 or float16, not \"" + s + "\"");
+    throw PipelineError(where + ": dtype must be float32, bfloat16 or float16, not \"" + clip(s) + "\"");
 }
 
 // "defined: a, b, c", for errors about a name that is not one of them.
@@ -133,7 +133,7 @@ std::pair<std::string, int32_t> expert_ref(const std::string &s, const std::stri
         if (used != s.size() - c - 1) throw std::invalid_argument("");
         return {s.substr(0, c), v};
     } catch (const std::exception &) {
-        throw PipelineError(where + ": expected \"MODEL:LAYER\" (e.g. \"a:0\"), found \"" + s + "\"");
+        throw PipelineError(where + ": expected \"MODEL:LAYER\" (e.g. \"a:0\"), found \"" + clip(s) + "\"");
     }
 }
 
@@ -300,7 +300,7 @@ TrainStep read_train(Table &t, const PipelineSpec &spec, size_t index, std::stri
     s.run.eval_every = t.integer("eval_every", 0, 0);
     const std::string what = t.string("train", "default");
     if (what != "default" && what != "all")
-        throw PipelineError(t.at("train") + ": expected \"default\" or \"all\", found \"" + what + "\"");
+        throw PipelineError(t.at("train") + ": expected \"default\" or \"all\", found \"" + clip(what) + "\"");
     s.all_weights = what == "all";
     const bool resume = t.boolean("resume", true);
     const std::string stem = spec.output + "/train/step" + std::to_string(index) + "-" + s.model;
@@ -565,7 +565,7 @@ PipelineSpec Pipeline::parse(const PluginHost &host, const std::string &file, co
             const auto t = formats::Tokenizer::from_file(spec.tokenizer);
             if (auto eos = tok->string("eos")) {
                 auto id = t.token_to_id(*eos);
-                if (!id) throw PipelineError(tok->at("eos") + ": the tokenizer has no token \"" + *eos + "\"");
+                if (!id) throw PipelineError(tok->at("eos") + ": the tokenizer has no token \"" + clip(*eos) + "\"");
                 spec.eos_id = *id;
             }
         } catch (const PipelineError &) {

@@ -316,7 +316,7 @@ private:
         std::vector<std::vector<int64_t>> prompts;
         for (const auto &p : s.prompts) {
             auto ids = tok_->encode(p, false);
-            if (ids.empty()) throw PipelineError("generate: the prompt \"" + p + "\" has no tokens");
+            if (ids.empty()) throw PipelineError("generate: the prompt \"" + clip(p) + "\" has no tokens");
             prompts.emplace_back(ids.begin(), ids.end());
         }
         GenerateOptions o = s.options;

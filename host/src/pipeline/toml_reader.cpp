@@ -178,24 +178,24 @@ std::vector<std::string> split(const std::string &s, char sep) {
     return out;
 }
 
-// wild: reached through "*", so only keys that exist are changed.
-void assign(toml::node &at, const std::vector<std::string> &keys, size_t i, const toml::node &value, const std::string &full, bool wild) {
+// wild: reached through "*", so only keys that exist are changed. Returns how many values were set.
+size_t assign(toml::node &at, const std::vector<std::string> &keys, size_t i, const toml::node &value, const std::string &full, bool wild) {
     const std::string &k = keys[i];
     const bool last = i + 1 == keys.size();
     if (auto *t = at.as_table()) {
         if (k == "*") {
+            size_t n = 0;
             for (auto &[_, child] : *t)
-                if (!last) assign(child, keys, i + 1, value, full, true);
-            return;
+                if (!last) n += assign(child, keys, i + 1, value, full, true);
+            return n;
         }
-        if (wild && !t->contains(k)) return;
+        if (wild && !t->contains(k)) return 0;
         if (last) {
             t->insert_or_assign(k, value);
-            return;
+            return 1;
         }
         if (!t->contains(k)) t->insert(k, toml::table{});
-        assign(*t->get(k), keys, i + 1, value, full, wild);
-        return;
+        return assign(*t->get(k), keys, i + 1, value, full, wild);
     }
     if (auto *a = at.as_array()) {
         std::vector<size_t> idx;
@@ -212,13 +212,14 @@ void assign(toml::node &at, const std::vector<std::string> &keys, size_t i, cons
                 throw PipelineError("--set " + full + ": index " + k + " is beyond the array (" + std::to_string(a->size()) + " elements)");
             idx.push_back(j);
         }
+        size_t n = 0;
         for (size_t j : idx) {
             if (last)
-                a->replace(a->cbegin() + static_cast<std::ptrdiff_t>(j), value);
+                a->replace(a->cbegin() + static_cast<std::ptrdiff_t>(j), value), ++n;
             else
-                assign(*a->get(j), keys, i + 1, value, full, wild || k == "*");
+                n += assign(*a->get(j), keys, i + 1, value, full, wild || k == "*");
         }
-        return;
+        return n;
     }
     throw PipelineError("--set " + full + ": '" + keys[i - 1] + "' is a value, not a table or array");
 }
@@ -228,14 +229,19 @@ void assign(toml::node &at, const std::vector<std::string> &keys, size_t i, cons
 void apply_set(toml::table &root, const std::string &assignment) {
     const size_t eq = assignment.find('=');
     if (eq == std::string::npos || eq == 0) throw PipelineError("--set '" + assignment + "': expected KEY.PATH=VALUE");
-    const std::string key = assignment.substr(0, eq), text = assignment.substr(eq + 1);
+    std::string key = assignment.substr(0, eq);
+    const std::string text = assignment.substr(eq + 1);
+    const bool optional = key.back() == '?';  // "a.*.b?=v": only where b exists, and no error where it nowhere does
+    if (optional) key.pop_back();
     toml::table parsed;
     try {
         parsed = toml::parse("v = " + text);
     } catch (const toml::parse_error &) {
         parsed = toml::table{{"v", text}};  // a bare word: a string
     }
-    assign(root, split(key, '.'), 0, *parsed.get("v"), key, false);
+    if (assign(root, split(key, '.'), 0, *parsed.get("v"), key, false) == 0 && !optional)
+        throw PipelineError("--set " + clip(key) + ": no element has the key '" + clip(split(key, '.').back()) +
+                            "' (a '*' only changes keys that exist; end the key with '?' to allow that)");
 }
 
 }  // namespace mango::pipeline

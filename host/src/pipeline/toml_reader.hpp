@@ -59,7 +59,8 @@ nlohmann::json to_json(const toml::node &n);
 // Applies "a.b.0.c=value" (TOML value, or a bare string); "*" matches every
 // element of an array or table, and below a "*" only keys that exist change
 // ("steps.*.steps=2" shortens the train steps and adds nothing to the others).
-// Throws when the path leads nowhere.
+// Throws when the path leads nowhere, or when a "*" path changes nothing
+// (a misspelt key) unless the key ends with '?' ("steps.*.align_steps?=1").
 void apply_set(toml::table &root, const std::string &assignment);
 
 }  // namespace mango::pipeline

@@ -62,4 +62,11 @@ void Progress::finish(const std::string &status) {
     std::cerr << (tty_ ? "\r" : "") << line << "\n";
 }
 
+std::string format_bytes(double bytes) {
+    const char *units[] = {"B", "KB", "MB", "GB", "TB", "PB"};
+    int u = 0;
+    while (bytes >= 1000 && u < 5) bytes /= 1000, ++u;
+    return format_fixed(bytes, bytes < 10 && u > 0 ? 1 : 0) + " " + units[u];
+}
+
 }  // namespace mango

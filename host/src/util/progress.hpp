@@ -28,5 +28,7 @@ private:
 std::string format_duration(double seconds);
 // v with `digits` decimals: format_fixed(3.14159, 2) == "3.14".
 std::string format_fixed(double v, int digits);
+// "1.5 GB", "320 MB", "12 KB", "7 B" (decimal units).
+std::string format_bytes(double bytes);
 
 }  // namespace mango
