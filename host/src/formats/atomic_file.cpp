@@ -4,6 +4,7 @@
 #include "util/error.hpp"
 
 #include <fcntl.h>
+#include <stdio.h>  // renameat2, RENAME_EXCHANGE (glibc >= 2.28)
 #include <signal.h>
 #include <sys/file.h>
 #include <unistd.h>
@@ -14,6 +15,8 @@
 #include <filesystem>
 #include <fstream>
 #include <thread>
+#include <set>
+#include <mutex>
 
 namespace fs = std::filesystem;
 
@@ -21,6 +24,7 @@ namespace mango::formats {
 namespace {
 
 constexpr const char *kTempTag = ".mango-tmp-";
+constexpr const char *kOldTag = ".mango-old-";
 
 void fsync_dir(const fs::path &dir) {
     const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -47,6 +51,14 @@ void write_all(int fd, const void *data, size_t n, const std::string &path) {
 
 void write_atomic(const std::string &path, const std::function<void(int, const std::string &)> &produce) {
     const fs::path target(path);
+    {
+        // The first write into a folder clears what killed writers left there.
+        static std::mutex m;
+        static std::set<std::string> cleaned;
+        const std::string dir = fs::absolute(target).parent_path().string();
+        std::lock_guard<std::mutex> lock(m);
+        if (cleaned.insert(dir).second && fs::is_directory(dir)) remove_stale_temp_files(dir);
+    }
     const std::string tmp = temp_name(path);
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) throw FormatError(path + ": cannot create " + tmp + ": " + std::strerror(errno));
@@ -90,15 +102,25 @@ int remove_stale_temp_files(const std::string &dir) {
     std::error_code ec;
     if (!fs::is_directory(dir, ec)) return 0;
     int removed = 0;
-    for (const auto &e : fs::directory_iterator(dir, ec)) {
-        const std::string name = e.path().filename().string();
-        const size_t at = name.rfind(kTempTag);
+    std::vector<fs::path> entries;
+    for (const auto &e : fs::directory_iterator(dir, ec)) entries.push_back(e.path());
+    for (const fs::path &path : entries) {
+        const std::string name = path.filename().string();
+        const char *tag = kTempTag;
+        size_t at = name.rfind(tag);
+        if (at == std::string::npos) at = name.rfind(tag = kOldTag);
         if (at == std::string::npos) continue;
-        const std::string pid_text = name.substr(at + std::strlen(kTempTag));
+        const std::string pid_text = name.substr(at + std::strlen(tag));
         if (pid_text.empty() || pid_text.find_first_not_of("0123456789") != std::string::npos) continue;
         const long pid = std::stol(pid_text);
         if (pid == getpid() || (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM)) continue;  // alive
-        fs::remove_all(e.path(), ec);
+        // A folder moved aside by a writer killed before its replacement arrived goes back.
+        const fs::path original = path.parent_path() / name.substr(0, at);
+        if (tag == kOldTag && !fs::exists(original, ec)) {
+            fs::rename(path, original, ec);
+            continue;
+        }
+        fs::remove_all(path, ec);
         if (!ec) ++removed;
     }
     return removed;
@@ -161,12 +183,24 @@ void OutputFolder::commit() {
             if (e.is_regular_file()) fs::create_hard_link(e.path(), to, ec);
             if (!e.is_regular_file() || ec) fs::copy(e.path(), to, fs::copy_options::recursive);
         }
-    const std::string old = out_ + ".mango-old-" + std::to_string(::getpid());
-    if (fs::exists(out_)) fs::rename(out_, old);
+    std::error_code ec;
+    if (fs::exists(out_)) {
+        // Swapped in one step, so OUT never goes missing; the old folder ends at the temp name.
+        if (::renameat2(AT_FDCWD, tmp_.c_str(), AT_FDCWD, out_.c_str(), RENAME_EXCHANGE) == 0) {
+            committed_ = true;
+            fs::remove_all(tmp_, ec);
+            return;
+        }
+        // A filesystem without the exchange: aside, then in (remove_stale_temp_files puts it back if killed between).
+        const std::string old = out_ + kOldTag + std::to_string(::getpid());
+        fs::rename(out_, old);
+        fs::rename(tmp_, out_);
+        committed_ = true;
+        fs::remove_all(old, ec);
+        return;
+    }
     fs::rename(tmp_, out_);
     committed_ = true;
-    std::error_code ec;
-    fs::remove_all(old, ec);
 }
 
 OutputFolder::~OutputFolder() {

@@ -41,7 +41,9 @@ std::string short_stats(const std::map<std::string, std::vector<double>> &stats)
     return out;
 }
 
-// Keeps the lines of a JSONL metrics log up to step `last` (and lines without a step).
+// Keeps the lines of a JSONL metrics log up to step `last` (and lines
+// without a step), except the end-of-run validation line, which the resumed
+// run writes again.
 void cut_log(const std::string &path, int64_t last) {
     std::ifstream in(path);
     if (!in) return;
@@ -50,6 +52,7 @@ void cut_log(const std::string &path, int64_t last) {
         try {
             const auto j = nlohmann::json::parse(line);
             if (j.contains("step") && j["step"].get<int64_t>() > last) continue;
+            if (j.contains("validation_perplexity") && !j.contains("loss")) continue;
         } catch (const std::exception &) {
             continue;  // a line cut short by a kill
         }
@@ -150,7 +153,7 @@ TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const Train
     r.tokens_per_s = double(tokens) / std::max(1e-9, r.seconds);
     r.validation_perplexity = validate();
     model.train(false);
-    if (log && r.validation_perplexity > 0 && trainer.steps_done() > start)
+    if (log && r.validation_perplexity > 0)
         log << nlohmann::json{{"step", r.steps}, {"validation_perplexity", r.validation_perplexity}}.dump() << "\n";
     bar.finish(start == o.train.steps
                    ? "already trained (" + o.state_path + ")"
