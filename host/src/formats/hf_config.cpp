@@ -1,5 +1,7 @@
 #include "formats/hf_config.hpp"
 
+#include "util/error.hpp"
+
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -36,7 +38,8 @@ std::vector<int64_t> id_list(const json &j, const char *key, const std::string &
 
 }  // namespace
 
-HfConfig parse_hf_config(const std::string &text, const std::string &where) {
+namespace {
+HfConfig parse_checked(const std::string &text, const std::string &where) {
     HfConfig c;
     c.path = where;
     try {
@@ -89,11 +92,25 @@ HfConfig parse_hf_config(const std::string &text, const std::string &where) {
 
     const json dtype = j.contains("dtype") ? j["dtype"] : j.value("torch_dtype", json());
     if (dtype.is_string()) c.dtype = dtype.get<std::string>();
-    c.tie_word_embeddings = j.value("tie_word_embeddings", c.model_type == "gpt2" || c.model_type == "bert");
+    c.tie_word_embeddings = c.model_type == "gpt2" || c.model_type == "bert";
+    if (j.contains("tie_word_embeddings")) {
+        if (!j["tie_word_embeddings"].is_boolean())
+            throw ConfigError(where + ": tie_word_embeddings must be true or false, found " + clip(j["tie_word_embeddings"].dump()));
+        c.tie_word_embeddings = j["tie_word_embeddings"].get<bool>();
+    }
     c.bos_token_ids = id_list(j, "bos_token_id", where);
     c.eos_token_ids = id_list(j, "eos_token_id", where);
     if (j.contains("pad_token_id") && j["pad_token_id"].is_number_integer()) c.pad_token_id = j["pad_token_id"].get<int64_t>();
     return c;
+}
+}  // namespace
+
+HfConfig parse_hf_config(const std::string &text, const std::string &where) {
+    try {
+        return parse_checked(text, where);
+    } catch (const json::exception &e) {  // a type the checks above did not foresee
+        throw ConfigError(where + ": " + e.what());
+    }
 }
 
 HfConfig load_hf_config(const std::string &model_dir) {

@@ -20,10 +20,16 @@ struct Reader {
     std::string at(const YAML::Node &n) const { return file + ":" + std::to_string(n.Mark().line + 1); }
     [[noreturn]] void fail(const YAML::Node &n, const std::string &what) const { throw HostError(at(n) + ": " + what); }
 
+    // A map's key: a plain scalar.
+    std::string key(const YAML::Node &k) const {
+        if (!k.IsScalar()) fail(k, "a key must be a plain name, not a list or a map");
+        return k.Scalar();
+    }
+
     // Keys of a map, refusing those not in `allowed`.
     void only(const YAML::Node &map, const std::set<std::string> &allowed, const std::string &what) const {
         for (const auto &kv : map) {
-            const std::string k = kv.first.as<std::string>();
+            const std::string k = key(kv.first);
             if (!allowed.count(k)) {
                 std::string list;
                 for (const auto &a : allowed) list += (list.empty() ? "" : ", ") + a;
@@ -88,7 +94,7 @@ struct Reader {
         if (n.IsNull()) return s;
         if (!n.IsMap()) fail(n, what + " must be a map of parameter names to values");
         for (const auto &kv : n) {
-            const std::string k = kv.first.as<std::string>();
+            const std::string k = key(kv.first);
             s[k] = setting(kv.second, k);
         }
         return s;
@@ -132,17 +138,13 @@ struct Reader {
 
 }  // namespace
 
-Config parse_config(const std::string &text, const std::string &file, const std::string &dir) {
+namespace {
+Config parse_checked(const std::string &text, const std::string &file, const std::string &dir) {
     Config c;
     c.file = file;
     c.dir = dir;
     c.text = text;
-    YAML::Node root;
-    try {
-        root = YAML::Load(text);
-    } catch (const YAML::ParserException &e) {
-        throw HostError(file + ":" + std::to_string(e.mark.line + 1) + ":" + std::to_string(e.mark.column + 1) + ": " + e.msg);
-    }
+    const YAML::Node root = YAML::Load(text);
     const Reader r{file};
     if (!root.IsMap()) throw HostError(file + ": expected a mergekit configuration (a YAML map with merge_method and models or slices)");
     r.only(root,
@@ -218,10 +220,25 @@ Config parse_config(const std::string &text, const std::string &file, const std:
         c.tokenizer_source = t["source"] ? (t["source"].IsMap() ? r.model_ref(t["source"]) : r.string(t["source"], "source")) : "union";
         c.tokenizer_where = r.at(t);
         if (t["tokens"]) r.fail(t["tokens"], "tokenizer.tokens (per-token embedding sources) is not supported");
-        if (t["pad_to_multiple_of"]) c.pad_to_multiple_of = t["pad_to_multiple_of"].as<int64_t>();
+        if (const YAML::Node p = t["pad_to_multiple_of"]) {
+            const json v = r.scalar(p, "pad_to_multiple_of");
+            if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > (1 << 20))
+                r.fail(p, "pad_to_multiple_of must be an integer from 0 to 1048576");
+            c.pad_to_multiple_of = v.get<int64_t>();
+        }
     }
     if (root["chat_template"]) c.chat_template = r.string(root["chat_template"], "chat_template");
     return c;
+}
+}  // namespace
+
+Config parse_config(const std::string &text, const std::string &file, const std::string &dir) {
+    try {
+        return parse_checked(text, file, dir);
+    } catch (const YAML::Exception &e) {  // what the checks above did not foresee, still placed in the file
+        if (e.mark.is_null()) throw HostError(file + ": " + e.msg);
+        throw HostError(file + ":" + std::to_string(e.mark.line + 1) + ":" + std::to_string(e.mark.column + 1) + ": " + e.msg);
+    }
 }
 
 Config load_config(const std::string &path) {

@@ -19,6 +19,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// fs::exists without throwing: a name too long or a path through a file is
+// simply not there (the message that follows names it).
+bool path_exists(const fs::path &p) {
+    std::error_code ec;
+    return fs::exists(p, ec);
+}
+
 InstanceSpec plugin_spec(const PluginHost &host, Table t, const std::string &kind) {
     InstanceSpec s;
     s.where = t.here();
@@ -88,7 +95,7 @@ void read_data(PipelineSpec &spec, Table data) {
             throw PipelineError(t.here() + ": give exactly one of 'path' (a .txt or .jsonl file) or 'mix' (names of other data sets)");
         if (path) {
             d.path = *path;
-            if (!fs::exists(d.path)) throw PipelineError(t.at("path") + ": " + d.path + " does not exist");
+            if (!path_exists(d.path)) throw PipelineError(t.at("path") + ": " + d.path + " does not exist");
             try {
                 d.documents = read_documents(d.path, d.options);
             } catch (const std::exception &e) {
@@ -242,14 +249,14 @@ void read_models(const PluginHost &host, PipelineSpec &spec, Table models) {
                                 "with config.json: random initialisation) or 'fuse' (models to fuse)");
         if (path) {
             m.path = *path;
-            if (fs::exists(fs::path(m.path) / "fusion.json"))
+            if (path_exists(fs::path(m.path) / "fusion.json"))
                 m.kind = ModelDef::Kind::SavedFusion;
             else
                 read_hf_sizes(m, m.path, host, t.at("path"));
         } else if (config) {
             m.kind = ModelDef::Kind::RandomInit;
             m.path = *config;
-            if (fs::is_regular_file(m.path)) {
+            if (std::error_code ec; fs::is_regular_file(m.path, ec)) {
                 if (fs::path(m.path).filename() != "config.json")
                     throw PipelineError(t.at("config") + ": expected a folder holding config.json, found the file " + m.path);
                 m.path = fs::path(m.path).parent_path().string();
@@ -534,7 +541,7 @@ FusionSpec fusion_spec(const FusionDef &f, uint64_t seed) {
     return fs;
 }
 
-PipelineSpec Pipeline::parse(const PluginHost &host, const std::string &file, const RunSettings &settings) {
+PipelineSpec Pipeline::parse(const PluginHost &host, const std::string &file, const RunSettings &settings) try {
     if (!fs::is_regular_file(file)) throw PipelineError(file + ": no such pipeline file");
     toml::table root;
     try {
@@ -589,7 +596,7 @@ PipelineSpec Pipeline::parse(const PluginHost &host, const std::string &file, co
         if (m.kind == ModelDef::Kind::Fusion) check_fusion_def(m, names, m.where);
     if (spec.tokenizer.empty()) {  // the first model folder's tokenizer, when there is one
         for (const auto &m : spec.models)
-            if (m.kind != ModelDef::Kind::Fusion && fs::exists(fs::path(m.path) / "tokenizer.json")) {
+            if (m.kind != ModelDef::Kind::Fusion && path_exists(fs::path(m.path) / "tokenizer.json")) {
                 spec.tokenizer = (fs::path(m.path) / "tokenizer.json").string();
                 break;
             }
@@ -601,6 +608,8 @@ PipelineSpec Pipeline::parse(const PluginHost &host, const std::string &file, co
     if (needs_tokenizer && spec.tokenizer.empty())
         throw PipelineError(file + ": no tokenizer: add [tokenizer] path = \"...\" (or use a model folder holding tokenizer.json)");
     return spec;
+} catch (const fs::filesystem_error &e) {  // a path the checks above did not foresee (too long, not a folder, no permission)
+    throw PipelineError(file + ": " + clip(e.path1().string()) + ": " + e.code().message());
 }
 
 }  // namespace mango
