@@ -41,6 +41,7 @@ struct mango_context_t {
     at::TensorOptions param_options = at::TensorOptions().dtype(at::kFloat);
     bool training = false;
     bool reporting = false;   // report() values are used (training, evaluation)
+    bool mask_full = false;   // attention_mask_full(): the current block's mask has no padding
     at::Generator generator;  // random_like()'s stream (CPU); undefined = the default generator
 
     std::vector<Parameter> parameters;                              // in declaration order

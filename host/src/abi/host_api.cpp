@@ -504,6 +504,8 @@ mango_status api_weight_shaped(mango_context *ctx, const char *name, const int64
 
 // ---- revision 3 ------------------------------------------------------------
 
+int32_t api_attention_mask_full(mango_context *ctx) { return ctx && ctx->mask_full ? 1 : 0; }
+
 int32_t api_wants_reports(mango_context *ctx) { return ctx && (ctx->reporting || ctx->training) ? 1 : 0; }
 
 int32_t api_set_grad_enabled(int32_t enabled) {
@@ -608,6 +610,7 @@ const mango_host_api kApiV1 = {
     api_weight_exists,
     api_declare_tensor_v2,
     api_random_like,
+    api_attention_mask_full,
 };
 
 const void *get_api(uint32_t version) {

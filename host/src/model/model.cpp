@@ -265,6 +265,7 @@ at::Tensor Model::block(int32_t layer, const at::Tensor &hidden, const at::Tenso
         throw HostError(ctx_->label + ": layer " + std::to_string(layer) + " out of range (model has " + std::to_string(info_.n_layers) +
                         ")");
     mango_tensor h = wrap(hidden), m = wrap(mask), p = wrap(positions), out = nullptr;
+    ctx_->mask_full = mask_full(mask);
     ctx_->clear_reports();
     clear_plugin_error();
     mango_status s;
@@ -287,6 +288,16 @@ at::Tensor Model::block(int32_t layer, const at::Tensor &hidden, const at::Tenso
     const std::string what = ctx_->label + ": block " + std::to_string(layer);
     check_plugin(s, what);
     return adopt(out, what);
+}
+
+bool Model::mask_full(const at::Tensor &mask) {
+    if (!mask.defined()) return true;
+    if (!mask_seen_.defined() || !mask_seen_.is_same(mask) || mask_version_ != mask._version()) {
+        mask_seen_ = mask;
+        mask_version_ = mask._version();
+        mask_full_ = mask.numel() == 0 || mask.ne(0).all().item<bool>();
+    }
+    return mask_full_;
 }
 
 at::Tensor Model::head(const at::Tensor &hidden) {

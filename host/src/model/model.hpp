@@ -192,6 +192,13 @@ private:
     at::Device device_ = at::kCPU;
     int64_t cached_ = 0;
     std::vector<LayerReport> reports_;
+    // Whether the attention mask has no padding, worked out once per mask
+    // (one device sync per forward, not per block): the tensor seen last is
+    // kept, so its identity and version say whether it changed.
+    bool mask_full(const at::Tensor &mask);
+    at::Tensor mask_seen_;
+    uint32_t mask_version_ = 0;
+    bool mask_full_ = false;
 };
 
 }  // namespace mango

@@ -103,8 +103,7 @@ public:
         Tensor k = attn::split_heads(ops::narrow(qkv, -1, H, H), c_.heads, head_dim);
         Tensor v = attn::split_heads(ops::narrow(qkv, -1, 2 * H, H), c_.heads, head_dim);
         auto [keys, values] = attn::cached_kv(ctx, i, k, v, use_cache);
-        Tensor bias = attn::mask_bias(mask, x.size(1), 0, x.dtype());
-        Tensor a = attn::eager(q, keys, values, bias, 1.0 / std::sqrt(double(head_dim)));
+        Tensor a = attn::attend(ctx, q, keys, values, mask, 0, 1.0 / std::sqrt(double(head_dim)));
         Tensor r = ops::add(x, ops::linear(attn::merge_heads(a), l.proj, l.proj_b));
         h = nn::layer_norm(r, l.ln2_w, l.ln2_b, c_.eps);
         h = nn::activation(c_.act, ops::linear(h, l.fc_in, l.fc_in_b));

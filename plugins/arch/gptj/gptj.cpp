@@ -118,8 +118,7 @@ public:
         };
         Tensor q = heads(l.q, true), k = heads(l.k, true), v = heads(l.v, false);
         auto [keys, values] = attn::cached_kv(ctx, i, k, v, use_cache);
-        Tensor bias = attn::mask_bias(mask, x.size(1), 0, x.dtype());
-        Tensor a = attn::eager(q, keys, values, bias, 1.0 / std::sqrt(double(hd)));
+        Tensor a = attn::attend(ctx, q, keys, values, mask, 0, 1.0 / std::sqrt(double(hd)));
         Tensor att = ops::linear(attn::merge_heads(a), l.o);
         Tensor mlp = ops::linear(nn::activation(c_.act, ops::linear(h, l.fc_in, l.fc_in_b)), l.fc_out, l.fc_out_b);
         return ops::add(ops::add(x, att), mlp);

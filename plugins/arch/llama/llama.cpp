@@ -106,7 +106,6 @@ public:
     Tensor block(Context &ctx, int32_t i, const Tensor &x, const Tensor &mask, const Tensor &pos, bool use_cache) {
         if (i < 0 || i >= c_.layers) throw Error(MANGO_ERR_INVALID_ARGUMENT, "layer " + std::to_string(i) + " out of range");
         const Layer &l = blocks_[static_cast<size_t>(i)];
-        const int64_t T = x.size(1);
         Tensor h = nn::rms_norm(x, l.norm_attn, c_.eps);
         Tensor q = attn::split_heads(ops::linear(h, l.q, l.qb), c_.heads, c_.head_dim);
         Tensor k = attn::split_heads(ops::linear(h, l.k, l.kb), c_.kv_heads, c_.head_dim);
@@ -115,9 +114,7 @@ public:
         q = attn::apply_rope(q, cos, sin);
         k = attn::apply_rope(k, cos, sin);
         auto [keys, values] = attn::cached_kv(ctx, i, k, v, use_cache);
-        Tensor bias = attn::mask_bias(mask, T, c_.window, x.dtype());
-        const int64_t rep = c_.heads / c_.kv_heads;
-        Tensor a = attn::eager(q, attn::repeat_kv(keys, rep), attn::repeat_kv(values, rep), bias, 1.0 / std::sqrt(double(c_.head_dim)));
+        Tensor a = attn::attend(ctx, q, keys, values, mask, c_.window, 1.0 / std::sqrt(double(c_.head_dim)));
         Tensor r = ops::add(x, ops::linear(attn::merge_heads(a), l.o));
         h = nn::rms_norm(r, l.norm_mlp, c_.eps);
         Tensor m = ops::linear(ops::mul(ops::silu(ops::linear(h, l.gate)), ops::linear(h, l.up)), l.down);

@@ -8,6 +8,7 @@
 
 #include <cfloat>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -174,6 +175,35 @@ inline Tensor eager(const Tensor &q, const Tensor &k, const Tensor &v, const Ten
     Tensor scores = ops::add(ops::mul(ops::matmul(q, ops::transpose(k, 2, 3)), scale), bias);
     Tensor probs = ops::to_dtype(ops::softmax(ops::to_dtype(scores, MANGO_DTYPE_F32), -1), q.dtype());
     return ops::matmul(probs, v);
+}
+
+// Whether this LibTorch has aten::scaled_dot_product_attention (2.0 and
+// later: flash, cuDNN and memory-efficient kernels) and it is not turned off
+// with MANGO_ATTENTION=eager (for comparisons).
+inline bool has_sdpa() {
+    static const bool available = [] {
+        const mango_op *op = nullptr;
+        return host().find_op("aten::scaled_dot_product_attention", "", &op) == MANGO_OK;
+    }();
+    const char *env = std::getenv("MANGO_ATTENTION");
+    return available && !(env && std::string(env) == "eager");
+}
+
+// Causal attention of q [B, H, T, D] over the keys and values [B, KV, S, D]
+// (KV divides H; the last T of the S positions are the queries') under the
+// padding mask [B, S] and an optional sliding `window` (0 = none). Through
+// scaled_dot_product_attention where the LibTorch has it: without any mask
+// when the host says the batch has no padding (prefill: is_causal, which
+// flash takes; one new token: no mask at all), with the additive mask
+// otherwise; eager math (eager() above) where it has not.
+inline Tensor attend(Context &ctx, const Tensor &q, const Tensor &k, const Tensor &v, const Tensor &padding, int64_t window, double scale) {
+    const int64_t T = q.size(2), S = k.size(2), rep = q.size(1) / k.size(1);
+    const Tensor keys = repeat_kv(k, rep), values = repeat_kv(v, rep);
+    if (!has_sdpa()) return eager(q, keys, values, mask_bias(padding, T, window, q.dtype()), scale);
+    static const Op sdpa("aten::scaled_dot_product_attention");
+    if ((window <= 0 || window >= S) && (T == S || T == 1) && ctx.attention_mask_full())
+        return sdpa({q, keys, values, nullptr, 0.0, T > 1, scale});
+    return sdpa({q, keys, values, mask_bias(padding, T, window, q.dtype()), 0.0, false, scale});
 }
 
 }  // namespace mango::attention

@@ -64,7 +64,6 @@ struct Attention {
     Tensor forward(Context &ctx, int32_t layer, const Weights &a, const Tensor &h, const Tensor &mask, const Tensor &pos,
                    const Tensor &inv_freq, double rope_factor, bool use_cache) const {
         namespace attn = mango::attention;
-        const int64_t T = h.size(1);
         Tensor q = ops::linear(h, a.q, a.qb), k = ops::linear(h, a.k, a.kb), v = ops::linear(h, a.v, a.vb);
         if (qk_norm == QkNorm::whole) {
             q = layers::rms_norm(q, a.q_norm, eps);
@@ -86,9 +85,7 @@ struct Attention {
         q = attn::apply_rope(q, cos, sin);
         k = attn::apply_rope(k, cos, sin);
         auto [keys, values] = attn::cached_kv(ctx, layer, k, v, use_cache);
-        Tensor bias = attn::mask_bias(mask, T, window, h.dtype());
-        const int64_t rep = heads / kv_heads;
-        Tensor out = attn::eager(q, attn::repeat_kv(keys, rep), attn::repeat_kv(values, rep), bias, 1.0 / std::sqrt(double(head_dim)));
+        Tensor out = attn::attend(ctx, q, keys, values, mask, window, 1.0 / std::sqrt(double(head_dim)));
         return ops::linear(attn::merge_heads(out), a.o, a.ob);
     }
 };

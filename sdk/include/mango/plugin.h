@@ -341,6 +341,14 @@ typedef struct mango_host_api {
      * from this instance's random stream (merges: seeded by the merge's seed
      * and the tensor's name). `*out` is a new reference. */
     mango_status (*random_like)(mango_context *ctx, mango_tensor like, mango_tensor *out);
+
+    /* ---- revision 4 (MANGO_HAS before use) ---- */
+
+    /* Architectures, inside block(): 1 when every entry of this call's
+     * attention_mask is non-zero (no padding), so attention may run without
+     * a padding mask (e.g. a causal flash kernel); 0 when some entry is 0.
+     * The host works it out once per forward, not per block. */
+    int32_t (*attention_mask_full)(mango_context *ctx);
 } mango_host_api;
 
 /* ---- component tables (one per kind) ------------------------------------ */

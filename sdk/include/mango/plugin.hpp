@@ -401,6 +401,9 @@ public:
     // Whether report_loss / report_stat values are used now (training and
     // evaluation); older hosts: in training only.
     bool reporting() const { return MANGO_HOST_HAS(wants_reports) ? host().wants_reports(c_) != 0 : training(); }
+    // Inside block(): whether the attention mask has no padding (hosts older
+    // than revision 4: false, so the mask is always applied).
+    bool attention_mask_full() const { return MANGO_HOST_HAS(attention_mask_full) && host().attention_mask_full(c_) != 0; }
     // Whether the checkpoint holds `name` (hosts older than revision 3: tries to read it).
     bool weight_exists(const std::string &name) const {
         if (MANGO_HOST_HAS(weight_exists)) {
