@@ -7,6 +7,7 @@
 #include "test_plugins.hpp"
 
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -283,5 +284,51 @@ TEST(Cuda, DecoderParityOnGpu) {
         mango::GenerateOptions o;
         o.max_new_tokens = 20;
         EXPECT_EQ(mango::generate(*model, g.prompts(), o), g.j["generated"].get<std::vector<std::vector<int64_t>>>()) << name;
+    }
+}
+
+// scaled_dot_product_attention (flash / memory-efficient kernels, with and
+// without the padding mask) against the eager math (MANGO_ATTENTION=eager)
+// on the same weights: padded batch, one unpadded prompt, cached decoding.
+TEST(Cuda, FastAttentionMatchesEagerMath) {
+    if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device (or a CPU-only LibTorch)";
+    if (!c10::Dispatcher::singleton().findSchema({"aten::scaled_dot_product_attention", ""}))
+        GTEST_SKIP() << "this LibTorch has no scaled_dot_product_attention";
+    const Golden g("llama");
+    struct Out {
+        at::Tensor padded, single;
+        std::vector<std::vector<int64_t>> batch, one;
+    };
+    for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+        auto model = mango::Model::load(shared_plugins(), model_dir("llama"), dtype, at::kCUDA);
+        auto run = [&](bool eager) {
+            if (eager)
+                ::setenv("MANGO_ATTENTION", "eager", 1);
+            else
+                ::unsetenv("MANGO_ATTENTION");
+            Out o;
+            {
+                at::NoGradGuard no_grad;
+                o.padded = model->forward(g.ids.cuda(), g.mask.cuda(), g.pos.cuda()).to(at::kFloat).cpu();
+                o.single = model->forward(g.ids.narrow(0, 0, 1).cuda(), g.mask.narrow(0, 0, 1).cuda(), g.pos.narrow(0, 0, 1).cuda())
+                               .to(at::kFloat)
+                               .cpu();
+            }
+            mango::GenerateOptions opts;
+            opts.max_new_tokens = 12;
+            o.batch = mango::generate(*model, g.prompts(), opts);
+            o.one = mango::generate(*model, {g.prompts()[1]}, opts);
+            ::unsetenv("MANGO_ATTENTION");
+            return o;
+        };
+        const Out fast = run(false), eager = run(true);
+        const double tol = dtype == at::kFloat ? 1e-3 : 6e-2;
+        EXPECT_LE(masked_max_diff(fast.padded, eager.padded, g.mask), tol) << dtype;
+        EXPECT_LE(masked_max_diff(fast.single, eager.single, g.mask.narrow(0, 0, 1)), tol) << dtype;
+        if (dtype == at::kFloat) {  // bf16 rounding may flip a near-tie
+            EXPECT_EQ(fast.batch, eager.batch);
+            EXPECT_EQ(fast.one, eager.one);
+            EXPECT_EQ(fast.one[0], fast.batch[1]);  // alone (no mask) = in the padded batch (masked)
+        }
     }
 }

@@ -1,42 +1,85 @@
 #!/usr/bin/env python3
-"""~1B LLaMA in bf16 on one GPU: prefill and greedy-decode tokens/s of
-transformers and of Mango (build-gpu/bin/bench_generate) on the same random
-checkpoint, same GPU, same run. usage: bench_gpu_llama.py [BUILD_DIR]"""
+"""A 1.10B LLaMA (TinyLlama's shapes: hidden 2048, 22 layers, 32 heads, 4 KV
+heads) in bf16 on one GPU: prefill tokens/s at 512 and 2,048 tokens and greedy
+decode tokens/s at batch 1, 8 and 32, for transformers (sdpa, eager) and Mango
+(build/bin/bench_generate: its default attention, and MANGO_ATTENTION=eager),
+on the same random checkpoint, same GPU, same run; plus the decode roofline
+(device copy bandwidth / weight bytes) and every ratio.
+usage: bench_gpu_llama.py [BUILD_DIR]"""
 import json, os, subprocess, sys, time
 import torch
 import transformers as tf
 
 build = sys.argv[1] if len(sys.argv) > 1 else "build-gpu"
 d = "/tmp/mango-llama-1b"
-cfg = tf.LlamaConfig(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-                     intermediate_size=8192, vocab_size=32000, max_position_embeddings=4096)
+cfg = tf.LlamaConfig(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+                     intermediate_size=5632, vocab_size=32000, max_position_embeddings=4096, tie_word_embeddings=False)
 if not os.path.exists(os.path.join(d, "config.json")):
     torch.manual_seed(0)
     tf.LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(d, safe_serialization=True)
-PREFILL, PROMPT, DECODE = 512, 32, 128
+PREFILLS, BATCHES, PROMPT, DECODE = [512, 2048], [1, 8, 32], 32, 128
+
+
+def median(f, reps):
+    ts = []
+    for _ in range(reps):
+        torch.cuda.synchronize(); t0 = time.perf_counter(); f(); torch.cuda.synchronize(); ts.append(time.perf_counter() - t0)
+    return sorted(ts)[reps // 2]
+
+
+# Roofline: a batch-1 decode step reads every weight once.
+x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
+y.copy_(x)
+bw = 2 * x.numel() / median(lambda: y.copy_(x), 10)  # read + write bytes per second
+del x, y
 res = {}
 for attn in ["sdpa", "eager"]:
     m = tf.AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16, attn_implementation=attn).cuda().eval()
-    n = sum(p.numel() for p in m.parameters())
-    ids = torch.randint(32000, (1, PREFILL), device="cuda")
+    weight_bytes = sum(p.numel() * p.element_size() for p in m.parameters())
+    r = {}
     with torch.no_grad():
-        m(ids); torch.cuda.synchronize()
-        ts = []
-        for _ in range(10):
-            t0 = time.perf_counter(); m(ids); torch.cuda.synchronize(); ts.append(time.perf_counter() - t0)
-        p = torch.full((1, PROMPT), 5, device="cuda")
-        kw = dict(max_new_tokens=DECODE, min_new_tokens=DECODE, do_sample=False, pad_token_id=0)
-        m.generate(p, **kw); torch.cuda.synchronize()
-        gs = []
-        for _ in range(3):
-            t0 = time.perf_counter(); m.generate(p, **kw); torch.cuda.synchronize(); gs.append(time.perf_counter() - t0)
-    res[attn] = {"prefill_tok_s": PREFILL / sorted(ts)[5], "decode_tok_s": DECODE / sorted(gs)[1]}
-    print(json.dumps({"impl": f"transformers-{attn}", "params": n, **res[attn]}), flush=True)
+        for n in PREFILLS:
+            ids = torch.randint(32000, (1, n), device="cuda"); m(ids)
+            r[f"prefill_{n}"] = n / median(lambda: m(ids), 10)
+        for b in BATCHES if attn == "sdpa" else [1]:
+            p = torch.full((b, PROMPT), 5, device="cuda")
+            kw = dict(max_new_tokens=DECODE, min_new_tokens=DECODE, do_sample=False, pad_token_id=0)
+            m.generate(p, **kw)
+            r[f"decode_b{b}"] = b * DECODE / median(lambda: m.generate(p, **kw), 3)
+    res[f"transformers-{attn}"] = r
+    print(json.dumps({"impl": f"transformers-{attn}", **r}), flush=True)
     del m; torch.cuda.empty_cache()
-out = subprocess.run([f"{build}/bin/bench_generate", d, "--device", "cuda", "--dtype", "bfloat16", "--prefill", str(PREFILL),
-                      "--prompt", str(PROMPT), "--decode", str(DECODE)], capture_output=True, text=True)
-print(out.stdout.strip(), out.stderr[-2000:], flush=True)
-mango = json.loads(out.stdout.strip().splitlines()[-1])
-for attn, r in res.items():
-    print(f"ratio mango/transformers-{attn}: prefill {mango['prefill_tok_s'] / r['prefill_tok_s']:.3f}, "
-          f"decode {mango['decode_tok_s'] / r['decode_tok_s']:.3f}")
+roofline = bw / weight_bytes
+print(json.dumps({"copy_GB_s": bw / 1e9, "weight_GB": weight_bytes / 1e9, "decode_roofline_tok_s": roofline}), flush=True)
+
+
+def mango(prefill, batch, decode, eager):
+    env = dict(os.environ)
+    if eager:
+        env["MANGO_ATTENTION"] = "eager"
+    out = subprocess.run([f"{build}/bin/bench_generate", d, "--device", "cuda", "--dtype", "bfloat16", "--prefill", str(prefill),
+                          "--prompt", str(PROMPT), "--decode", str(decode), "--batch", str(batch)],
+                         capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        sys.exit(f"bench_generate failed: {out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+for name, eager in [("mango", False), ("mango-eager-attention", True)]:
+    r = {}
+    for i, n in enumerate(PREFILLS):
+        batches = BATCHES if not eager else [1]
+        j = mango(n, batches[min(i, len(batches) - 1)], DECODE, eager)
+        r[f"prefill_{n}"] = j["prefill_tok_s"]
+        r[f"decode_b{j['batch']}"] = j["decode_tok_s"]
+    if not eager:
+        for b in BATCHES[len(PREFILLS):]:
+            r[f"decode_b{b}"] = mango(PREFILLS[0], b, DECODE, eager)["decode_tok_s"]
+    res[name] = r
+    print(json.dumps({"impl": name, **r}), flush=True)
+
+for name in ["mango", "mango-eager-attention"]:
+    for ref in ["transformers-sdpa", "transformers-eager"]:
+        ratios = {k: round(v / res[ref][k], 3) for k, v in res[name].items() if k in res[ref]}
+        print(f"ratio {name}/{ref}: {json.dumps(ratios)}")
+print(f"mango decode b1 = {res['mango']['decode_b1'] / roofline:.1%} of the roofline ({roofline:.0f} tok/s)")
