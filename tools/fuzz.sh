@@ -6,7 +6,8 @@
 # merge_config (no LibTorch: the default set, quick to build) and
 # hf_architecture pipeline_toml (build the host and plugins with clang; name
 # them, or say `all`). New crashes land in build-fuzz/crash-*; exit 1 if any.
-# More jobs per target: MANGO_FUZZ_JOBS=N.
+# More jobs per target: MANGO_FUZZ_JOBS=N. Stop after N executions instead
+# (SECONDS still caps the time): MANGO_FUZZ_RUNS=N.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
@@ -23,13 +24,16 @@ cmake --build build-fuzz -j "$(nproc)" --target "${targets[@]/#/fuzz_}" >/dev/nu
 # LibTorch is not instrumented: its allocations and ours meet in one process.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:alloc_dealloc_mismatch=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+parallel=()  # -jobs writes each job's output to fuzz-N.log; one job stays on the terminal
+[ "${MANGO_FUZZ_JOBS:-1}" -gt 1 ] && parallel=(-jobs="$MANGO_FUZZ_JOBS" -workers="$MANGO_FUZZ_JOBS")
 status=0
 for t in "${targets[@]}"; do
   work=build-fuzz/corpus-$t
   mkdir -p "$work" && cp -n tests/fuzz/corpus/$t/* "$work"/ 2>/dev/null || true
   echo "== fuzz_$t for ${secs}s"
   if ! (cd build-fuzz && ./bin/fuzz_$t -max_total_time="$secs" -max_len=65536 -timeout=20 -rss_limit_mb=4096 \
-          -jobs="${MANGO_FUZZ_JOBS:-1}" -workers="${MANGO_FUZZ_JOBS:-1}" -print_final_stats=1 "corpus-$t" 2>&1 | tail -5); then
+          "${parallel[@]}" -runs="${MANGO_FUZZ_RUNS:--1}" -print_final_stats=1 \
+          "corpus-$t" 2>&1 | tail -5); then
     status=1
   fi
   ls build-fuzz/crash-* build-fuzz/timeout-* build-fuzz/oom-* 2>/dev/null && status=1
