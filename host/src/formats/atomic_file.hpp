@@ -14,6 +14,13 @@ namespace mango::formats {
 
 // produce(fd, temp_path) writes the content; on success the temp file
 // replaces `path`, on failure it is removed and `path` is untouched.
+// A process that must not write (a rank other than 0 of a distributed run)
+// turns writes off: write_atomic and the helpers built on it do nothing, and
+// an OutputFolder is a private scratch folder that commit() discards. On by
+// default.
+void set_writes_enabled(bool on);
+bool writes_enabled();
+
 void write_atomic(const std::string &path, const std::function<void(int fd, const std::string &tmp)> &produce);
 void write_file_atomic(const std::string &path, const std::string &text);
 // Copies `from` to `to` atomically (a no-op when both name the same file).

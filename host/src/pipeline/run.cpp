@@ -3,6 +3,7 @@
 #include "pipeline/pipeline.hpp"
 
 #include "abi/crash_guard.hpp"
+#include "dist/process_group.hpp"
 
 #include "merge/merge.hpp"
 #include "train/evaluate.hpp"
@@ -56,7 +57,15 @@ public:
             say("\n== step " + std::to_string(i + 1) + "/" + std::to_string(spec_.steps.size()) + ": " + s.kind);
             set_crash_context("step " + std::to_string(i + 1) + "/" + std::to_string(spec_.steps.size()) + ": " + s.kind + " (" + s.where +
                               ")");
+            // Distributed: train and eval run on every rank at once (train's
+            // all-reduce needs them all); any other step runs on rank 0 first,
+            // then on the others, which read what it wrote and write nothing.
+            dist::Group &group = dist::current();
+            const bool together = s.kind == "train" || s.kind == "eval";
+            if (!together && !group.writer()) group.barrier();
             json r = std::visit([&](const auto &st) { return this->step(st, i); }, s.step);
+            if (!together && group.writer()) group.barrier();
+            group.barrier();
             r["run"] = s.kind;
             steps.push_back(r);
             summary_["steps"] = steps;

@@ -1,5 +1,6 @@
 #include "train/train.hpp"
 
+#include "dist/process_group.hpp"
 #include "formats/safetensors.hpp"
 
 #include <ATen/ATen.h>
@@ -156,10 +157,12 @@ TrainStepResult Trainer::step(const at::Tensor &ids, const at::Tensor &mask) {
             if (n) loss = loss + o_.adapter_weight * reg / double(n);
         }
     }
-    const double loss_value = loss.item<double>();
+    double loss_value = loss.item<double>();
     if (!std::isfinite(loss_value))
-        throw HostError("training loss became " + std::to_string(loss_value) + " at step " + std::to_string(done_));
+        throw HostError(dist::current().tag() + "training loss became " + std::to_string(loss_value) + " at step " + std::to_string(done_));
     loss.backward();
+    double lm_value = lm.item<double>();
+    if (dist::current().distributed()) average_over_ranks(loss_value, lm_value);
 
     at::NoGradGuard no_grad;
     at::Tensor total = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(ids.device()));
@@ -180,10 +183,37 @@ TrainStepResult Trainer::step(const at::Tensor &ids, const at::Tensor &mask) {
         p.value.addcdiv_(p.m, (p.v / bc2).sqrt_().add_(o_.eps), -step_lr / bc1);
     }
     ++done_;
-    TrainStepResult r{loss_value, lm.item<double>(), lr, norm, mask.sum().item<int64_t>(), t <= o_.align_steps, {}, {}};
+    TrainStepResult r{loss_value, lm_value, lr, norm, mask.sum().item<int64_t>() * dist::current().world(), t <= o_.align_steps, {}, {}};
     r.aux = std::move(aux_sums);
     if (!r.aligning) r.stats = report_stats(model_.layer_reports());
     return r;
+}
+
+// Data parallelism: every rank trained on its rows of the same global batch;
+// the gradients (and the losses, for the log) become their mean over the
+// ranks, so every rank takes the same optimiser step. A tensor without a
+// gradient on some rank gets zeros there, and stays without one when no rank
+// had any.
+void Trainer::average_over_ranks(double &loss, double &lm) {
+    at::NoGradGuard no_grad;
+    std::vector<at::Tensor> bucket;
+    at::Tensor had = at::zeros({int64_t(impl_->params.size()) + 2}, at::kFloat);
+    for (size_t i = 0; i < impl_->params.size(); ++i) {
+        Impl::Param &p = impl_->params[i];
+        if (p.value.grad().defined())
+            had[int64_t(i)] = 1;
+        else
+            p.value.mutable_grad() = at::zeros_like(p.value);
+        bucket.push_back(p.value.grad());
+    }
+    had[int64_t(impl_->params.size())] = loss;
+    had[int64_t(impl_->params.size()) + 1] = lm;
+    bucket.push_back(had);
+    dist::current().allreduce_mean(bucket);
+    for (size_t i = 0; i < impl_->params.size(); ++i)
+        if (had[int64_t(i)].item<float>() == 0) impl_->params[i].value.mutable_grad() = at::Tensor();
+    loss = had[int64_t(impl_->params.size())].item<double>();
+    lm = had[int64_t(impl_->params.size()) + 1].item<double>();
 }
 
 void Trainer::save_state(const std::string &path, const std::map<std::string, std::string> &metadata) const {

@@ -1,6 +1,7 @@
 #include "train/training_run.hpp"
 
 #include "train/evaluate.hpp"
+#include "dist/process_group.hpp"
 #include "abi/host_api.hpp"
 #include "util/logging.hpp"
 #include "util/progress.hpp"
@@ -63,8 +64,15 @@ void cut_log(const std::string &path, int64_t last) {
 
 }  // namespace
 
-TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const TrainRunOptions &o) {
+TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const TrainRunOptions &o_in) {
     if (data.dim() != 2 || data.size(0) == 0) throw HostError("training needs at least one packed sequence");
+    // Data parallel: every rank takes its slice of each global batch; rank 0 alone logs and saves.
+    const dist::Group &group = dist::current();
+    if (group.distributed() && o_in.train.batch_size % group.world() != 0)
+        throw HostError(o_in.label + ": batch_size " + std::to_string(o_in.train.batch_size) + " does not split over " +
+                        std::to_string(group.world()) + " ranks (it must be a multiple of the number of processes)");
+    TrainRunOptions o = o_in;
+    if (!group.writer()) o.log_path.clear(), o.progress = false;
     Trainer trainer(model, o.train);
     TrainRunResult r;
     if (!o.state_path.empty() && std::filesystem::exists(o.state_path)) {
@@ -73,7 +81,7 @@ TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const Train
         auto it = meta.find("fingerprint");
         if (it == meta.end() || it->second != o.fingerprint) {
             r.set_aside = o.state_path + ".previous";
-            std::filesystem::rename(o.state_path, r.set_aside);
+            if (group.writer()) std::filesystem::rename(o.state_path, r.set_aside);
             log_message(3, o.state_path + " was written by another run (different model, data or options); kept as " + r.set_aside +
                                ", training from the start");
         } else {
@@ -93,7 +101,7 @@ TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const Train
         if (!log) throw HostError(o.log_path + ": cannot write the metrics log");
     }
     auto save_state = [&] {
-        if (!o.state_path.empty()) trainer.save_state(o.state_path, {{"fingerprint", o.fingerprint}});
+        if (!o.state_path.empty() && group.writer()) trainer.save_state(o.state_path, {{"fingerprint", o.fingerprint}});
     };
     auto validate = [&]() -> double {
         if (!o.validation.defined() || o.validation.size(0) == 0) return 0;
@@ -107,7 +115,12 @@ TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const Train
     double smoothed = 0;
     int64_t tokens = 0;
     for (int64_t s = start; s < o.train.steps; ++s) {
-        at::Tensor ids = trainer.batch_rows(data, s).to(model.device());
+        at::Tensor ids = trainer.batch_rows(data, s);
+        if (group.distributed()) {
+            const int64_t share = o.train.batch_size / group.world();
+            ids = ids.narrow(0, share * group.rank(), share);
+        }
+        ids = ids.to(model.device());
         at::Tensor mask = at::ones_like(ids);
         const TrainStepResult st = trainer.step(ids, mask);
         tokens += st.tokens;

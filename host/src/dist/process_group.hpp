@@ -1,0 +1,48 @@
+// This process's place in a distributed run: LibTorch's c10d process group
+// (Gloo) joined through a TCPStore rendezvous on the variables torchrun and
+// Slurm scripts set (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK).
+// Without WORLD_SIZE > 1 the process is alone and every call is a no-op.
+// Only rank 0 writes (formats::set_writes_enabled(false) elsewhere).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace mango::dist {
+
+class Group {
+public:
+    int rank() const { return rank_; }
+    int world() const { return world_; }
+    int local_rank() const { return local_rank_; }
+    bool distributed() const { return world_ > 1; }
+    bool writer() const { return rank_ == 0; }
+    // "rank 1/2: " in a distributed run, "" alone: the prefix for messages.
+    std::string tag() const;
+
+    // Element-wise mean over the ranks of each tensor, in place (one flat
+    // buffer per dtype and device). Every rank must pass tensors of the same
+    // shapes in the same order.
+    void allreduce_mean(const std::vector<at::Tensor> &tensors);
+    // Waits for every rank (collective timeout applies).
+    void barrier();
+
+    struct Impl;
+    std::shared_ptr<Impl> impl_;
+    int rank_ = 0, world_ = 1, local_rank_ = 0;
+};
+
+// The group of this process (alone until init_from_env succeeds).
+Group &current();
+
+// Joins the group the environment describes when WORLD_SIZE > 1 (else does
+// nothing); `timeout` bounds the rendezvous and every collective, so a rank
+// that dies makes the others fail instead of hang. Ranks other than 0 stop
+// writing files. Throws HostError naming the variable or peer at fault.
+void init_from_env(std::chrono::seconds timeout);
+
+}  // namespace mango::dist

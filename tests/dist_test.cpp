@@ -1,0 +1,152 @@
+// Data parallelism through c10d Gloo, end to end with the `mango` binary:
+// 2 ranks equal 1 process on the same global batch, a state written by 2
+// ranks resumes in 1, and a killed rank makes the other fail (not hang).
+#include "formats/safetensors.hpp"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <thread>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kPipeline = std::string(MANGO_SOURCE_DIR) + "/tests/fixtures/dist/fuse_dp.toml";
+
+fs::path fresh(const std::string &name) {
+    const fs::path d = fs::path(MANGO_TEST_TMP) / ("dist_" + name);
+    fs::remove_all(d);
+    return d;
+}
+
+int sh(const std::string &cmd) {
+    const int status = std::system(cmd.c_str());
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+std::string mango_run(const fs::path &out, const std::string &extra) {
+    return std::string(MANGO_BIN) + " run " + kPipeline + " -o " + out.string() + " --no-progress " + extra + " > " + out.string() +
+           ".log 2>&1";
+}
+
+// Largest |a - b| over every tensor of two safetensors files with the same names.
+double max_diff(const fs::path &a, const fs::path &b) {
+    auto fa = mango::formats::SafetensorsFile::open(a.string()), fb = mango::formats::SafetensorsFile::open(b.string());
+    EXPECT_EQ(fa->header().tensors.size(), fb->header().tensors.size());
+    double worst = 0;
+    for (const auto &e : fa->header().tensors) {
+        const auto *other = fb->find(e.name);
+        if (!other) {
+            ADD_FAILURE() << b << " lacks " << e.name;
+            return 1e9;
+        }
+        worst = std::max(worst, (fa->tensor(e).to(at::kDouble) - fb->tensor(*other).to(at::kDouble)).abs().max().item<double>());
+    }
+    return worst;
+}
+
+int free_port() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    ::bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a);
+    ::getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len);
+    ::close(fd);
+    return ntohs(a.sin_port);
+}
+
+// One rank started by hand, as torchrun would.
+pid_t start_rank(int rank, int world, int port, const fs::path &out, const std::string &extra) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        ::setenv("RANK", std::to_string(rank).c_str(), 1);
+        ::setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
+        ::setenv("MASTER_ADDR", "127.0.0.1", 1);
+        ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+        const std::string cmd = std::string("exec ") + MANGO_BIN + " run " + kPipeline + " -o " + out.string() + " --no-progress " + extra +
+                                " > " + out.string() + ".rank" + std::to_string(rank) + ".log 2>&1";
+        ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char *>(nullptr));
+        ::_exit(127);
+    }
+    return pid;
+}
+
+bool wait_for(const fs::path &file, double seconds) {
+    for (int i = 0; i < int(seconds * 100); ++i) {
+        if (fs::exists(file)) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+}
+
+}  // namespace
+
+TEST(Distributed, TwoRanksEqualOneProcessOnTheSameGlobalBatch) {
+    const fs::path one = fresh("one"), two = fresh("two");
+    ASSERT_EQ(sh(mango_run(one, "")), 0) << one << ".log";
+    ASSERT_EQ(sh(mango_run(two, "--nproc 2")), 0) << two << ".log";
+    EXPECT_LE(max_diff(one / "pair/fusion.safetensors", two / "pair/fusion.safetensors"), 1e-5);
+    EXPECT_LE(max_diff(one / "train/step0-pair.state.safetensors", two / "train/step0-pair.state.safetensors"), 1e-5);
+    EXPECT_FALSE(fs::exists(two / "pair.rank1"));  // only rank 0 wrote
+}
+
+TEST(Distributed, BatchThatDoesNotSplitIsRefused) {
+    const fs::path out = fresh("odd");
+    EXPECT_NE(sh(mango_run(out, "--nproc 3")), 0);
+    EXPECT_EQ(sh("grep -q 'does not split over 3 ranks' " + out.string() + ".log"), 0) << out << ".log";
+}
+
+TEST(Distributed, StateOfTwoRanksResumesInOneProcess) {
+    const std::string longer = "--set steps.0.steps=300 --set steps.0.save_state_every=20";
+    const fs::path whole = fresh("whole"), cut = fresh("cut");
+    ASSERT_EQ(sh(mango_run(whole, longer)), 0) << whole << ".log";
+    // Two ranks, both killed once their first state is written...
+    const int port = free_port();
+    const pid_t r0 = start_rank(0, 2, port, cut, longer), r1 = start_rank(1, 2, port, cut, longer);
+    const bool saved = wait_for(cut / "train/step0-pair.state.safetensors", 120);
+    ::kill(r0, SIGKILL);
+    ::kill(r1, SIGKILL);
+    ::waitpid(r0, nullptr, 0);
+    ::waitpid(r1, nullptr, 0);
+    ASSERT_TRUE(saved) << cut << ".rank0.log";
+    // ...then one process finishes the run from that state.
+    ASSERT_EQ(sh(mango_run(cut, longer)), 0) << cut << ".log";
+    EXPECT_EQ(sh("grep -Eq '\"resumed_from\": [1-9]' " + (cut / "summary.json").string()), 0) << "the run did not resume: " << cut;
+    EXPECT_LE(max_diff(whole / "pair/fusion.safetensors", cut / "pair/fusion.safetensors"), 1e-5);
+}
+
+TEST(Distributed, KilledRankMakesTheOtherFail) {
+    const fs::path out = fresh("killed");
+    const int port = free_port();
+    const std::string longer = "--set steps.0.steps=100000 --set steps.0.save_state_every=20 --dist-timeout 30";
+    const pid_t r0 = start_rank(0, 2, port, out, longer), r1 = start_rank(1, 2, port, out, longer);
+    ASSERT_TRUE(wait_for(out / "train/step0-pair.state.safetensors", 120)) << out << ".rank0.log";
+    ::kill(r1, SIGKILL);
+    ::waitpid(r1, nullptr, 0);
+    const auto t0 = std::chrono::steady_clock::now();
+    int status = 0;
+    pid_t done = 0;
+    while ((done = ::waitpid(r0, &status, WNOHANG)) == 0 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60))
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (done == 0) {
+        ::kill(r0, SIGKILL);
+        ::waitpid(r0, nullptr, 0);
+        FAIL() << "rank 0 still ran 60 s after rank 1 was killed";
+    }
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0);
+    EXPECT_EQ(sh("grep -q 'rank 0/2' " + out.string() + ".rank0.log"), 0) << "the error does not name the rank: " << out << ".rank0.log";
+}
