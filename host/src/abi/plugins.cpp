@@ -248,6 +248,8 @@ std::map<std::string, at::Tensor> MoeConverterInstance::convert(const ConvertCal
     f.gate = h(call.gate);
     f.up = h(call.up);
     f.down = h(call.down);
+    f.up_bias = h(call.up_bias);
+    f.down_bias = h(call.down_bias);
     f.n_experts = call.experts;
     f.top_k = call.top_k;
     f.hidden_states = h(call.hidden_states);

@@ -131,7 +131,8 @@ private:
 struct ConvertCall {
     int32_t layer = 0;
     std::string activation = "silu";
-    at::Tensor gate, up, down;
+    at::Tensor gate, up, down;      // [F, H], [F, H], [H, F]; gate undefined for a plain MLP
+    at::Tensor up_bias, down_bias;  // [F], [H] or undefined
     int64_t experts = 0, top_k = 0;
     at::Tensor hidden_states, expert_directions;
     std::vector<at::Tensor> source_gate, source_up, source_down;

@@ -97,7 +97,7 @@ int convert_cmd(const Global &g, const po::variables_map &vm) {
 std::vector<Command> convert_commands() {
     return {{"convert-moe",
              "MODEL_DIR OUT_DIR [--converter upcycle|split|from_models] [--experts N] [--top-k K] [--every N | --layers 1,3] "
-             "[--test-data FILE --max-increase X] [--format mixtral|qwen2_moe] [--json]",
+             "[--test-data FILE --max-increase X] [--format mixtral|qwen2_moe|mango] [--json]",
              "turn a dense model into a mixture of experts, testing each converted layer and reverting the ones that hurt",
              [](po::options_description &d, po::positional_options_description &p) {
                  d.add_options()("model", po::value<std::string>()->required(), "dense model folder (llama, mistral, qwen2)")(
@@ -111,7 +111,8 @@ std::vector<Command> convert_commands() {
                      "every", po::value<int64_t>(), "convert layers l with (l + 1) % N == 0 (default 1: every layer)")(
                      "layers", po::value<std::string>(), "convert these layers (0-based, comma-separated)")(
                      "format", po::value<std::string>(),
-                     "mixtral (every layer converted) or qwen2_moe (any layers); default: mixtral when it can express the result")(
+                     "mixtral (every layer converted) or qwen2_moe (any layers) for llama/mistral/qwen2 sources; mango (the source's own "
+                     "layout plus experts: gpt2) for others; default: mixtral when it can express the result")(
                      "test-data", po::value<std::string>(), "text (.txt/.jsonl) to test each converted layer on")(
                      "max-increase", po::value<double>()->default_value(0.02),
                      "revert a layer whose conversion raises the metric by more than this (perplexity: relative; kl: nats)")(

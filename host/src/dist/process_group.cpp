@@ -30,7 +30,8 @@ int env_int(const char *name, int fallback, int lo, int hi) {
     char *end = nullptr;
     const long x = std::strtol(v, &end, 10);
     if (*end || x < lo || x > hi)
-        throw HostError(std::string(name) + "=" + clip(v) + ": expected an integer from " + std::to_string(lo) + " to " + std::to_string(hi));
+        throw HostError(std::string(name) + "=" + clip(v) + ": expected an integer from " + std::to_string(lo) + " to " +
+                        std::to_string(hi));
     return static_cast<int>(x);
 }
 

@@ -147,6 +147,12 @@ LayerExperts take_experts(std::map<std::string, at::Tensor> emitted, const Conve
                             "; expected [F_e, " + std::to_string(H) + "] and [" + std::to_string(H) +
                             ", F_e] with one F_e for every expert");
         x.gate.push_back(g), x.up.push_back(u), x.down.push_back(dn);
+        at::Tensor ub = take(p + "up_bias", call.up_bias.defined()), db = take(p + "down_bias", call.down_bias.defined());
+        if ((ub.defined() && ub.sizes() != at::IntArrayRef{F_e}) || (db.defined() && db.sizes() != at::IntArrayRef{H}))
+            throw HostError(where + ": expert " + std::to_string(e) + " has biases of shapes " +
+                            (ub.defined() ? c10::str(ub.sizes()) : "-") + " " + (db.defined() ? c10::str(db.sizes()) : "-") +
+                            "; expected [" + std::to_string(F_e) + "] and [" + std::to_string(H) + "]");
+        x.up_bias.push_back(ub), x.down_bias.push_back(db);
     }
     if (!emitted.empty()) throw HostError(where + " emitted an unexpected tensor '" + clip(emitted.begin()->first) + "'");
     return x;
@@ -238,18 +244,21 @@ ConvertResult convert(const PluginHost &host, const std::string &model_dir, cons
             if (!chosen[size_t(l)]) continue;
             ConvertCall c;
             c.layer = l;
-            c.activation = d.config.raw.value("hidden_act", std::string("silu"));
-            c.gate = d.find(l, "mlp.gate.weight").to(at::kFloat);
-            c.up = d.find(l, "mlp.up.weight").to(at::kFloat);
-            c.down = d.find(l, "mlp.down.weight").to(at::kFloat);
+            c.activation = d.config.raw.value("hidden_act", d.config.raw.value("activation_function", std::string("silu")));
+            auto f32 = [](const at::Tensor &t) { return t.defined() ? t.to(at::kFloat).contiguous() : t; };
+            c.gate = f32(ffn_weight(d, l, "gate"));
+            c.up = f32(ffn_weight(d, l, "up"));
+            c.down = f32(ffn_weight(d, l, "down"));
+            c.up_bias = f32(d.find(l, "mlp.up.bias"));
+            c.down_bias = f32(d.find(l, "mlp.down.bias"));
             c.experts = o.experts;
             c.top_k = o.top_k;
             if (!calibration.empty()) c.hidden_states = calibration[size_t(l)];
             if (!directions.empty()) c.expert_directions = directions[size_t(l)];
             for (const DenseModel &s : sources) {
-                c.source_gate.push_back(s.find(l, "mlp.gate.weight").to(at::kFloat));
-                c.source_up.push_back(s.find(l, "mlp.up.weight").to(at::kFloat));
-                c.source_down.push_back(s.find(l, "mlp.down.weight").to(at::kFloat));
+                c.source_gate.push_back(f32(ffn_weight(s, l, "gate")));
+                c.source_up.push_back(f32(ffn_weight(s, l, "up")));
+                c.source_down.push_back(f32(ffn_weight(s, l, "down")));
             }
             c.seed = o.seed * 1000003ULL + uint64_t(l);
             const std::string where = "converter '" + o.converter + "' on layer " + std::to_string(l) + " of " + model_dir;
@@ -299,7 +308,7 @@ ConvertResult convert(const PluginHost &host, const std::string &model_dir, cons
             candidate[size_t(l)] = true;
             // Layers in between are tested as Qwen2-MoE (dense layers allowed), whatever the final format.
             const bool all = std::find(candidate.begin(), candidate.end(), false) == candidate.end();
-            const std::string format = all ? choose_format(o.format, d, candidate) : "qwen2_moe";
+            const std::string format = all ? choose_format(o.format, d, candidate) : llama_style(d) ? "qwen2_moe" : "mango";
             auto [cfg, named] = build(candidate, format);
             auto model = Model::from_tensors(host, cfg, std::make_shared<const Tensors>(named.begin(), named.end()),
                                              out_dir + " (layer " + std::to_string(l) + " converted)");

@@ -20,8 +20,15 @@ at::Tensor DenseModel::find(int32_t layer, const std::string &role) const {
 }
 
 const std::vector<std::string> &known_formats() {
-    static const std::vector<std::string> f = {"mixtral", "qwen2_moe", "deepseek_v3"};
+    static const std::vector<std::string> f = {"mixtral", "qwen2_moe", "deepseek_v3", "mango"};
     return f;
+}
+
+at::Tensor ffn_weight(const DenseModel &d, int32_t layer, const std::string &part) {
+    at::Tensor w = d.find(layer, "mlp." + part + ".weight");
+    if (w.defined()) return w;
+    w = d.find(layer, "mlp." + part + ".weight.T");
+    return w.defined() ? w.t() : w;
 }
 
 namespace {
@@ -53,19 +60,31 @@ bool has_qkv_bias(const DenseModel &d) {
 
 }  // namespace
 
+bool llama_style(const DenseModel &d) { return kSources.count(d.config.model_type) > 0; }
+
 void check_source(const DenseModel &d) {
-    if (!kSources.count(d.config.model_type))
-        throw HostError(d.dir + " (model_type \"" + clip(d.config.model_type) +
-                        "\"): convert-moe writes Mixtral or Qwen2-MoE models, whose layers are LLaMA-style (RMSNorm, rotary attention, "
-                        "gated FFN), so it reads llama, mistral and qwen2 models; a MoE format for other families is not implemented");
+    const bool llama = llama_style(d);
     for (int32_t l = 0; l < int32_t(d.config.num_layers); ++l)
-        for (const char *role : {"mlp.gate.weight", "mlp.up.weight", "mlp.down.weight"})
-            if (!d.has(l, role))
-                throw HostError(d.dir + ": layer " + std::to_string(l) + " has no FFN tensor with role '" + role +
-                                "' (convert-moe needs a gated FFN in every layer; see `mango inspect --roles " + d.dir + "`)");
+        for (const char *part : {"gate", "up", "down"}) {
+            if (!llama && std::string(part) == "gate") continue;
+            if (!ffn_weight(d, l, part).defined())
+                throw HostError(d.dir + ": layer " + std::to_string(l) + " has no FFN tensor with role 'mlp." + part +
+                                ".weight' (convert-moe needs " + (llama ? "a gated FFN" : "an FFN") +
+                                " in every layer; see `mango inspect --roles " + d.dir + "`)");
+        }
 }
 
 std::string choose_format(const std::string &requested, const DenseModel &d, const std::vector<bool> &sparse) {
+    if (!llama_style(d)) {
+        if (requested.empty() || requested == "mango") return "mango";
+        throw HostError("format " + clip(requested) + " has LLaMA-style layers (RMSNorm, rotary attention, gated FFN), which a " +
+                        d.config.model_type +
+                        " model does not have; its experts go in the Mango MoE format (--format mango, the default "
+                        "for it), which `mango` runs");
+    }
+    if (requested == "mango")
+        throw HostError("format mango is for decoders that no transformers MoE family expresses; " + d.dir + " (" + d.config.model_type +
+                        ") converts to --format mixtral (every layer) or qwen2_moe (any layers), which transformers loads too");
     const bool all_sparse = std::find(sparse.begin(), sparse.end(), false) == sparse.end();
     const bool bias = has_qkv_bias(d);
     const int64_t window = sliding_window(d);
@@ -103,6 +122,18 @@ std::string choose_format(const std::string &requested, const DenseModel &d, con
 json moe_config(const std::string &format, const DenseModel &d, const std::vector<bool> &sparse, int64_t experts, int64_t top_k,
                 int64_t expert_intermediate) {
     const json &r = d.config.raw;
+    if (format == "mango") {  // the source's config, plus where the experts are
+        json c = r;
+        json layers = json::array();
+        for (size_t l = 0; l < sparse.size(); ++l)
+            if (sparse[l]) layers.push_back(l);
+        c["mango_moe"] = {{"num_experts", experts},
+                          {"num_experts_per_tok", top_k},
+                          {"expert_intermediate_size", expert_intermediate},
+                          {"layers", layers},
+                          {"norm_topk_prob", true}};
+        return c;
+    }
     json c = json::object();
     for (const char *k :
          {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "rope_scaling", "rope_parameters", "bos_token_id",
@@ -151,8 +182,10 @@ std::vector<std::pair<std::string, at::Tensor>> moe_tensors(const PluginHost &ho
     const std::string where = d.dir + " converted to " + config.value("model_type", std::string());
     const formats::HfConfig cfg = formats::parse_hf_config(config.dump(), where + "/config.json");
     const std::vector<TensorDecl> table = Model::tensor_table(host, cfg, nullptr, where);
-    const at::ScalarType ffn_dtype = d.find(0, "mlp.up.weight").scalar_type();
-    const at::ScalarType attn_dtype = d.find(0, "attn.q.weight").scalar_type();
+    const at::ScalarType ffn_dtype = ffn_weight(d, 0, "up").scalar_type();
+    const at::Tensor any_attn = d.find(0, "attn.q.weight");
+    const at::ScalarType attn_dtype = any_attn.defined() ? any_attn.scalar_type() : ffn_dtype;
+    bool has_moe_roles = converted.empty();
     std::vector<std::pair<std::string, at::Tensor>> out;
     std::set<std::pair<int32_t, std::string>> used;
     for (const TensorDecl &t : table) {
@@ -164,13 +197,23 @@ std::vector<std::pair<std::string, at::Tensor>> moe_tensors(const PluginHost &ho
             v = at::zeros(t.shape, at::TensorOptions().dtype(attn_dtype));  // Qwen2-MoE always has them; zero = none
         } else if (auto it = converted.find(t.layer); it != converted.end() && t.role.rfind("moe.", 0) == 0) {
             const LayerExperts &x = it->second;
+            has_moe_roles = true;
             if (t.role == "moe.router.weight") {
                 v = x.router;
             } else if (t.role.rfind("moe.experts.", 0) == 0) {
                 const size_t dot = t.role.find('.', 12);
                 const size_t e = size_t(std::stoul(t.role.substr(12, dot - 12)));
-                const std::string part = t.role.substr(dot + 1);
-                v = part == "gate.weight" ? x.gate.at(e) : part == "up.weight" ? x.up.at(e) : x.down.at(e);
+                std::string part = t.role.substr(dot + 1);
+                const bool transposed = part.size() > 2 && part.compare(part.size() - 2, 2, ".T") == 0;
+                if (transposed) part.resize(part.size() - 2);
+                const std::vector<at::Tensor> *from = part == "gate.weight"   ? &x.gate
+                                                      : part == "up.weight"   ? &x.up
+                                                      : part == "down.weight" ? &x.down
+                                                      : part == "up.bias"     ? &x.up_bias
+                                                      : part == "down.bias"   ? &x.down_bias
+                                                                              : nullptr;
+                if (from && e < from->size()) v = (*from)[e];
+                if (v.defined() && transposed) v = v.t();
             }
             if (v.defined()) v = v.to(ffn_dtype).contiguous();
         }
@@ -193,6 +236,10 @@ std::vector<std::pair<std::string, at::Tensor>> moe_tensors(const PluginHost &ho
             out.emplace_back(p + "shared_expert_gate.weight", at::zeros({1, H}, o));
         }
     }
+    if (!has_moe_roles)
+        throw HostError(where + ": the architecture plugin for " + d.config.model_type +
+                        " declares no experts for the converted layers (its tensor table has no moe.* roles; an architecture "
+                        "runs the Mango MoE format by reading the \"mango_moe\" key, see mango/plain_moe.hpp)");
     // Whatever the dense model has beyond the converted FFNs must have found a place.
     std::string lost;
     for (const TensorDecl &t : d.table) {

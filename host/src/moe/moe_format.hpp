@@ -4,7 +4,10 @@
 // has none), its config.json, and its tensors assembled by role from the
 // family's own tensor table: whatever the dense model has under the same
 // (layer, role) is copied as stored, converted layers get the experts and
-// router. Sources are LLaMA-style decoders (llama, mistral, qwen2).
+// router. LLaMA-style decoders (llama, mistral, qwen2) convert to those
+// families; other decoders whose architecture plugin reads the "mango_moe"
+// key (mango/plain_moe.hpp: gpt2) convert to the Mango format: the source's
+// own config and tensors with experts in the converted layers.
 #pragma once
 
 #include "model/model.hpp"
@@ -29,11 +32,21 @@ struct DenseModel {
     bool has(int32_t layer, const std::string &role) const { return find(layer, role).defined(); }
 };
 
-// One converted layer: router [E, H] and per expert gate/up [F_e, H], down [H, F_e].
+// One converted layer: router [E, H] and per expert gate/up [F_e, H], down
+// [H, F_e] (linear layout; gate undefined for a plain MLP) and, when the FFN
+// has them, biases [F_e] and [H].
 struct LayerExperts {
     at::Tensor router;
-    std::vector<at::Tensor> gate, up, down;
+    std::vector<at::Tensor> gate, up, down, up_bias, down_bias;
 };
+
+// A dense FFN tensor of `layer` in linear layout: "gate", "up" ([F, H]) or
+// "down" ([H, F]), from role mlp.<part>.weight or its transposed twin
+// mlp.<part>.weight.T (GPT-2's Conv1D); undefined when absent.
+at::Tensor ffn_weight(const DenseModel &dense, int32_t layer, const std::string &part);
+// Whether the source is a LLaMA-style decoder (llama, mistral, qwen2), which
+// the transformers families express; any other converts to the Mango format.
+bool llama_style(const DenseModel &dense);
 
 // Formats convert-moe writes, and the one it would choose.
 const std::vector<std::string> &known_formats();

@@ -44,6 +44,11 @@ at::Tensor unit(const at::Tensor &v) { return v / v.norm(2, -1, true).clamp_min(
 }  // namespace
 
 std::vector<at::Tensor> ffn_inputs(const PluginHost &host, const DenseModel &d, const at::Tensor &seqs, int64_t max_tokens) {
+    if (!llama_style(d))
+        throw HostError(
+            "routers from data (calibration data, gate_mode hidden) read the FFN inputs of LLaMA-style layers (RMSNorm "
+            "before a gated FFN); for a " +
+            d.config.model_type + " model use router_init = \"zero\" or \"random\"");
     at::NoGradGuard no_grad;
     auto model = model_of(host, d, d.tensors);
     // The same model with every FFN silenced: its block output is the residual after attention.

@@ -5,10 +5,13 @@
 //   out = h + fc_out(gelu(fc_in(ln_2(h))))
 // GPT-2 stores its linear layers as Conv1D ([in, out]); their roles carry a
 // ".T" suffix ("attn.qkv.weight.T") so users of roles know the layout.
+// Layers listed in config.json's "mango_moe" have experts instead of the MLP
+// (mango/plain_moe.hpp: what `mango convert-moe` writes for GPT-2).
 // Reference: transformers' modeling_gpt2.py.
 #include <mango/attention.hpp>
 #include <mango/component.hpp>
 #include <mango/layers.hpp>
+#include <mango/plain_moe.hpp>
 
 #include <cmath>
 #include <string>
@@ -45,8 +48,10 @@ struct Config {
         // Checkpoints name tensors with or without the "transformer." prefix
         // (a model initialised from its config uses the prefixed names).
         prefix = ctx.weight_exists("transformer.wte.weight") ? "transformer." : "";
+        moe = mango::moe::PlainMoe::from_config(ctx, layers);
     }
     std::string act, prefix;
+    mango::moe::PlainMoe moe;  // layers converted to experts (Mango MoE format; none for a plain GPT-2)
     int64_t hidden = 0, layers = 0, heads = 0, head_dim = 0, vocab = 0, positions = 0, inner = 0;
     double eps = 1e-5;
 };
@@ -69,10 +74,14 @@ public:
             l.proj_b = w.at(i, "attn.o.bias");
             l.ln2_w = w.at(i, "norm.mlp.weight");
             l.ln2_b = w.at(i, "norm.mlp.bias");
-            l.fc_in = conv1d(w.at(i, "mlp.up.weight.T"));
-            l.fc_in_b = w.at(i, "mlp.up.bias");
-            l.fc_out = conv1d(w.at(i, "mlp.down.weight.T"));
-            l.fc_out_b = w.at(i, "mlp.down.bias");
+            if (c_.moe.is_sparse(i)) {
+                l.experts = c_.moe.load(w, i, true);
+            } else {
+                l.fc_in = conv1d(w.at(i, "mlp.up.weight.T"));
+                l.fc_in_b = w.at(i, "mlp.up.bias");
+                l.fc_out = conv1d(w.at(i, "mlp.down.weight.T"));
+                l.fc_out_b = w.at(i, "mlp.down.bias");
+            }
             layers.push_back(std::move(l));
         }
         lnf_w_ = w.get("norm.final.weight");
@@ -106,6 +115,7 @@ public:
         Tensor a = attn::attend(ctx, q, keys, values, mask, 0, 1.0 / std::sqrt(double(head_dim)));
         Tensor r = ops::add(x, ops::linear(attn::merge_heads(a), l.proj, l.proj_b));
         h = nn::layer_norm(r, l.ln2_w, l.ln2_b, c_.eps);
+        if (c_.moe.is_sparse(i)) return ops::add(r, c_.moe.forward(ctx, l.experts, h, mask, c_.act));
         h = nn::activation(c_.act, ops::linear(h, l.fc_in, l.fc_in_b));
         return ops::add(r, ops::linear(h, l.fc_out, l.fc_out_b));
     }
@@ -115,6 +125,7 @@ public:
 private:
     struct Layer {
         Tensor ln1_w, ln1_b, qkv, qkv_b, proj, proj_b, ln2_w, ln2_b, fc_in, fc_in_b, fc_out, fc_out_b;
+        mango::moe::PlainMoe::Layer experts;
     };
     // A Conv1D weight [in, out], returned as a linear weight [out, in].
     static Tensor conv1d(const Tensor &w) { return ops::contiguous(ops::transpose(w, 0, 1)); }
@@ -135,10 +146,16 @@ private:
         t.layers(c.layers, "attn.o.bias", L + "attn.c_proj.bias", {H});
         t.layers(c.layers, "norm.mlp.weight", L + "ln_2.weight", {H});
         t.layers(c.layers, "norm.mlp.bias", L + "ln_2.bias", {H});
-        t.layers(c.layers, "mlp.up.weight.T", L + "mlp.c_fc.weight", {H, I});
-        t.layers(c.layers, "mlp.up.bias", L + "mlp.c_fc.bias", {I});
-        t.layers(c.layers, "mlp.down.weight.T", L + "mlp.c_proj.weight", {I, H});
-        t.layers(c.layers, "mlp.down.bias", L + "mlp.c_proj.bias", {H});
+        const std::pair<const char *, const char *> mlp[] = {{"mlp.up.weight.T", "mlp.c_fc.weight"},
+                                                             {"mlp.up.bias", "mlp.c_fc.bias"},
+                                                             {"mlp.down.weight.T", "mlp.c_proj.weight"},
+                                                             {"mlp.down.bias", "mlp.c_proj.bias"}};
+        const std::vector<int64_t> shapes[] = {{H, I}, {I}, {I, H}, {H}};
+        for (int k = 0; k < 4; ++k)
+            for (int32_t i = 0; i < c.layers; ++i)
+                if (!c.moe.is_sparse(i)) t.layer(i, mlp[k].first, L + mlp[k].second, shapes[k]);
+        for (int32_t i = 0; i < c.layers; ++i)
+            if (c.moe.is_sparse(i)) c.moe.add_tensors(t, i, P + "h." + std::to_string(i) + ".mlp.", "c_fc", "c_proj", true, H);
         t.model("norm.final.weight", P + "ln_f.weight", {H});
         t.model("norm.final.bias", P + "ln_f.bias", {H});
         t.tied("lm_head.weight", "lm_head.weight", P + "wte.weight", {c.vocab, H});

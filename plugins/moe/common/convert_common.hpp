@@ -75,11 +75,14 @@ inline Tensor normal_like(Context &ctx, const Tensor &like) {
     return ops::mul(ops::sqrt(ops::mul(ops::log(u1), -2.0)), ops::cos(ops::mul(u2, 2 * M_PI)));
 }
 
-inline void emit_expert(Context &ctx, int64_t e, const Tensor &gate, const Tensor &up, const Tensor &down) {
+inline void emit_expert(Context &ctx, int64_t e, const Tensor &gate, const Tensor &up, const Tensor &down, const Tensor &up_bias = Tensor(),
+                        const Tensor &down_bias = Tensor()) {
     const std::string p = "experts." + std::to_string(e) + ".";
     if (gate) ctx.emit(p + "gate", gate);
     ctx.emit(p + "up", up);
     ctx.emit(p + "down", down);
+    if (up_bias) ctx.emit(p + "up_bias", up_bias);
+    if (down_bias) ctx.emit(p + "down_bias", down_bias);
 }
 
 inline void require_experts(const DenseFfn &f) {
@@ -88,7 +91,6 @@ inline void require_experts(const DenseFfn &f) {
     if (f.top_k < 1 || f.top_k > f.n_experts)
         throw Error(MANGO_ERR_INVALID_ARGUMENT, "top-k " + std::to_string(f.top_k) + " must be between 1 and the number of experts (" +
                                                     std::to_string(f.n_experts) + ")");
-    if (f.up_bias || f.down_bias) throw Error(MANGO_ERR_UNSUPPORTED, "FFN biases are not supported by the MoE output formats");
 }
 
 }  // namespace mango::converting

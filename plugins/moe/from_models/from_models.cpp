@@ -23,6 +23,10 @@ struct FromModels {
 
     void convert(Context &ctx, const DenseFfn &f) {
         converting::require_experts(f);
+        if (f.up_bias || f.down_bias)
+            throw Error(MANGO_ERR_UNSUPPORTED,
+                        "from_models takes the source models' FFN weights but not their biases; this model's FFN "
+                        "has biases (use upcycle or split)");
         if (int64_t(f.source_up.size()) != f.n_experts)
             throw Error(MANGO_ERR_INVALID_ARGUMENT, "from_models makes one expert per source model: " + std::to_string(f.source_up.size()) +
                                                         " sources for " + std::to_string(f.n_experts) + " experts");

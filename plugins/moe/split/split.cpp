@@ -42,8 +42,12 @@ struct Split {
             const int64_t n = int64_t(idx.size());
             check(host().tensor_from_data(idx.data(), MANGO_DTYPE_I64, &n, 1, f.up.device(), &h));
             Tensor rows(h);
+            // An up bias follows its neurons; the down bias is whole in every expert (the
+            // renormalised weights of the chosen experts sum to 1, so the block adds it once).
             converting::emit_expert(ctx, e, f.gate ? ops::index_select(f.gate, 0, rows) : Tensor(), ops::index_select(f.up, 0, rows),
-                                    ops::mul(ops::index_select(f.down, 1, rows), scale));
+                                    ops::mul(ops::index_select(f.down, 1, rows), scale),
+                                    f.up_bias ? ops::index_select(f.up_bias, 0, rows) : Tensor(),
+                                    f.down_bias ? ops::clone(f.down_bias) : Tensor());
         }
         ctx.emit("router", converting::router(ctx, f, init_, H));
     }

@@ -59,7 +59,9 @@ struct Upcycle {
                 up = jitter(up);
                 down = jitter(down);
             }
-            converting::emit_expert(ctx, e, gate, up, down);
+            // Biases are copied (a re-drawn neuron keeps its bias).
+            converting::emit_expert(ctx, e, gate, up, down, f.up_bias ? ops::clone(f.up_bias) : Tensor(),
+                                    f.down_bias ? ops::clone(f.down_bias) : Tensor());
         }
         ctx.emit("router", converting::router(ctx, f, init_, H));
     }

@@ -466,7 +466,9 @@ typedef struct mango_dense_ffn {
  * written with emit(): "experts.<e>.gate", "experts.<e>.up",
  * "experts.<e>.down" ([F_e, H], [F_e, H], [H, F_e]; gate omitted for a plain
  * MLP; every expert the same F_e) and "router" ([n_experts, H]). Any output
- * scale the method needs (e.g. E/k for split experts) is folded into down. */
+ * scale the method needs (e.g. E/k for split experts) is folded into down.
+ * When the FFN has biases: also "experts.<e>.up_bias" [F_e] and
+ * "experts.<e>.down_bias" [H] (added in host 0.5; older hosts refuse them). */
 typedef struct mango_moe_converter_vtable {
     uint32_t struct_size;
     mango_status (*create)(mango_context *ctx, void **self);
