@@ -126,54 +126,59 @@ TEST(Convert, UpcyclingReproducesTheDenseModel) {
     EXPECT_EQ(json::parse(std::ifstream(sub / "config.json"))["mlp_only_layers"], json({0, 2}));
 }
 
-// GPT-2 (LayerNorm, biases, Conv1D, GELU MLP) has no transformers MoE
-// family: it converts to the Mango format (its own config and tensors, plus
-// "mango_moe" and experts in the chosen layers), which its plugin runs.
-// Upcycling and all-experts splitting reproduce the dense model there too,
-// biases included; the layer test works the same.
-TEST(Convert, Gpt2ConvertsToTheMangoFormatExactly) {
-    const json gpt2 = {{"model_type", "gpt2"},    {"n_embd", 32}, {"n_layer", 3}, {"n_head", 4}, {"vocab_size", 64}, {"n_positions", 64},
-                       {"initializer_range", 0.2}};
-    const fs::path dense = dense_model("gpt2", gpt2);
-    {  // non-zero biases, so that their handling shows
-        auto t = tensors_of(dense);
-        formats::NamedTensors named;
-        at::manual_seed(3);
-        for (auto &[n, v] : t) named.emplace_back(n, n.find(".bias") != std::string::npos ? at::randn_like(v) * 0.1 : v);
-        formats::write_checkpoint(dense.string(), named);
+// GPT-2, GPT-J and GPT-Neo (LayerNorm, biases, GELU MLP; Conv1D in GPT-2)
+// have no transformers MoE family: they convert to the Mango format (their
+// own config and tensors, plus "mango_moe" and experts in the chosen
+// layers), which their plugins run. Upcycling and all-experts splitting
+// reproduce the dense model there too, biases included; the layer test
+// works the same.
+TEST(Convert, Gpt2StyleModelsConvertToTheMangoFormatExactly) {
+    for (const std::string arch : {"gpt2", "gptj", "gpt_neo"}) {
+        json config = json::parse(std::ifstream(fs::path(MANGO_SOURCE_DIR) / "tests/golden/models" / arch / "config.json"));
+        config["initializer_range"] = 0.2;
+        const fs::path dense = dense_model(arch, config);
+        {  // non-zero biases, so that their handling shows
+            auto t = tensors_of(dense);
+            formats::NamedTensors named;
+            at::manual_seed(3);
+            for (auto &[n, v] : t) named.emplace_back(n, n.find(".bias") != std::string::npos ? at::randn_like(v) * 0.1 : v);
+            formats::write_checkpoint(dense.string(), named);
+        }
+        const int64_t L = formats::parse_hf_config(config.dump(), arch).num_layers;
+        const at::Tensor ids = tokens();
+        const at::Tensor want = logits_of(dense, ids);
+        struct Case {
+            std::string name, converter;
+            int64_t top_k;
+            std::vector<int32_t> layers;
+        };
+        for (const Case &c :
+             {Case{"upcycle_all", "upcycle", 2, {}}, Case{"upcycle_first", "upcycle", 2, {0}}, Case{"split", "split", 4, {}}}) {
+            moe::ConvertOptions o = options(c.converter, 4, c.top_k);
+            o.layers = c.layers;
+            const fs::path out = dir_of(arch + "_" + c.name);
+            EXPECT_EQ(moe::convert(shared_plugins(), dense.string(), out.string(), o).format, "mango") << arch << " " << c.name;
+            const json cfg = json::parse(std::ifstream(out / "config.json"));
+            EXPECT_EQ(cfg["model_type"], arch);
+            EXPECT_EQ(cfg["mango_moe"]["layers"].size(), c.layers.empty() ? size_t(L) : c.layers.size()) << arch << " " << c.name;
+            bool has_expert_bias = false;
+            for (const auto &[n, v] : tensors_of(out))
+                has_expert_bias |= n.find(".mlp.experts.3.") != std::string::npos && n.find("bias") != std::string::npos;
+            EXPECT_TRUE(has_expert_bias) << arch << " " << c.name;
+            EXPECT_LE((logits_of(out, ids) - want).abs().max().item<double>(), 1e-5) << arch << " " << c.name;
+        }
+        // The layer test: a threshold nothing passes reverts every layer, as for LLaMA sources.
+        moe::ConvertOptions o = options("upcycle", 4, 2, {{"noise", 1.0}});
+        o.test_ids = tokens(4, 16);
+        o.metric = "kl";  // > 0 for any change
+        o.max_increase = 0;
+        const std::string e = error_of([&] { moe::convert(shared_plugins(), dense.string(), dir_of(arch + "_reverted").string(), o); });
+        EXPECT_NE(e.find("every converted layer was reverted"), std::string::npos) << arch << ": " << e;
+        o.max_increase = 1e9;
+        const moe::ConvertResult kept = moe::convert(shared_plugins(), dense.string(), dir_of(arch + "_kept").string(), o);
+        EXPECT_EQ(kept.layers.size(), size_t(L));
+        for (const auto &l : kept.layers) EXPECT_TRUE(l.converted) << arch;
     }
-    const at::Tensor ids = tokens();
-    const at::Tensor want = logits_of(dense, ids);
-    struct Case {
-        std::string name, converter;
-        int64_t top_k;
-        std::vector<int32_t> layers;
-    };
-    for (const Case &c :
-         {Case{"upcycle_all", "upcycle", 2, {}}, Case{"upcycle_0_2", "upcycle", 2, {0, 2}}, Case{"split", "split", 4, {}}}) {
-        moe::ConvertOptions o = options(c.converter, 4, c.top_k);
-        o.layers = c.layers;
-        const fs::path out = dir_of(c.name);
-        EXPECT_EQ(moe::convert(shared_plugins(), dense.string(), out.string(), o).format, "mango") << c.name;
-        const json cfg = json::parse(std::ifstream(out / "config.json"));
-        EXPECT_EQ(cfg["model_type"], "gpt2");
-        EXPECT_EQ(cfg["mango_moe"]["layers"], c.layers.empty() ? json({0, 1, 2}) : json(c.layers)) << c.name;
-        const auto m = tensors_of(out);
-        EXPECT_TRUE(m.count("transformer.h.0.mlp.experts.3.c_fc.bias")) << c.name;
-        EXPECT_EQ(m.count("transformer.h.1.mlp.c_fc.weight"), c.layers.empty() ? 0u : 1u) << c.name;
-        EXPECT_LE((logits_of(out, ids) - want).abs().max().item<double>(), 1e-5) << c.name;
-    }
-    // The layer test: a threshold nothing passes reverts every layer, as for LLaMA sources.
-    moe::ConvertOptions o = options("upcycle", 4, 2, {{"noise", 1.0}});
-    o.test_ids = tokens(4, 16);
-    o.metric = "kl";  // > 0 for any change
-    o.max_increase = 0;
-    const std::string e = error_of([&] { moe::convert(shared_plugins(), dense.string(), dir_of("reverted").string(), o); });
-    EXPECT_NE(e.find("every converted layer was reverted"), std::string::npos) << e;
-    o.max_increase = 1e9;
-    const moe::ConvertResult kept = moe::convert(shared_plugins(), dense.string(), dir_of("kept").string(), o);
-    EXPECT_EQ(kept.layers.size(), 3u);
-    for (const auto &l : kept.layers) EXPECT_TRUE(l.converted);
 }
 
 // FFN splitting (LLaMA-MoE): with every expert active and the zero router

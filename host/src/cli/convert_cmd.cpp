@@ -112,7 +112,7 @@ std::vector<Command> convert_commands() {
                      "layers", po::value<std::string>(), "convert these layers (0-based, comma-separated)")(
                      "format", po::value<std::string>(),
                      "mixtral (every layer converted) or qwen2_moe (any layers) for llama/mistral/qwen2 sources; mango (the source's own "
-                     "layout plus experts: gpt2) for others; default: mixtral when it can express the result")(
+                     "layout plus experts: gpt2, gptj, gpt_neo) for others; default: mixtral when it can express the result")(
                      "test-data", po::value<std::string>(), "text (.txt/.jsonl) to test each converted layer on")(
                      "max-increase", po::value<double>()->default_value(0.02),
                      "revert a layer whose conversion raises the metric by more than this (perplexity: relative; kl: nats)")(

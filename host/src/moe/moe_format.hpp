@@ -6,7 +6,7 @@
 // (layer, role) is copied as stored, converted layers get the experts and
 // router. LLaMA-style decoders (llama, mistral, qwen2) convert to those
 // families; other decoders whose architecture plugin reads the "mango_moe"
-// key (mango/plain_moe.hpp: gpt2) convert to the Mango format: the source's
+// key (mango/plain_moe.hpp: gpt2, gptj, gpt_neo) convert to the Mango format: the source's
 // own config and tensors with experts in the converted layers.
 #pragma once
 

@@ -146,16 +146,7 @@ private:
         t.layers(c.layers, "attn.o.bias", L + "attn.c_proj.bias", {H});
         t.layers(c.layers, "norm.mlp.weight", L + "ln_2.weight", {H});
         t.layers(c.layers, "norm.mlp.bias", L + "ln_2.bias", {H});
-        const std::pair<const char *, const char *> mlp[] = {{"mlp.up.weight.T", "mlp.c_fc.weight"},
-                                                             {"mlp.up.bias", "mlp.c_fc.bias"},
-                                                             {"mlp.down.weight.T", "mlp.c_proj.weight"},
-                                                             {"mlp.down.bias", "mlp.c_proj.bias"}};
-        const std::vector<int64_t> shapes[] = {{H, I}, {I}, {I, H}, {H}};
-        for (int k = 0; k < 4; ++k)
-            for (int32_t i = 0; i < c.layers; ++i)
-                if (!c.moe.is_sparse(i)) t.layer(i, mlp[k].first, L + mlp[k].second, shapes[k]);
-        for (int32_t i = 0; i < c.layers; ++i)
-            if (c.moe.is_sparse(i)) c.moe.add_tensors(t, i, P + "h." + std::to_string(i) + ".mlp.", "c_fc", "c_proj", true, H);
+        c.moe.add_mlp_tensors(t, c.layers, L + "mlp.", "c_fc", "c_proj", true, H, I);
         t.model("norm.final.weight", P + "ln_f.weight", {H});
         t.model("norm.final.bias", P + "ln_f.bias", {H});
         t.tied("lm_head.weight", "lm_head.weight", P + "wte.weight", {c.vocab, H});

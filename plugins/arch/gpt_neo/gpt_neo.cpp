@@ -5,6 +5,7 @@
 #include <mango/attention.hpp>
 #include <mango/component.hpp>
 #include <mango/layers.hpp>
+#include <mango/plain_moe.hpp>
 
 #include <string>
 #include <vector>
@@ -37,7 +38,9 @@ struct Config {
         if (act != "gelu_new")
             throw Error(MANGO_ERR_UNSUPPORTED, "activation_function '" + act + "' is not supported by the gpt_neo plugin");
         local = attention_kinds(ctx);
+        moe = mango::moe::PlainMoe::from_config(ctx, layers);
     }
+    mango::moe::PlainMoe moe;  // layers converted to experts (Mango MoE format)
     std::string act;
     int64_t hidden = 0, layers = 0, heads = 0, head_dim = 0, vocab = 0, positions = 0, inner = 0, window = 0;
     double eps = 1e-5;
@@ -81,10 +84,14 @@ public:
             l.o_b = w.at(i, "attn.o.bias");
             l.ln2_w = w.at(i, "norm.mlp.weight");
             l.ln2_b = w.at(i, "norm.mlp.bias");
-            l.fc = w.at(i, "mlp.up.weight");
-            l.fc_b = w.at(i, "mlp.up.bias");
-            l.proj = w.at(i, "mlp.down.weight");
-            l.proj_b = w.at(i, "mlp.down.bias");
+            if (c_.moe.is_sparse(i)) {
+                l.experts = c_.moe.load(w, i, false);
+            } else {
+                l.fc = w.at(i, "mlp.up.weight");
+                l.fc_b = w.at(i, "mlp.up.bias");
+                l.proj = w.at(i, "mlp.down.weight");
+                l.proj_b = w.at(i, "mlp.down.bias");
+            }
             layers.push_back(std::move(l));
         }
         lnf_w_ = w.get("norm.final.weight");
@@ -117,6 +124,7 @@ public:
         Tensor a = attn::eager(q, keys, values, bias, 1.0);  // GPT-Neo does not scale scores
         Tensor r = ops::add(x, ops::linear(attn::merge_heads(a), l.o, l.o_b));
         h = nn::layer_norm(r, l.ln2_w, l.ln2_b, c_.eps);
+        if (c_.moe.is_sparse(i)) return ops::add(r, c_.moe.forward(ctx, l.experts, h, mask, c_.act));
         h = nn::activation(c_.act, ops::linear(h, l.fc, l.fc_b));
         return ops::add(r, ops::linear(h, l.proj, l.proj_b));
     }
@@ -126,6 +134,7 @@ public:
 private:
     struct Layer {
         Tensor ln1_w, ln1_b, q, k, v, o, o_b, ln2_w, ln2_b, fc, fc_b, proj, proj_b;
+        mango::moe::PlainMoe::Layer experts;
     };
 
     // Every tensor of a model of this config (transformers' names).
@@ -144,10 +153,7 @@ private:
         t.layers(c.layers, "attn.o.bias", L + "attn.attention.out_proj.bias", {H});
         t.layers(c.layers, "norm.mlp.weight", L + "ln_2.weight", {H});
         t.layers(c.layers, "norm.mlp.bias", L + "ln_2.bias", {H});
-        t.layers(c.layers, "mlp.up.weight", L + "mlp.c_fc.weight", {I, H});
-        t.layers(c.layers, "mlp.up.bias", L + "mlp.c_fc.bias", {I});
-        t.layers(c.layers, "mlp.down.weight", L + "mlp.c_proj.weight", {H, I});
-        t.layers(c.layers, "mlp.down.bias", L + "mlp.c_proj.bias", {H});
+        c.moe.add_mlp_tensors(t, c.layers, L + "mlp.", "c_fc", "c_proj", false, H, I);
         t.model("norm.final.weight", "transformer.ln_f.weight", {H});
         t.model("norm.final.bias", "transformer.ln_f.bias", {H});
         t.tied("lm_head.weight", "lm_head.weight", "transformer.wte.weight", {c.vocab, H});

@@ -7,6 +7,7 @@
 #include <mango/attention.hpp>
 #include <mango/component.hpp>
 #include <mango/layers.hpp>
+#include <mango/plain_moe.hpp>
 
 #include <cmath>
 #include <string>
@@ -53,7 +54,9 @@ struct Config {
             throw Error(MANGO_ERR_INVALID_ARGUMENT, "rotary_dim must be even and at most the head size");
         act = ctx.config_string("activation_function", "gelu_new");
         if (act != "gelu_new") throw Error(MANGO_ERR_UNSUPPORTED, "activation_function '" + act + "' is not supported by the gptj plugin");
+        moe = mango::moe::PlainMoe::from_config(ctx, layers);
     }
+    mango::moe::PlainMoe moe;  // layers converted to experts (Mango MoE format)
     std::string act;
     int64_t hidden = 0, layers = 0, heads = 0, vocab = 0, inner = 0, head_dim = 0, rot = 0;
     double eps = 1e-5;
@@ -75,10 +78,14 @@ public:
             l.k = w.at(i, "attn.k.weight");
             l.v = w.at(i, "attn.v.weight");
             l.o = w.at(i, "attn.o.weight");
-            l.fc_in = w.at(i, "mlp.up.weight");
-            l.fc_in_b = w.at(i, "mlp.up.bias");
-            l.fc_out = w.at(i, "mlp.down.weight");
-            l.fc_out_b = w.at(i, "mlp.down.bias");
+            if (c_.moe.is_sparse(i)) {
+                l.experts = c_.moe.load(w, i, false);
+            } else {
+                l.fc_in = w.at(i, "mlp.up.weight");
+                l.fc_in_b = w.at(i, "mlp.up.bias");
+                l.fc_out = w.at(i, "mlp.down.weight");
+                l.fc_out_b = w.at(i, "mlp.down.bias");
+            }
             layers.push_back(std::move(l));
         }
         lnf_w_ = w.get("norm.final.weight");
@@ -120,7 +127,8 @@ public:
         auto [keys, values] = attn::cached_kv(ctx, i, k, v, use_cache);
         Tensor a = attn::attend(ctx, q, keys, values, mask, 0, 1.0 / std::sqrt(double(hd)));
         Tensor att = ops::linear(attn::merge_heads(a), l.o);
-        Tensor mlp = ops::linear(nn::activation(c_.act, ops::linear(h, l.fc_in, l.fc_in_b)), l.fc_out, l.fc_out_b);
+        Tensor mlp = c_.moe.is_sparse(i) ? c_.moe.forward(ctx, l.experts, h, mask, c_.act)
+                                         : ops::linear(nn::activation(c_.act, ops::linear(h, l.fc_in, l.fc_in_b)), l.fc_out, l.fc_out_b);
         return ops::add(ops::add(x, att), mlp);
     }
 
@@ -129,6 +137,7 @@ public:
 private:
     struct Layer {
         Tensor ln_w, ln_b, q, k, v, o, fc_in, fc_in_b, fc_out, fc_out_b;
+        mango::moe::PlainMoe::Layer experts;
     };
 
     // Every tensor of a model of this config (transformers' names).
@@ -143,10 +152,7 @@ private:
         t.layers(c.layers, "attn.k.weight", L + "attn.k_proj.weight", {H, H});
         t.layers(c.layers, "attn.v.weight", L + "attn.v_proj.weight", {H, H});
         t.layers(c.layers, "attn.o.weight", L + "attn.out_proj.weight", {H, H});
-        t.layers(c.layers, "mlp.up.weight", L + "mlp.fc_in.weight", {I, H});
-        t.layers(c.layers, "mlp.up.bias", L + "mlp.fc_in.bias", {I});
-        t.layers(c.layers, "mlp.down.weight", L + "mlp.fc_out.weight", {H, I});
-        t.layers(c.layers, "mlp.down.bias", L + "mlp.fc_out.bias", {H});
+        c.moe.add_mlp_tensors(t, c.layers, L + "mlp.", "fc_in", "fc_out", false, H, I);
         t.model("norm.final.weight", "transformer.ln_f.weight", {H});
         t.model("norm.final.bias", "transformer.ln_f.bias", {H});
         t.model("lm_head.weight", "lm_head.weight", {c.vocab, H});

@@ -40,8 +40,9 @@ struct PlainMoe {
         m.inter = ctx.config_int("mango_moe.expert_intermediate_size", 0);
         m.renormalize = ctx.config_bool("mango_moe.norm_topk_prob", true);
         if (m.experts < 2 || m.top_k < 1 || m.top_k > m.experts || m.inter < 1)
-            throw Error(MANGO_ERR_INVALID_ARGUMENT, "mango_moe needs num_experts >= 2, 1 <= num_experts_per_tok <= num_experts and "
-                                                    "expert_intermediate_size >= 1");
+            throw Error(MANGO_ERR_INVALID_ARGUMENT,
+                        "mango_moe needs num_experts >= 2, 1 <= num_experts_per_tok <= num_experts and "
+                        "expert_intermediate_size >= 1");
         for (int i = 0;; ++i) {
             const std::string key = "mango_moe.layers." + std::to_string(i);
             if (!ctx.config(key.c_str())) break;
@@ -64,12 +65,36 @@ struct PlainMoe {
         t.layer(layer, "moe.router.weight", prefix + "gate.weight", {experts, hidden});
         for (int64_t e = 0; e < experts; ++e) {
             const std::string p = prefix + "experts." + std::to_string(e) + ".", r = "moe.experts." + std::to_string(e) + ".";
-            t.layer(layer, r + "up.weight" + T, p + up + ".weight", transposed ? std::vector<int64_t>{hidden, inter} : std::vector<int64_t>{inter, hidden});
+            t.layer(layer, r + "up.weight" + T, p + up + ".weight",
+                    transposed ? std::vector<int64_t>{hidden, inter} : std::vector<int64_t>{inter, hidden});
             t.layer(layer, r + "up.bias", p + up + ".bias", {inter});
             t.layer(layer, r + "down.weight" + T, p + down + ".weight",
                     transposed ? std::vector<int64_t>{inter, hidden} : std::vector<int64_t>{hidden, inter});
             t.layer(layer, r + "down.bias", p + down + ".bias", {hidden});
         }
+    }
+
+    // The MLP tensors of every layer: the dense ones (roles mlp.up/down
+    // .weight[.T] and .bias) in dense layers, the experts in sparse ones.
+    // `prefix` names a layer's MLP with "{L}" for the index
+    // ("transformer.h.{L}.mlp."); `up`/`down` its two projections.
+    void add_mlp_tensors(TensorTable &t, int64_t n_layers, const std::string &prefix, const std::string &up, const std::string &down,
+                         bool transposed, int64_t hidden, int64_t inner) const {
+        const std::string T = transposed ? ".T" : "";
+        const std::vector<int64_t> up_shape = transposed ? std::vector<int64_t>{hidden, inner} : std::vector<int64_t>{inner, hidden};
+        const std::vector<int64_t> down_shape = transposed ? std::vector<int64_t>{inner, hidden} : std::vector<int64_t>{hidden, inner};
+        const struct {
+            std::string role, name;
+            std::vector<int64_t> shape;
+        } dense[] = {{"mlp.up.weight" + T, up + ".weight", up_shape},
+                     {"mlp.up.bias", up + ".bias", {inner}},
+                     {"mlp.down.weight" + T, down + ".weight", down_shape},
+                     {"mlp.down.bias", down + ".bias", {hidden}}};
+        for (const auto &d : dense)
+            for (int32_t i = 0; i < n_layers; ++i)
+                if (!is_sparse(i)) t.layer(i, d.role, prefix + d.name, d.shape);
+        for (int32_t i = 0; i < n_layers; ++i)
+            if (is_sparse(i)) add_tensors(t, i, prefix, up, down, transposed, hidden);
     }
 
     // One sparse layer's weights, linear layout.
