@@ -220,6 +220,7 @@ private:
         if (auto it = plain_.find(s.model); it != plain_.end()) {
             const std::string dir = (fs::path(spec_.output) / "models" / s.model).string();
             it->second->save(dir, false, tokenizer_files());
+            dist::current().barrier();  // distributed: rank 0 wrote it, every rank reads it
             auto reloaded = std::shared_ptr<Model>(Model::load(host_, dir, spec_.dtype, spec_.device));
             plain_[s.model] = reloaded;
             live_[s.model] = reloaded;
