@@ -97,7 +97,9 @@ void init_from_env(std::chrono::seconds timeout) {
     try {
         c10d::TCPStoreOptions o;
         o.port = static_cast<uint16_t>(port);
-        o.isServer = rank == 0;
+        // Under torchrun the agent may host the store already (as torch's own init does, then connect to it).
+        const char *agent_store = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
+        o.isServer = rank == 0 && !(agent_store && std::string(agent_store) == "True");
         o.numWorkers = world;
         o.waitWorkers = true;
         o.timeout = timeout;
