@@ -4,14 +4,14 @@
 // comes back, every shape non-negative, or a HostError / ConfigError names
 // the problem; nothing else may happen (a crash, a sanitizer report, another
 // exception).
-#include "fuzz_host.hpp"
+#include "test_plugins.hpp"
 #include "model/model.hpp"
 
 #include <cstdlib>
 #include <string>
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    const mango::PluginHost &host = mango_fuzz_plugins();
+    const mango::PluginHost &host = shared_plugins();
     try {
         const auto config = mango::formats::parse_hf_config(std::string(reinterpret_cast<const char *>(data), size), "fuzz/config.json");
         for (const auto &decl : mango::Model::tensor_table(host, config, nullptr, "fuzz"))

@@ -9,7 +9,7 @@
 // The file is written to ROOT/configs/fuzz.toml, where ROOT links the
 // source tree's tests/ and configs/ folders, so the seeds (the shipped
 // configs) find the models, tokenizers and data they name.
-#include "fuzz_host.hpp"
+#include "test_plugins.hpp"
 #include "formats/hf_config.hpp"
 #include "formats/safetensors_header.hpp"
 #include "formats/tokenizer.hpp"
@@ -39,7 +39,7 @@ const fs::path &root() {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    const mango::PluginHost &host = mango_fuzz_plugins();
+    const mango::PluginHost &host = shared_plugins();
     const std::string text(reinterpret_cast<const char *>(data), size);
     const fs::path file = root() / "configs" / "fuzz.toml";
     std::ofstream(file, std::ios::binary | std::ios::trunc) << text;

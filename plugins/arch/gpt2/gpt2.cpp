@@ -74,14 +74,7 @@ public:
             l.proj_b = w.at(i, "attn.o.bias");
             l.ln2_w = w.at(i, "norm.mlp.weight");
             l.ln2_b = w.at(i, "norm.mlp.bias");
-            if (c_.moe.is_sparse(i)) {
-                l.experts = c_.moe.load(w, i, true);
-            } else {
-                l.fc_in = conv1d(w.at(i, "mlp.up.weight.T"));
-                l.fc_in_b = w.at(i, "mlp.up.bias");
-                l.fc_out = conv1d(w.at(i, "mlp.down.weight.T"));
-                l.fc_out_b = w.at(i, "mlp.down.bias");
-            }
+            l.mlp = c_.moe.load_mlp(w, i, true);
             layers.push_back(std::move(l));
         }
         lnf_w_ = w.get("norm.final.weight");
@@ -115,17 +108,15 @@ public:
         Tensor a = attn::attend(ctx, q, keys, values, mask, 0, 1.0 / std::sqrt(double(head_dim)));
         Tensor r = ops::add(x, ops::linear(attn::merge_heads(a), l.proj, l.proj_b));
         h = nn::layer_norm(r, l.ln2_w, l.ln2_b, c_.eps);
-        if (c_.moe.is_sparse(i)) return ops::add(r, c_.moe.forward(ctx, l.experts, h, mask, c_.act));
-        h = nn::activation(c_.act, ops::linear(h, l.fc_in, l.fc_in_b));
-        return ops::add(r, ops::linear(h, l.fc_out, l.fc_out_b));
+        return ops::add(r, c_.moe.mlp(ctx, i, l.mlp, h, mask, c_.act));
     }
 
     Tensor head(Context &, const Tensor &x) { return ops::linear(nn::layer_norm(x, lnf_w_, lnf_b_, c_.eps), lm_head_); }
 
 private:
     struct Layer {
-        Tensor ln1_w, ln1_b, qkv, qkv_b, proj, proj_b, ln2_w, ln2_b, fc_in, fc_in_b, fc_out, fc_out_b;
-        mango::moe::PlainMoe::Layer experts;
+        Tensor ln1_w, ln1_b, qkv, qkv_b, proj, proj_b, ln2_w, ln2_b;
+        mango::moe::PlainMoe::Mlp mlp;  // fc_in, GELU, fc_out (or experts)
     };
     // A Conv1D weight [in, out], returned as a linear weight [out, in].
     static Tensor conv1d(const Tensor &w) { return ops::contiguous(ops::transpose(w, 0, 1)); }

@@ -84,14 +84,7 @@ public:
             l.o_b = w.at(i, "attn.o.bias");
             l.ln2_w = w.at(i, "norm.mlp.weight");
             l.ln2_b = w.at(i, "norm.mlp.bias");
-            if (c_.moe.is_sparse(i)) {
-                l.experts = c_.moe.load(w, i, false);
-            } else {
-                l.fc = w.at(i, "mlp.up.weight");
-                l.fc_b = w.at(i, "mlp.up.bias");
-                l.proj = w.at(i, "mlp.down.weight");
-                l.proj_b = w.at(i, "mlp.down.bias");
-            }
+            l.mlp = c_.moe.load_mlp(w, i, false);
             layers.push_back(std::move(l));
         }
         lnf_w_ = w.get("norm.final.weight");
@@ -124,17 +117,15 @@ public:
         Tensor a = attn::eager(q, keys, values, bias, 1.0);  // GPT-Neo does not scale scores
         Tensor r = ops::add(x, ops::linear(attn::merge_heads(a), l.o, l.o_b));
         h = nn::layer_norm(r, l.ln2_w, l.ln2_b, c_.eps);
-        if (c_.moe.is_sparse(i)) return ops::add(r, c_.moe.forward(ctx, l.experts, h, mask, c_.act));
-        h = nn::activation(c_.act, ops::linear(h, l.fc, l.fc_b));
-        return ops::add(r, ops::linear(h, l.proj, l.proj_b));
+        return ops::add(r, c_.moe.mlp(ctx, i, l.mlp, h, mask, c_.act));
     }
 
     Tensor head(Context &, const Tensor &x) { return ops::linear(nn::layer_norm(x, lnf_w_, lnf_b_, c_.eps), lm_head_); }
 
 private:
     struct Layer {
-        Tensor ln1_w, ln1_b, q, k, v, o, o_b, ln2_w, ln2_b, fc, fc_b, proj, proj_b;
-        mango::moe::PlainMoe::Layer experts;
+        Tensor ln1_w, ln1_b, q, k, v, o, o_b, ln2_w, ln2_b;
+        mango::moe::PlainMoe::Mlp mlp;  // c_fc, GELU, c_proj (or experts)
     };
 
     // Every tensor of a model of this config (transformers' names).

@@ -78,14 +78,7 @@ public:
             l.k = w.at(i, "attn.k.weight");
             l.v = w.at(i, "attn.v.weight");
             l.o = w.at(i, "attn.o.weight");
-            if (c_.moe.is_sparse(i)) {
-                l.experts = c_.moe.load(w, i, false);
-            } else {
-                l.fc_in = w.at(i, "mlp.up.weight");
-                l.fc_in_b = w.at(i, "mlp.up.bias");
-                l.fc_out = w.at(i, "mlp.down.weight");
-                l.fc_out_b = w.at(i, "mlp.down.bias");
-            }
+            l.mlp = c_.moe.load_mlp(w, i, false);
             layers.push_back(std::move(l));
         }
         lnf_w_ = w.get("norm.final.weight");
@@ -127,8 +120,7 @@ public:
         auto [keys, values] = attn::cached_kv(ctx, i, k, v, use_cache);
         Tensor a = attn::attend(ctx, q, keys, values, mask, 0, 1.0 / std::sqrt(double(hd)));
         Tensor att = ops::linear(attn::merge_heads(a), l.o);
-        Tensor mlp = c_.moe.is_sparse(i) ? c_.moe.forward(ctx, l.experts, h, mask, c_.act)
-                                         : ops::linear(nn::activation(c_.act, ops::linear(h, l.fc_in, l.fc_in_b)), l.fc_out, l.fc_out_b);
+        Tensor mlp = c_.moe.mlp(ctx, i, l.mlp, h, mask, c_.act);
         return ops::add(ops::add(x, att), mlp);
     }
 
@@ -136,8 +128,8 @@ public:
 
 private:
     struct Layer {
-        Tensor ln_w, ln_b, q, k, v, o, fc_in, fc_in_b, fc_out, fc_out_b;
-        mango::moe::PlainMoe::Layer experts;
+        Tensor ln_w, ln_b, q, k, v, o;
+        mango::moe::PlainMoe::Mlp mlp;  // fc_in, GELU, fc_out (or experts)
     };
 
     // Every tensor of a model of this config (transformers' names).

@@ -117,8 +117,33 @@ struct PlainMoe {
         return x;
     }
 
-    // x [B, T, H] -> [B, T, H]; `mask` [B, S] (for the reported balance loss),
-    // `moe_layers` divides it (its mean over the sparse layers).
+    // One layer's MLP, dense or sparse, linear layout.
+    struct Mlp {
+        Tensor up, up_bias, down, down_bias;  // dense layers
+        Layer experts;                        // sparse layers
+    };
+    Mlp load_mlp(const Weights &w, int32_t layer, bool transposed) const {
+        Mlp m;
+        if (is_sparse(layer)) {
+            m.experts = load(w, layer, transposed);
+            return m;
+        }
+        const std::string T = transposed ? ".T" : "";
+        auto linear = [&](const Tensor &t) { return transposed ? ops::contiguous(ops::transpose(t, 0, 1)) : t; };
+        m.up = linear(w.at(layer, "mlp.up.weight" + T));
+        m.up_bias = w.at(layer, "mlp.up.bias");
+        m.down = linear(w.at(layer, "mlp.down.weight" + T));
+        m.down_bias = w.at(layer, "mlp.down.bias");
+        return m;
+    }
+    // down(act(up x + b) ) + b, or the experts in a sparse layer.
+    Tensor mlp(Context &ctx, int32_t layer, const Mlp &m, const Tensor &x, const Tensor &mask, const std::string &act) const {
+        if (is_sparse(layer)) return forward(ctx, m.experts, x, mask, act);
+        return ops::linear(layers::activation(act, ops::linear(x, m.up, m.up_bias)), m.down, m.down_bias);
+    }
+
+    // x [B, T, H] -> [B, T, H]; `mask` [B, S] (for the reported balance loss,
+    // averaged over the sparse layers).
     Tensor forward(Context &ctx, const Layer &l, const Tensor &x_in, const Tensor &mask, const std::string &act) const {
         const int64_t B = x_in.size(0), T = x_in.size(1), H = x_in.size(2), K = top_k;
         Tensor x = ops::reshape(x_in, {B * T, H});
