@@ -468,7 +468,8 @@ typedef struct mango_dense_ffn {
  * MLP; every expert the same F_e) and "router" ([n_experts, H]). Any output
  * scale the method needs (e.g. E/k for split experts) is folded into down.
  * When the FFN has biases: also "experts.<e>.up_bias" [F_e] and
- * "experts.<e>.down_bias" [H] (added in host 0.5; older hosts refuse them). */
+ * "experts.<e>.down_bias" [H] (hosts before revision 4 of the host API
+ * refuse them). */
 typedef struct mango_moe_converter_vtable {
     uint32_t struct_size;
     mango_status (*create)(mango_context *ctx, void **self);
