@@ -66,18 +66,21 @@ class TensorTable {
 public:
     // A model-level tensor.
     TensorTable &model(const std::string &role, const std::string &name, std::vector<int64_t> shape, uint32_t flags = 0) {
+        grow();
         entries_.push_back({-1, role, name, std::move(shape), flags, ""});
         return *this;
     }
     // A model-level tensor with the same values as the tensor named `tied_to`
     // (e.g. an LM head tied to the token embedding): declared, never loaded.
     TensorTable &tied(const std::string &role, const std::string &name, const std::string &tied_to, std::vector<int64_t> shape) {
+        grow();
         entries_.push_back({-1, role, name, std::move(shape), MANGO_TENSOR_TIED, tied_to});
         return *this;
     }
     // One tensor in layer `layer`; "{L}" in `name_template` becomes the index.
     TensorTable &layer(int32_t layer, const std::string &role, const std::string &name_template, std::vector<int64_t> shape,
                        uint32_t flags = 0) {
+        grow();
         entries_.push_back({layer, role, fill(name_template, layer), std::move(shape), flags, ""});
         return *this;
     }
@@ -87,6 +90,11 @@ public:
         for (int32_t i = 0; i < n_layers; ++i) layer(i, role, name_template, shape, flags);
         return *this;
     }
+
+    // The largest models have tens of thousands of tensors (DeepSeek-V3:
+    // ~47,000); a config that asks for far more has a wrong layer or expert
+    // count, and is refused before the table takes seconds and gigabytes.
+    static constexpr size_t kMaxTensors = 250000;
 
     const std::vector<TensorSpec> &entries() const { return entries_; }
 
@@ -140,6 +148,11 @@ public:
     }
 
 private:
+    void grow() const {
+        if (entries_.size() >= kMaxTensors)
+            throw Error(MANGO_ERR_INVALID_ARGUMENT,
+                        "this config declares more than " + std::to_string(kMaxTensors) + " tensors; check its layer and expert counts");
+    }
     std::vector<TensorSpec> entries_;
 };
 
