@@ -228,7 +228,7 @@ size_t assign(toml::node &at, const std::vector<std::string> &keys, size_t i, co
 
 void apply_set(toml::table &root, const std::string &assignment) {
     const size_t eq = assignment.find('=');
-    if (eq == std::string::npos || eq == 0) throw PipelineError("--set '" + assignment + "': expected KEY.PATH=VALUE");
+    if (eq == std::string::npos || eq == 0) throw PipelineError("--set '" + clip(assignment) + "': expected KEY.PATH=VALUE");
     std::string key = assignment.substr(0, eq);
     const std::string text = assignment.substr(eq + 1);
     const bool optional = key.back() == '?';  // "a.*.b?=v": only where b exists, and no error where it nowhere does
@@ -239,7 +239,12 @@ void apply_set(toml::table &root, const std::string &assignment) {
     } catch (const toml::parse_error &) {
         parsed = toml::table{{"v", text}};  // a bare word: a string
     }
-    if (assign(root, split(key, '.'), 0, *parsed.get("v"), key, false) == 0 && !optional)
+    const std::vector<std::string> keys = split(key, '.');
+    if (keys.size() > 32)
+        throw PipelineError("--set " + clip(key) + ": a key path of " + std::to_string(keys.size()) + " parts (at most 32)");
+    for (const std::string &k : keys)
+        if (k.empty()) throw PipelineError("--set " + clip(key) + ": an empty part in the key path (two dots, or a dot at an end)");
+    if (assign(root, keys, 0, *parsed.get("v"), key, false) == 0 && !optional)
         throw PipelineError("--set " + clip(key) + ": no element has the key '" + clip(split(key, '.').back()) +
                             "' (a '*' only changes keys that exist; end the key with '?' to allow that)");
 }
