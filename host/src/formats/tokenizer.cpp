@@ -561,7 +561,14 @@ PostProcessor make_post_processor(const json &j, const std::string &where) {
         };
     }
     if (type == "BertProcessing" || type == "RobertaProcessing") {
-        const int32_t cls = token_id(j.at("cls")[1], where + ": cls"), sep = token_id(j.at("sep")[1], where + ": sep");
+        // "cls": ["[CLS]", 101]: the token and its id.
+        auto pair_id = [&](const char *key) {
+            const json &p = j.at(key);
+            if (!p.is_array() || p.size() != 2)
+                throw TokenizerError(where + ": '" + key + "' must be [token, id], found " + clip(p.dump()));
+            return token_id(p[1], where + ": " + key);
+        };
+        const int32_t cls = pair_id("cls"), sep = pair_id("sep");
         return [cls, sep](std::vector<int32_t> ids) {
             ids.insert(ids.begin(), cls);
             ids.push_back(sep);
