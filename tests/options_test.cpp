@@ -46,6 +46,8 @@ TEST(Options, ErrorsNameKeyExpectedAndFound) {
     EXPECT_EQ(error_of({{"name", "x"}, {"sise", 3}}), "p.toml:3: unknown option 'sise' (known: act, dims, name, on, rate, size)");
     EXPECT_EQ(error_of({{"name", "x"}, {"size", "big"}}), "p.toml:3: option 'size': expected integer, found string \"big\"");
     EXPECT_EQ(error_of({{"name", "x"}, {"size", 2.5}}), "p.toml:3: option 'size': expected integer, found number 2.5");
+    EXPECT_EQ(error_of({{"name", "x"}, {"size", 1e65}}),
+              "p.toml:3: option 'size': expected integer, found number 1e+65");  // no int64 holds it
     EXPECT_EQ(error_of({{"name", "x"}, {"rate", 2}}), "p.toml:3: option 'rate': expected <= 1, found 2");
     EXPECT_EQ(error_of({{"name", "x"}, {"act", "tanh"}}), "p.toml:3: option 'act': expected one of [\"gelu\",\"relu\"], found \"tanh\"");
     EXPECT_EQ(error_of({{"name", "x"}, {"dims", {1, "a"}}}), "p.toml:3: option 'dims': item 1: expected integer, found string \"a\"");

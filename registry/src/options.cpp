@@ -23,7 +23,13 @@ std::string type_of(const json &v) {
     return "nothing";
 }
 
-bool integral(const json &v) { return v.is_number_integer() || (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()); }
+// An integer, or a float with an integral value that an int64 holds exactly (|v| <= 2^53).
+bool integral(const json &v) {
+    if (v.is_number_integer()) return true;
+    if (!v.is_number_float()) return false;
+    const double d = v.get<double>();
+    return std::floor(d) == d && std::fabs(d) <= 9007199254740992.0;
+}
 
 // "" when `v` fits `spec`, else what is wrong.
 std::string mismatch(const json &spec, const json &v) {
