@@ -1,10 +1,12 @@
-// Data parallelism through c10d Gloo, end to end with the `mango` binary:
-// 2 ranks equal 1 process on the same global batch, a state written by 2
-// ranks resumes in 1, and a killed rank makes the other fail (not hang).
+// Data and expert parallelism through c10d Gloo, end to end with the `mango`
+// binary: 2 ranks equal 1 process on the same global batch, a state written
+// by 2 ranks resumes in 1, a killed rank makes the other fail (not hang), and
+// MoE models whose experts are spread over 2 ranks equal one process.
 #include "formats/safetensors.hpp"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -16,6 +18,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <thread>
 
@@ -24,6 +27,7 @@ namespace fs = std::filesystem;
 namespace {
 
 const std::string kPipeline = std::string(MANGO_SOURCE_DIR) + "/tests/fixtures/dist/fuse_dp.toml";
+const std::string kMoePipeline = std::string(MANGO_SOURCE_DIR) + "/tests/fixtures/dist/moe_ep.toml";
 
 fs::path fresh(const std::string &name) {
     const fs::path d = fs::path(MANGO_TEST_TMP) / ("dist_" + name);
@@ -36,8 +40,8 @@ int sh(const std::string &cmd) {
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-std::string mango_run(const fs::path &out, const std::string &extra) {
-    return std::string(MANGO_BIN) + " run " + kPipeline + " -o " + out.string() + " --no-progress " + extra + " > " + out.string() +
+std::string mango_run(const fs::path &out, const std::string &extra, const std::string &pipeline = kPipeline) {
+    return std::string(MANGO_BIN) + " run " + pipeline + " -o " + out.string() + " --no-progress " + extra + " > " + out.string() +
            ".log 2>&1";
 }
 
@@ -149,4 +153,33 @@ TEST(Distributed, KilledRankMakesTheOtherFail) {
     }
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0);
     EXPECT_EQ(sh("grep -q 'rank 0/2' " + out.string() + ".rank0.log"), 0) << "the error does not name the rank: " << out << ".rank0.log";
+}
+
+// Five MoE goldens (per-expert and fused layouts, softmax and DeepSeek's
+// sigmoid group-limited routing, shared experts) with their experts spread
+// over 2 ranks: evaluation and greedy generation equal one process holding
+// every expert, and a fusion of two of them trained by 2 data-parallel ranks
+// (its gradients go back through the token exchange) equals 1 process.
+TEST(Distributed, ExpertParallelMoeEqualsOneProcess) {
+    const fs::path one = fresh("ep_one"), two = fresh("ep_two");
+    ASSERT_EQ(sh(mango_run(one, "", kMoePipeline)), 0) << one << ".log";
+    ASSERT_EQ(sh(mango_run(two, "--nproc 2", kMoePipeline)), 0) << two << ".log";
+    EXPECT_EQ(sh("grep -q 'expert-parallel over 2 ranks' " + two.string() + ".log"), 0) << two << ".log";
+    auto summary = [](const fs::path &d) { return nlohmann::json::parse(std::ifstream(d / "summary.json")); };
+    const nlohmann::json a = summary(one), b = summary(two);
+    ASSERT_EQ(a["steps"][0]["results"].size(), 5u);
+    for (size_t i = 0; i < 5; ++i)
+        EXPECT_NEAR(a["steps"][0]["results"][i]["nll"].get<double>(), b["steps"][0]["results"][i]["nll"].get<double>(), 1e-6)
+            << a["steps"][0]["results"][i]["model"];
+    EXPECT_EQ(a["steps"][1]["samples"][0]["ids"], b["steps"][1]["samples"][0]["ids"]);
+    EXPECT_LE(max_diff(one / "pair/fusion.safetensors", two / "pair/fusion.safetensors"), 1e-5);
+}
+
+TEST(Distributed, ExpertsThatDoNotSplitAndSavingAShardedModelAreRefused) {
+    const fs::path out = fresh("ep_odd");
+    EXPECT_NE(sh(mango_run(out, "--nproc 3", kMoePipeline)), 0);
+    EXPECT_EQ(sh("grep -q '4 experts do not split over 3 ranks' " + out.string() + ".log"), 0) << out << ".log";
+    const fs::path save = fresh("ep_save");
+    EXPECT_NE(sh(mango_run(save, "--set steps.3.model=mixtral", kMoePipeline)), 0);
+    EXPECT_EQ(sh("grep -q 'cannot be saved whole' " + save.string() + ".log"), 0) << save << ".log";
 }

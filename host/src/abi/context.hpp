@@ -40,9 +40,10 @@ struct mango_context_t {
     std::map<std::string, at::Tensor> saved;                 // parameter values to restore
     at::TensorOptions param_options = at::TensorOptions().dtype(at::kFloat);
     bool training = false;
-    bool reporting = false;   // report() values are used (training, evaluation)
-    bool mask_full = false;   // attention_mask_full(): the current block's mask has no padding
-    at::Generator generator;  // random_like()'s stream (CPU); undefined = the default generator
+    bool reporting = false;                   // report() values are used (training, evaluation)
+    bool mask_full = false;                   // attention_mask_full(): the current block's mask has no padding
+    int32_t shard_rank = 0, shard_world = 1;  // expert_shard(): this instance's share of an expert-parallel model
+    at::Generator generator;                  // random_like()'s stream (CPU); undefined = the default generator
 
     std::vector<Parameter> parameters;                              // in declaration order
     std::vector<std::pair<std::string, at::Tensor>> weights_used;   // every model weight handed out, in order

@@ -502,6 +502,37 @@ mango_status api_weight_shaped(mango_context *ctx, const char *name, const int64
     });
 }
 
+// ---- revision 5 ------------------------------------------------------------
+
+AllToAll g_all_to_all = nullptr;
+int32_t g_world = 1;
+
+void api_expert_shard(mango_context *ctx, int32_t *rank, int32_t *world) {
+    if (rank) *rank = ctx ? ctx->shard_rank : 0;
+    if (world) *world = ctx ? ctx->shard_world : 1;
+}
+
+mango_status api_all_to_all(mango_tensor input, const int64_t *send_rows, const int64_t *recv_rows, mango_tensor *out) {
+    return guarded([&] {
+        if (!input || !send_rows || !recv_rows || !out) return fail(MANGO_ERR_INVALID_ARGUMENT, "all_to_all: NULL argument");
+        const at::Tensor &x = input->t;
+        if (x.dim() < 1) return fail(MANGO_ERR_INVALID_ARGUMENT, "all_to_all: the input needs a first dimension to split");
+        std::vector<int64_t> send(send_rows, send_rows + g_world), recv(recv_rows, recv_rows + g_world);
+        int64_t sent = 0;
+        for (int64_t n : send) {
+            if (n < 0) return fail(MANGO_ERR_INVALID_ARGUMENT, "all_to_all: a negative row count");
+            sent += n;
+        }
+        if (sent != x.size(0))
+            return fail(MANGO_ERR_SHAPE, "all_to_all: the send counts add up to " + std::to_string(sent) + " rows, the input has " +
+                                             std::to_string(x.size(0)));
+        for (int64_t n : recv)
+            if (n < 0) return fail(MANGO_ERR_INVALID_ARGUMENT, "all_to_all: a negative row count");
+        *out = wrap(g_all_to_all ? g_all_to_all(x, send, recv) : x.clone());
+        return MANGO_OK;
+    });
+}
+
 // ---- revision 3 ------------------------------------------------------------
 
 int32_t api_attention_mask_full(mango_context *ctx) { return ctx && ctx->mask_full ? 1 : 0; }
@@ -611,7 +642,18 @@ const mango_host_api kApiV1 = {
     api_declare_tensor_v2,
     api_random_like,
     api_attention_mask_full,
+    api_expert_shard,
+    api_all_to_all,
 };
+
+}  // namespace
+
+void set_all_to_all(AllToAll f, int32_t world) {
+    g_all_to_all = f;
+    g_world = std::max<int32_t>(1, world);
+}
+
+namespace {
 
 const void *get_api(uint32_t version) {
     if (version != 1) return nullptr;

@@ -12,6 +12,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 struct mango_tensor_t {
     at::Tensor t;
@@ -51,6 +52,12 @@ void call_plugin(const std::string &what, F &&f) {
     }
     check_plugin(s, what);
 }
+
+// The collective behind the API's all_to_all (revision 5), installed by the
+// distributed layer when the process joins a group: rows of `input` to each
+// rank, rows from each rank back, differentiable.
+using AllToAll = at::Tensor (*)(const at::Tensor &input, const std::vector<int64_t> &send_rows, const std::vector<int64_t> &recv_rows);
+void set_all_to_all(AllToAll f, int32_t world);
 
 // Tests: make get_api() report a table of `bytes` (an older host); 0 = full.
 void set_host_api_size_for_testing(size_t bytes);

@@ -19,7 +19,7 @@ int run_cmd(const Global &g, const po::variables_map &vm) {
     const char *world = std::getenv("WORLD_SIZE");
     if (nproc > 1 && !(world && *world)) return launch_local_ranks(nproc);  // this process only waits for its ranks
     try {
-        dist::init_from_env(std::chrono::seconds(vm["dist-timeout"].as<int>()));
+        dist::init_from_env(std::chrono::seconds(vm["dist-timeout"].as<int>()), vm["dist-backend"].as<std::string>());
         return run_pipeline(g, vm);
     } catch (const std::exception &e) {
         if (!dist::current().distributed()) throw;
@@ -62,8 +62,11 @@ std::vector<Command> run_commands() {
                      "check", "validate the file (keys, files, models, plugins and their options) and stop")("no-progress",
                                                                                                              "no progress bars")(
                      "nproc", po::value<int>()->default_value(1),
-                     "data-parallel training over N local processes (c10d Gloo): each takes its share of every batch; "
+                     "data-parallel training over N local processes (c10d): each takes its share of every batch; "
                      "under torchrun or srun (WORLD_SIZE set) each process is one rank and this is ignored")(
+                     "dist-backend", po::value<std::string>()->default_value("auto"),
+                     "c10d backend of a distributed run: auto (NCCL with GPUs, Gloo without), nccl or gloo; "
+                     "with NCCL each rank drives GPU LOCAL_RANK and `device = \"cuda\"` means that GPU")(
                      "dist-timeout", po::value<int>()->default_value(1800),
                      "seconds a rank waits for the others (rendezvous, all-reduce, a step that rank 0 runs first) before failing");
                  p.add("pipeline", 1);

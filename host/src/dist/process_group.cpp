@@ -1,25 +1,49 @@
 #include "dist/process_group.hpp"
 
+#include "abi/host_api.hpp"
 #include "formats/atomic_file.hpp"
 #include "util/error.hpp"
 
+#include <c10/util/intrusive_ptr.h>
 #if __has_include(<gloo/algorithm.h>)
+#ifndef USE_C10D_GLOO
 #define USE_C10D_GLOO 1
+#endif
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #define MANGO_HAS_GLOO 1
 #endif
+#if defined(MANGO_WITH_CUDA) && defined(USE_C10D_NCCL) && __has_include(<nccl.h>)
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#define MANGO_HAS_NCCL 1
+#endif
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <cstdlib>
-#include <map>
 
 namespace mango::dist {
 
 struct Group::Impl {
-#ifdef MANGO_HAS_GLOO
     c10::intrusive_ptr<c10d::Store> store;
-    c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+#ifdef MANGO_HAS_GLOO
+    c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
 #endif
+#ifdef MANGO_HAS_NCCL
+    c10::intrusive_ptr<c10d::ProcessGroupNCCL> nccl;
+#endif
+    at::Device device = at::kCPU;  // where collectives take their tensors
+
+    // Runs `f` on whichever backend this group joined.
+    template <class F>
+    void on_backend(F &&f) {
+#ifdef MANGO_HAS_NCCL
+        if (nccl) return f(*nccl);
+#endif
+#ifdef MANGO_HAS_GLOO
+        if (gloo) return f(*gloo);
+#endif
+    }
 };
 
 namespace {
@@ -35,10 +59,63 @@ int env_int(const char *name, int fallback, int lo, int hi) {
     return static_cast<int>(x);
 }
 
+int cuda_devices() {
+#ifdef MANGO_HAS_NCCL
+    return c10::cuda::device_count();
+#else
+    return 0;
+#endif
+}
+
+// "auto": NCCL where this build has it and the machine a GPU, else Gloo.
+std::string choose_backend(std::string asked) {
+    const bool gloo =
+#ifdef MANGO_HAS_GLOO
+        true;
+#else
+        false;
+#endif
+    const bool nccl = cuda_devices() > 0;
+    if (asked == "auto") asked = nccl ? "nccl" : "gloo";
+    if (asked == "gloo" && !gloo)
+        throw HostError("the Gloo backend is not in this build (install libgloo-dev and rebuild" +
+                        std::string(nccl ? ", or use --dist-backend nccl)" : ")"));
+    if (asked == "nccl" && !nccl)
+        throw HostError("the NCCL backend needs a CUDA build of Mango and a GPU" + std::string(gloo ? " (use --dist-backend gloo)" : ""));
+    if (asked != "gloo" && asked != "nccl") throw HostError("--dist-backend must be auto, gloo or nccl, not \"" + clip(asked) + "\"");
+    return asked;
+}
+
+// all_to_all as autograd sees it: the gradient of the rows received goes
+// back to their senders by the reverse exchange.
+struct AllToAllFn : torch::autograd::Function<AllToAllFn> {
+    static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x, std::vector<int64_t> send,
+                              std::vector<int64_t> recv) {
+        ctx->saved_data["send"] = send;
+        ctx->saved_data["recv"] = recv;
+        return current().all_to_all(x, send, recv);
+    }
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx, torch::autograd::variable_list grad) {
+        const std::vector<int64_t> send = ctx->saved_data["send"].toIntVector(), recv = ctx->saved_data["recv"].toIntVector();
+        return {current().all_to_all(grad[0], recv, send), at::Tensor(), at::Tensor()};
+    }
+};
+
+at::Tensor differentiable_all_to_all(const at::Tensor &x, const std::vector<int64_t> &send, const std::vector<int64_t> &recv) {
+    return AllToAllFn::apply(x, send, recv);
+}
+
 }  // namespace
 
 std::string Group::tag() const {
     return distributed() ? "rank " + std::to_string(rank_) + "/" + std::to_string(world_) + ": " : std::string();
+}
+
+std::string Group::backend() const { return backend_; }
+
+std::optional<at::Device> Group::device() const {
+    if (!impl_ || !impl_->device.is_cuda()) return std::nullopt;
+    return impl_->device;
 }
 
 Group &current() {
@@ -48,15 +125,14 @@ Group &current() {
 
 void Group::allreduce_mean(const std::vector<at::Tensor> &tensors) {
     if (!distributed() || tensors.empty()) return;
-#ifdef MANGO_HAS_GLOO
     at::NoGradGuard no_grad;
-    // One flat float32 CPU buffer: Gloo's ring allreduce over it, then the
-    // mean copied back into each tensor.
+    // One flat float32 buffer on the backend's device (CPU for Gloo, this
+    // rank's GPU for NCCL): one all-reduce, then the mean copied back.
     std::vector<at::Tensor> flat;
-    for (const at::Tensor &t : tensors) flat.push_back(t.detach().reshape({-1}).to(at::kCPU, at::kFloat));
+    for (const at::Tensor &t : tensors) flat.push_back(t.detach().reshape({-1}).to(impl_->device, at::kFloat));
     std::vector<at::Tensor> bucket{at::cat(flat)};
     try {
-        impl_->pg->allreduce(bucket)->wait();
+        impl_->on_backend([&](auto &pg) { pg.allreduce(bucket)->wait(); });
     } catch (const std::exception &e) {
         throw HostError(tag() + "all-reduce failed (did another rank stop?): " + clip(e.what(), 600));
     }
@@ -67,29 +143,48 @@ void Group::allreduce_mean(const std::vector<at::Tensor> &tensors) {
         t.copy_(bucket[0].narrow(0, at, n).view(t.sizes()));
         at += n;
     }
-#endif
+}
+
+at::Tensor Group::all_to_all(const at::Tensor &input, const std::vector<int64_t> &send_rows, const std::vector<int64_t> &recv_rows) {
+    if (!distributed()) return input.clone();
+    if (int(send_rows.size()) != world_ || int(recv_rows.size()) != world_)
+        throw HostError(tag() + "all-to-all needs one row count per rank (" + std::to_string(world_) + ")");
+    int64_t total = 0;
+    for (int64_t n : recv_rows) total += n;
+    std::vector<int64_t> shape = input.sizes().vec();
+    shape[0] = total;
+    at::Tensor in = input.to(impl_->device).contiguous();
+    at::Tensor out = at::empty(shape, in.options());
+    try {
+        impl_->on_backend([&](auto &pg) {
+            std::vector<int64_t> send(send_rows), recv(recv_rows);
+            pg.alltoall_base(out, in, recv, send)->wait();
+        });
+    } catch (const std::exception &e) {
+        throw HostError(tag() + "all-to-all failed (did another rank stop?): " + clip(e.what(), 600));
+    }
+    return out.to(input.device());
 }
 
 void Group::barrier() {
     if (!distributed()) return;
-#ifdef MANGO_HAS_GLOO
     try {
-        impl_->pg->barrier()->wait();
+        c10d::BarrierOptions o;
+        if (impl_->device.is_cuda()) o.device_ids = {impl_->device.index()};
+        impl_->on_backend([&](auto &pg) { pg.barrier(o)->wait(); });
     } catch (const std::exception &e) {
         throw HostError(tag() + "waiting for the other ranks failed (did one stop?): " + clip(e.what(), 600));
     }
-#endif
 }
 
-void init_from_env(std::chrono::seconds timeout) {
+void init_from_env(std::chrono::seconds timeout, const std::string &backend) {
     Group &g = current();
     const int world = env_int("WORLD_SIZE", 1, 1, 1 << 16);
     if (world <= 1 || g.distributed()) return;
     const int rank = env_int("RANK", -1, 0, world - 1);
     if (rank < 0) throw HostError("WORLD_SIZE=" + std::to_string(world) + " but RANK is not set (0 to " + std::to_string(world - 1) + ")");
-#ifndef MANGO_HAS_GLOO
-    throw HostError("WORLD_SIZE=" + std::to_string(world) + ": this build has no Gloo (install libgloo-dev and rebuild)");
-#else
+    const std::string chosen = choose_backend(backend);
+    const int local = env_int("LOCAL_RANK", rank, 0, 1 << 16);
     const char *addr = std::getenv("MASTER_ADDR");
     const std::string host = addr && *addr ? addr : "127.0.0.1";
     const int port = env_int("MASTER_PORT", 29500, 1, 65535);
@@ -104,19 +199,39 @@ void init_from_env(std::chrono::seconds timeout) {
         o.waitWorkers = true;
         o.timeout = timeout;
         impl->store = c10::make_intrusive<c10d::TCPStore>(host, o);
-        auto options = c10d::ProcessGroupGloo::Options::create(timeout);
-        options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(host));
-        impl->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(impl->store, rank, world, options);
+#ifdef MANGO_HAS_NCCL
+        if (chosen == "nccl") {
+            // Each rank drives the GPU of its local rank; NCCL takes one rank per GPU.
+            if (local >= cuda_devices())
+                throw HostError("LOCAL_RANK " + std::to_string(local) + " but this machine has " + std::to_string(cuda_devices()) +
+                                " GPU(s): NCCL runs one rank per GPU (start fewer processes, or use --dist-backend gloo)");
+            impl->device = at::Device(at::kCUDA, static_cast<at::DeviceIndex>(local));
+            // A collective that outlives the timeout throws in wait() (named, exit 1) instead of aborting the process.
+            ::setenv("TORCH_NCCL_BLOCKING_WAIT", "1", 0);
+            c10::cuda::set_device(impl->device.index());
+            auto options = c10d::ProcessGroupNCCL::Options::create();
+            options->timeout = std::chrono::duration_cast<std::chrono::milliseconds>(timeout);
+            impl->nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(impl->store, rank, world, options);
+        }
+#endif
+#ifdef MANGO_HAS_GLOO
+        if (chosen == "gloo") {
+            auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+            options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(host));
+            impl->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(impl->store, rank, world, options);
+        }
+#endif
     } catch (const std::exception &e) {
-        throw HostError("rank " + std::to_string(rank) + "/" + std::to_string(world) + ": cannot join the group at " + host + ":" +
-                        std::to_string(port) + " within " + std::to_string(timeout.count()) + " s: " + clip(e.what(), 600));
+        throw HostError("rank " + std::to_string(rank) + "/" + std::to_string(world) + ": cannot join the " + chosen + " group at " + host +
+                        ":" + std::to_string(port) + " within " + std::to_string(timeout.count()) + " s: " + clip(e.what(), 600));
     }
     g.impl_ = impl;
     g.rank_ = rank;
     g.world_ = world;
-    g.local_rank_ = env_int("LOCAL_RANK", rank, 0, 1 << 16);
+    g.local_rank_ = local;
+    g.backend_ = chosen;
     if (rank != 0) formats::set_writes_enabled(false);
-#endif
+    set_all_to_all(&differentiable_all_to_all, world);
 }
 
 }  // namespace mango::dist

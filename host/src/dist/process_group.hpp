@@ -1,14 +1,15 @@
 // This process's place in a distributed run: LibTorch's c10d process group
-// (Gloo) joined through a TCPStore rendezvous on the variables torchrun and
-// Slurm scripts set (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK).
-// Without WORLD_SIZE > 1 the process is alone and every call is a no-op.
-// Only rank 0 writes (formats::set_writes_enabled(false) elsewhere).
+// (NCCL on GPUs, Gloo on CPUs) joined through a TCPStore rendezvous on the
+// variables torchrun and Slurm scripts set (MASTER_ADDR, MASTER_PORT, RANK,
+// WORLD_SIZE, LOCAL_RANK). Without WORLD_SIZE > 1 the process is alone and
+// every call is a no-op. Only rank 0 writes (formats::set_writes_enabled).
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,17 +24,28 @@ public:
     bool writer() const { return rank_ == 0; }
     // "rank 1/2: " in a distributed run, "" alone: the prefix for messages.
     std::string tag() const;
+    // "nccl" or "gloo" once joined.
+    std::string backend() const;
+    // The GPU this rank drives under NCCL (LOCAL_RANK modulo the GPUs):
+    // where a pipeline's `device = "cuda"` puts this rank's models.
+    std::optional<at::Device> device() const;
 
     // Element-wise mean over the ranks of each tensor, in place (one flat
     // buffer per dtype and device). Every rank must pass tensors of the same
     // shapes in the same order.
     void allreduce_mean(const std::vector<at::Tensor> &tensors);
+    // Rows of `input` (dim 0) scattered to the ranks: the first send_rows[0]
+    // to rank 0, the next send_rows[1] to rank 1, ...; returns the rows the
+    // ranks sent here, in rank order (recv_rows[r] from rank r), on the
+    // input's device. Alone: a copy of the input.
+    at::Tensor all_to_all(const at::Tensor &input, const std::vector<int64_t> &send_rows, const std::vector<int64_t> &recv_rows);
     // Waits for every rank (collective timeout applies).
     void barrier();
 
     struct Impl;
     std::shared_ptr<Impl> impl_;
     int rank_ = 0, world_ = 1, local_rank_ = 0;
+    std::string backend_;
 };
 
 // The group of this process (alone until init_from_env succeeds).
@@ -41,8 +53,10 @@ Group &current();
 
 // Joins the group the environment describes when WORLD_SIZE > 1 (else does
 // nothing); `timeout` bounds the rendezvous and every collective, so a rank
-// that dies makes the others fail instead of hang. Ranks other than 0 stop
-// writing files. Throws HostError naming the variable or peer at fault.
-void init_from_env(std::chrono::seconds timeout);
+// that dies makes the others fail instead of hang. `backend` is "auto" (NCCL
+// where the build has it and a GPU is present, else Gloo), "nccl" or "gloo".
+// Ranks other than 0 stop writing files. Throws HostError naming the
+// variable or peer at fault.
+void init_from_env(std::chrono::seconds timeout, const std::string &backend = "auto");
 
 }  // namespace mango::dist

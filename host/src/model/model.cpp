@@ -30,13 +30,14 @@ nlohmann::json Model::normalized_config(const nlohmann::json &raw) {
     return c;
 }
 
-std::unique_ptr<Model> Model::load(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device) {
-    return build(host, dir, dtype, device, false, 0);
+std::unique_ptr<Model> Model::load(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device,
+                                   ExpertShard shard) {
+    return build(host, dir, dtype, device, false, 0, shard);
 }
 
 std::unique_ptr<Model> Model::init_random(const PluginHost &host, const std::string &dir, uint64_t seed, at::ScalarType dtype,
-                                          at::Device device) {
-    return build(host, dir, dtype, device, true, seed);
+                                          at::Device device, ExpertShard shard) {
+    return build(host, dir, dtype, device, true, seed, shard);
 }
 
 std::vector<std::pair<std::string, at::Tensor>> Model::named_weights() const {
@@ -82,6 +83,8 @@ std::vector<std::pair<std::string, at::Tensor>> Model::buffers() const {
     return out;
 }
 
+ExpertShard Model::expert_shard() const { return {ctx_->shard_rank, ctx_->shard_world}; }
+
 std::vector<std::pair<std::string, at::Tensor>> Model::trainable() const {
     std::vector<std::pair<std::string, at::Tensor>> out;
     for (auto &[name, t] : named_weights())
@@ -94,6 +97,9 @@ void Model::save(const std::string &dir, bool, const std::map<std::string, std::
 }
 
 void Model::save_sharded(const std::string &dir, uint64_t max_shard_bytes, const std::map<std::string, std::string> &extra_files) const {
+    if (ctx_->shard_world > 1)
+        throw HostError(dir_ + ": this expert-parallel model holds 1/" + std::to_string(ctx_->shard_world) +
+                        " of its experts in each process and cannot be saved; save it from a run without expert_parallel");
     formats::OutputFolder folder(dir, true, {});
     folder.keep_other_files();
     formats::write_checkpoint(folder.path(), named_weights(), max_shard_bytes);
@@ -144,7 +150,7 @@ std::vector<TensorDecl> Model::tensor_table(const PluginHost &host, const format
 }
 
 std::unique_ptr<Model> Model::build(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device, bool random,
-                                    uint64_t seed) {
+                                    uint64_t seed, ExpertShard shard) {
     std::unique_ptr<Model> m(new Model());
     m->dir_ = dir;
     m->dtype_ = dtype;
@@ -154,6 +160,8 @@ std::unique_ptr<Model> Model::build(const PluginHost &host, const std::string &d
     if (MANGO_HAS(static_cast<const mango_architecture_vtable *>(host.vtable(arch)), mango_architecture_vtable, tensors))
         check_fits(tensor_table(host, m->config_, nullptr, dir), dtype, device, dir);
     m->ctx_ = std::make_unique<InstanceContext>();
+    m->ctx_->shard_rank = shard.rank;
+    m->ctx_->shard_world = shard.world;
     if (random) {
         m->ctx_->random_init = true;
         m->ctx_->initializer_range = m->config_.raw.value("initializer_range", 0.02);

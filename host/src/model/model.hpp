@@ -89,17 +89,23 @@ protected:
     bool recompute_ = false;
 };
 
+// Expert parallelism: the share of a MoE model's experts this process holds
+// (experts [rank * E / world, (rank + 1) * E / world)); world 1 holds all.
+struct ExpertShard {
+    int32_t rank = 0, world = 1;
+};
+
 class Model : public CausalLM {
 public:
     // Loads MODEL_DIR with the architecture plugin that claims its model_type.
     // dtype: weights are converted on load (kFloat by default).
     static std::unique_ptr<Model> load(const PluginHost &host, const std::string &dir, at::ScalarType dtype = at::kFloat,
-                                       at::Device device = at::kCPU);
+                                       at::Device device = at::kCPU, ExpertShard shard = {});
     // A model from MODEL_DIR/config.json alone, weights drawn at random:
     // normal(0, initializer_range) for matrices, ones for norm gains, zeros
     // for biases.
     static std::unique_ptr<Model> init_random(const PluginHost &host, const std::string &config_dir, uint64_t seed,
-                                              at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
+                                              at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU, ExpertShard shard = {});
     // A model from a config and tensors in memory (by checkpoint name), as
     // if a folder held them; `where` names it in messages.
     static std::unique_ptr<Model> from_tensors(const PluginHost &host, const nlohmann::json &config,
@@ -118,6 +124,8 @@ public:
     // listing what is installed.
     static const registry::ComponentInfo &architecture_for(const PluginHost &host, const formats::HfConfig &config);
 
+    // The share of the experts this process holds ({0, 1}: all of them).
+    ExpertShard expert_shard() const;
     // Every weight the architecture uses, by checkpoint name (tied ones once).
     std::vector<std::pair<std::string, at::Tensor>> named_weights() const;
     // Weights are frozen after load and init_random; this makes all of them
@@ -174,7 +182,7 @@ public:
 private:
     Model() = default;
     static std::unique_ptr<Model> build(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device,
-                                        bool random, uint64_t seed);
+                                        bool random, uint64_t seed, ExpertShard shard);
     // Creates the plugin instance for config_ with ctx_'s weight callbacks set.
     void instantiate(const PluginHost &host);
     static at::Tensor checked_weight(const at::Tensor &t, const std::string &name, const std::string &where);

@@ -268,6 +268,8 @@ void read_models(const PluginHost &host, PipelineSpec &spec, Table models) {
             read_fusion(host, m, t);
             m.seed = static_cast<uint64_t>(t.integer("seed", 0, 0));
         }
+        if (m.kind == ModelDef::Kind::Folder || m.kind == ModelDef::Kind::RandomInit)
+            m.expert_parallel = t.boolean("expert_parallel", false);
         t.finish();
         spec.models.push_back(std::move(m));
     }
@@ -454,8 +456,23 @@ void read_steps(const PluginHost &host, PipelineSpec &spec, const toml::node *st
             if (it != names.defs.end() && it->second->kind == ModelDef::Kind::Fusion)
                 for (const auto &member : it->second->fusion.members) fused_used_at.emplace(member, i + 1);
         };
+        // Expert-parallel models (or fusions of them): each rank holds only its experts.
+        auto expert_parallel = [&](const std::string &m, bool members) {
+            auto it = names.defs.find(m);
+            if (it == names.defs.end()) return false;
+            if (it->second->expert_parallel) return true;
+            if (!members || it->second->kind != ModelDef::Kind::Fusion) return false;
+            for (const auto &member : it->second->fusion.members)
+                if (auto d = names.defs.find(member); d != names.defs.end() && d->second->expert_parallel) return true;
+            return false;
+        };
         if (s.kind == "train") {
             TrainStep st = read_train(t, spec, i, model_name("model"), data_names("data"));
+            if (expert_parallel(st.model, st.all_weights))
+                throw PipelineError(t.at("model") + ": '" + st.model +
+                                    "' trains the weights of an expert-parallel model, which is not supported (each rank "
+                                    "holds different experts); train it without expert_parallel, or train only a fusion's "
+                                    "adapters and routers");
             if (fused_used_at.count(st.model))
                 throw PipelineError(t.at("model") + ": '" + st.model + "' is trained after step " +
                                     std::to_string(fused_used_at[st.model]) +
@@ -497,6 +514,10 @@ void read_steps(const PluginHost &host, PipelineSpec &spec, const toml::node *st
             if (!p) throw PipelineError(t.here() + ": missing key 'path'");
             st.path = *p;
             st.self_contained = t.boolean("self_contained", false);
+            if (expert_parallel(st.model, st.self_contained))
+                throw PipelineError(t.at("model") + ": '" + st.model +
+                                    "' holds an expert-parallel model, whose experts are spread over the ranks and cannot "
+                                    "be saved whole; save it from a run without expert_parallel");
             mark_fusion_use(st.model);
             s.step = st;
         } else if (s.kind == "load") {

@@ -55,6 +55,7 @@ struct ModelDef {
     uint64_t seed = 0;
     FusionDef fusion;
     int64_t hidden_size = 0, n_layers = 0;  // from config.json (not for fusions)
+    bool expert_parallel = false;           // distributed runs: each rank holds its share of the experts
 };
 
 struct TrainStep {

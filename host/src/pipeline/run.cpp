@@ -61,7 +61,8 @@ public:
             // all-reduce needs them all); any other step runs on rank 0 first,
             // then on the others, which read what it wrote and write nothing.
             dist::Group &group = dist::current();
-            const bool together = s.kind == "train" || s.kind == "eval";
+            // An expert-parallel model's generation needs every rank too.
+            const bool together = s.kind == "train" || s.kind == "eval" || (s.kind == "generate" && any_expert_parallel());
             if (!together && !group.writer()) group.barrier();
             json r = std::visit([&](const auto &st) { return this->step(st, i); }, s.step);
             if (!together && group.writer()) group.barrier();
@@ -77,6 +78,11 @@ public:
     }
 
 private:
+    bool any_expert_parallel() const {
+        for (const auto &m : spec_.models)
+            if (m.expert_parallel) return true;
+        return false;
+    }
     void say(const std::string &line) {
         if (!settings_.json) std::cout << line << "\n" << std::flush;
     }
@@ -91,12 +97,16 @@ private:
         if (auto it = plain_.find(name); it != plain_.end()) return it->second;
         const ModelDef *d = def(name);
         std::shared_ptr<Model> m;
+        ExpertShard shard;
+        if (d->expert_parallel) shard = {dist::current().rank(), dist::current().world()};
+        const std::string sharing = shard.world > 1 ? " (expert-parallel over " + std::to_string(shard.world) + " ranks)" : "";
         if (d->kind == ModelDef::Kind::RandomInit) {
-            say("model " + name + ": random initialisation from " + d->path + "/config.json (seed " + std::to_string(d->seed) + ")");
-            m = Model::init_random(host_, d->path, d->seed, spec_.dtype, spec_.device);
+            say("model " + name + ": random initialisation from " + d->path + "/config.json (seed " + std::to_string(d->seed) + ")" +
+                sharing);
+            m = Model::init_random(host_, d->path, d->seed, spec_.dtype, spec_.device, shard);
         } else {
-            say("model " + name + ": " + d->path);
-            m = Model::load(host_, d->path, spec_.dtype, spec_.device);
+            say("model " + name + ": " + d->path + sharing);
+            m = Model::load(host_, d->path, spec_.dtype, spec_.device, shard);
         }
         plain_[name] = m;
         live_[name] = m;
@@ -452,6 +462,13 @@ private:
 }  // namespace
 
 json Pipeline::run(const PluginHost &host, const PipelineSpec &spec, const RunSettings &settings) {
+    // Under NCCL `device = "cuda"` means this rank's GPU; "cuda:N" stays N.
+    const std::optional<at::Device> rank_gpu = dist::current().device();
+    if (rank_gpu && spec.device.is_cuda() && !spec.device.has_index()) {
+        PipelineSpec placed = spec;
+        placed.device = *rank_gpu;
+        return Runner(host, placed, settings).run();
+    }
     return Runner(host, spec, settings).run();
 }
 

@@ -103,7 +103,9 @@ public:
                 softmax_scale_ *= m * m;
             }
         }
-        const mango::Weights w = table(c_).load(ctx);
+        const Context::Shard shard = ctx.expert_shard();  // expert parallelism: this rank's experts only
+        moe::check_shard(shard, c_.experts);
+        const mango::Weights w = table(c_).load(ctx, moe::other_ranks_experts(shard, c_.experts));
         embed_ = w.get("embed.tokens.weight");
         inv_freq_ = attn::to_tensor(rope_.inv_freq, embed_.device());
         for (int32_t i = 0; i < c_.layers; ++i) {
@@ -136,7 +138,7 @@ public:
                 l.moe.act = c_.act;
                 l.moe.router = w.at(i, "moe.router.weight");
                 l.moe.bias = w.at(i, "moe.router.bias");
-                l.moe.experts = moe::load_experts(w, i, c_.fused, c_.experts);
+                l.moe.experts = moe::load_experts(w, i, c_.fused, c_.experts, shard);
                 if (c_.shared > 0) {
                     l.moe.shared_gate = w.at(i, "moe.shared.gate.weight");
                     l.moe.shared_up = w.at(i, "moe.shared.up.weight");

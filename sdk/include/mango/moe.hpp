@@ -12,6 +12,7 @@
 #include "mango/tensors.hpp"
 
 #include <cmath>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -94,7 +95,13 @@ public:
         x.inter_ = x.gate_.empty() ? 0 : x.gate_[0].size(0);
         return x;
     }
+    // Experts held here (all of them unless sharded).
     int64_t count() const { return n_; }
+
+    // Expert parallelism: this rank holds experts [rank * count(), (rank +
+    // 1) * count()) of the world's; forward() sends each routed token to the
+    // rank holding its expert and gets the expert's output back (all_to_all).
+    void shard(Context::Shard s) { shard_ = s; }
 
     // out[t] = sum_k w[t, k] * mlp_{e[t, k]}(x[t]) for x [T, H]. Tokens are
     // grouped by expert (one matmul chain per expert that got tokens). With
@@ -107,14 +114,45 @@ public:
     Tensor forward(const Tensor &x, const Routing &r, const std::string &act, bool small, bool training = false) const {
         const int64_t T = x.size(0), K = r.experts.size(1);
         if (training) cache_gate_up_ = cache_down_ = Tensor();
-        const bool stackable = gate_up_ || !training;  // the stacked layout exists, or may be cached
-        const bool grouped_mm = stackable && x.device().type == MANGO_DEVICE_CUDA && x.dtype() == MANGO_DTYPE_BF16 && has_grouped_mm();
-        Tensor y = grouped_mm ? grouped_gemm(x, r, act) : small && stackable ? gathered(x, r, act) : grouped(x, r, act);  // [T*K, H]
+        Tensor y = shard_.world > 1 ? exchanged(x, r, act, small, training) : slots(x, r, act, small, training);  // [T*K, H]
         Tensor weighted = ops::mul(y, ops::reshape(r.weights, {T * K, 1}));
         return ops::to_dtype(ops::sum(ops::reshape(weighted, {T, K, x.size(1)}), {1}), x.dtype());
     }
 
 private:
+    // Each slot's expert output [T*K, H], slot order, experts held here.
+    Tensor slots(const Tensor &x, const Routing &r, const std::string &act, bool small, bool training) const {
+        const bool stackable = gate_up_ || !training;  // the stacked layout exists, or may be cached
+        const bool grouped_mm = stackable && x.device().type == MANGO_DEVICE_CUDA && x.dtype() == MANGO_DTYPE_BF16 && has_grouped_mm();
+        return grouped_mm ? grouped_gemm(x, r, act) : small && stackable ? gathered(x, r, act) : grouped(x, r, act);
+    }
+
+    // Expert parallelism: slots sorted by the rank holding their expert, the
+    // tokens and expert ids sent there, computed, and the outputs sent back.
+    Tensor exchanged(const Tensor &x, const Routing &r, const std::string &act, bool small, bool training) const {
+        const int64_t K = r.experts.size(1), W = shard_.world;
+        static const Op sort("aten::sort", "stable"), bincount("aten::bincount"), floor_divide("aten::floor_divide", "Scalar"),
+            sub("aten::sub", "Scalar");
+        Tensor flat = ops::reshape(r.experts, {-1});
+        Tensor owner = floor_divide({flat, n_});
+        Results sorted;
+        sort.call({owner, true, int64_t(0), false}, sorted);
+        Tensor order = sorted.tensor(1);  // slots grouped by destination rank
+        Tensor counts = bincount({owner, nullptr, W});
+        const std::vector<int64_t> ones(size_t(W), 1), send = counts.to_host<int64_t>();
+        const std::vector<int64_t> recv = all_to_all(ops::reshape(counts, {W, 1}), ones, ones).to_host<int64_t>();
+        Tensor rows = all_to_all(ops::index_select(x, 0, floor_divide({order, K})), send, recv);
+        Tensor ids = all_to_all(ops::reshape(ops::index_select(flat, 0, order), {-1, 1}), send, recv);
+        Routing here;  // one slot per received row, experts numbered from this rank's first
+        here.experts = sub({ids, int64_t(shard_.rank) * n_});
+        int64_t received = 0;
+        for (int64_t n : recv) received += n;
+        // Nothing came: still pass a tensor that needs a gradient back, so every rank takes part in the backward exchange.
+        Tensor y = received > 0 ? slots(rows, here, act, small, training) : ops::mul(rows, 0.0);
+        Tensor back = all_to_all(ops::to_dtype(y, x.dtype()), recv, send);
+        return ops::index_select(back, 0, ops::argsort(order, 0, false));
+    }
+
     Tensor gate(int64_t e) const { return gate_up_ ? ops::narrow(ops::select(gate_up_, 0, e), 0, 0, inter_) : gate_[size_t(e)]; }
     Tensor up(int64_t e) const { return gate_up_ ? ops::narrow(ops::select(gate_up_, 0, e), 0, inter_, inter_) : up_[size_t(e)]; }
     Tensor down(int64_t e) const { return down_stack_ ? ops::select(down_stack_, 0, e) : down_[size_t(e)]; }
@@ -205,6 +243,7 @@ private:
     std::vector<Tensor> gate_, up_, down_;
     mutable Tensor cache_gate_up_, cache_down_;
     int64_t n_ = 0, inter_ = 0;
+    Context::Shard shard_;
 };
 
 // The experts of layer {L} in whichever layout the checkpoint has: fused
@@ -228,16 +267,52 @@ inline void add_experts(TensorTable &t, int32_t layer, const std::string &prefix
         t.layer(layer, "moe.experts." + std::to_string(e) + ".down.weight", p + n.down + ".weight", {H, I});
     }
 }
-inline Experts load_experts(const Weights &w, int32_t layer, bool fused, int64_t E) {
-    if (fused) return Experts::fused(w.at(layer, "moe.experts.gate_up.weight"), w.at(layer, "moe.experts.down.weight"));
-    std::vector<Tensor> g, u, d;
-    for (int64_t e = 0; e < E; ++e) {
-        const std::string p = "moe.experts." + std::to_string(e) + ".";
-        g.push_back(w.at(layer, p + "gate.weight"));
-        u.push_back(w.at(layer, p + "up.weight"));
-        d.push_back(w.at(layer, p + "down.weight"));
+// Expert parallelism: `shard` holds E / world experts from rank * E / world
+// (E must divide by the ranks, refused by name otherwise).
+inline void check_shard(Context::Shard shard, int64_t E) {
+    if (shard.world > 1 && E % shard.world)
+        throw Error(MANGO_ERR_INVALID_ARGUMENT, std::to_string(E) + " experts do not split over " + std::to_string(shard.world) +
+                                                    " ranks (expert parallelism needs a multiple of the number of processes)");
+}
+// For TensorTable::load: skips the per-expert tensors ("moe.experts.<e>.*")
+// of experts another rank holds.
+inline std::function<bool(const TensorSpec &)> other_ranks_experts(Context::Shard shard, int64_t E) {
+    if (shard.world <= 1) return {};
+    const int64_t per = E / shard.world, first = shard.rank * per;
+    return [per, first](const TensorSpec &t) {
+        const std::string prefix = "moe.experts.";
+        if (t.role.compare(0, prefix.size(), prefix) != 0) return false;
+        const size_t end = t.role.find('.', prefix.size());
+        const std::string id = t.role.substr(prefix.size(), end - prefix.size());
+        if (id.empty() || id.find_first_not_of("0123456789") != std::string::npos) return false;  // fused: "gate_up"
+        const int64_t e = std::stoll(id);
+        return e < first || e >= first + per;
+    };
+}
+inline Experts load_experts(const Weights &w, int32_t layer, bool fused, int64_t E, Context::Shard shard = {}) {
+    check_shard(shard, E);
+    const int64_t per = E / shard.world, first = shard.rank * per;
+    Experts x;
+    if (fused) {
+        Tensor gate_up = w.at(layer, "moe.experts.gate_up.weight"), down = w.at(layer, "moe.experts.down.weight");
+        if (shard.world > 1) {  // this rank's rows only (a copy: the whole stack is not kept)
+            NoGrad g;
+            gate_up = ops::contiguous(ops::clone(ops::narrow(gate_up, 0, first, per)));
+            down = ops::contiguous(ops::clone(ops::narrow(down, 0, first, per)));
+        }
+        x = Experts::fused(gate_up, down);
+    } else {
+        std::vector<Tensor> g, u, d;
+        for (int64_t e = first; e < first + per; ++e) {
+            const std::string p = "moe.experts." + std::to_string(e) + ".";
+            g.push_back(w.at(layer, p + "gate.weight"));
+            u.push_back(w.at(layer, p + "up.weight"));
+            d.push_back(w.at(layer, p + "down.weight"));
+        }
+        x = Experts::separate(std::move(g), std::move(u), std::move(d));
     }
-    return Experts::separate(std::move(g), std::move(u), std::move(d));
+    x.shard(shard);
+    return x;
 }
 
 // transformers' load_balancing_loss_func for one layer: E * sum_{k,e} f[k,e]

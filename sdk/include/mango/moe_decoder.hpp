@@ -89,7 +89,9 @@ public:
     MoeDecoder(Context &ctx, Config c) : c_(std::move(c)) {
         c_.check();
         rope_ = attention::rope_from_config(ctx, c_.attn.head_dim, c_.default_theta);
-        const Weights w = table(c_).load(ctx);
+        const Context::Shard shard = ctx.expert_shard();  // expert parallelism: this rank's experts only
+        if (c_.sparse_layers() > 0) check_shard(shard, c_.experts);
+        const Weights w = table(c_).load(ctx, other_ranks_experts(shard, c_.experts));
         embed_ = w.get("embed.tokens.weight");
         inv_freq_ = attention::to_tensor(rope_.inv_freq, embed_.device());
         for (int32_t i = 0; i < c_.layers; ++i) {
@@ -107,7 +109,7 @@ public:
                 l.moe.jitter = c_.jitter;
                 l.moe.act = c_.act;
                 l.moe.router = w.at(i, "moe.router.weight");
-                l.moe.experts = load_experts(w, i, c_.fused, c_.experts);
+                l.moe.experts = load_experts(w, i, c_.fused, c_.experts, shard);
                 if (c_.shared_inter > 0) {
                     l.moe.shared_gate = w.at(i, "moe.shared.gate.weight");
                     l.moe.shared_up = w.at(i, "moe.shared.up.weight");

@@ -349,6 +349,25 @@ typedef struct mango_host_api {
      * a padding mask (e.g. a causal flash kernel); 0 when some entry is 0.
      * The host works it out once per forward, not per block. */
     int32_t (*attention_mask_full)(mango_context *ctx);
+
+    /* ---- revision 5 (MANGO_HAS before use) ---- */
+
+    /* Expert parallelism. `*rank` and `*world` of the ranks sharing this
+     * instance's experts: 0 and 1 unless the model is expert-parallel in a
+     * distributed run (`expert_parallel = true` in the pipeline). Then the
+     * architecture holds only experts [rank * E / world, (rank + 1) * E /
+     * world) and sends each routed token to the rank holding its expert with
+     * all_to_all(). */
+    void (*expert_shard)(mango_context *ctx, int32_t *rank, int32_t *world);
+    /* A collective over the ranks of the run: every rank calls it, in the
+     * same order. Rows of `input` (dim 0) are sent out, the first
+     * send_rows[0] to rank 0, the next send_rows[1] to rank 1, ...; `*out`
+     * (new reference, input's device and dtype) holds the rows received,
+     * recv_rows[r] of them from rank r, in rank order. Both arrays have one
+     * entry per rank and must match the senders' (exchange the counts first:
+     * a [world, 1] tensor with all-ones rows). Differentiable: gradients go
+     * back the same way. Alone: a copy of `input`. */
+    mango_status (*all_to_all)(mango_tensor input, const int64_t *send_rows, const int64_t *recv_rows, mango_tensor *out);
 } mango_host_api;
 
 /* ---- component tables (one per kind) ------------------------------------ */

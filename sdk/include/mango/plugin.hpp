@@ -404,6 +404,16 @@ public:
     // Inside block(): whether the attention mask has no padding (hosts older
     // than revision 4: false, so the mask is always applied).
     bool attention_mask_full() const { return MANGO_HOST_HAS(attention_mask_full) && host().attention_mask_full(c_) != 0; }
+    // This instance's share of an expert-parallel model (hosts older than
+    // revision 5, and models that are not expert-parallel: {0, 1}).
+    struct Shard {
+        int32_t rank = 0, world = 1;
+    };
+    Shard expert_shard() const {
+        Shard s;
+        if (MANGO_HOST_HAS(expert_shard)) host().expert_shard(c_, &s.rank, &s.world);
+        return s;
+    }
     // Whether the checkpoint holds `name` (hosts older than revision 3: tries to read it).
     bool weight_exists(const std::string &name) const {
         if (MANGO_HOST_HAS(weight_exists)) {
@@ -463,5 +473,17 @@ private:
 };
 
 inline void log(int32_t level, const std::string &message) { host().log(level, message.c_str()); }
+
+// Rows of `input` to the ranks (send_rows[r] to rank r, in order), the rows
+// they sent here (recv_rows[r] from rank r) back; differentiable. See
+// all_to_all in plugin.h.
+inline Tensor all_to_all(const Tensor &input, const std::vector<int64_t> &send_rows, const std::vector<int64_t> &recv_rows) {
+    if (!MANGO_HOST_HAS(all_to_all)) throw Error(MANGO_ERR_UNSUPPORTED, "this host offers no all_to_all (API revision 5)");
+    if (send_rows.size() != recv_rows.size())
+        throw Error(MANGO_ERR_INVALID_ARGUMENT, "all_to_all: send and receive counts differ in length");
+    mango_tensor t = nullptr;
+    check(host().all_to_all(input.get(), send_rows.data(), recv_rows.data(), &t));
+    return Tensor(t);
+}
 
 }  // namespace mango

@@ -25,6 +25,7 @@
 
 #include "mango/plugin.hpp"
 
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -119,14 +120,17 @@ public:
     }
 
     // Loads every entry with its shape checked (optional ones only when the
-    // checkpoint has them; tied ones get the tensor they share).
-    Weights load(Context &ctx) const {
+    // checkpoint has them; tied ones get the tensor they share). Entries
+    // `skip` accepts stay empty and unread (e.g. the experts another rank
+    // holds).
+    Weights load(Context &ctx, const std::function<bool(const TensorSpec &)> &skip = {}) const {
         Weights w;
         std::map<std::string, Tensor> by_name;
         for (const TensorSpec &e : entries_) {
             if (e.flags & MANGO_TENSOR_TIED) continue;
             Tensor t;
-            if (!(e.flags & MANGO_TENSOR_OPTIONAL) || ctx.weight_exists(e.name)) t = ctx.weight(e.name, e.shape);
+            const bool wanted = !skip || !skip(e);
+            if (wanted && (!(e.flags & MANGO_TENSOR_OPTIONAL) || ctx.weight_exists(e.name))) t = ctx.weight(e.name, e.shape);
             by_name[e.name] = t;
             w.put(e.layer, e.role, std::move(t));
         }
