@@ -8,8 +8,8 @@
 #     parallelism, and on GPUS GPUs with the experts spread over the ranks
 #     (expert_parallel: each GPU holds 1/GPUS of the experts, tokens go to
 #     their expert's GPU and back by all-to-all).
-# Throughput is measured between two runs of different lengths (steps 20 and
-# 60), so start-up and warm-up cancel. Needs a CUDA build (tools/gpu_build.sh).
+# Throughput is measured between two runs of different lengths (steps 10 and
+# 30), so start-up and warm-up cancel. Needs a CUDA build (tools/gpu_build.sh).
 # MANGO_BENCH_SMALL=1 MANGO_BENCH_DEVICE=cpu: tiny models on CPUs (Gloo), to
 # try the script itself.
 set -euo pipefail
@@ -72,14 +72,15 @@ moe_models() {
 pipeline "$work/moe.toml" "$(moe_models false)" pair 8
 pipeline "$work/moe_ep.toml" "$(moe_models true)" pair 8
 
-# tokens/s between a 20-step and a 60-step run: (tokens60 - tokens20) / (seconds60 - seconds20)
+# tokens/s between a 10-step and a 30-step run: (tokens30 - tokens10) / (seconds30 - seconds10)
 rate() {  # $1 pipeline, $2 processes, $3 global batch
   local r=()
-  for steps in 20 60; do
+  for steps in 10 30; do
     out="$work/run-$(basename "$1" .toml)-$2-$steps"
     "$build/bin/mango" run "$1" -o "$out" --no-progress --nproc "$2" --set "steps.0.steps=$steps" --set "steps.0.batch_size=$3" \
       > "$out.log" 2>&1 || { tail -20 "$out.log" >&2; exit 1; }
     r+=("$(python3 -c "import json; s = json.load(open('$out/summary.json'))['steps'][0]; print(s['tokens'], s['seconds'])")")
+    echo "  $(basename "$1") on $2: $steps steps, tokens and seconds: ${r[-1]}" >&2
   done
   python3 -c "a, b = '${r[0]}'.split(), '${r[1]}'.split(); print(round((float(b[0]) - float(a[0])) / (float(b[1]) - float(a[1]))))"
 }

@@ -20,11 +20,18 @@ int run_cmd(const Global &g, const po::variables_map &vm) {
     if (nproc > 1 && !(world && *world)) return launch_local_ranks(nproc);  // this process only waits for its ranks
     try {
         dist::init_from_env(std::chrono::seconds(vm["dist-timeout"].as<int>()), vm["dist-backend"].as<std::string>());
-        return run_pipeline(g, vm);
+        const int code = run_pipeline(g, vm);
+        dist::end_nccl_rank(code);
+        return code;
     } catch (const std::exception &e) {
         if (!dist::current().distributed()) throw;
         const std::string tag = dist::current().tag(), what = e.what();
-        throw HostError(what.rfind(tag, 0) == 0 ? what : tag + what);
+        const std::string message = what.rfind(tag, 0) == 0 ? what : tag + what;
+        if (dist::current().backend() == "nccl") {
+            std::cerr << "mango: error: " << message << "\n";
+            dist::end_nccl_rank(1);
+        }
+        throw HostError(message);
     }
 }
 

@@ -20,7 +20,10 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <cstdio>
 #include <cstdlib>
+#include <iostream>
+#include <unistd.h>
 
 namespace mango::dist {
 
@@ -175,6 +178,14 @@ void Group::barrier() {
     } catch (const std::exception &e) {
         throw HostError(tag() + "waiting for the other ranks failed (did one stop?): " + clip(e.what(), 600));
     }
+}
+
+void end_nccl_rank(int code) {
+    if (current().backend() != "nccl") return;
+    std::cout.flush();
+    std::cerr.flush();
+    std::fflush(nullptr);
+    ::_exit(code);
 }
 
 void init_from_env(std::chrono::seconds timeout, const std::string &backend) {

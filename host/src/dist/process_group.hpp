@@ -51,6 +51,12 @@ public:
 // The group of this process (alone until init_from_env succeeds).
 Group &current();
 
+// Ends a distributed rank that used NCCL with `code` at once (after flushing
+// its output), else returns: a NCCL group torn down by static destructors
+// can abort the process, or hang when a peer died. Everything a run writes is
+// already committed by then (atomic writes), so nothing is lost.
+void end_nccl_rank(int code);
+
 // Joins the group the environment describes when WORLD_SIZE > 1 (else does
 // nothing); `timeout` bounds the rendezvous and every collective, so a rank
 // that dies makes the others fail instead of hang. `backend` is "auto" (NCCL
