@@ -32,6 +32,7 @@ const std::string kMoePipeline = std::string(MANGO_SOURCE_DIR) + "/tests/fixture
 fs::path fresh(const std::string &name) {
     const fs::path d = fs::path(MANGO_TEST_TMP) / ("dist_" + name);
     fs::remove_all(d);
+    fs::create_directories(MANGO_TEST_TMP);  // logs go beside d
     return d;
 }
 

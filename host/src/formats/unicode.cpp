@@ -219,9 +219,14 @@ std::vector<std::pair<size_t, size_t>> Regex::find_all(const std::string &text) 
     pcre2_match_data *md = pcre2_match_data_create_from_pattern(code, nullptr);
     std::vector<std::pair<size_t, size_t>> out;
     size_t start = 0;
+    // PCRE2 checks the whole subject's UTF-8 on every call unless told not
+    // to: once is enough (every call after the first would make a long text
+    // quadratic: 3 MB took minutes).
+    uint32_t options = 0;
     while (start <= text.size()) {
-        const int rc = pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), start, 0, md, nullptr);
+        const int rc = pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), start, options, md, nullptr);
         if (rc < 0) break;
+        options = PCRE2_NO_UTF_CHECK;
         const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
         if (ov[1] == ov[0]) {  // empty match: step one character
             if (ov[0] >= text.size()) break;
