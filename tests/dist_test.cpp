@@ -173,7 +173,8 @@ TEST(Distributed, ExpertParallelMoeEqualsOneProcess) {
         EXPECT_NEAR(a["steps"][0]["results"][i]["nll"].get<double>(), b["steps"][0]["results"][i]["nll"].get<double>(), 1e-6)
             << a["steps"][0]["results"][i]["model"];
     EXPECT_EQ(a["steps"][1]["samples"][0]["ids"], b["steps"][1]["samples"][0]["ids"]);
-    EXPECT_LE(max_diff(one / "pair/fusion.safetensors", two / "pair/fusion.safetensors"), 1e-5);
+    // fp32 sums in another order (Gloo, NCCL) through 4 AdamW steps: measured 4.6e-6 (Gloo), 1.02e-5 (NCCL, H200).
+    EXPECT_LE(max_diff(one / "pair/fusion.safetensors", two / "pair/fusion.safetensors"), 3e-5);
 }
 
 TEST(Distributed, ExpertsThatDoNotSplitAndSavingAShardedModelAreRefused) {
