@@ -153,3 +153,22 @@ TEST(Pipeline, BadInputIsRefusedWithFileLineAndKey) {
     // No output folder.
     EXPECT_ERROR(replace(valid(), "output = \"out\"\n", ""), "no output folder");
 }
+
+// Per-model placement and expert parallelism are model keys of folders and
+// random initialisations; a fusion takes neither, and training or saving an
+// expert-parallel model is refused at parse time.
+TEST(Pipeline, PlacementAndExpertParallelKeys) {
+    const PipelineSpec s = parse(valid(), {"models.b.device=\"cuda:1\"", "models.a.expert_parallel=true"});
+    ASSERT_TRUE(s.models[1].device.has_value());
+    EXPECT_EQ(*s.models[1].device, at::Device("cuda:1"));
+    EXPECT_FALSE(s.models[0].device.has_value());
+    EXPECT_TRUE(s.models[0].expert_parallel);
+    EXPECT_NE(error_of(valid(), {"models.b.device=\"tpu\""}).find("models.b.device: device must be \"cpu\" or \"cuda[:N]\", not \"tpu\""),
+              std::string::npos)
+        << error_of(valid(), {"models.b.device=\"tpu\""});
+    EXPECT_NE(error_of(valid(), {"models.f.device=\"cpu\""}).find("unknown key 'device'"), std::string::npos);
+    // Training the fusion's adapters and routers is fine; its members' weights or the model itself are not.
+    EXPECT_EQ(error_of(valid(), {"models.a.expert_parallel=true"}), "");
+    EXPECT_NE(error_of(valid(), {"models.a.expert_parallel=true", "steps.0.train=\"all\""}).find("expert-parallel"), std::string::npos);
+    EXPECT_NE(error_of(valid(), {"models.a.expert_parallel=true", "steps.0.model=\"a\""}).find("expert-parallel"), std::string::npos);
+}

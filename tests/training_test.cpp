@@ -11,6 +11,7 @@
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 #include <nlohmann/json.hpp>
 
 #include <cmath>
@@ -259,5 +260,42 @@ TEST(Cuda, FusionTrainsOnGpuWithBf16AutocastAndCheckpointing) {
     for (const auto &[name, p] : f->trainable()) {
         EXPECT_TRUE(p.is_cuda()) << name;
         EXPECT_EQ(p.scalar_type(), at::kFloat) << name;  // master weights stay fp32
+    }
+}
+
+// Placement: members of a fusion on other devices than its base (the
+// adapters and routers live with the base) give the one-device fusion's
+// logits and gradients; the hidden states travel to each member and back.
+TEST(Cuda, FusionWithMembersOnSeveralDevicesEqualsOneDevice) {
+    if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device (or a CPU-only LibTorch)";
+    const at::Device other = torch::cuda::device_count() > 1 ? at::Device(at::kCUDA, 1) : at::Device(at::kCPU);
+    auto build = [](at::Device base, at::Device second) {
+        FusionSpec spec;
+        spec.adapter = named("linear");
+        spec.always_adapt = true;
+        for (int32_t l = 0; l < 2; ++l) spec.layers.push_back({{{0, l}, {1, l}}, named("token_level", {{"top_k", 2}})});
+        return FusedModel::build(shared_plugins(), {llama(32, 1, base), llama(48, 2, second)}, spec);
+    };
+    auto one = build(at::kCPU, at::kCPU), placed = build(at::Device(at::kCUDA, 0), other);
+    {
+        at::NoGradGuard no_grad;  // the same adapter and router values on both
+        auto from = one->trainable();
+        auto to = placed->trainable();
+        ASSERT_EQ(from.size(), to.size());
+        for (size_t i = 0; i < from.size(); ++i) to[i].second.copy_(from[i].second);
+    }
+    const at::Tensor ids = data().narrow(0, 0, 4);
+    auto run = [&](FusedModel &f, at::Device d) {
+        const at::Tensor x = ids.to(d), mask = at::ones_like(x), pos = at::arange(x.size(1), x.options()).expand_as(x).contiguous();
+        at::Tensor logits = f.logits(x, mask, pos, false);
+        logits.pow(2).mean().backward();
+        return logits.cpu();
+    };
+    const at::Tensor a = run(*one, at::kCPU), b = run(*placed, at::Device(at::kCUDA, 0));
+    EXPECT_LT((a - b).abs().max().item<double>(), 1e-4);
+    const auto ga = one->trainable(), gb = placed->trainable();
+    for (size_t i = 0; i < ga.size(); ++i) {
+        ASSERT_TRUE(gb[i].second.grad().defined()) << gb[i].first;
+        EXPECT_LT((ga[i].second.grad() - gb[i].second.grad().cpu()).abs().max().item<double>(), 1e-4) << ga[i].first;
     }
 }

@@ -115,12 +115,19 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
             auto in = adapters_.find(m + ".in"), out = adapters_.find(m + ".out");
             AdapterInstance *in_adapter = in == adapters_.end() ? nullptr : in->second.get();
             AdapterInstance *out_adapter = out == adapters_.end() ? nullptr : out->second.get();
+            // A member placed on another device (`device` per model) runs its
+            // block there: the hidden states go over and come back.
+            const at::Device where = model->device();
+            auto block = [=](const at::Tensor &x) {
+                if (x.device() == where) return model->block(e.layer, x, mask, positions, use_cache);
+                return model->block(e.layer, x.to(where), mask.to(where), positions.to(where), use_cache).to(x.device());
+            };
             auto path = [=](const at::Tensor &x) {  // by value: it may run again in backward
-                if (!in_adapter) return model->block(e.layer, x, mask, positions, use_cache);
+                if (!in_adapter) return block(x);
                 // An adapted block contributes its update, mapped back: the
                 // residual stream itself never makes the round trip.
                 const at::Tensor inner = in_adapter->forward(x, check);
-                return x + out_adapter->difference(model->block(e.layer, inner, mask, positions, use_cache), inner, check);
+                return x + out_adapter->difference(block(inner), inner, check);
             };
             outs.push_back(recompute ? recomputed(path, h, trainable_tensors()) : path(h));
         }
@@ -150,8 +157,11 @@ at::Tensor FusedModel::alignment_loss(const at::Tensor &ids, const at::Tensor &m
         at::NoGradGuard no_grad;
         for (size_t m = 0; m < models_.size(); ++m) {
             Model &model = *models_[m];
-            std::vector<at::Tensor> s{model.embed(ids, positions)};
-            for (int32_t k = 0; k < model.info().n_layers; ++k) s.push_back(model.block(k, s.back(), mask, positions, false));
+            const at::Device where = model.device();  // placed members run where their weights are
+            const at::Tensor mask_there = mask.to(where), positions_there = positions.to(where);
+            std::vector<at::Tensor> s{model.embed(ids.to(where), positions_there)};
+            for (int32_t k = 0; k < model.info().n_layers; ++k) s.push_back(model.block(k, s.back(), mask_there, positions_there, false));
+            for (at::Tensor &t : s) t = t.to(ids.device());
             states[m] = std::move(s);
         }
     }

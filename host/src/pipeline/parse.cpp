@@ -268,8 +268,10 @@ void read_models(const PluginHost &host, PipelineSpec &spec, Table models) {
             read_fusion(host, m, t);
             m.seed = static_cast<uint64_t>(t.integer("seed", 0, 0));
         }
-        if (m.kind == ModelDef::Kind::Folder || m.kind == ModelDef::Kind::RandomInit)
+        if (m.kind == ModelDef::Kind::Folder || m.kind == ModelDef::Kind::RandomInit) {
             m.expert_parallel = t.boolean("expert_parallel", false);
+            if (t.has("device")) m.device = parse_device(t.string("device", ""), t.at("device"));
+        }
         t.finish();
         spec.models.push_back(std::move(m));
     }

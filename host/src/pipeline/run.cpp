@@ -78,6 +78,14 @@ public:
     }
 
 private:
+    // Where a model's weights live: its own `device`, else the pipeline's;
+    // under NCCL a bare "cuda" is this rank's GPU.
+    at::Device device_of(const std::string &name) const {
+        const ModelDef *d = def(name);
+        const at::Device dev = d && d->device ? *d->device : spec_.device;
+        const std::optional<at::Device> rank_gpu = dist::current().device();
+        return rank_gpu && dev.is_cuda() && !dev.has_index() ? *rank_gpu : dev;
+    }
     bool any_expert_parallel() const {
         for (const auto &m : spec_.models)
             if (m.expert_parallel) return true;
@@ -103,10 +111,10 @@ private:
         if (d->kind == ModelDef::Kind::RandomInit) {
             say("model " + name + ": random initialisation from " + d->path + "/config.json (seed " + std::to_string(d->seed) + ")" +
                 sharing);
-            m = Model::init_random(host_, d->path, d->seed, spec_.dtype, spec_.device, shard);
+            m = Model::init_random(host_, d->path, d->seed, spec_.dtype, device_of(name), shard);
         } else {
             say("model " + name + ": " + d->path + sharing);
-            m = Model::load(host_, d->path, spec_.dtype, spec_.device, shard);
+            m = Model::load(host_, d->path, spec_.dtype, device_of(name), shard);
         }
         plain_[name] = m;
         live_[name] = m;
@@ -231,7 +239,7 @@ private:
             const std::string dir = (fs::path(spec_.output) / "models" / s.model).string();
             it->second->save(dir, false, tokenizer_files());
             dist::current().barrier();  // distributed: rank 0 wrote it, every rank reads it
-            auto reloaded = std::shared_ptr<Model>(Model::load(host_, dir, spec_.dtype, spec_.device));
+            auto reloaded = std::shared_ptr<Model>(Model::load(host_, dir, spec_.dtype, device_of(s.model)));
             plain_[s.model] = reloaded;
             live_[s.model] = reloaded;
             out["saved"] = dir;
