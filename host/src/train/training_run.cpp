@@ -159,10 +159,10 @@ TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const Train
                               short_stats(st.stats) + "  " + rate(tps));
         r.last_loss = st.lm_loss;
     }
+    r.seconds = bar.elapsed_s();  // the training steps; the final state's write (GBs for a full model) is not in it
     if (trainer.steps_done() > start) save_state();
     r.steps = trainer.steps_done();
     r.tokens = tokens;
-    r.seconds = bar.elapsed_s();
     r.tokens_per_s = double(tokens) / std::max(1e-9, r.seconds);
     r.validation_perplexity = validate();
     model.train(false);
