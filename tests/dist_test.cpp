@@ -185,3 +185,17 @@ TEST(Distributed, ExpertsThatDoNotSplitAndSavingAShardedModelAreRefused) {
     EXPECT_NE(sh(mango_run(save, "--set steps.3.model=mixtral", kMoePipeline)), 0);
     EXPECT_EQ(sh("grep -q 'cannot be saved whole' " + save.string() + ".log"), 0) << save << ".log";
 }
+
+// bfloat16 weights: Gloo moves no bfloat16, so the exchanged rows travel as
+// float32 and come back unchanged (equal perplexities and tokens).
+TEST(Distributed, ExpertParallelInBfloat16EqualsOneProcess) {
+    const fs::path one = fresh("ep_bf16_one"), two = fresh("ep_bf16_two");
+    const std::string bf16 = "--set 'dtype=\"bfloat16\"' --set steps.2.steps=1";
+    ASSERT_EQ(sh(mango_run(one, bf16, kMoePipeline)), 0) << one << ".log";
+    ASSERT_EQ(sh(mango_run(two, "--nproc 2 " + bf16, kMoePipeline)), 0) << two << ".log";
+    auto summary = [](const fs::path &d) { return nlohmann::json::parse(std::ifstream(d / "summary.json")); };
+    const nlohmann::json a = summary(one), b = summary(two);
+    for (size_t i = 0; i < a["steps"][0]["results"].size(); ++i)
+        EXPECT_NEAR(a["steps"][0]["results"][i]["nll"].get<double>(), b["steps"][0]["results"][i]["nll"].get<double>(), 1e-6);
+    EXPECT_EQ(a["steps"][1]["samples"][0]["ids"], b["steps"][1]["samples"][0]["ids"]);
+}

@@ -172,3 +172,9 @@ TEST(Pipeline, PlacementAndExpertParallelKeys) {
     EXPECT_NE(error_of(valid(), {"models.a.expert_parallel=true", "steps.0.train=\"all\""}).find("expert-parallel"), std::string::npos);
     EXPECT_NE(error_of(valid(), {"models.a.expert_parallel=true", "steps.0.model=\"a\""}).find("expert-parallel"), std::string::npos);
 }
+
+TEST(Pipeline, ExpertParallelNeedsACheckpoint) {
+    const std::string text =
+        replace(valid(), "[models.f]", "[models.r]\nconfig = \"" + models() + "/mixtral\"\nexpert_parallel = true\n[models.f]");
+    EXPECT_NE(error_of(text).find("expert parallelism needs a checkpoint"), std::string::npos) << error_of(text);
+}

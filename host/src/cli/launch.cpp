@@ -71,6 +71,7 @@ int launch_local_ranks(int nproc) {
         if (pid == 0) {
             ::setenv("RANK", std::to_string(r).c_str(), 1);
             ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
+            ::setenv("LOCAL_WORLD_SIZE", world.c_str(), 1);
             ::setenv("WORLD_SIZE", world.c_str(), 1);
             ::setenv("MASTER_ADDR", "127.0.0.1", 1);
             ::setenv("MASTER_PORT", port.c_str(), 1);

@@ -79,7 +79,9 @@ std::string choose_backend(std::string asked) {
         false;
 #endif
     const bool nccl = cuda_devices() > 0;
-    if (asked == "auto") asked = nccl ? "nccl" : "gloo";
+    // More local ranks than GPUs (LOCAL_WORLD_SIZE, as torchrun and `--nproc` set it): NCCL cannot share a GPU.
+    const int local_ranks = env_int("LOCAL_WORLD_SIZE", 1, 1, 1 << 16);
+    if (asked == "auto") asked = nccl && (local_ranks <= cuda_devices() || !gloo) ? "nccl" : "gloo";
     if (asked == "gloo" && !gloo)
         throw HostError("the Gloo backend is not in this build (install libgloo-dev and rebuild" +
                         std::string(nccl ? ", or use --dist-backend nccl)" : ")"));
@@ -156,7 +158,9 @@ at::Tensor Group::all_to_all(const at::Tensor &input, const std::vector<int64_t>
     for (int64_t n : recv_rows) total += n;
     std::vector<int64_t> shape = input.sizes().vec();
     shape[0] = total;
-    at::Tensor in = input.to(impl_->device).contiguous();
+    // Gloo moves no bfloat16: such rows travel as float32 (exactly) and come back as they were.
+    const bool widen = backend_ == "gloo" && input.scalar_type() == at::kBFloat16;
+    at::Tensor in = input.to(impl_->device, widen ? at::kFloat : input.scalar_type()).contiguous();
     at::Tensor out = at::empty(shape, in.options());
     try {
         impl_->on_backend([&](auto &pg) {
@@ -166,7 +170,7 @@ at::Tensor Group::all_to_all(const at::Tensor &input, const std::vector<int64_t>
     } catch (const std::exception &e) {
         throw HostError(tag() + "all-to-all failed (did another rank stop?): " + clip(e.what(), 600));
     }
-    return out.to(input.device());
+    return out.to(input.device(), input.scalar_type());
 }
 
 void Group::barrier() {
@@ -212,11 +216,8 @@ void init_from_env(std::chrono::seconds timeout, const std::string &backend) {
         impl->store = c10::make_intrusive<c10d::TCPStore>(host, o);
 #ifdef MANGO_HAS_NCCL
         if (chosen == "nccl") {
-            // Each rank drives the GPU of its local rank; NCCL takes one rank per GPU.
-            if (local >= cuda_devices())
-                throw HostError("LOCAL_RANK " + std::to_string(local) + " but this machine has " + std::to_string(cuda_devices()) +
-                                " GPU(s): NCCL runs one rank per GPU (start fewer processes, or use --dist-backend gloo)");
-            impl->device = at::Device(at::kCUDA, static_cast<at::DeviceIndex>(local));
+            // Each rank drives GPU LOCAL_RANK modulo the GPUs it sees (srun may show each task one).
+            impl->device = at::Device(at::kCUDA, static_cast<at::DeviceIndex>(local % cuda_devices()));
             // A collective that outlives the timeout throws in wait() (named, exit 1) instead of aborting the process.
             ::setenv("TORCH_NCCL_BLOCKING_WAIT", "1", 0);
             c10::cuda::set_device(impl->device.index());

@@ -26,7 +26,7 @@ public:
     std::string tag() const;
     // "nccl" or "gloo" once joined.
     std::string backend() const;
-    // The GPU this rank drives under NCCL (LOCAL_RANK modulo the GPUs):
+    // The GPU this rank drives under NCCL (LOCAL_RANK modulo the GPUs it sees):
     // where a pipeline's `device = "cuda"` puts this rank's models.
     std::optional<at::Device> device() const;
 

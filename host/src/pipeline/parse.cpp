@@ -270,6 +270,11 @@ void read_models(const PluginHost &host, PipelineSpec &spec, Table models) {
         }
         if (m.kind == ModelDef::Kind::Folder || m.kind == ModelDef::Kind::RandomInit) {
             m.expert_parallel = t.boolean("expert_parallel", false);
+            // Each rank would draw only its experts, so the other weights' random values would differ between ranks.
+            if (m.expert_parallel && m.kind == ModelDef::Kind::RandomInit)
+                throw PipelineError(t.at("expert_parallel") +
+                                    ": expert parallelism needs a checkpoint (`path`); a model drawn at random from "
+                                    "`config` cannot be spread over the ranks");
             if (t.has("device")) m.device = parse_device(t.string("device", ""), t.at("device"));
         }
         t.finish();
@@ -616,7 +621,21 @@ PipelineSpec Pipeline::parse(const PluginHost &host, const std::string &file, co
     }
     for (const auto &d : spec.data) names.data.push_back(d.name);
     for (auto &m : spec.models)
-        if (m.kind == ModelDef::Kind::Fusion) check_fusion_def(m, names, m.where);
+        if (m.kind == ModelDef::Kind::Fusion) {
+            check_fusion_def(m, names, m.where);
+            // Autograd runs each device's backward on its own thread: the exchanges of expert-parallel
+            // members on two devices could then be issued in another order on each rank.
+            std::optional<at::Device> shared;
+            for (const auto &member : m.fusion.members) {
+                const ModelDef *d = names.defs[member];
+                if (!d->expert_parallel) continue;
+                const at::Device dev = d->device.value_or(spec.device);
+                if (shared && *shared != dev)
+                    throw PipelineError(m.where + ": the expert-parallel members of a fusion must sit on one device (found " +
+                                        shared->str() + " and " + dev.str() + ")");
+                shared = dev;
+            }
+        }
     if (spec.tokenizer.empty()) {  // the first model folder's tokenizer, when there is one
         for (const auto &m : spec.models)
             if (m.kind != ModelDef::Kind::Fusion && path_exists(fs::path(m.path) / "tokenizer.json")) {

@@ -295,10 +295,9 @@ inline Experts load_experts(const Weights &w, int32_t layer, bool fused, int64_t
     Experts x;
     if (fused) {
         Tensor gate_up = w.at(layer, "moe.experts.gate_up.weight"), down = w.at(layer, "moe.experts.down.weight");
-        if (shard.world > 1) {  // this rank's rows only (a copy: the whole stack is not kept)
-            NoGrad g;
-            gate_up = ops::contiguous(ops::clone(ops::narrow(gate_up, 0, first, per)));
-            down = ops::contiguous(ops::clone(ops::narrow(down, 0, first, per)));
+        if (shard.world > 1) {  // this rank's rows: a view, as the host keeps the whole stack it read (no memory saved yet)
+            gate_up = ops::narrow(gate_up, 0, first, per);
+            down = ops::narrow(down, 0, first, per);
         }
         x = Experts::fused(gate_up, down);
     } else {
