@@ -375,7 +375,7 @@ private:
             live_[s.model] = FusedModel::load(host_, s.path, spec_.dtype, spec_.device);
             plain_.erase(s.model);
         } else {
-            auto m = std::shared_ptr<Model>(Model::load(host_, s.path, spec_.dtype, spec_.device));
+            auto m = std::shared_ptr<Model>(Model::load(host_, s.path, spec_.dtype, device_of(s.model)));
             plain_[s.model] = m;
             live_[s.model] = m;
         }
@@ -397,7 +397,7 @@ private:
         for (const auto &[name, m] : plain_)
             if (m->from_checkpoint()) o.aliases[name] = m->dir();
         const merge::Result r = merge::run(host_, c, s.output, o);
-        auto m = std::shared_ptr<Model>(Model::load(host_, r.out_dir, spec_.dtype, spec_.device));
+        auto m = std::shared_ptr<Model>(Model::load(host_, r.out_dir, spec_.dtype, device_of(s.model)));
         plain_[s.model] = m;
         live_[s.model] = m;
         say("merged " + std::to_string(r.models.size()) + " models with " + r.method + " into " + r.out_dir + " (" +
@@ -433,7 +433,7 @@ private:
         if (!s.calibration_data.empty()) o.calibration_ids = data(s.calibration_data).train;
         const moe::ConvertResult r = moe::convert(host_, folder(s.from), s.output, o);
         say(moe::outcome_table(r));
-        auto m = std::shared_ptr<Model>(Model::load(host_, r.out_dir, spec_.dtype, spec_.device));
+        auto m = std::shared_ptr<Model>(Model::load(host_, r.out_dir, spec_.dtype, device_of(s.model)));
         plain_[s.model] = m;
         live_[s.model] = m;
         json layers = json::array();
