@@ -53,7 +53,11 @@ InstanceSpec plugin_spec(const PluginHost &host, Table t, const std::string &kin
 
 at::Device parse_device(const std::string &s, const std::string &where) {
     if (s == "cpu") return at::kCPU;
-    if (s == "cuda" || s.rfind("cuda:", 0) == 0) return at::Device(s);
+    if (s == "cuda") return at::Device(at::kCUDA);
+    // "cuda:N": checked here, as LibTorch's parser throws its own error (with a stack trace) at anything else.
+    const std::string n = s.rfind("cuda:", 0) == 0 ? s.substr(5) : "";
+    if (!n.empty() && n.size() <= 3 && n.find_first_not_of("0123456789") == std::string::npos && std::stoi(n) < 128)
+        return at::Device(at::kCUDA, static_cast<at::DeviceIndex>(std::stoi(n)));
     throw PipelineError(where + ": device must be \"cpu\" or \"cuda[:N]\", not \"" + clip(s) + "\"");
 }
 
