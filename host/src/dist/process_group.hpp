@@ -29,6 +29,11 @@ public:
     // The GPU this rank drives under NCCL (LOCAL_RANK modulo the GPUs it sees):
     // where a pipeline's `device = "cuda"` puts this rank's models.
     std::optional<at::Device> device() const;
+    // `d` as this rank places it: a bare "cuda" becomes device() under NCCL.
+    at::Device place(at::Device d) const {
+        const std::optional<at::Device> gpu = device();
+        return gpu && d.is_cuda() && !d.has_index() ? *gpu : d;
+    }
 
     // Element-wise mean over the ranks of each tensor, in place (one flat
     // buffer per dtype and device). Every rank must pass tensors of the same

@@ -82,9 +82,7 @@ private:
     // under NCCL a bare "cuda" is this rank's GPU.
     at::Device device_of(const std::string &name) const {
         const ModelDef *d = def(name);
-        const at::Device dev = d && d->device ? *d->device : spec_.device;
-        const std::optional<at::Device> rank_gpu = dist::current().device();
-        return rank_gpu && dev.is_cuda() && !dev.has_index() ? *rank_gpu : dev;
+        return dist::current().place(d && d->device ? *d->device : spec_.device);
     }
     bool any_expert_parallel() const {
         for (const auto &m : spec_.models)
@@ -471,13 +469,11 @@ private:
 
 json Pipeline::run(const PluginHost &host, const PipelineSpec &spec, const RunSettings &settings) {
     // Under NCCL `device = "cuda"` means this rank's GPU; "cuda:N" stays N.
-    const std::optional<at::Device> rank_gpu = dist::current().device();
-    if (rank_gpu && spec.device.is_cuda() && !spec.device.has_index()) {
-        PipelineSpec placed = spec;
-        placed.device = *rank_gpu;
-        return Runner(host, placed, settings).run();
-    }
-    return Runner(host, spec, settings).run();
+    const at::Device placed_on = dist::current().place(spec.device);
+    if (placed_on == spec.device) return Runner(host, spec, settings).run();
+    PipelineSpec placed = spec;
+    placed.device = placed_on;
+    return Runner(host, placed, settings).run();
 }
 
 }  // namespace mango
