@@ -107,6 +107,13 @@ TEST(Distributed, TwoRanksEqualOneProcessOnTheSameGlobalBatch) {
     EXPECT_LE(max_diff(one / "pair/fusion.safetensors", two / "pair/fusion.safetensors"), 1e-5);
     EXPECT_LE(max_diff(one / "train/step0-pair.state.safetensors", two / "train/step0-pair.state.safetensors"), 1e-5);
     EXPECT_FALSE(fs::exists(two / "pair.rank1"));  // only rank 0 wrote
+    // The gradient sums overlap the backward pass in buckets: one bucket per tensor, or one sum after
+    // the backward pass, give the same weights.
+    const fs::path buckets = fresh("two_buckets"), after = fresh("two_after");
+    ASSERT_EQ(sh("MANGO_DP_BUCKET_MB=0.000001 " + mango_run(buckets, "--nproc 2")), 0) << buckets << ".log";
+    ASSERT_EQ(sh("MANGO_DP_OVERLAP=0 " + mango_run(after, "--nproc 2")), 0) << after << ".log";
+    EXPECT_LE(max_diff(one / "pair/fusion.safetensors", buckets / "pair/fusion.safetensors"), 1e-5);
+    EXPECT_LE(max_diff(one / "pair/fusion.safetensors", after / "pair/fusion.safetensors"), 1e-5);
 }
 
 TEST(Distributed, BatchThatDoesNotSplitIsRefused) {

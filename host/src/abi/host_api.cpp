@@ -488,7 +488,8 @@ mango_status api_weight_shaped(mango_context *ctx, const char *name, const int64
         if (ctx->random_init) {
             const std::string n = name;
             const bool bias = n.size() >= 5 && n.compare(n.size() - 5, 5, ".bias") == 0;
-            at::Tensor t = want.size() >= 2 ? at::randn(want, ctx->param_options) * ctx->initializer_range
+            // Drawn on the CPU in float32, then moved: a seed gives the same model on every device and dtype.
+            at::Tensor t = want.size() >= 2 ? (at::randn(want, at::kFloat) * ctx->initializer_range).to(ctx->param_options)
                            : bias           ? at::zeros(want, ctx->param_options)
                                             : at::ones(want, ctx->param_options);
             return give_weight(ctx, name, t, out);

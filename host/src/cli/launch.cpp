@@ -2,11 +2,10 @@
 
 #include "util/error.hpp"
 
-#include <arpa/inet.h>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
 #include <csignal>
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,22 +21,6 @@
 
 namespace mango::cli {
 namespace {
-
-// A TCP port free on the loopback interface right now.
-int free_port() {
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) throw HostError(std::string("cannot open a socket to find a free port: ") + std::strerror(errno));
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (::bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) != 0 || ::getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len) != 0) {
-        ::close(fd);
-        throw HostError(std::string("cannot find a free port: ") + std::strerror(errno));
-    }
-    ::close(fd);
-    return ntohs(a.sin_port);
-}
 
 // This process's own command line.
 std::vector<std::string> own_arguments() {
@@ -63,7 +46,19 @@ std::string describe(int status) {
 
 int launch_local_ranks(int nproc) {
     const std::vector<std::string> args = own_arguments();
-    const std::string port = std::to_string(free_port()), world = std::to_string(nproc);
+    // The rendezvous store lives here for the ranks' lifetime, as torchrun's agent hosts it: the port is bound
+    // once (port 0) and kept, so no other socket (NCCL's own, another run's) can take it between choice and use.
+    c10::intrusive_ptr<c10d::TCPStore> store;
+    try {
+        c10d::TCPStoreOptions o;
+        o.port = 0;
+        o.isServer = true;
+        o.waitWorkers = false;
+        store = c10::make_intrusive<c10d::TCPStore>("127.0.0.1", o);
+    } catch (const std::exception &e) {
+        throw HostError(std::string("cannot open the ranks' rendezvous store on 127.0.0.1: ") + e.what());
+    }
+    const std::string port = std::to_string(store->getPort()), world = std::to_string(nproc);
     std::map<pid_t, int> ranks;
     for (int r = 0; r < nproc; ++r) {
         const pid_t pid = ::fork();
@@ -75,6 +70,7 @@ int launch_local_ranks(int nproc) {
             ::setenv("WORLD_SIZE", world.c_str(), 1);
             ::setenv("MASTER_ADDR", "127.0.0.1", 1);
             ::setenv("MASTER_PORT", port.c_str(), 1);
+            ::setenv("TORCHELASTIC_USE_AGENT_STORE", "True", 1);  // the store above; rank 0 does not open one
             if (r > 0) {  // one copy of the output
                 const int null = ::open("/dev/null", O_WRONLY);
                 if (null >= 0) ::dup2(null, STDOUT_FILENO);

@@ -128,30 +128,29 @@ Group &current() {
     return g;
 }
 
-void Group::allreduce_mean(const std::vector<at::Tensor> &tensors) {
-    if (!distributed() || tensors.empty()) return;
-    at::NoGradGuard no_grad;
-    // One flat float32 buffer on the backend's device (CPU for Gloo, this
-    // rank's GPU for NCCL): one all-reduce, then the mean copied back.
-    std::vector<at::Tensor> flat;
-    for (const at::Tensor &t : tensors) flat.push_back(t.detach().reshape({-1}).to(impl_->device, at::kFloat));
-    std::vector<at::Tensor> bucket{at::cat(flat)};
+at::Device Group::collective_device() const { return impl_ ? impl_->device : at::Device(at::kCPU); }
+
+std::function<void()> Group::start_sum(at::Tensor flat) {
+    if (!distributed()) return [] {};
+    c10::intrusive_ptr<c10d::Work> work;
+    std::vector<at::Tensor> one{flat};
     try {
-        impl_->on_backend([&](auto &pg) { pg.allreduce(bucket)->wait(); });
+        impl_->on_backend([&](auto &pg) { work = pg.allreduce(one); });
     } catch (const std::exception &e) {
         throw HostError(tag() + "all-reduce failed (did another rank stop?): " + clip(e.what(), 600));
     }
-    bucket[0].div_(double(world_));
-    int64_t at = 0;
-    for (const at::Tensor &t : tensors) {
-        const int64_t n = t.numel();
-        t.copy_(bucket[0].narrow(0, at, n).view(t.sizes()));
-        at += n;
-    }
+    return [work, flat, where = tag()] {
+        try {
+            work->wait();
+        } catch (const std::exception &e) {
+            throw HostError(where + "all-reduce failed (did another rank stop?): " + clip(e.what(), 600));
+        }
+    };
 }
 
 at::Tensor Group::all_to_all(const at::Tensor &input, const std::vector<int64_t> &send_rows, const std::vector<int64_t> &recv_rows) {
     if (!distributed()) return input.clone();
+    ++exchanges_;
     if (int(send_rows.size()) != world_ || int(recv_rows.size()) != world_)
         throw HostError(tag() + "all-to-all needs one row count per rank (" + std::to_string(world_) + ")");
     int64_t total = 0;

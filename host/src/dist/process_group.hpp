@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -35,10 +36,16 @@ public:
         return gpu && d.is_cuda() && !d.has_index() ? *gpu : d;
     }
 
-    // Element-wise mean over the ranks of each tensor, in place (one flat
-    // buffer per dtype and device). Every rank must pass tensors of the same
-    // shapes in the same order.
-    void allreduce_mean(const std::vector<at::Tensor> &tensors);
+    // Where collectives take their tensors: this rank's GPU under NCCL, else the CPU.
+    at::Device collective_device() const;
+    // Starts an element-wise sum over the ranks of `flat` (contiguous, on
+    // collective_device()) in place; the returned function waits for it.
+    // Every rank must start the same sums in the same order.
+    std::function<void()> start_sum(at::Tensor flat);
+    // all_to_all exchanges made so far: collectives that run inside a
+    // model's forward and backward passes (expert parallelism), which other
+    // collectives must not interleave with.
+    int64_t exchanges() const { return exchanges_; }
     // Rows of `input` (dim 0) scattered to the ranks: the first send_rows[0]
     // to rank 0, the next send_rows[1] to rank 1, ...; returns the rows the
     // ranks sent here, in rank order (recv_rows[r] from rank r), on the
@@ -50,6 +57,7 @@ public:
     struct Impl;
     std::shared_ptr<Impl> impl_;
     int rank_ = 0, world_ = 1, local_rank_ = 0;
+    int64_t exchanges_ = 0;
     std::string backend_;
 };
 

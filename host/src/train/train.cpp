@@ -1,6 +1,7 @@
 #include "train/train.hpp"
 
 #include "dist/process_group.hpp"
+#include "train/gradient_sync.hpp"
 #include "formats/safetensors.hpp"
 
 #include <ATen/ATen.h>
@@ -9,6 +10,7 @@
 #include <torch/version.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <mutex>
 
 namespace mango {
@@ -78,6 +80,7 @@ struct Trainer::Impl {
         bool router, decay, adapter;
     };
     std::vector<Param> params;
+    std::unique_ptr<GradientSync> sync;  // data parallelism: gradients averaged over the ranks
 };
 
 Trainer::Trainer(CausalLM &model, TrainOptions options) : model_(model), o_(options), impl_(std::make_unique<Impl>()) {
@@ -86,6 +89,12 @@ Trainer::Trainer(CausalLM &model, TrainOptions options) : model_(model), o_(opti
                                  is_router(name), t.dim() >= 2, name.rfind("adapters.", 0) == 0});
     if (impl_->params.empty()) throw HostError("nothing to train: " + model.describe() + " has no trainable parameters");
     if (o_.steps < 1 || o_.batch_size < 1) throw HostError("training needs steps >= 1 and batch_size >= 1");
+    if (dist::current().distributed()) {
+        std::vector<at::Tensor> values;
+        for (const auto &p : impl_->params) values.push_back(p.value);
+        const char *mb = std::getenv("MANGO_DP_BUCKET_MB");  // tuning, like DDP's bucket_cap_mb
+        impl_->sync = std::make_unique<GradientSync>(values, mb && *mb ? std::max(1e-6, std::atof(mb)) : 25.0);
+    }
     model.set_recompute_blocks(o_.recompute);
 }
 
@@ -160,9 +169,13 @@ TrainStepResult Trainer::step(const at::Tensor &ids, const at::Tensor &mask) {
     double loss_value = loss.item<double>();
     if (!std::isfinite(loss_value))
         throw HostError(dist::current().tag() + "training loss became " + std::to_string(loss_value) + " at step " + std::to_string(done_));
+    // Sums overlap the backward pass unless the model exchanges data in it itself (expert parallelism) or
+    // MANGO_DP_OVERLAP=0 asks for one sum after it (for comparisons).
+    const char *overlap_env = std::getenv("MANGO_DP_OVERLAP");
+    if (impl_->sync) impl_->sync->begin(dist::current().exchanges() == 0 && !(overlap_env && std::string(overlap_env) == "0"));
     loss.backward();
     double lm_value = lm.item<double>();
-    if (dist::current().distributed()) average_over_ranks(loss_value, lm_value);
+    if (impl_->sync) impl_->sync->finish(loss_value, lm_value);
 
     at::NoGradGuard no_grad;
     at::Tensor total = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(ids.device()));
@@ -187,33 +200,6 @@ TrainStepResult Trainer::step(const at::Tensor &ids, const at::Tensor &mask) {
     r.aux = std::move(aux_sums);
     if (!r.aligning) r.stats = report_stats(model_.layer_reports());
     return r;
-}
-
-// Data parallelism: every rank trained on its rows of the same global batch;
-// the gradients (and the losses, for the log) become their mean over the
-// ranks, so every rank takes the same optimiser step. A tensor without a
-// gradient on some rank gets zeros there, and stays without one when no rank
-// had any.
-void Trainer::average_over_ranks(double &loss, double &lm) {
-    at::NoGradGuard no_grad;
-    std::vector<at::Tensor> bucket;
-    at::Tensor had = at::zeros({int64_t(impl_->params.size()) + 2}, at::kFloat);
-    for (size_t i = 0; i < impl_->params.size(); ++i) {
-        Impl::Param &p = impl_->params[i];
-        if (p.value.grad().defined())
-            had[int64_t(i)] = 1;
-        else
-            p.value.mutable_grad() = at::zeros_like(p.value);
-        bucket.push_back(p.value.grad());
-    }
-    had[int64_t(impl_->params.size())] = loss;
-    had[int64_t(impl_->params.size()) + 1] = lm;
-    bucket.push_back(had);
-    dist::current().allreduce_mean(bucket);
-    for (size_t i = 0; i < impl_->params.size(); ++i)
-        if (had[int64_t(i)].item<float>() == 0) impl_->params[i].value.mutable_grad() = at::Tensor();
-    loss = had[int64_t(impl_->params.size())].item<double>();
-    lm = had[int64_t(impl_->params.size()) + 1].item<double>();
 }
 
 void Trainer::save_state(const std::string &path, const std::map<std::string, std::string> &metadata) const {

@@ -77,7 +77,6 @@ public:
     std::map<std::string, std::string> load_state(const std::string &path);
 
 private:
-    void average_over_ranks(double &loss, double &lm);
     struct Impl;
     CausalLM &model_;
     TrainOptions o_;

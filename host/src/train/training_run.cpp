@@ -132,7 +132,7 @@ TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const Train
         const double vppl = eval ? validate() : 0;
         if (log) {
             nlohmann::json j = {{"step", s + 1},       {"loss", st.loss},    {"lr", st.lr}, {"grad_norm", st.grad_norm},
-                                {"tokens", st.tokens}, {"tokens_per_s", tps}};
+                                {"tokens", st.tokens}, {"tokens_per_s", tps}, {"seconds", bar.elapsed_s()}};
             if (st.aligning)
                 j["alignment_loss"] = st.lm_loss;
             else
