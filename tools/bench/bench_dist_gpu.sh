@@ -116,6 +116,8 @@ report() {  # $1 label, $2 one, $3 many
 }
 one=$(rate "$work/llama.toml" 1 8); many=$(rate "$work/llama.toml" "$gpus" $((8 * gpus)))
 report "LLaMA 270M, all weights, data parallel" "$one" "$many"
+many=$(MANGO_DP_OVERLAP=0 rate "$work/llama.toml" "$gpus" $((8 * gpus)))
+report "  the same, gradients summed after the backward pass" "$one" "$many"
 one=$(rate "$work/moe.toml" 1 8); many=$(rate "$work/moe.toml" "$gpus" $((8 * gpus)))
 report "fusion of 2 MoE (8 experts), data parallel" "$one" "$many"
 ep=$(rate "$work/moe_ep.toml" "$gpus" $((8 * gpus)))
