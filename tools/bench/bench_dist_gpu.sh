@@ -96,7 +96,7 @@ pipeline "$work/moe_ep.toml" "$(moe_models true)" pair 8
 # tokens/s of one run after its warm-up: the metrics log has each step's
 # tokens and seconds since training began; steps 1..W are left out.
 rate() {  # $1 pipeline, $2 processes, $3 global batch
-  local out="$work/run-$(basename "$1" .toml)-$2"
+  local out="$work/run-$(basename "$1" .toml)-$2${MANGO_DP_OVERLAP:+-overlap$MANGO_DP_OVERLAP}"
   "$build/bin/mango" run "$1" -o "$out" --no-progress --nproc "$2" --set "steps.0.steps=$steps" --set "steps.0.batch_size=$3" \
     > "$out.log" 2>&1 || { tail -20 "$out.log" >&2; exit 1; }
   python3 - "$out" "$warm" <<'PY'
