@@ -92,6 +92,13 @@ TEST(Fusion, TwoModelsOfDifferentSizesJoinThroughAdapters) {
     const auto cached = generate(*fused, prompts, o);
     o.use_cache = false;
     EXPECT_EQ(generate(*fused, prompts, o), cached);
+    // Every member decodes over its static cache (entries written in place, the mask hides the rest).
+    o.use_cache = true;
+    o.decode = "static";
+    std::string used;
+    o.decode_used = &used;
+    EXPECT_EQ(generate(*fused, prompts, o), cached);
+    EXPECT_EQ(used, "static");
 }
 
 TEST(Fusion, AnAdaptedBlockAddsOnlyItsUpdate) {

@@ -89,6 +89,16 @@ TEST_P(DecoderParity, GreedyTokensMatchTransformersWithAndWithoutCache) {
     EXPECT_EQ(mango::generate(*model, g.prompts(), o), want) << GetParam() << " with cache";
     o.use_cache = false;
     EXPECT_EQ(mango::generate(*model, g.prompts(), o), want) << GetParam() << " without cache";
+    // The static KV cache (what GPUs decode with, and capture as CUDA graphs): the same tokens. Sliding
+    // windows (mistral and mixtral_fused: sliding_window in config.json; gpt_neo's local layers) keep the
+    // growing cache and say so.
+    o.use_cache = true;
+    o.decode = "static";
+    std::string used;
+    o.decode_used = &used;
+    EXPECT_EQ(mango::generate(*model, g.prompts(), o), want) << GetParam() << " with a static cache";
+    const bool windowed = GetParam() == "mistral" || GetParam() == "mixtral_fused" || GetParam() == "gpt_neo";
+    EXPECT_EQ(used, windowed ? "eager" : "static") << GetParam();
 }
 
 TEST_P(DecoderParity, CachedDecodingEqualsRecomputation) {
@@ -189,6 +199,22 @@ TEST(Generate, BatchWithPaddingEqualsOneByOne) {
     const auto prompts = g.prompts();
     const auto batch = mango::generate(*model, prompts, o);
     for (size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(mango::generate(*model, {prompts[i]}, o)[0], batch[i]) << i;
+}
+
+// A padded batch decoded over the static cache: the left-padded rows keep
+// their padding masked while the cache's unwritten entries are masked too.
+TEST(Generate, StaticCacheBatchWithPaddingEqualsGrowingCache) {
+    const Golden g("llama");
+    auto model = mango::Model::load(shared_plugins(), model_dir("llama"));
+    mango::GenerateOptions o;
+    o.max_new_tokens = 12;
+    o.decode = "eager";
+    const auto growing = mango::generate(*model, g.prompts(), o);
+    std::string used;
+    o.decode = "graph";  // no GPU here: the capture is refused, the steps run eagerly over the static cache
+    o.decode_used = &used;
+    EXPECT_EQ(mango::generate(*model, g.prompts(), o), growing);
+    EXPECT_EQ(used, "static");
 }
 
 TEST(Generate, SamplingIsReproducibleAndNgramsAreNotRepeated) {
@@ -330,5 +356,36 @@ TEST(Cuda, FastAttentionMatchesEagerMath) {
             EXPECT_EQ(fast.one, eager.one);
             EXPECT_EQ(fast.one[0], fast.batch[1]);  // alone (no mask) = in the padded batch (masked)
         }
+    }
+}
+
+// Decoding over the static KV cache with each step replayed as a CUDA graph
+// gives the eager decoder's tokens (growing cache, no graph), for the dense
+// decoders (which must be captured) and for MoE ones (captured, or refused
+// with the reason logged and decoded eagerly: either way the same tokens),
+// padded batches and one prompt alone; a second generation recaptures.
+TEST(Cuda, GraphDecodeEqualsEagerDecode) {
+    if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device (or a CPU-only LibTorch)";
+    for (const char *name : {"llama", "gpt2", "gptj", "qwen2", "mistral", "mixtral", "deepseek_v3"}) {
+        const Golden g(name);
+        auto model = mango::Model::load(shared_plugins(), model_dir(name), at::kFloat, at::kCUDA);
+        mango::GenerateOptions o;
+        o.max_new_tokens = 20;
+        std::string used;
+        o.decode_used = &used;
+        o.decode = "eager";
+        const auto eager = mango::generate(*model, g.prompts(), o);
+        const auto eager_one = mango::generate(*model, {g.prompts()[1]}, o);
+        o.decode = "graph";
+        EXPECT_EQ(mango::generate(*model, g.prompts(), o), eager) << name;
+        const std::string batch_mode = used;
+        EXPECT_EQ(mango::generate(*model, {g.prompts()[1]}, o), eager_one) << name;
+        EXPECT_EQ(eager, g.j["generated"].get<std::vector<std::vector<int64_t>>>()) << name;
+        const std::string n = name;
+        if (n == "mistral")  // a sliding window keeps the growing cache
+            EXPECT_EQ(batch_mode, "eager") << name;
+        else if (n == "llama" || n == "gpt2" || n == "gptj" || n == "qwen2")
+            EXPECT_EQ(batch_mode, "graph") << name;
+        std::cout << name << ": decoded with " << batch_mode << "\n";
     }
 }

@@ -72,6 +72,8 @@ int main(int argc, char **argv) {
     std::sort(t.begin(), t.end());
     mango::GenerateOptions o;
     o.max_new_tokens = decode;
+    std::string used;
+    o.decode_used = &used;
     std::vector<std::vector<int64_t>> p(static_cast<size_t>(batch), std::vector<int64_t>(static_cast<size_t>(prompt), 5));
     mango::generate(*model, p, o);  // warm-up
     std::vector<double> g;
@@ -84,5 +86,5 @@ int main(int argc, char **argv) {
     std::sort(g.begin(), g.end());
     std::cout << "{\"impl\": \"mango\", \"device\": \"" << device << "\", \"dtype\": \"" << dtype << "\", \"prefill_tokens\": " << prefill
               << ", \"prefill_tok_s\": " << prefill / t[t.size() / 2] << ", \"decode_tokens\": " << decode << ", \"batch\": " << batch
-              << ", \"decode_tok_s\": " << double(decode * batch) / g[1] << "}\n";
+              << ", \"decode_tok_s\": " << double(decode * batch) / g[1] << ", \"decode\": \"" << used << "\"}\n";
 }

@@ -11,10 +11,26 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 struct mango_context_t {
+    // A static KV cache (generation on a GPU): each cache_append slot is
+    // preallocated for `capacity` entries along its dim and written in place.
+    // Before `decoding` (the prefill), appends go to the next free entries
+    // and return the entries written; while decoding, every append of one
+    // step writes entry `write_at` (an int64 [1] tensor on the device, set
+    // before each step, so a captured step replays at the next entry) and
+    // returns the whole slot: the attention mask then has `capacity` columns.
+    struct StaticCache {
+        int64_t capacity = 0;
+        bool decoding = false;
+        bool appended = false;  // some block wrote through cache_append
+        bool grown = false;     // some block used cache_set: no static decoding
+        at::Tensor write_at;
+        std::map<std::string, std::pair<at::Tensor, int64_t>> slots;  // key -> (storage, entries written)
+    };
     struct Parameter {
         std::string name;
         at::Tensor value;
@@ -49,6 +65,7 @@ struct mango_context_t {
     std::vector<std::pair<std::string, at::Tensor>> weights_used;   // every model weight handed out, in order
     std::vector<std::pair<std::string, at::Tensor>> losses, stats;  // cleared per forward
     std::map<std::string, at::Tensor> cache;
+    std::shared_ptr<StaticCache> static_cache;  // set by Model::begin_static_cache, reset by clear_cache
     std::vector<std::pair<std::string, at::Tensor>> emitted;
     std::vector<Role> roles;
 

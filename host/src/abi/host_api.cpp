@@ -447,7 +447,57 @@ mango_status api_cache_set(mango_context *ctx, const char *key, mango_tensor val
         return MANGO_OK;
     }
     ctx->cache[key] = value->t;
+    if (ctx->static_cache) ctx->static_cache->grown = true;
     return MANGO_OK;
+}
+
+mango_status api_cache_append(mango_context *ctx, const char *key, mango_tensor value, int32_t dim, mango_tensor *out) {
+    if (mango_status s = need_ctx(ctx, key)) return s;
+    if (!value || !out) return fail(MANGO_ERR_INVALID_ARGUMENT, ctx->label + ": cache_append '" + key + "' without a value or output");
+    return guarded([&] {
+        const at::Tensor &v = value->t;
+        if (dim < 0) dim += static_cast<int32_t>(v.dim());
+        if (dim < 0 || dim >= v.dim())
+            return fail(MANGO_ERR_INVALID_ARGUMENT, ctx->label + ": cache_append '" + key + "': dim out of range for " + c10::str(v.sizes()));
+        auto *sc = ctx->static_cache.get();
+        if (!sc) {  // the growing cache
+            auto it = ctx->cache.find(key);
+            at::Tensor all = it == ctx->cache.end() ? v : at::cat({it->second, v}, dim);
+            ctx->cache[key] = all;
+            *out = wrap(all);
+            return MANGO_OK;
+        }
+        sc->appended = true;
+        auto &[slot, written] = sc->slots[key];
+        if (!slot.defined()) {
+            std::vector<int64_t> shape = v.sizes().vec();
+            shape[size_t(dim)] = sc->capacity;
+            slot = at::zeros(shape, v.options());
+            written = 0;
+        }
+        std::vector<int64_t> want = slot.sizes().vec(), got = v.sizes().vec();
+        want[size_t(dim)] = got[size_t(dim)];
+        if (want != got || v.scalar_type() != slot.scalar_type())
+            return fail(MANGO_ERR_SHAPE, ctx->label + ": cache_append '" + key + "' of " + c10::str(v.sizes()) + " " +
+                                             c10::toString(v.scalar_type()) + " to a slot of " + c10::str(slot.sizes()) + " " +
+                                             c10::toString(slot.scalar_type()));
+        const int64_t T = v.size(dim);
+        if (sc->decoding) {
+            if (T != sc->write_at.numel())
+                return fail(MANGO_ERR_SHAPE, ctx->label + ": cache_append '" + key + "': a decode step appends " +
+                                                 std::to_string(sc->write_at.numel()) + " entries, got " + std::to_string(T));
+            slot.index_copy_(dim, sc->write_at, v);
+            *out = wrap(slot);
+            return MANGO_OK;
+        }
+        if (written + T > sc->capacity)
+            return fail(MANGO_ERR_SHAPE, ctx->label + ": static KV cache slot '" + key + "' holds " + std::to_string(sc->capacity) +
+                                             " entries; " + std::to_string(written) + " written, " + std::to_string(T) + " more asked");
+        slot.narrow(dim, written, T).copy_(v);
+        written += T;
+        *out = wrap(slot.narrow(dim, 0, written));
+        return MANGO_OK;
+    });
 }
 
 mango_status api_emit(mango_context *ctx, const char *name, mango_tensor value) {
@@ -645,6 +695,7 @@ const mango_host_api kApiV1 = {
     api_attention_mask_full,
     api_expert_shard,
     api_all_to_all,
+    api_cache_append,
 };
 
 }  // namespace

@@ -192,6 +192,21 @@ void FusedModel::clear_cache() {
     forwards_since_clear_ = 0;
 }
 
+void FusedModel::begin_static_cache(int64_t capacity) {
+    clear_cache();
+    for (auto &m : models_) m->begin_static_cache(capacity);
+}
+
+bool FusedModel::static_cache_ready() const {
+    for (const auto &m : models_)  // a member without blocks in the fusion caches nothing: not in the way
+        if (m->kv_cache_used() && !m->static_cache_ready()) return false;
+    return std::any_of(models_.begin(), models_.end(), [](const auto &m) { return m->static_cache_ready(); });
+}
+
+void FusedModel::decode_at(int64_t entry) {
+    for (auto &m : models_) m->decode_at(entry);
+}
+
 std::vector<std::pair<std::string, at::Tensor>> FusedModel::trainable() const {
     auto out = fusion_parameters();
     if (experts_trainable_)

@@ -33,6 +33,9 @@ public:
     // Router weights and reports of every fusion layer from the last forward.
     const std::vector<LayerReport> &layer_reports() const override { return reports_; }
     void clear_cache() override;
+    void begin_static_cache(int64_t capacity) override;
+    bool static_cache_ready() const override;
+    void decode_at(int64_t entry) override;
     bool is_causal() const override { return true; }
     at::Device device() const override { return models_[spec_.base]->device(); }
     int64_t max_positions() const override;

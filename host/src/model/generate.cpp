@@ -1,10 +1,16 @@
 #include "model/generate.hpp"
 
+#include "model/decode_graph.hpp"
+#include "util/error.hpp"
+#include "util/logging.hpp"
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <limits>
+#include <memory>
 
 namespace mango {
 namespace {
@@ -53,6 +59,70 @@ std::vector<int64_t> choose_next(const at::Tensor &logits_in, const std::vector<
     return next;
 }
 
+namespace {
+
+// The decode mode generate() uses for `model`: options.decode, or with
+// "auto" the MANGO_DECODE variable, else "graph" on a GPU and "eager"
+// elsewhere (the growing cache; static shapes buy nothing on a CPU).
+std::string decode_mode(const GenerateOptions &o, const CausalLM &model) {
+    std::string mode = o.decode;
+    if (mode == "auto") {
+        const char *env = std::getenv("MANGO_DECODE");
+        mode = env && *env ? env : "graph";
+    }
+    if (mode != "graph" && mode != "static" && mode != "eager")
+        throw HostError("decode mode \"" + clip(mode) + "\" unknown (graph, static, eager or auto; from MANGO_DECODE or options)");
+    if (!o.use_cache || (!model.device().is_cuda() && o.decode == "auto")) return "eager";
+    return mode;
+}
+
+// One token per step over a static KV cache: the step's inputs live in
+// tensors of fixed shape updated in place (the token, its position, the
+// mask with one column per cache entry, the entry written), so every step
+// is the same computation, and with `graphs` the second step is captured as
+// a CUDA graph and later steps replay it (the first warms up on the capture
+// stream). A step that cannot be captured is logged once and runs eagerly.
+class StaticDecoder {
+public:
+    StaticDecoder(CausalLM &model, const at::Tensor &mask, const at::Tensor &pos, int64_t capacity, bool graphs, std::string *used)
+        : model_(model), entry_(mask.size(1)), graphs_(graphs), used_(used) {
+        const int64_t B = mask.size(0);
+        mask_ = at::zeros({B, capacity}, mask.options());
+        mask_.narrow(1, 0, mask.size(1)).copy_(mask);
+        pos_ = pos.narrow(1, pos.size(1) - 1, 1).clone();
+        ids_ = at::zeros({B, 1}, pos.options());
+    }
+
+    // Logits [B, V] after `col` [B, 1] (on the model's device).
+    at::Tensor step(const at::Tensor &col) {
+        ids_.copy_(col);
+        pos_.add_(1);
+        mask_.narrow(1, entry_, 1).fill_(1);
+        model_.decode_at(entry_++);
+        auto forward = [this] { return model_.logits(ids_, mask_, pos_, true); };
+        if (graph_.captured()) return graph_.replay().select(1, 0);
+        if (!graphs_) return forward().select(1, 0);
+        if (steps_++ == 0) return graph_.warm_up(forward, model_.device()).select(1, 0);
+        std::string why;
+        if (graph_.capture(forward, model_.device(), why)) return graph_.replay().select(1, 0);
+        graphs_ = false;
+        if (used_) *used_ = "static";
+        log_message(2, model_.describe() + ": a decode step cannot be captured as a CUDA graph (" + why + "); decoding eagerly");
+        return forward().select(1, 0);
+    }
+
+private:
+    CausalLM &model_;
+    at::Tensor ids_, pos_, mask_;
+    int64_t entry_;
+    bool graphs_;
+    int64_t steps_ = 0;
+    std::string *used_;  // GenerateOptions::decode_used
+    DecodeGraph graph_;
+};
+
+}  // namespace
+
 std::vector<std::vector<int64_t>> generate(CausalLM &model, const std::vector<std::vector<int64_t>> &prompts, const GenerateOptions &o) {
     if (!model.is_causal()) throw HostError(model.describe() + " is an encoder model; generation needs a causal LM");
     if (prompts.empty()) return {};
@@ -81,7 +151,19 @@ std::vector<std::vector<int64_t>> generate(CausalLM &model, const std::vector<st
 
     at::NoGradGuard no_grad;
     model.clear_cache();
+    const std::string mode = decode_mode(o, model);
+    const int64_t capacity = L + o.max_new_tokens;
+    if (mode != "eager") model.begin_static_cache(capacity);
     at::Tensor logits = model.logits(ids, mask, pos, o.use_cache).select(1, L - 1);
+    std::unique_ptr<StaticDecoder> fixed;
+    if (mode != "eager") {
+        if (model.static_cache_ready())
+            fixed = std::make_unique<StaticDecoder>(model, mask, pos, capacity, mode == "graph", o.decode_used);
+        else  // the prefill filled what it could; the rest grows as before
+            log_message(2, model.describe() + ": a block keeps a growing KV cache (a sliding window, or a plugin built before host API "
+                                              "revision 6): decoding without the static cache");
+    }
+    if (o.decode_used) *o.decode_used = fixed ? mode : "eager";
     for (int64_t step = 0; step < o.max_new_tokens; ++step) {
         if (cancel_requested()) throw HostError("generation cancelled");
         std::vector<int64_t> next = choose_next(logits, history, o, gen);
@@ -101,6 +183,10 @@ std::vector<std::vector<int64_t>> generate(CausalLM &model, const std::vector<st
         }
         if (all_done || step + 1 == o.max_new_tokens) break;
         col = col.to(model.device());
+        if (fixed) {
+            logits = fixed->step(col);
+            continue;
+        }
         ids = at::cat({ids, col}, 1);
         mask = at::cat({mask, at::ones({B, 1}, mask.options())}, 1);
         pos = at::cat({pos, pos.select(1, pos.size(1) - 1).unsqueeze(1) + 1}, 1);

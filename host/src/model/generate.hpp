@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 namespace mango {
@@ -21,6 +22,16 @@ struct GenerateOptions {
     std::vector<int64_t> stop_ids;  // a row ends after emitting one of these
     int64_t pad_id = 0;
     bool use_cache = true;
+    // How a GPU decodes with the cache: "graph" (a static KV cache and each
+    // step replayed as a CUDA graph), "static" (the static cache, eager
+    // steps), "eager" (a growing cache, as on the CPU), or "auto" (graph
+    // where the model allows, else eager; the MANGO_DECODE variable can
+    // name one of the others, for comparisons). Whatever a model cannot do
+    // falls back, and the log says why.
+    std::string decode = "auto";
+    // When set: the mode the decode steps actually ran in ("graph",
+    // "static" or "eager"), after any fallback.
+    std::string *decode_used = nullptr;
     // Called with (prompt index, token) as each new token is chosen (streaming).
     std::function<void(size_t, int64_t)> on_token;
 };

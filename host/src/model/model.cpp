@@ -273,7 +273,8 @@ at::Tensor Model::block(int32_t layer, const at::Tensor &hidden, const at::Tenso
         throw HostError(ctx_->label + ": layer " + std::to_string(layer) + " out of range (model has " + std::to_string(info_.n_layers) +
                         ")");
     mango_tensor h = wrap(hidden), m = wrap(mask), p = wrap(positions), out = nullptr;
-    ctx_->mask_full = mask_full(mask);
+    // A static decode step's mask has unwritten entries (zeros) by design; asking would cost a device sync.
+    ctx_->mask_full = ctx_->static_cache && ctx_->static_cache->decoding ? false : mask_full(mask);
     ctx_->clear_reports();
     clear_plugin_error();
     mango_status s;
@@ -323,7 +324,38 @@ at::Tensor Model::head(const at::Tensor &hidden) {
 
 void Model::clear_cache() {
     ctx_->cache.clear();
+    ctx_->static_cache.reset();
     cached_ = 0;
+}
+
+void Model::begin_static_cache(int64_t capacity) {
+    clear_cache();
+    ctx_->static_cache = std::make_shared<InstanceContext::StaticCache>();
+    ctx_->static_cache->capacity = capacity;
+}
+
+bool Model::static_cache_ready() const {
+    const auto &sc = ctx_->static_cache;
+    return sc && sc->appended && !sc->grown;
+}
+
+bool Model::kv_cache_used() const {
+    const auto &sc = ctx_->static_cache;
+    return !ctx_->cache.empty() || (sc && (sc->appended || sc->grown));
+}
+
+void Model::decode_at(int64_t entry) {
+    auto &sc = ctx_->static_cache;
+    if (!sc) throw HostError(ctx_->label + ": decode_at without a static KV cache (begin_static_cache first)");
+    if (entry < 0 || entry >= sc->capacity)
+        throw HostError(ctx_->label + ": static KV cache entry " + std::to_string(entry) + " out of range (capacity " +
+                        std::to_string(sc->capacity) + ")");
+    if (!sc->decoding) {
+        sc->decoding = true;
+        sc->write_at = at::full({1}, entry, at::TensorOptions().dtype(at::kLong).device(device_));
+    } else {
+        sc->write_at.fill_(entry);
+    }
 }
 
 at::Tensor Model::forward(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions, bool use_cache) {

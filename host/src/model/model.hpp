@@ -44,6 +44,17 @@ public:
     // Logits [B, T, V] for `ids` at `positions`; `mask` covers cached + new tokens.
     virtual at::Tensor logits(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions, bool use_cache) = 0;
     virtual void clear_cache() = 0;
+    // Generation with a static KV cache (preallocated, written in place, so
+    // that a decode step can be replayed as a CUDA graph). After
+    // clear_cache(), begin_static_cache(capacity) makes the prefill fill it;
+    // static_cache_ready() then says whether every block wrote through it
+    // (a block that keeps a growing cache, as sliding windows do, cannot
+    // decode with it). decode_at(entry): the next forward is one decode step
+    // writing cache entry `entry`, its mask with `capacity` columns (1 for the
+    // entries written so far, this one included).
+    virtual void begin_static_cache(int64_t /*capacity*/) {}
+    virtual bool static_cache_ready() const { return false; }
+    virtual void decode_at(int64_t /*entry*/) {}
     virtual bool is_causal() const = 0;
     virtual at::Device device() const = 0;
     virtual std::string describe() const = 0;  // for messages
@@ -169,6 +180,11 @@ public:
     // Whole forward: logits [B, T, V] (decoders) or final hidden states.
     at::Tensor forward(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions, bool use_cache = false);
     void clear_cache() override;
+    void begin_static_cache(int64_t capacity) override;
+    bool static_cache_ready() const override;
+    void decode_at(int64_t entry) override;
+    // Whether some block wrote to the KV cache since clear_cache().
+    bool kv_cache_used() const;
     void train(bool on) override { ctx_->training = on; }
     void set_reporting(bool on) override { ctx_->reporting = on; }
     // What the architecture reported per block in the last forward (MoE routers).

@@ -113,7 +113,7 @@ public:
         auto [cos, sin] = attn::rope_cos_sin_scaled(inv_freq_t_, pos, x.dtype(), rope_.attention_factor);
         q = attn::apply_rope(q, cos, sin);
         k = attn::apply_rope(k, cos, sin);
-        auto [keys, values] = attn::cached_kv(ctx, i, k, v, use_cache);
+        auto [keys, values] = attn::cached_kv(ctx, i, k, v, use_cache, c_.window);
         Tensor a = attn::attend(ctx, q, keys, values, mask, c_.window, 1.0 / std::sqrt(double(c_.head_dim)));
         Tensor r = ops::add(x, ops::linear(attn::merge_heads(a), l.o));
         h = nn::rms_norm(r, l.norm_mlp, c_.eps);

@@ -156,11 +156,32 @@ inline Tensor repeat_kv(const Tensor &x, int64_t rep) {
     return ops::reshape(ops::expand(ops::unsqueeze(x, 2), {B, KV, rep, S, D}), {B, KV * rep, S, D});
 }
 
+// `t` appended along `dim` to cache slot `key`; returns the slot's entries
+// so far. With a host that keeps a static cache (host API revision 6) the
+// whole preallocated slot comes back, its unwritten entries hidden by the
+// padding mask, which then has as many columns; older hosts: get,
+// concatenate, set.
+inline Tensor cache_append(Context &ctx, const std::string &key, const Tensor &t, int32_t dim) {
+    if (MANGO_HOST_HAS(cache_append)) {
+        mango_tensor out = nullptr;
+        check(host().cache_append(ctx.get(), key.c_str(), t.get(), dim, &out));
+        return Tensor(out);
+    }
+    Tensor all = t;
+    if (Tensor before = ctx.cache_get(key)) all = ops::cat({before, t}, dim);
+    ctx.cache_set(key, all);
+    return all;
+}
+
 // Appends k, v ([B, KV, T, D]) to this layer's cache slots and returns the
-// full keys and values; without a cache returns them as they are.
-inline std::pair<Tensor, Tensor> cached_kv(Context &ctx, int32_t layer, Tensor k, Tensor v, bool use_cache) {
+// full keys and values; without a cache returns them as they are. A sliding
+// `window` is counted back from the last key, which a static cache's keys
+// are not: such layers keep the growing cache (and the host decodes them
+// without a static one).
+inline std::pair<Tensor, Tensor> cached_kv(Context &ctx, int32_t layer, Tensor k, Tensor v, bool use_cache, int64_t window = 0) {
     if (!use_cache) return {k, v};
     const std::string kk = "layer" + std::to_string(layer) + ".k", vk = "layer" + std::to_string(layer) + ".v";
+    if (window <= 0) return {cache_append(ctx, kk, k, 2), cache_append(ctx, vk, v, 2)};
     if (Tensor pk = ctx.cache_get(kk)) {
         k = ops::cat({pk, k}, 2);
         v = ops::cat({ctx.cache_get(vk), v}, 2);

@@ -84,7 +84,7 @@ struct Attention {
         auto [cos, sin] = attn::rope_cos_sin_scaled(inv_freq, pos, h.dtype(), rope_factor);
         q = attn::apply_rope(q, cos, sin);
         k = attn::apply_rope(k, cos, sin);
-        auto [keys, values] = attn::cached_kv(ctx, layer, k, v, use_cache);
+        auto [keys, values] = attn::cached_kv(ctx, layer, k, v, use_cache, window);
         Tensor out = attn::attend(ctx, q, keys, values, mask, window, 1.0 / std::sqrt(double(head_dim)));
         return ops::linear(attn::merge_heads(out), a.o, a.ob);
     }

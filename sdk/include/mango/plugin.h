@@ -368,6 +368,20 @@ typedef struct mango_host_api {
      * a [world, 1] tensor with all-ones rows). Differentiable: gradients go
      * back the same way. Alone: a copy of `input`. */
     mango_status (*all_to_all)(mango_tensor input, const int64_t *send_rows, const int64_t *recv_rows, mango_tensor *out);
+
+    /* ---- revision 6 (MANGO_HAS before use) ---- */
+
+    /* Architectures, inside block(): appends `value` (borrowed) along `dim`
+     * to the cache slot `key` and sets `*out` (new reference) to the slot's
+     * entries so far: cache_get + concatenate + cache_set in one call. When
+     * the host decodes with a static cache (preallocated, written in place,
+     * so a decode step can be captured as a CUDA graph), `*out` may be
+     * longer than the entries written: the positions not yet written are
+     * zeros of the attention_mask, which always has as many columns as
+     * `*out` has entries along `dim`; attention must mask by it. A block
+     * that cannot (e.g. a sliding window counted from the last key) uses
+     * cache_get/cache_set instead, and the host then decodes without. */
+    mango_status (*cache_append)(mango_context *ctx, const char *key, mango_tensor value, int32_t dim, mango_tensor *out);
 } mango_host_api;
 
 /* ---- component tables (one per kind) ------------------------------------ */
