@@ -2,6 +2,8 @@
 
 #include "util/error.hpp"
 
+#include <optional>
+
 #ifdef MANGO_WITH_CUDA
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -14,6 +16,11 @@ namespace mango {
 struct DecodeGraph::Impl {
 #ifdef MANGO_WITH_CUDA
     std::unique_ptr<at::cuda::CUDAGraph> graph;
+    std::optional<c10::cuda::CUDAStream> stream;  // warm-up and capture on the same side stream
+    c10::cuda::CUDAStream side(at::Device device) {
+        if (!stream) stream = c10::cuda::getStreamFromPool(false, device.index());
+        return *stream;
+    }
 #endif
     at::Tensor out;
     bool captured = false;
@@ -30,7 +37,7 @@ at::Tensor DecodeGraph::warm_up(const std::function<at::Tensor()> &step, at::Dev
         c10::cuda::device_synchronize();  // the side stream sees every write before it
         at::Tensor out;
         {
-            c10::cuda::CUDAStreamGuard on_side(c10::cuda::getStreamFromPool(false, device.index()));
+            c10::cuda::CUDAStreamGuard on_side(impl_->side(device));
             out = step();
         }
         c10::cuda::device_synchronize();
@@ -52,7 +59,7 @@ bool DecodeGraph::capture(const std::function<at::Tensor()> &step, at::Device de
     at::Tensor out;
     bool began = false;
     try {
-        c10::cuda::CUDAStreamGuard on_side(c10::cuda::getStreamFromPool(false, device.index()));
+        c10::cuda::CUDAStreamGuard on_side(impl_->side(device));
         graph->capture_begin();
         began = true;
         out = step();
