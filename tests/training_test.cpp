@@ -4,6 +4,7 @@
 // weight decay) on a hand-computed step; a finished run restored from its
 // state does no more steps.
 #include "fusion/fusion.hpp"
+#include "model/generate.hpp"
 #include "train/train.hpp"
 #include "train/training_run.hpp"
 
@@ -298,4 +299,26 @@ TEST(Cuda, FusionWithMembersOnSeveralDevicesEqualsOneDevice) {
         ASSERT_TRUE(gb[i].second.grad().defined()) << gb[i].first;
         EXPECT_LT((ga[i].second.grad() - gb[i].second.grad().cpu()).abs().max().item<double>(), 1e-4) << ga[i].first;
     }
+}
+
+// A fusion decodes on the GPU over every member's static KV cache with its
+// steps replayed as a CUDA graph (adapters and routers inside the graph): the
+// eager decoder's tokens, for a padded batch.
+TEST(Cuda, FusionGraphDecodeEqualsEagerDecode) {
+    if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device (or a CPU-only LibTorch)";
+    FusionSpec spec;
+    spec.adapter = named("linear");
+    spec.always_adapt = true;
+    for (int32_t l = 0; l < 2; ++l) spec.layers.push_back({{{0, l}, {1, l}}, named("token_level", {{"top_k", 2}})});
+    auto fused = FusedModel::build(shared_plugins(), {llama(32, 1, at::kCUDA), llama(48, 2, at::kCUDA)}, spec);
+    const std::vector<std::vector<int64_t>> prompts = {{5, 6, 7, 8, 9}, {10, 11}};
+    GenerateOptions o;
+    o.max_new_tokens = 16;
+    std::string used;
+    o.decode_used = &used;
+    o.decode = "eager";
+    const auto eager = generate(*fused, prompts, o);
+    o.decode = "graph";
+    EXPECT_EQ(generate(*fused, prompts, o), eager);
+    EXPECT_EQ(used, "graph");
 }
