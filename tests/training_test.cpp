@@ -264,6 +264,52 @@ TEST(Cuda, FusionTrainsOnGpuWithBf16AutocastAndCheckpointing) {
     }
 }
 
+// Mixed precision: bfloat16 members stay bfloat16 and untouched while the
+// adapters and routers are float32 master weights that train; the fused
+// logits are the float32 fusion's up to bfloat16 rounding.
+TEST(Training, Bfloat16MembersWithFloat32AdaptersAndRouters) {
+    auto build = [](at::ScalarType dtype) {
+        FusionSpec spec;
+        spec.adapter = named("linear");
+        spec.always_adapt = true;
+        for (int32_t l = 0; l < 2; ++l) spec.layers.push_back({{{0, l}, {1, l}}, named("token_level", {{"top_k", 2}})});
+        std::vector<std::shared_ptr<Model>> models;
+        for (auto [hidden, seed] : {std::pair<int64_t, uint64_t>{32, 1}, {48, 2}}) {
+            llama(hidden, seed);  // writes the config
+            const auto dir = std::filesystem::path(MANGO_TEST_TMP) / ("llama_" + std::to_string(hidden) + "_v64");
+            models.push_back(Model::init_random(shared_plugins(), dir.string(), seed, dtype, at::kCPU));
+        }
+        return FusedModel::build(shared_plugins(), models, spec);
+    };
+    auto full = build(at::kFloat), half = build(at::kBFloat16);
+    for (const auto &[name, p] : half->trainable()) EXPECT_EQ(p.scalar_type(), at::kFloat) << name;
+    const at::Tensor ids = data().narrow(0, 0, 4), mask = at::ones_like(ids);
+    const at::Tensor pos = at::arange(ids.size(1)).expand_as(ids).contiguous();
+    {
+        at::NoGradGuard no_grad;
+        const at::Tensor a = full->logits(ids, mask, pos, false), b = half->logits(ids, mask, pos, false);
+        EXPECT_EQ(b.scalar_type(), at::kBFloat16);  // the base model's head
+        EXPECT_LT((a - b.to(at::kFloat)).abs().max().item<double>(), 0.05 * a.abs().max().item<double>());
+    }
+    std::vector<at::Tensor> before;
+    for (const auto &m : half->models())
+        for (const auto &[name, w] : m->named_weights()) before.push_back(w.clone());
+    TrainOptions o = options();
+    o.steps = 3;
+    Trainer t(*half, o);
+    steps(t, data(), 0, 3);
+    size_t i = 0;
+    for (const auto &m : half->models())
+        for (const auto &[name, w] : m->named_weights()) {
+            EXPECT_EQ(w.scalar_type(), at::kBFloat16) << name;
+            EXPECT_TRUE(at::equal(w, before[i++])) << name;
+        }
+    for (const auto &[name, p] : half->trainable()) {
+        EXPECT_EQ(p.scalar_type(), at::kFloat) << name;
+        EXPECT_TRUE(p.grad().defined()) << name;
+    }
+}
+
 // Placement: members of a fusion on other devices than its base (the
 // adapters and routers live with the base) give the one-device fusion's
 // logits and gradients; the hidden states travel to each member and back.

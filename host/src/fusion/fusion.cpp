@@ -60,7 +60,9 @@ std::unique_ptr<FusedModel> FusedModel::build(const PluginHost &host, std::vecto
     // Plugins draw initial values from the default generator: seed it, so a
     // fusion starts the same whatever ran before it in this process.
     at::manual_seed(f->spec_.seed);
-    const auto options = at::TensorOptions().device(f->device()).dtype(f->models_[f->spec_.base]->dtype());  // as the models' weights
+    // Adapters and routers train in float32 whatever the models' dtype: bfloat16 members stay bfloat16 (frozen,
+    // never recast), and the fused residual stream between them is float32 (see logits()).
+    const auto options = at::TensorOptions().device(f->device()).dtype(at::kFloat);
     for (size_t m : adapted_members(members, f->spec_, target)) {
         const int64_t h = f->models_[m]->info().hidden_size;
         for (const char *dir : {"in", "out"}) {
@@ -101,7 +103,7 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
     // Outputs are checked in training and evaluation, and on the first step of a generation.
     const bool check = always_check_ || training_ || reporting_ || forwards_since_clear_ == 0;
     ++forwards_since_clear_;
-    at::Tensor h = adapt(b + ".out", base.embed(ids, positions), check);  // base size -> target
+    at::Tensor h = adapt(b + ".out", base.embed(ids, positions).to(at::kFloat), check);  // base size -> target, float32
     // The router sees only the new tokens: its mask is the last T columns.
     const at::Tensor new_mask = mask.narrow(1, mask.size(1) - ids.size(1), ids.size(1));
     reports_.clear();
@@ -116,11 +118,13 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
             AdapterInstance *in_adapter = in == adapters_.end() ? nullptr : in->second.get();
             AdapterInstance *out_adapter = out == adapters_.end() ? nullptr : out->second.get();
             // A member placed on another device (`device` per model) runs its
-            // block there: the hidden states go over and come back.
+            // block there, in its own dtype: the float32 hidden states go
+            // over (and down to bfloat16, say) and come back.
             const at::Device where = model->device();
+            const at::ScalarType dtype = model->dtype();
             auto block = [=](const at::Tensor &x) {
-                if (x.device() == where) return model->block(e.layer, x, mask, positions, use_cache);
-                return model->block(e.layer, x.to(where), mask.to(where), positions.to(where), use_cache).to(x.device());
+                if (x.device() == where) return model->block(e.layer, x.to(dtype), mask, positions, use_cache).to(x.scalar_type());
+                return model->block(e.layer, x.to(where, dtype), mask.to(where), positions.to(where), use_cache).to(x.device(), x.scalar_type());
             };
             auto path = [=](const at::Tensor &x) {  // by value: it may run again in backward
                 if (!in_adapter) return block(x);
@@ -144,7 +148,7 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
         rep.layer = int32_t(li);
         reports_.push_back(std::move(rep));
     }
-    return base.head(adapt(b + ".in", h, check));  // target -> base size
+    return base.head(adapt(b + ".in", h, check).to(base.dtype()));  // target -> base size
 }
 
 at::Tensor FusedModel::alignment_loss(const at::Tensor &ids, const at::Tensor &mask, const at::Tensor &positions) {
@@ -161,7 +165,7 @@ at::Tensor FusedModel::alignment_loss(const at::Tensor &ids, const at::Tensor &m
             const at::Tensor mask_there = mask.to(where), positions_there = positions.to(where);
             std::vector<at::Tensor> s{model.embed(ids.to(where), positions_there)};
             for (int32_t k = 0; k < model.info().n_layers; ++k) s.push_back(model.block(k, s.back(), mask_there, positions_there, false));
-            for (at::Tensor &t : s) t = t.to(ids.device());
+            for (at::Tensor &t : s) t = t.to(ids.device(), at::kFloat);  // adapters work in float32
             states[m] = std::move(s);
         }
     }
