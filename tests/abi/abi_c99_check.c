@@ -21,7 +21,7 @@ PIN(host_api_random_like, offsetof(mango_host_api, random_like) == 272);
 PIN(host_api_attention_mask_full, offsetof(mango_host_api, attention_mask_full) == 280); /* revision 4 */
 PIN(host_api_expert_shard, offsetof(mango_host_api, expert_shard) == 288);               /* revision 5 */
 PIN(host_api_all_to_all, offsetof(mango_host_api, all_to_all) == 296);
-PIN(host_api_cache_append, offsetof(mango_host_api, cache_append) == 304);           /* revision 6 */
+PIN(host_api_cache_append, offsetof(mango_host_api, cache_append) == 304); /* revision 6 */
 PIN(host_api_find_op, offsetof(mango_host_api, find_op) == 120);
 PIN(host_api_declare_tensor, offsetof(mango_host_api, declare_tensor) == 216);
 PIN(adapter_vtable, sizeof(mango_adapter_vtable) == 40);

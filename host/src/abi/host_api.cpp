@@ -458,7 +458,8 @@ mango_status api_cache_append(mango_context *ctx, const char *key, mango_tensor 
         const at::Tensor &v = value->t;
         if (dim < 0) dim += static_cast<int32_t>(v.dim());
         if (dim < 0 || dim >= v.dim())
-            return fail(MANGO_ERR_INVALID_ARGUMENT, ctx->label + ": cache_append '" + key + "': dim out of range for " + c10::str(v.sizes()));
+            return fail(MANGO_ERR_INVALID_ARGUMENT,
+                        ctx->label + ": cache_append '" + key + "': dim out of range for " + c10::str(v.sizes()));
         auto *sc = ctx->static_cache.get();
         if (!sc) {  // the growing cache
             auto it = ctx->cache.find(key);

@@ -71,7 +71,7 @@ int launch_local_ranks(int nproc) {
             ::setenv("MASTER_ADDR", "127.0.0.1", 1);
             ::setenv("MASTER_PORT", port.c_str(), 1);
             ::setenv("TORCHELASTIC_USE_AGENT_STORE", "True", 1);  // the store above; rank 0 does not open one
-            if (r > 0) {  // one copy of the output
+            if (r > 0) {                                          // one copy of the output
                 const int null = ::open("/dev/null", O_WRONLY);
                 if (null >= 0) ::dup2(null, STDOUT_FILENO);
             }

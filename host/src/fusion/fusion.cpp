@@ -124,7 +124,8 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
             const at::ScalarType dtype = model->dtype();
             auto block = [=](const at::Tensor &x) {
                 if (x.device() == where) return model->block(e.layer, x.to(dtype), mask, positions, use_cache).to(x.scalar_type());
-                return model->block(e.layer, x.to(where, dtype), mask.to(where), positions.to(where), use_cache).to(x.device(), x.scalar_type());
+                return model->block(e.layer, x.to(where, dtype), mask.to(where), positions.to(where), use_cache)
+                    .to(x.device(), x.scalar_type());
             };
             auto path = [=](const at::Tensor &x) {  // by value: it may run again in backward
                 if (!in_adapter) return block(x);

@@ -131,8 +131,9 @@ TrainRunResult run_training(CausalLM &model, const at::Tensor &data, const Train
         const bool eval = o.eval_every > 0 && (s + 1) % o.eval_every == 0 && s + 1 < o.train.steps;
         const double vppl = eval ? validate() : 0;
         if (log) {
-            nlohmann::json j = {{"step", s + 1},       {"loss", st.loss},    {"lr", st.lr}, {"grad_norm", st.grad_norm},
-                                {"tokens", st.tokens}, {"tokens_per_s", tps}, {"seconds", bar.elapsed_s()}};
+            nlohmann::json j = {
+                {"step", s + 1},       {"loss", st.loss},           {"lr", st.lr}, {"grad_norm", st.grad_norm}, {"tokens", st.tokens},
+                {"tokens_per_s", tps}, {"seconds", bar.elapsed_s()}};
             if (st.aligning)
                 j["alignment_loss"] = st.lm_loss;
             else
