@@ -217,6 +217,47 @@ TEST(Generate, StaticCacheBatchWithPaddingEqualsGrowingCache) {
     EXPECT_EQ(used, "static");
 }
 
+// Offloading: per-layer weights leave the device between blocks and come
+// back for their block (here the "device" is the CPU itself, which exercises
+// every storage swap); logits and cached greedy decoding (growing and static
+// cache) equal the resident model's, tied and model-level weights stay, and a
+// backward pass through it is refused by name.
+TEST(Model, OffloadedModelEqualsResident) {
+    for (const char *name : {"llama", "gpt2", "qwen2_moe"}) {
+        const Golden g(name);
+        auto resident = mango::Model::load(shared_plugins(), model_dir(name));
+        auto offloaded = mango::Model::load(shared_plugins(), model_dir(name));
+        EXPECT_GT(offloaded->offload(), 0) << name;
+        EXPECT_TRUE(offloaded->offloaded());
+        size_t away = 0, kept = 0;  // between blocks a layer's weights hold no memory; the embeddings do
+        for (const auto &[w, t] : offloaded->named_weights()) (t.storage().data() == nullptr ? away : kept)++;
+        EXPECT_GT(away, 0u) << name;
+        EXPECT_GT(kept, 0u) << name;
+        {
+            at::NoGradGuard no_grad;
+            EXPECT_TRUE(at::equal(resident->forward(g.ids, g.mask, g.pos), offloaded->forward(g.ids, g.mask, g.pos))) << name;
+        }
+        mango::GenerateOptions o;
+        o.max_new_tokens = 10;
+        const auto want = mango::generate(*resident, g.prompts(), o);
+        EXPECT_EQ(mango::generate(*offloaded, g.prompts(), o), want) << name;
+        o.decode = "graph";  // offloaded weights move: no graph, the static cache still
+        std::string used;
+        o.decode_used = &used;
+        EXPECT_EQ(mango::generate(*offloaded, g.prompts(), o), want) << name;
+        EXPECT_EQ(used, "static") << name;
+        if (std::string(name) == "llama") {
+            at::Tensor h = offloaded->embed(g.ids, g.pos).detach().requires_grad_(true);
+            try {
+                offloaded->block(0, h, g.mask, g.pos, false);
+                ADD_FAILURE() << "a block that needs a backward pass ran offloaded";
+            } catch (const mango::HostError &e) {
+                EXPECT_NE(std::string(e.what()).find("offload"), std::string::npos) << e.what();
+            }
+        }
+    }
+}
+
 TEST(Generate, SamplingIsReproducibleAndNgramsAreNotRepeated) {
     const Golden g("gpt2");
     auto model = mango::Model::load(shared_plugins(), model_dir("gpt2"));

@@ -173,6 +173,16 @@ TEST(Pipeline, PlacementAndExpertParallelKeys) {
     EXPECT_NE(error_of(valid(), {"models.a.expert_parallel=true", "steps.0.model=\"a\""}).find("expert-parallel"), std::string::npos);
 }
 
+// `offload = true` is a key of folders and random initialisations; a model
+// (or a fusion including one) that is offloaded cannot be trained.
+TEST(Pipeline, OffloadKeyAndTrainingRefusal) {
+    EXPECT_FALSE(parse(valid()).models[1].offload);
+    EXPECT_NE(error_of(valid(), {"models.f.offload=true"}).find("unknown key 'offload'"), std::string::npos);
+    const std::string e = error_of(valid(), {"models.b.offload=true"});  // valid() trains the fusion f of a and b
+    EXPECT_NE(e.find("includes 'b', which is offloaded"), std::string::npos) << e;
+    EXPECT_NE(error_of(valid(), {"models.a.offload=true", "steps.0.model=\"a\""}).find("'a' is offloaded"), std::string::npos);
+}
+
 TEST(Pipeline, ExpertParallelNeedsACheckpoint) {
     const std::string text =
         replace(valid(), "[models.f]", "[models.r]\nconfig = \"" + models() + "/mixtral\"\nexpert_parallel = true\n[models.f]");

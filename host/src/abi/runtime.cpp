@@ -7,6 +7,7 @@
 #include <torch/version.h>
 #ifdef MANGO_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
 #include <csignal>
@@ -40,6 +41,17 @@ void init_runtime(int threads) {
     at::set_num_threads(n);
     std::signal(SIGINT, on_sigint);
     install_crash_handlers();
+#ifdef MANGO_WITH_CUDA
+    // MANGO_CUDA_MEMORY_FRACTION=F: this process may use at most F of each GPU's memory (the caching
+    // allocator refuses beyond it), e.g. to check that an offloaded model fits a smaller card.
+    if (const char *f = std::getenv("MANGO_CUDA_MEMORY_FRACTION"); f && *f && at::cuda::is_available()) {
+        char *end = nullptr;
+        const double fraction = std::strtod(f, &end);
+        if (*end || !(fraction > 0 && fraction <= 1))
+            throw HostError(std::string("MANGO_CUDA_MEMORY_FRACTION=") + clip(f) + ": expected a number in (0, 1]");
+        for (int d = 0; d < at::cuda::device_count(); ++d) c10::cuda::CUDACachingAllocator::setMemoryFraction(fraction, d);
+    }
+#endif
 }
 
 std::string runtime_description() {

@@ -208,6 +208,10 @@ bool FusedModel::static_cache_ready() const {
     return std::any_of(models_.begin(), models_.end(), [](const auto &m) { return m->static_cache_ready(); });
 }
 
+bool FusedModel::graph_safe() const {
+    return std::all_of(models_.begin(), models_.end(), [](const auto &m) { return m->graph_safe(); });
+}
+
 void FusedModel::decode_at(int64_t entry) {
     for (auto &m : models_) m->decode_at(entry);
 }

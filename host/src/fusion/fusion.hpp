@@ -36,6 +36,7 @@ public:
     void begin_static_cache(int64_t capacity) override;
     bool static_cache_ready() const override;
     void decode_at(int64_t entry) override;
+    bool graph_safe() const override;
     bool is_causal() const override { return true; }
     at::Device device() const override { return models_[spec_.base]->device(); }
     int64_t max_positions() const override;

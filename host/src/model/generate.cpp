@@ -85,7 +85,9 @@ std::string decode_mode(const GenerateOptions &o, const CausalLM &model) {
 class StaticDecoder {
 public:
     StaticDecoder(CausalLM &model, const at::Tensor &mask, const at::Tensor &pos, int64_t capacity, bool graphs, std::string *used)
-        : model_(model), entry_(mask.size(1)), graphs_(graphs), used_(used) {
+        : model_(model), entry_(mask.size(1)), graphs_(graphs && model.graph_safe()), used_(used) {
+        if (graphs && !graphs_)
+            log_message(2, model.describe() + ": offloaded weights move between steps, which a CUDA graph cannot follow; decoding eagerly");
         const int64_t B = mask.size(0);
         mask_ = at::zeros({B, capacity}, mask.options());
         mask_.narrow(1, 0, mask.size(1)).copy_(mask);
@@ -164,7 +166,7 @@ std::vector<std::vector<int64_t>> generate(CausalLM &model, const std::vector<st
                                ": a block keeps a growing KV cache (a sliding window, or a plugin built before host API "
                                "revision 6): decoding without the static cache");
     }
-    if (o.decode_used) *o.decode_used = fixed ? mode : "eager";
+    if (o.decode_used) *o.decode_used = !fixed ? "eager" : mode == "graph" && !model.graph_safe() ? "static" : mode;
     for (int64_t step = 0; step < o.max_new_tokens; ++step) {
         if (cancel_requested()) throw HostError("generation cancelled");
         std::vector<int64_t> next = choose_next(logits, history, o, gen);

@@ -272,6 +272,18 @@ at::Tensor Model::block(int32_t layer, const at::Tensor &hidden, const at::Tenso
     if (layer < 0 || layer >= info_.n_layers)
         throw HostError(ctx_->label + ": layer " + std::to_string(layer) + " out of range (model has " + std::to_string(info_.n_layers) +
                         ")");
+    if (offloader_ && at::GradMode::is_enabled() && hidden.requires_grad())
+        throw HostError(ctx_->label +
+                        ": the model is offloaded (`offload = true`), which is for inference: a backward pass "
+                        "through it would need the weights its blocks dropped; train without offloading it");
+    if (offloader_) offloader_->before_block(layer);
+    struct AfterBlock {  // dropped again however the block ends
+        Offloader *o;
+        int32_t layer;
+        ~AfterBlock() {
+            if (o) o->after_block(layer);
+        }
+    } after{offloader_.get(), layer};
     mango_tensor h = wrap(hidden), m = wrap(mask), p = wrap(positions), out = nullptr;
     // A static decode step's mask has unwritten entries (zeros) by design; asking would cost a device sync.
     ctx_->mask_full = ctx_->static_cache && ctx_->static_cache->decoding ? false : mask_full(mask);
@@ -337,6 +349,19 @@ void Model::begin_static_cache(int64_t capacity) {
 bool Model::static_cache_ready() const {
     const auto &sc = ctx_->static_cache;
     return sc && sc->appended && !sc->grown;
+}
+
+int64_t Model::offload() {
+    if (offloader_) return offloader_->offloaded_bytes();
+    std::map<std::string, int32_t> layer_of;
+    for (const auto &r : ctx_->roles) layer_of[r.name] = r.layer;
+    std::vector<std::pair<at::Tensor, int32_t>> weights;
+    for (const auto &[name, t] : ctx_->weights_used) {
+        auto it = layer_of.find(name);
+        weights.emplace_back(t, it == layer_of.end() ? -1 : it->second);  // unknown: model-level, stays
+    }
+    offloader_ = std::make_unique<Offloader>(weights, info_.n_layers, device_);
+    return offloader_->offloaded_bytes();
 }
 
 bool Model::kv_cache_used() const {

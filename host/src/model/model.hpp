@@ -5,6 +5,7 @@
 #include "abi/plugins.hpp"
 #include "formats/hf_config.hpp"
 #include "formats/safetensors.hpp"
+#include "model/offload.hpp"
 
 #include <ATen/core/grad_mode.h>
 
@@ -55,6 +56,9 @@ public:
     virtual void begin_static_cache(int64_t /*capacity*/) {}
     virtual bool static_cache_ready() const { return false; }
     virtual void decode_at(int64_t /*entry*/) {}
+    // Whether a forward may be captured as a CUDA graph (no weights that
+    // move between steps, as offloaded ones do).
+    virtual bool graph_safe() const { return true; }
     virtual bool is_causal() const = 0;
     virtual at::Device device() const = 0;
     virtual std::string describe() const = 0;  // for messages
@@ -185,6 +189,11 @@ public:
     void decode_at(int64_t entry) override;
     // Whether some block wrote to the KV cache since clear_cache().
     bool kv_cache_used() const;
+    // Keeps the per-layer weights in host memory between blocks (see
+    // model/offload.hpp); inference only. Returns the bytes moved off the device.
+    int64_t offload();
+    bool offloaded() const { return offloader_ != nullptr; }
+    bool graph_safe() const override { return !offloader_; }
     void train(bool on) override { ctx_->training = on; }
     void set_reporting(bool on) override { ctx_->reporting = on; }
     // What the architecture reported per block in the last forward (MoE routers).
@@ -216,6 +225,7 @@ private:
     at::Device device_ = at::kCPU;
     int64_t cached_ = 0;
     std::vector<LayerReport> reports_;
+    std::unique_ptr<Offloader> offloader_;
     // Whether the attention mask has no padding, worked out once per mask
     // (one device sync per forward, not per block): the tensor seen last is
     // kept, so its identity and version say whether it changed.

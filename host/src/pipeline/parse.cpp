@@ -280,6 +280,7 @@ void read_models(const PluginHost &host, PipelineSpec &spec, Table models) {
                                     ": expert parallelism needs a checkpoint (`path`); a model drawn at random from "
                                     "`config` cannot be spread over the ranks");
             if (t.has("device")) m.device = parse_device(t.string("device", ""), t.at("device"));
+            m.offload = t.boolean("offload", false);
         }
         t.finish();
         spec.models.push_back(std::move(m));
@@ -477,8 +478,22 @@ void read_steps(const PluginHost &host, PipelineSpec &spec, const toml::node *st
                 if (auto d = names.defs.find(member); d != names.defs.end() && d->second->expert_parallel) return true;
             return false;
         };
+        // Offloaded models (or fusions with one): their blocks drop their weights after running.
+        auto offloaded = [&](const std::string &m) {
+            auto it = names.defs.find(m);
+            if (it == names.defs.end()) return std::string();
+            if (it->second->offload) return m;
+            if (it->second->kind == ModelDef::Kind::Fusion)
+                for (const auto &member : it->second->fusion.members)
+                    if (auto d = names.defs.find(member); d != names.defs.end() && d->second->offload) return member;
+            return std::string();
+        };
         if (s.kind == "train") {
             TrainStep st = read_train(t, spec, i, model_name("model"), data_names("data"));
+            if (const std::string o = offloaded(st.model); !o.empty())
+                throw PipelineError(t.at("model") + ": '" + st.model + "' " + (o == st.model ? "is" : "includes '" + o + "', which is") +
+                                    " offloaded (`offload = true`); offloading is for inference (a backward pass needs the "
+                                    "weights its blocks drop): train without it");
             if (expert_parallel(st.model, st.all_weights))
                 throw PipelineError(t.at("model") + ": '" + st.model +
                                     "' trains the weights of an expert-parallel model, which is not supported (each rank "

@@ -56,6 +56,7 @@ struct ModelDef {
     FusionDef fusion;
     int64_t hidden_size = 0, n_layers = 0;  // from config.json (not for fusions)
     bool expert_parallel = false;           // distributed runs: each rank holds its share of the experts
+    bool offload = false;                   // per-layer weights in host memory between blocks (inference only)
     std::optional<at::Device> device;       // placement of this model (else the pipeline's `device`)
 };
 

@@ -12,6 +12,7 @@
 
 #include "formats/safetensors.hpp"
 
+#include <chrono>
 #include <ATen/ATen.h>
 
 #include <cstdio>
@@ -113,6 +114,12 @@ private:
         } else {
             say("model " + name + ": " + d->path + sharing);
             m = Model::load(host_, d->path, spec_.dtype, device_of(name), shard);
+        }
+        if (d->offload) {
+            const int64_t bytes = m->offload();
+            say("model " + name + ": offloaded, " +
+                (bytes >= (1 << 20) ? std::to_string(bytes >> 20) + " MiB" : std::to_string(bytes >> 10) + " KiB") +
+                " of per-layer weights in " + (m->device().is_cuda() ? "pinned host memory" : "host memory") + " between blocks");
         }
         plain_[name] = m;
         live_[name] = m;
@@ -351,7 +358,13 @@ private:
         if (o.stop_ids.empty() && d && d->kind == ModelDef::Kind::Folder) o.stop_ids = plain(s.model)->config().eos_token_ids;
         at::NoGradGuard no_grad;
         m.train(false);
+        std::string decode;
+        o.decode_used = &decode;
+        const auto started = std::chrono::steady_clock::now();
         const auto out = generate(m, prompts, o);
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        int64_t new_tokens = 0;
+        for (const auto &row : out) new_tokens += int64_t(row.size());
         json samples = json::array();
         for (size_t i = 0; i < out.size(); ++i) {
             std::vector<int32_t> ids(out[i].begin(), out[i].end());
@@ -359,7 +372,7 @@ private:
             say(s.model + ": " + s.prompts[i] + "\u2192" + text);
             samples.push_back({{"prompt", s.prompts[i]}, {"text", text}, {"ids", out[i]}});
         }
-        return {{"model", s.model}, {"samples", samples}};
+        return {{"model", s.model}, {"samples", samples}, {"seconds", seconds}, {"new_tokens", new_tokens}, {"decode", decode}};
     }
 
     json step(const SaveStep &s, size_t) {
