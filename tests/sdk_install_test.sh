@@ -10,7 +10,7 @@ start=$(date +%s.%N)
 cmake -S "$example" -B "$work/example" -DCMAKE_PREFIX_PATH="$work/prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$work/example" >/dev/null
 end=$(date +%s.%N)
-echo "example plugin configured and built in $(echo "$end - $start" | bc) s"
+echo "example plugin configured and built in $(awk "BEGIN { print $end - $start }") s"
 lib=$(find "$work/example" -name '*.so' | head -1)
 echo "built $lib"
 if readelf -d "$lib" | grep NEEDED | grep -Eiq 'torch|c10'; then echo "example links LibTorch"; exit 1; fi

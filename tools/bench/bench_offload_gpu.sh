@@ -1,24 +1,24 @@
 #!/usr/bin/env bash
 # tools/bench/bench_offload_gpu.sh [BUILD_DIR] — offloading on one GPU: a
-# fusion of two 1.10B LLaMAs (TinyLlama's shapes, bf16, 4.4 GB of weights)
-# generates 64 tokens (a) with everything on the GPU, (b) with both models
+# fusion of two 1.0B LLaMAs (TinyLlama's shapes with the 128-token vocabulary
+# of the ASCII test tokenizer, bf16, 3.9 GB of weights) generates 64 tokens (a) with everything on the GPU, (b) with both models
 # offloaded (`offload = true`) under a memory cap of 3.5 GB
 # (MANGO_CUDA_MEMORY_FRACTION) that the weights exceed, and (c) all on the
 # GPU under that cap, which must fail. Prints tokens/s of (a) and (b).
 # Needs a CUDA build (tools/gpu_build.sh) and python3 with transformers (the
-# random checkpoint, shared with bench_gpu_llama.py).
+# random checkpoint).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build-gpu}
 work=${MANGO_BENCH_DIR:-/tmp/mango-bench-offload}
-model=/tmp/mango-llama-1b
+model=/tmp/mango-llama-1b-v128
 rm -rf "$work" && mkdir -p "$work"
 python3 - "$model" <<'PY'
 import os, sys, torch, transformers as tf
 d = sys.argv[1]
 if not os.path.exists(os.path.join(d, "config.json")):
     cfg = tf.LlamaConfig(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
-                         intermediate_size=5632, vocab_size=32000, max_position_embeddings=4096, tie_word_embeddings=False)
+                         intermediate_size=5632, vocab_size=128, max_position_embeddings=4096, tie_word_embeddings=False)
     torch.manual_seed(0)
     tf.LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(d, safe_serialization=True)
 PY
@@ -59,7 +59,7 @@ s = [x for x in json.load(open(sys.argv[1]))["steps"] if "new_tokens" in x][0]
 print(f"{sys.argv[2]:<44} {s['new_tokens'] / s['seconds']:8.1f} tok/s  ({s['new_tokens']} tokens in {s['seconds']:.2f} s, decode: {s['decode']})")
 PY
 }
-echo "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); fusion of two 1.10B LLaMAs in bf16 (4.4 GB), 64 new tokens"
+echo "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); fusion of two 1.0B LLaMAs in bf16 (3.9 GB), 64 new tokens"
 rate "$work/resident.toml" "all on the GPU"
 rate "$work/offloaded.toml" "offloaded, GPU memory capped at 3.5 GB" MANGO_CUDA_MEMORY_FRACTION="$fraction"
 if rate "$work/resident.toml" "all on the GPU, capped at 3.5 GB" MANGO_CUDA_MEMORY_FRACTION="$fraction" > /dev/null 2>&1; then
