@@ -99,6 +99,37 @@ TEST(Fusion, TwoModelsOfDifferentSizesJoinThroughAdapters) {
     o.decode_used = &used;
     EXPECT_EQ(generate(*fused, prompts, o), cached);
     EXPECT_EQ(used, "static");
+    // Routers that do depend on what they pool (random weights, mean over the new tokens' mask): the
+    // static cache's mask has a column per entry, and a router must still see only this step's token.
+    {
+        at::NoGradGuard no_grad;
+        at::manual_seed(3);
+        for (auto &[name, t] : fused->trainable()) t.copy_(at::randn_like(t) * 0.5);
+    }
+    fused->train(false);
+    o.decode = "eager";
+    const auto growing = generate(*fused, prompts, o);
+    o.decode = "static";
+    EXPECT_EQ(generate(*fused, prompts, o), growing);
+    {  // one decode step's logits, growing cache vs static cache (a padded batch)
+        at::NoGradGuard no_grad;
+        const Batch p = batch();
+        const int64_t L = p.ids.size(1), capacity = L + 4;
+        const at::Tensor next = at::randint(3, 128, {2, 1}), pos = p.pos.narrow(1, L - 1, 1) + 1;
+        fused->clear_cache();
+        fused->logits(p.ids, p.mask, p.pos, true);
+        const at::Tensor want = fused->logits(next, at::cat({p.mask, at::ones({2, 1}, p.mask.options())}, 1), pos, true);
+        fused->begin_static_cache(capacity);
+        fused->logits(p.ids, p.mask, p.pos, true);
+        ASSERT_TRUE(fused->static_cache_ready());
+        at::Tensor mask = at::zeros({2, capacity}, p.mask.options());
+        mask.narrow(1, 0, L + 1).narrow(1, 0, L).copy_(p.mask);
+        mask.narrow(1, L, 1).fill_(1);
+        fused->decode_at(L);
+        const at::Tensor got = fused->logits(next, mask, pos, true);
+        fused->clear_cache();
+        EXPECT_LT((got - want).abs().max().item<double>(), 1e-4);
+    }
 }
 
 TEST(Fusion, AnAdaptedBlockAddsOnlyItsUpdate) {

@@ -181,6 +181,9 @@ TEST(Pipeline, OffloadKeyAndTrainingRefusal) {
     const std::string e = error_of(valid(), {"models.b.offload=true"});  // valid() trains the fusion f of a and b
     EXPECT_NE(e.find("includes 'b', which is offloaded"), std::string::npos) << e;
     EXPECT_NE(error_of(valid(), {"models.a.offload=true", "steps.0.model=\"a\""}).find("'a' is offloaded"), std::string::npos);
+    const std::string save = replace(valid(), "[models.f]", "[models.o]\npath = \"" + models() + "/llama\"\noffload = true\n[models.f]") +
+                             "[[steps]]\nrun = \"save\"\nmodel = \"o\"\npath = \"saved\"\n";
+    EXPECT_NE(error_of(save).find("'o' is offloaded"), std::string::npos) << error_of(save);
 }
 
 TEST(Pipeline, ExpertParallelNeedsACheckpoint) {

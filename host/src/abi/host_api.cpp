@@ -469,6 +469,10 @@ mango_status api_cache_append(mango_context *ctx, const char *key, mango_tensor 
             return MANGO_OK;
         }
         sc->appended = true;
+        if (sc->decoding && !sc->slots.count(key))  // a slot made inside a captured step would be re-zeroed on every replay
+            return fail(MANGO_ERR_INVALID_ARGUMENT,
+                        ctx->label + ": cache_append '" + key +
+                            "': a new cache slot during a decode step (every slot must be filled by the prefill)");
         auto &[slot, written] = sc->slots[key];
         if (!slot.defined()) {
             std::vector<int64_t> shape = v.sizes().vec();

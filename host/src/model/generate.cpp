@@ -85,9 +85,12 @@ std::string decode_mode(const GenerateOptions &o, const CausalLM &model) {
 class StaticDecoder {
 public:
     StaticDecoder(CausalLM &model, const at::Tensor &mask, const at::Tensor &pos, int64_t capacity, bool graphs, std::string *used)
-        : model_(model), entry_(mask.size(1)), graphs_(graphs && model.graph_safe()), used_(used) {
-        if (graphs && !graphs_)
+        : model_(model), entry_(mask.size(1)), graphs_(graphs && model.graph_safe() && model.graph_refusal().empty()), used_(used) {
+        if (graphs && !model.graph_safe())
             log_message(2, model.describe() + ": offloaded weights move between steps, which a CUDA graph cannot follow; decoding eagerly");
+        else if (graphs && !graphs_)
+            log_message(
+                1, model.describe() + ": decoding eagerly (a decode step could not be captured before: " + model.graph_refusal() + ")");
         const int64_t B = mask.size(0);
         mask_ = at::zeros({B, capacity}, mask.options());
         mask_.narrow(1, 0, mask.size(1)).copy_(mask);
@@ -106,9 +109,12 @@ public:
         if (!graphs_) return forward().select(1, 0);
         if (steps_++ == 0) return graph_.warm_up(forward, model_.device()).select(1, 0);
         std::string why;
-        if (graph_.capture(forward, model_.device(), why)) return graph_.replay().select(1, 0);
+        if (graph_.capture(forward, model_.device(), why)) {
+            if (used_) *used_ = "graph";
+            return graph_.replay().select(1, 0);
+        }
         graphs_ = false;
-        if (used_) *used_ = "static";
+        model_.refuse_graphs(why);
         log_message(2, model_.describe() + ": a decode step cannot be captured as a CUDA graph (" + why + "); decoding eagerly");
         return forward().select(1, 0);
     }
@@ -153,6 +159,10 @@ std::vector<std::vector<int64_t>> generate(CausalLM &model, const std::vector<st
 
     at::NoGradGuard no_grad;
     model.clear_cache();
+    struct ClearAtEnd {  // however generation ends (a stop, an error, a cancel): no cache stays allocated
+        CausalLM &m;
+        ~ClearAtEnd() { m.clear_cache(); }
+    } clear_at_end{model};
     const std::string mode = decode_mode(o, model);
     const int64_t capacity = L + o.max_new_tokens;
     if (mode != "eager") model.begin_static_cache(capacity);
@@ -166,7 +176,7 @@ std::vector<std::vector<int64_t>> generate(CausalLM &model, const std::vector<st
                                ": a block keeps a growing KV cache (a sliding window, or a plugin built before host API "
                                "revision 6): decoding without the static cache");
     }
-    if (o.decode_used) *o.decode_used = !fixed ? "eager" : mode == "graph" && !model.graph_safe() ? "static" : mode;
+    if (o.decode_used) *o.decode_used = fixed ? "static" : "eager";  // "graph" once a step is captured
     for (int64_t step = 0; step < o.max_new_tokens; ++step) {
         if (cancel_requested()) throw HostError("generation cancelled");
         std::vector<int64_t> next = choose_next(logits, history, o, gen);
@@ -199,7 +209,6 @@ std::vector<std::vector<int64_t>> generate(CausalLM &model, const std::vector<st
             logits = model.logits(ids, mask, pos, false).select(1, ids.size(1) - 1);
         }
     }
-    model.clear_cache();
     return out;
 }
 

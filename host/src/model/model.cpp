@@ -100,6 +100,10 @@ void Model::save_sharded(const std::string &dir, uint64_t max_shard_bytes, const
     if (ctx_->shard_world > 1)
         throw HostError(dir_ + ": this expert-parallel model holds 1/" + std::to_string(ctx_->shard_world) +
                         " of its experts in each process and cannot be saved; save it from a run without expert_parallel");
+    if (offloader_)
+        throw HostError(dir_ +
+                        ": this model is offloaded (its layers' weights are off the device between blocks) and cannot be "
+                        "saved from memory; save it from a run without offload");
     formats::OutputFolder folder(dir, true, {});
     folder.keep_other_files();
     formats::write_checkpoint(folder.path(), named_weights(), max_shard_bytes);
@@ -298,7 +302,8 @@ at::Tensor Model::block(int32_t layer, const at::Tensor &hidden, const at::Tenso
         LayerReport r;
         r.losses = ctx_->losses;
         r.stats = ctx_->stats;
-        r.mask = mask.narrow(1, mask.size(1) - hidden.size(1), hidden.size(1));
+        const at::Tensor entries = static_step_entries();
+        r.mask = entries.defined() ? mask.index_select(1, entries) : mask.narrow(1, mask.size(1) - hidden.size(1), hidden.size(1));
         r.source = ctx_->label + ": block " + std::to_string(layer);
         r.layer = layer;
         reports_.push_back(std::move(r));
@@ -362,6 +367,11 @@ int64_t Model::offload() {
     }
     offloader_ = std::make_unique<Offloader>(weights, info_.n_layers, device_);
     return offloader_->offloaded_bytes();
+}
+
+at::Tensor Model::static_step_entries() const {
+    const auto &sc = ctx_->static_cache;
+    return sc && sc->decoding ? sc->write_at : at::Tensor();
 }
 
 bool Model::kv_cache_used() const {

@@ -59,6 +59,11 @@ public:
     // Whether a forward may be captured as a CUDA graph (no weights that
     // move between steps, as offloaded ones do).
     virtual bool graph_safe() const { return true; }
+    // Why a decode step of this model could not be captured, once a capture
+    // failed: later generations do not try again (a failed capture costs
+    // memory). Empty until then.
+    const std::string &graph_refusal() const { return graph_refusal_; }
+    void refuse_graphs(const std::string &why) { graph_refusal_ = why; }
     virtual bool is_causal() const = 0;
     virtual at::Device device() const = 0;
     virtual std::string describe() const = 0;  // for messages
@@ -102,6 +107,9 @@ protected:
     // no KV cache is being filled.
     bool recompute_blocks(bool use_cache) const { return recompute_ && at::GradMode::is_enabled() && !use_cache; }
     bool recompute_ = false;
+
+private:
+    std::string graph_refusal_;
 };
 
 // Expert parallelism: the share of a MoE model's experts this process holds
@@ -189,6 +197,9 @@ public:
     void decode_at(int64_t entry) override;
     // Whether some block wrote to the KV cache since clear_cache().
     bool kv_cache_used() const;
+    // During a static decode step: the cache entries it writes (int64 [T] on
+    // the device), which are its tokens' columns of the mask; else undefined.
+    at::Tensor static_step_entries() const;
     // Keeps the per-layer weights in host memory between blocks (see
     // model/offload.hpp); inference only. Returns the bytes moved off the device.
     int64_t offload();

@@ -89,8 +89,9 @@ Offloader::Offloader(const std::vector<std::pair<at::Tensor, int32_t>> &weights,
     // A storage moves with its layer; one that several layers share (a stack over layers, tied weights) stays.
     std::map<const c10::StorageImpl *, std::pair<at::Tensor, int32_t>> storages;
     std::vector<const c10::StorageImpl *> order;
-    for (const auto &[t, layer] : weights) {
-        if (!t.defined() || layer < 0 || layer >= layers) continue;
+    for (const auto &[t, layer_in] : weights) {
+        if (!t.defined()) continue;
+        const int32_t layer = layer_in >= 0 && layer_in < layers ? layer_in : -1;  // model-level: its storage stays
         const c10::StorageImpl *s = t.storage().unsafeGetStorageImpl();
         auto [it, fresh] = storages.emplace(s, std::make_pair(t, layer));
         if (fresh)
@@ -112,7 +113,8 @@ Offloader::Offloader(const std::vector<std::pair<at::Tensor, int32_t>> &weights,
 }
 
 Offloader::~Offloader() {
-    for (int32_t l = 0; l < int32_t(impl_->layers.size()); ++l) impl_->bring(l);  // the model stays usable
+    // The model goes with it (its architecture instance is gone by now): nothing is brought back, only the
+    // copies still in flight are waited for.
 #ifdef MANGO_WITH_CUDA
     if (impl_->side) impl_->side->synchronize();
 #endif

@@ -6,8 +6,10 @@
 // layers. The architecture's tensors keep their identity: only the memory
 // under their storage changes, so views of them follow; tensors it derived
 // at load time (a copy, a concatenation) are not weights the host knows and
-// stay where they are. For inference only: a backward pass would need the
-// dropped weights again (Model refuses it).
+// stay where they are, as does a storage shared with a model-level weight or
+// by several layers. For inference only: a backward pass would need the
+// dropped weights again (Model refuses it), and so would saving the model.
+// An offloaded model stays offloaded until it is destroyed.
 #pragma once
 
 #include <ATen/ATen.h>

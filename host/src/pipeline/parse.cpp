@@ -540,6 +540,10 @@ void read_steps(const PluginHost &host, PipelineSpec &spec, const toml::node *st
             if (!p) throw PipelineError(t.here() + ": missing key 'path'");
             st.path = *p;
             st.self_contained = t.boolean("self_contained", false);
+            if (auto d = names.defs.find(st.model); d != names.defs.end() && d->second->offload)
+                throw PipelineError(t.at("model") + ": '" + st.model +
+                                    "' is offloaded (`offload = true`): its layers' weights leave the device between blocks, "
+                                    "so it is saved from a run without offload");
             if (expert_parallel(st.model, st.self_contained))
                 throw PipelineError(t.at("model") + ": '" + st.model +
                                     "' holds an expert-parallel model, whose experts are spread over the ranks and cannot "
