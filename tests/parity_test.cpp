@@ -423,10 +423,11 @@ TEST(Cuda, GraphDecodeEqualsEagerDecode) {
         EXPECT_EQ(mango::generate(*model, {g.prompts()[1]}, o), eager_one) << name;
         EXPECT_EQ(eager, g.j["generated"].get<std::vector<std::vector<int64_t>>>()) << name;
         const std::string n = name;
-        if (n == "mistral")  // a sliding window keeps the growing cache
+        if (n == "mistral") {  // a sliding window keeps the growing cache
             EXPECT_EQ(batch_mode, "eager") << name;
-        else if (n == "llama" || n == "gpt2" || n == "gptj" || n == "qwen2")
+        } else if (n == "llama" || n == "gpt2" || n == "gptj" || n == "qwen2") {
             EXPECT_EQ(batch_mode, "graph") << name;
+        }
         std::cout << name << ": decoded with " << batch_mode << "\n";
     }
 }
