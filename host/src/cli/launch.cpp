@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -59,27 +60,41 @@ int launch_local_ranks(int nproc) {
         throw HostError(std::string("cannot open the ranks' rendezvous store on 127.0.0.1: ") + e.what());
     }
     const std::string port = std::to_string(store->getPort()), world = std::to_string(nproc);
+    // Everything a rank's exec needs is built before fork(): the store's thread runs in this process, so the
+    // child may only make async-signal-safe calls (no setenv, no allocation) until it execs.
+    std::vector<char *> argv;
+    for (const std::string &a : args) argv.push_back(const_cast<char *>(a.c_str()));
+    argv.push_back(nullptr);
+    const std::vector<std::string> replaced = {
+        "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_USE_AGENT_STORE"};
+    std::vector<std::string> inherited;
+    for (char **e = environ; e && *e; ++e) {
+        const std::string entry = *e, key = entry.substr(0, entry.find('='));
+        if (std::find(replaced.begin(), replaced.end(), key) == replaced.end()) inherited.push_back(entry);
+    }
+    std::vector<std::vector<std::string>> env_of(static_cast<size_t>(nproc), inherited);
+    std::vector<std::vector<char *>> envp_of(static_cast<size_t>(nproc));
+    for (int r = 0; r < nproc; ++r) {
+        auto &env = env_of[size_t(r)];
+        for (const std::string &kv : {"RANK=" + std::to_string(r), "LOCAL_RANK=" + std::to_string(r), "LOCAL_WORLD_SIZE=" + world,
+                                      "WORLD_SIZE=" + world, std::string("MASTER_ADDR=127.0.0.1"), "MASTER_PORT=" + port,
+                                      std::string("TORCHELASTIC_USE_AGENT_STORE=True")})  // the store above; rank 0 opens none
+            env.push_back(kv);
+        for (std::string &kv : env) envp_of[size_t(r)].push_back(kv.data());
+        envp_of[size_t(r)].push_back(nullptr);
+    }
     std::map<pid_t, int> ranks;
     for (int r = 0; r < nproc; ++r) {
         const pid_t pid = ::fork();
         if (pid < 0) throw HostError(std::string("cannot start rank ") + std::to_string(r) + ": " + std::strerror(errno));
         if (pid == 0) {
-            ::setenv("RANK", std::to_string(r).c_str(), 1);
-            ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
-            ::setenv("LOCAL_WORLD_SIZE", world.c_str(), 1);
-            ::setenv("WORLD_SIZE", world.c_str(), 1);
-            ::setenv("MASTER_ADDR", "127.0.0.1", 1);
-            ::setenv("MASTER_PORT", port.c_str(), 1);
-            ::setenv("TORCHELASTIC_USE_AGENT_STORE", "True", 1);  // the store above; rank 0 does not open one
-            if (r > 0) {                                          // one copy of the output
+            if (r > 0) {  // one copy of the output
                 const int null = ::open("/dev/null", O_WRONLY);
                 if (null >= 0) ::dup2(null, STDOUT_FILENO);
             }
-            std::vector<char *> argv;
-            for (const std::string &a : args) argv.push_back(const_cast<char *>(a.c_str()));
-            argv.push_back(nullptr);
-            ::execv("/proc/self/exe", argv.data());
-            std::fprintf(stderr, "mango: rank %d: cannot start %s: %s\n", r, args[0].c_str(), std::strerror(errno));
+            ::execve("/proc/self/exe", argv.data(), envp_of[size_t(r)].data());
+            static const char failed[] = "mango: a rank could not start (exec of /proc/self/exe failed)\n";
+            [[maybe_unused]] const ssize_t n = ::write(STDERR_FILENO, failed, sizeof failed - 1);
             ::_exit(127);
         }
         ranks[pid] = r;
