@@ -112,8 +112,9 @@ public:
         Tensor q = attn::split_heads(ops::linear(h, l.q), c_.heads, hd);
         Tensor k = attn::split_heads(ops::linear(h, l.k), c_.heads, hd);
         Tensor v = attn::split_heads(ops::linear(h, l.v), c_.heads, hd);
-        auto [keys, values] = attn::cached_kv(ctx, i, k, v, use_cache, c_.local[static_cast<size_t>(i)] ? c_.window : 0);
-        Tensor bias = attn::mask_bias(mask, x.size(1), c_.local[static_cast<size_t>(i)] ? c_.window : 0, x.dtype());
+        const int64_t window = c_.local[static_cast<size_t>(i)] ? c_.window : 0;
+        auto [keys, values] = attn::cached_kv(ctx, i, k, v, use_cache, window);
+        Tensor bias = attn::mask_bias(mask, x.size(1), window, x.dtype());
         Tensor a = attn::eager(q, keys, values, bias, 1.0);  // GPT-Neo does not scale scores
         Tensor r = ops::add(x, ops::linear(attn::merge_heads(a), l.o, l.o_b));
         h = nn::layer_norm(r, l.ln2_w, l.ln2_b, c_.eps);

@@ -156,21 +156,24 @@ inline Tensor repeat_kv(const Tensor &x, int64_t rep) {
     return ops::reshape(ops::expand(ops::unsqueeze(x, 2), {B, KV, rep, S, D}), {B, KV * rep, S, D});
 }
 
-// `t` appended along `dim` to cache slot `key`; returns the slot's entries
-// so far. With a host that keeps a static cache (host API revision 6) the
-// whole preallocated slot comes back, its unwritten entries hidden by the
-// padding mask, which then has as many columns; older hosts: get,
-// concatenate, set.
-inline Tensor cache_append(Context &ctx, const std::string &key, const Tensor &t, int32_t dim) {
-    if (MANGO_HOST_HAS(cache_append)) {
-        mango_tensor out = nullptr;
-        check(host().cache_append(ctx.get(), key.c_str(), t.get(), dim, &out));
-        return Tensor(out);
-    }
+// `t` appended along `dim` to cache slot `key` by get, concatenate, set:
+// the growing cache, which the host keeps as it is given.
+inline Tensor grow_cache(Context &ctx, const std::string &key, const Tensor &t, int32_t dim) {
     Tensor all = t;
     if (Tensor before = ctx.cache_get(key)) all = ops::cat({before, t}, dim);
     ctx.cache_set(key, all);
     return all;
+}
+
+// `t` appended along `dim` to cache slot `key`; returns the slot's entries
+// so far. With a host that keeps a static cache (host API revision 6) the
+// whole preallocated slot comes back, its unwritten entries hidden by the
+// padding mask, which then has as many columns; older hosts: grow_cache.
+inline Tensor cache_append(Context &ctx, const std::string &key, const Tensor &t, int32_t dim) {
+    if (!MANGO_HOST_HAS(cache_append)) return grow_cache(ctx, key, t, dim);
+    mango_tensor out = nullptr;
+    check(host().cache_append(ctx.get(), key.c_str(), t.get(), dim, &out));
+    return Tensor(out);
 }
 
 // Appends k, v ([B, KV, T, D]) to this layer's cache slots and returns the
@@ -182,13 +185,7 @@ inline std::pair<Tensor, Tensor> cached_kv(Context &ctx, int32_t layer, Tensor k
     if (!use_cache) return {k, v};
     const std::string kk = "layer" + std::to_string(layer) + ".k", vk = "layer" + std::to_string(layer) + ".v";
     if (window <= 0) return {cache_append(ctx, kk, k, 2), cache_append(ctx, vk, v, 2)};
-    if (Tensor pk = ctx.cache_get(kk)) {
-        k = ops::cat({pk, k}, 2);
-        v = ops::cat({ctx.cache_get(vk), v}, 2);
-    }
-    ctx.cache_set(kk, k);
-    ctx.cache_set(vk, v);
-    return {k, v};
+    return {grow_cache(ctx, kk, k, 2), grow_cache(ctx, vk, v, 2)};
 }
 
 // softmax(q k^T * scale + bias) v, softmax in float32 (q: [B, H, T, D]).
