@@ -104,11 +104,8 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
     const bool check = always_check_ || training_ || reporting_ || forwards_since_clear_ == 0;
     ++forwards_since_clear_;
     at::Tensor h = adapt(b + ".out", base.embed(ids, positions).to(at::kFloat), check);  // base size -> target, float32
-    // The router sees only the new tokens: its mask is the last T columns, or during a static decode step
-    // (the mask has a column per cache entry) the columns of the entries this step writes.
-    const at::Tensor entries = base.static_step_entries();
-    const at::Tensor new_mask =
-        entries.defined() ? mask.index_select(1, entries.to(mask.device())) : mask.narrow(1, mask.size(1) - ids.size(1), ids.size(1));
+    // The router sees only the new tokens' columns of the mask.
+    const at::Tensor new_mask = base.new_token_mask(mask, ids.size(1));
     reports_.clear();
     const bool recompute = recompute_blocks(use_cache);
     for (size_t li = 0; li < spec_.layers.size(); ++li) {

@@ -302,8 +302,7 @@ at::Tensor Model::block(int32_t layer, const at::Tensor &hidden, const at::Tenso
         LayerReport r;
         r.losses = ctx_->losses;
         r.stats = ctx_->stats;
-        const at::Tensor entries = static_step_entries();
-        r.mask = entries.defined() ? mask.index_select(1, entries) : mask.narrow(1, mask.size(1) - hidden.size(1), hidden.size(1));
+        r.mask = new_token_mask(mask, hidden.size(1));
         r.source = ctx_->label + ": block " + std::to_string(layer);
         r.layer = layer;
         reports_.push_back(std::move(r));
@@ -369,9 +368,10 @@ int64_t Model::offload() {
     return offloader_->offloaded_bytes();
 }
 
-at::Tensor Model::static_step_entries() const {
+at::Tensor Model::new_token_mask(const at::Tensor &mask, int64_t T) const {
     const auto &sc = ctx_->static_cache;
-    return sc && sc->decoding ? sc->write_at : at::Tensor();
+    if (sc && sc->decoding) return mask.index_select(1, sc->write_at.to(mask.device()));
+    return mask.narrow(1, mask.size(1) - T, T);
 }
 
 bool Model::kv_cache_used() const {

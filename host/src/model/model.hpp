@@ -197,9 +197,10 @@ public:
     void decode_at(int64_t entry) override;
     // Whether some block wrote to the KV cache since clear_cache().
     bool kv_cache_used() const;
-    // During a static decode step: the cache entries it writes (int64 [T] on
-    // the device), which are its tokens' columns of the mask; else undefined.
-    at::Tensor static_step_entries() const;
+    // The columns of `mask` (cached + new tokens) that belong to the T new
+    // tokens: the last T, or during a static decode step (a column per cache
+    // entry) those of the entries it writes.
+    at::Tensor new_token_mask(const at::Tensor &mask, int64_t T) const;
     // Keeps the per-layer weights in host memory between blocks (see
     // model/offload.hpp); inference only. Returns the bytes moved off the device.
     int64_t offload();

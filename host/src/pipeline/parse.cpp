@@ -468,29 +468,22 @@ void read_steps(const PluginHost &host, PipelineSpec &spec, const toml::node *st
             if (it != names.defs.end() && it->second->kind == ModelDef::Kind::Fusion)
                 for (const auto &member : it->second->fusion.members) fused_used_at.emplace(member, i + 1);
         };
-        // Expert-parallel models (or fusions of them): each rank holds only its experts.
-        auto expert_parallel = [&](const std::string &m, bool members) {
-            auto it = names.defs.find(m);
-            if (it == names.defs.end()) return false;
-            if (it->second->expert_parallel) return true;
-            if (!members || it->second->kind != ModelDef::Kind::Fusion) return false;
-            for (const auto &member : it->second->fusion.members)
-                if (auto d = names.defs.find(member); d != names.defs.end() && d->second->expert_parallel) return true;
-            return false;
-        };
-        // Offloaded models (or fusions with one): their blocks drop their weights after running.
-        auto offloaded = [&](const std::string &m) {
+        // The model `m` if `flag` is set on it, else with `members` the first model a fusion `m` fuses that has
+        // it set; "" when none. Flags: expert_parallel (each rank holds only its experts), offload (blocks drop
+        // their weights after running).
+        auto flagged = [&](const std::string &m, bool members, bool ModelDef::*flag) {
             auto it = names.defs.find(m);
             if (it == names.defs.end()) return std::string();
-            if (it->second->offload) return m;
-            if (it->second->kind == ModelDef::Kind::Fusion)
+            if (it->second->*flag) return m;
+            if (members && it->second->kind == ModelDef::Kind::Fusion)
                 for (const auto &member : it->second->fusion.members)
-                    if (auto d = names.defs.find(member); d != names.defs.end() && d->second->offload) return member;
+                    if (auto d = names.defs.find(member); d != names.defs.end() && d->second->*flag) return member;
             return std::string();
         };
+        auto expert_parallel = [&](const std::string &m, bool members) { return !flagged(m, members, &ModelDef::expert_parallel).empty(); };
         if (s.kind == "train") {
             TrainStep st = read_train(t, spec, i, model_name("model"), data_names("data"));
-            if (const std::string o = offloaded(st.model); !o.empty())
+            if (const std::string o = flagged(st.model, true, &ModelDef::offload); !o.empty())
                 throw PipelineError(t.at("model") + ": '" + st.model + "' " + (o == st.model ? "is" : "includes '" + o + "', which is") +
                                     " offloaded (`offload = true`); offloading is for inference (a backward pass needs the "
                                     "weights its blocks drop): train without it");
@@ -540,7 +533,7 @@ void read_steps(const PluginHost &host, PipelineSpec &spec, const toml::node *st
             if (!p) throw PipelineError(t.here() + ": missing key 'path'");
             st.path = *p;
             st.self_contained = t.boolean("self_contained", false);
-            if (auto d = names.defs.find(st.model); d != names.defs.end() && d->second->offload)
+            if (!flagged(st.model, false, &ModelDef::offload).empty())
                 throw PipelineError(t.at("model") + ": '" + st.model +
                                     "' is offloaded (`offload = true`): its layers' weights leave the device between blocks, "
                                     "so it is saved from a run without offload");

@@ -12,9 +12,9 @@
 
 #include "formats/safetensors.hpp"
 
-#include <chrono>
 #include <ATen/ATen.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -117,9 +117,8 @@ private:
         }
         if (d->offload) {
             const int64_t bytes = m->offload();
-            say("model " + name + ": offloaded, " +
-                (bytes >= (1 << 20) ? std::to_string(bytes >> 20) + " MiB" : std::to_string(bytes >> 10) + " KiB") +
-                " of per-layer weights in " + (m->device().is_cuda() ? "pinned host memory" : "host memory") + " between blocks");
+            say("model " + name + ": offloaded, " + format_bytes(double(bytes)) + " of per-layer weights in " +
+                (m->device().is_cuda() ? "pinned host memory" : "host memory") + " between blocks");
         }
         plain_[name] = m;
         live_[name] = m;
