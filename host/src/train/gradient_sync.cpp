@@ -8,6 +8,7 @@
 
 #include <functional>
 #include <mutex>
+#include <vector>
 
 namespace mango {
 
@@ -124,26 +125,26 @@ void GradientSync::finish(double &loss, double &lm) {
         s.buckets[b].pending = 0;
     }
     s.start_ready();
-    const int64_t n = int64_t(s.params.size());
-    at::Tensor flags = at::zeros({n + 2}, at::kFloat);
-    for (int64_t k = 0; k < n; ++k)
-        if (s.arrived[size_t(k)]) flags[k] = 1;
-    flags[n] = loss;
-    flags[n + 1] = lm;
-    flags = flags.to(dist::current().collective_device());
+    const size_t n = s.params.size();
+    std::vector<float> local(n + 2);  // had a gradient (1/0) per tensor, then the two losses
+    for (size_t k = 0; k < n; ++k) local[k] = s.arrived[k] ? 1.f : 0.f;
+    local[n] = float(loss);
+    local[n + 1] = float(lm);
+    at::Tensor flags = at::tensor(local).to(dist::current().collective_device());
     dist::current().start_sum(flags)();
     for (auto &b : s.buckets) b.wait();
     const double world = dist::current().world();
-    flags = flags.cpu() / world;
-    loss = flags[n].item<double>();
-    lm = flags[n + 1].item<double>();
+    flags = flags.cpu();
+    const auto summed = flags.accessor<float, 1>();
+    loss = double(summed[int64_t(n)] / float(world));  // the mean in float32, as it travelled
+    lm = double(summed[int64_t(n) + 1] / float(world));
     for (auto &b : s.buckets) b.flat.div_(world);
-    for (size_t k = 0; k < s.params.size(); ++k) {
+    for (size_t k = 0; k < n; ++k) {
         at::Tensor &p = s.params[k];
         const at::Tensor mean = s.slot(k).view(p.sizes());
         if (s.arrived[k])
             p.mutable_grad().copy_(mean);
-        else if (flags[int64_t(k)].item<float>() > 0)  // another rank had one
+        else if (summed[int64_t(k)] > 0)  // another rank had one
             p.mutable_grad() = mean.to(p.device(), p.scalar_type(), false, /*copy=*/true);
     }
 }
