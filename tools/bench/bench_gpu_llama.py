@@ -2,8 +2,9 @@
 """A 1.10B LLaMA (TinyLlama's shapes: hidden 2048, 22 layers, 32 heads, 4 KV
 heads) in bf16 on one GPU: prefill tokens/s at 512 and 2,048 tokens and greedy
 decode tokens/s at batch 1, 8 and 32, for transformers (sdpa) and Mango
-(build/bin/bench_generate: its default decoding — static KV cache and CUDA
-graphs — and MANGO_DECODE=eager, the growing cache with eager steps),
+(build/bin/bench_generate: its default decoding — static KV cache, CUDA
+graphs and the host's fused kernels —, MANGO_FUSED_OPS=0 without the fused
+kernels, and MANGO_DECODE=eager, the growing cache with eager steps),
 on the same random checkpoint, same GPU, same run; plus the decode roofline
 (device copy bandwidth / weight bytes) and every ratio.
 usage: bench_gpu_llama.py [BUILD_DIR]"""
@@ -64,9 +65,9 @@ def mango(prefill, batch, decode, env_extra):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-# Mango as it decodes by default (static KV cache, CUDA graphs), and with the growing cache and eager steps
-# (MANGO_DECODE=eager) for the before/after.
-for name, env_extra in [("mango", {}), ("mango-eager-decode", {"MANGO_DECODE": "eager"})]:
+# Mango as it decodes by default (static KV cache, CUDA graphs, the host's fused kernels), without the fused
+# kernels (MANGO_FUSED_OPS=0), and with the growing cache and eager steps (MANGO_DECODE=eager) for the before/after.
+for name, env_extra in [("mango", {}), ("mango-unfused-ops", {"MANGO_FUSED_OPS": "0"}), ("mango-eager-decode", {"MANGO_DECODE": "eager"})]:
     r = {}
     for i, b in enumerate(BATCHES):
         j = mango(PREFILLS[min(i, len(PREFILLS) - 1)], b, DECODE, env_extra)
@@ -76,9 +77,9 @@ for name, env_extra in [("mango", {}), ("mango-eager-decode", {"MANGO_DECODE": "
     res[name] = r
     print(json.dumps({"impl": name, **r}), flush=True)
 
-for name in ["mango", "mango-eager-decode"]:
+for name in ["mango", "mango-unfused-ops", "mango-eager-decode"]:
     for ref in ["transformers-sdpa"]:
         ratios = {k: round(v / res[ref][k], 3) for k, v in res[name].items() if k in res[ref]}
         print(f"ratio {name}/{ref}: {json.dumps(ratios)}")
-for name in ["mango", "mango-eager-decode", "transformers-sdpa"]:
+for name in ["mango", "mango-unfused-ops", "mango-eager-decode", "transformers-sdpa"]:
     print(f"{name} decode b1 = {res[name]['decode_b1'] / roofline:.1%} of the roofline ({roofline:.0f} tok/s)")

@@ -3,6 +3,7 @@
 // ever crosses into plugin code.
 #include "abi/context.hpp"
 #include "abi/host_api.hpp"
+#include "kernels/fused_ops.hpp"
 #include "util/logging.hpp"
 
 #include <ATen/ATen.h>
@@ -207,6 +208,7 @@ c10::IValue to_ivalue(const mango_value &v, const c10::Argument &arg, size_t ind
 mango_status api_find_op(const char *name, const char *overload, const mango_op **out) {
     return guarded([&] {
         if (!name || !out) return fail(MANGO_ERR_INVALID_ARGUMENT, "find_op: name and out are required");
+        kernels::register_fused_ops();  // the host's own mango:: operators
         static std::mutex mu;
         static std::unordered_map<std::string, std::unique_ptr<mango_op_t>> ops;
         const std::string key = std::string(name) + "." + (overload ? overload : "");

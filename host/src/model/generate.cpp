@@ -30,6 +30,10 @@ std::vector<int64_t> banned_by_ngrams(const std::vector<int64_t> &seq, int64_t n
 
 std::vector<int64_t> choose_next(const at::Tensor &logits_in, const std::vector<std::vector<int64_t>> &history, const GenerateOptions &o,
                                  at::Generator &gen) {
+    if (o.greedy && o.no_repeat_ngram_size <= 0) {  // on the logits' device: B indices come back, not B x V logits
+        const at::Tensor best = logits_in.argmax(-1).cpu();
+        return std::vector<int64_t>(best.data_ptr<int64_t>(), best.data_ptr<int64_t>() + best.numel());
+    }
     at::Tensor logits = logits_in.to(at::kCPU, at::kFloat).clone();
     const float lowest = -std::numeric_limits<float>::infinity();
     if (o.no_repeat_ngram_size > 0)
@@ -180,12 +184,12 @@ std::vector<std::vector<int64_t>> generate(CausalLM &model, const std::vector<st
     for (int64_t step = 0; step < o.max_new_tokens; ++step) {
         if (cancel_requested()) throw HostError("generation cancelled");
         std::vector<int64_t> next = choose_next(logits, history, o, gen);
-        at::Tensor col = at::empty({B, 1}, at::kLong);
+        std::vector<int64_t> col_ids(static_cast<size_t>(B));
         bool all_done = true;
         for (int64_t b = 0; b < B; ++b) {
             const size_t i = static_cast<size_t>(b);
             const int64_t tok = done[i] ? o.pad_id : next[i];
-            col[b][0] = tok;
+            col_ids[i] = tok;
             if (!done[i]) {
                 out[i].push_back(tok);
                 history[i].push_back(tok);
@@ -195,7 +199,7 @@ std::vector<std::vector<int64_t>> generate(CausalLM &model, const std::vector<st
             all_done = all_done && done[i];
         }
         if (all_done || step + 1 == o.max_new_tokens) break;
-        col = col.to(model.device());
+        const at::Tensor col = at::tensor(col_ids, at::kLong).reshape({B, 1}).to(model.device());
         if (fixed) {
             logits = fixed->step(col);
             continue;

@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -110,14 +111,12 @@ public:
         Tensor q = attn::split_heads(ops::linear(h, l.q, l.qb), c_.heads, c_.head_dim);
         Tensor k = attn::split_heads(ops::linear(h, l.k, l.kb), c_.kv_heads, c_.head_dim);
         Tensor v = attn::split_heads(ops::linear(h, l.v, l.vb), c_.kv_heads, c_.head_dim);
-        auto [cos, sin] = attn::rope_cos_sin_scaled(inv_freq_t_, pos, x.dtype(), rope_.attention_factor);
-        q = attn::apply_rope(q, cos, sin);
-        k = attn::apply_rope(k, cos, sin);
+        std::tie(q, k) = attn::rope_qk(q, k, inv_freq_t_, pos, rope_.attention_factor);
         auto [keys, values] = attn::cached_kv(ctx, i, k, v, use_cache, c_.window);
         Tensor a = attn::attend(ctx, q, keys, values, mask, c_.window, 1.0 / std::sqrt(double(c_.head_dim)));
         Tensor r = ops::add(x, ops::linear(attn::merge_heads(a), l.o));
         h = nn::rms_norm(r, l.norm_mlp, c_.eps);
-        Tensor m = ops::linear(ops::mul(ops::silu(ops::linear(h, l.gate)), ops::linear(h, l.up)), l.down);
+        Tensor m = ops::linear(nn::silu_mul(ops::linear(h, l.gate), ops::linear(h, l.up)), l.down);
         return ops::add(r, m);
     }
 

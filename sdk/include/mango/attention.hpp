@@ -17,7 +17,10 @@ namespace mango::attention {
 // Additive mask [B, 1, T, S] for T new queries after `S - T` cached keys:
 // 0 where query i may see key j (causal, key not padding, and within
 // `window` positions when window > 0), the lowest float elsewhere.
+// One host operator where the host has it (one kernel on a GPU).
 inline Tensor mask_bias(const Tensor &padding, int64_t T, int64_t window, mango_dtype dtype) {
+    static const std::optional<Op> fused = Op::find("mango::attention_mask_bias");
+    if (fused) return (*fused)({padding, T, window, Dtype{dtype}});
     const int64_t B = padding.size(0), S = padding.size(1);
     const mango_device dev = padding.device();
     Tensor kpos = ops::arange(S, MANGO_DTYPE_I64, dev);                                               // [S]
@@ -140,6 +143,20 @@ inline Tensor apply_rope(const Tensor &x, const Tensor &cos, const Tensor &sin) 
     const int64_t half = x.size(-1) / 2;
     Tensor rotated = ops::cat({ops::neg(ops::narrow(x, -1, half, half)), ops::narrow(x, -1, 0, half)}, -1);
     return ops::add(ops::mul(x, cos), ops::mul(rotated, sin));
+}
+
+// q [B, H, T, D] and k [B, KV, T, D] rotated by positions [B, T]:
+// apply_rope with rope_cos_sin_scaled(inv_freq, positions, q's dtype, factor),
+// in one host operator where the host has it (one kernel on a GPU).
+inline std::pair<Tensor, Tensor> rope_qk(const Tensor &q, const Tensor &k, const Tensor &inv_freq, const Tensor &positions, double factor) {
+    static const std::optional<Op> fused = Op::find("mango::rope");
+    if (fused) {
+        Results r;
+        fused->call({q, k, positions, inv_freq, factor}, r);
+        return {r.tensor(0), r.tensor(1)};
+    }
+    auto [cos, sin] = rope_cos_sin_scaled(inv_freq, positions, q.dtype(), factor);
+    return {apply_rope(q, cos, sin), apply_rope(k, cos, sin)};
 }
 
 // [B, T, heads * D] -> [B, heads, T, D]

@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <string>
+#include <tuple>
 
 namespace mango::decoder {
 
@@ -81,9 +82,7 @@ struct Attention {
             q = layers::rms_norm(q, a.q_norm, eps);
             k = layers::rms_norm(k, a.k_norm, eps);
         }
-        auto [cos, sin] = attn::rope_cos_sin_scaled(inv_freq, pos, h.dtype(), rope_factor);
-        q = attn::apply_rope(q, cos, sin);
-        k = attn::apply_rope(k, cos, sin);
+        std::tie(q, k) = attn::rope_qk(q, k, inv_freq, pos, rope_factor);
         auto [keys, values] = attn::cached_kv(ctx, layer, k, v, use_cache, window);
         Tensor out = attn::attend(ctx, q, keys, values, mask, window, 1.0 / std::sqrt(double(head_dim)));
         return ops::linear(attn::merge_heads(out), a.o, a.ob);

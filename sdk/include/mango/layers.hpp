@@ -9,8 +9,11 @@
 namespace mango::layers {
 
 // weight * (x / sqrt(mean(x^2) + eps)), computed in float32 and cast back to
-// x's dtype before the gain (LLaMA, Mistral, Qwen, OLMoE, DeepSeek).
+// x's dtype before the gain (LLaMA, Mistral, Qwen, OLMoE, DeepSeek). One host
+// operator where the host has it (one kernel on a GPU), else the ATen chain.
 inline Tensor rms_norm(const Tensor &x, const Tensor &weight, double eps) {
+    static const std::optional<Op> fused = Op::find("mango::rms_norm");
+    if (fused) return (*fused)({x, weight, eps});
     Tensor f = ops::to_dtype(x, MANGO_DTYPE_F32);
     Tensor n = ops::mul(f, ops::rsqrt(ops::add_scalar(ops::mean(ops::pow(f, 2.0), {-1}, true), eps)));
     return ops::mul(weight, ops::to_dtype(n, x.dtype()));
@@ -42,6 +45,19 @@ inline Tensor activation(const std::string &name, const Tensor &x) {
     throw Error(
         MANGO_ERR_UNSUPPORTED,
         "activation '" + name + "' is not supported (silu, gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu, quick_gelu, tanh, sigmoid)");
+}
+
+// silu(gate) * up, the SwiGLU product (one host operator where the host has it).
+inline Tensor silu_mul(const Tensor &gate, const Tensor &up) {
+    static const std::optional<Op> fused = Op::find("mango::silu_mul");
+    if (fused) return (*fused)({gate, up});
+    return ops::mul(ops::silu(gate), up);
+}
+
+// act(gate) * up for the activation `name` (gated MLPs).
+inline Tensor gated(const std::string &name, const Tensor &gate, const Tensor &up) {
+    if (name == "silu" || name == "swish") return silu_mul(gate, up);
+    return ops::mul(activation(name, gate), up);
 }
 
 }  // namespace mango::layers

@@ -69,7 +69,7 @@ inline Routing sigmoid_grouped_topk(const Tensor &x, const Tensor &gate, const T
 
 // act(x gate^T) * (x up^T), then down: a dense SwiGLU-style MLP.
 inline Tensor dense_mlp(const Tensor &x, const Tensor &gate, const Tensor &up, const Tensor &down, const std::string &act) {
-    return ops::linear(ops::mul(layers::activation(act, ops::linear(x, gate)), ops::linear(x, up)), down);
+    return ops::linear(layers::gated(act, ops::linear(x, gate), ops::linear(x, up)), down);
 }
 
 // The routed experts of one layer, in either checkpoint layout.
@@ -201,7 +201,7 @@ private:
         Tensor offs = ops::to_dtype(cumsum({bincount({flat, nullptr, n_}), int64_t(0)}), MANGO_DTYPE_I32);
         Tensor rows = ops::index_select(x, 0, floor_divide({order, int64_t(K)}));
         Tensor h = grouped_mm({rows, ops::transpose(stacked_gate_up(), 1, 2), offs});  // [TK, 2I]
-        h = ops::mul(layers::activation(act, ops::narrow(h, -1, 0, inter_)), ops::narrow(h, -1, inter_, inter_));
+        h = layers::gated(act, ops::narrow(h, -1, 0, inter_), ops::narrow(h, -1, inter_, inter_));
         Tensor ys = grouped_mm({h, ops::transpose(stacked_down(), 1, 2), offs});  // [TK, H]
         return ops::index_select(ys, 0, ops::argsort(order, 0, false));
     }
@@ -215,7 +215,7 @@ private:
         static const Op bmm("aten::bmm");
         Tensor h = bmm({xs, ops::transpose(gu, 1, 2)});  // [TK, 1, 2I]
         Tensor g = ops::narrow(h, -1, 0, inter_), u = ops::narrow(h, -1, inter_, inter_);
-        Tensor o = bmm({ops::mul(layers::activation(act, g), u), ops::transpose(dn, 1, 2)});  // [TK, 1, H]
+        Tensor o = bmm({layers::gated(act, g, u), ops::transpose(dn, 1, 2)});  // [TK, 1, H]
         return ops::reshape(o, {T * K, H});
     }
 

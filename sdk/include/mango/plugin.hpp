@@ -238,6 +238,13 @@ public:
         : name_(std::string(name) + (overload && *overload ? std::string(".") + overload : "")) {
         check(host().find_op(name, overload, &op_));
     }
+    // The operator, or nothing where the host has none: for the host's own
+    // fused operators (mango::rms_norm, ...), which older hosts lack.
+    static std::optional<Op> find(const char *name, const char *overload = "") {
+        const mango_op *op = nullptr;
+        if (host().find_op(name, overload, &op) != MANGO_OK || !op) return std::nullopt;
+        return Op(name, overload, op);
+    }
     void call(std::initializer_list<Arg> args, Results &out) const {
         mango_value in[16];
         if (args.size() > 16) throw Error(MANGO_ERR_INVALID_ARGUMENT, name_ + ": more than 16 arguments");
@@ -253,6 +260,8 @@ public:
     }
 
 private:
+    Op(const char *name, const char *overload, const mango_op *op)
+        : name_(std::string(name) + (overload && *overload ? std::string(".") + overload : "")), op_(op) {}
     std::string name_;
     const mango_op *op_ = nullptr;
 };

@@ -1,0 +1,262 @@
+// CUDA kernels behind the host's fused operators; see fused_kernels.hpp.
+// Arithmetic follows ATen's: values load as float, every intermediate that
+// ATen's operator chain stores in the tensor's dtype is rounded to it here
+// too (round-to-nearest-even, as c10::BFloat16 and c10::Half do).
+#include "kernels/fused_kernels.hpp"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace mango::kernels {
+namespace {
+
+__device__ __forceinline__ float load(float v) { return v; }
+__device__ __forceinline__ float load(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float load(__half v) { return __half2float(v); }
+
+template <class T>
+__device__ __forceinline__ T store(float v);
+template <>
+__device__ __forceinline__ float store<float>(float v) {
+    return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 store<__nv_bfloat16>(float v) {
+    return __float2bfloat16_rn(v);
+}
+template <>
+__device__ __forceinline__ __half store<__half>(float v) {
+    return __float2half_rn(v);
+}
+// v rounded to T and back: what an intermediate tensor of dtype T holds.
+template <class T>
+__device__ __forceinline__ float round_to(float v) {
+    return load(store<T>(v));
+}
+
+void check_launch(const char *what) {
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": CUDA kernel launch failed: " + cudaGetErrorString(e));
+}
+
+unsigned blocks_for(int64_t n, unsigned threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
+
+template <class F>
+void by_dtype(Dtype dtype, F &&f) {
+    switch (dtype) {
+    case Dtype::f32: f(float{}); break;
+    case Dtype::bf16: f(__nv_bfloat16{}); break;
+    case Dtype::f16: f(__half{}); break;
+    }
+}
+
+// ---- RMSNorm: one block per row -------------------------------------------------
+constexpr unsigned kNormThreads = 256;
+
+template <class T>
+__global__ void rms_norm_kernel(const T *x, const T *w, T *out, int64_t n, float eps) {
+    const T *row = x + blockIdx.x * n;
+    T *o = out + blockIdx.x * n;
+    float sum = 0.f;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = load(row[i]);
+        sum += v * v;
+    }
+    __shared__ float warp_sums[kNormThreads / 32];
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        sum = threadIdx.x < blockDim.x / 32 ? warp_sums[threadIdx.x] : 0.f;
+        for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+        if (threadIdx.x == 0) warp_sums[0] = sum;
+    }
+    __syncthreads();
+    const float inv = rsqrtf(warp_sums[0] / static_cast<float>(n) + eps);
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) o[i] = store<T>(load(w[i]) * round_to<T>(load(row[i]) * inv));
+}
+
+// ---- silu(g) * u ----------------------------------------------------------------
+template <class T>
+__global__ void silu_mul_kernel(const T *g, int64_t g_row, const T *u, int64_t u_row, T *out, int64_t rows, int64_t n) {
+    const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (i >= rows * n) return;
+    const int64_t r = i / n, c = i % n;
+    const float x = load(g[r * g_row + c]);
+    out[i] = store<T>(round_to<T>(x / (1.f + expf(-x))) * load(u[r * u_row + c]));
+}
+
+// ---- rotary embedding of q and k -------------------------------------------------
+template <class T>
+__device__ void rope_one(const Strided4 &t, int64_t idx, const int64_t *pos, int64_t psb, int64_t pst, const float *inv_freq, float factor) {
+    const int64_t D = t.size[3], T_ = t.size[2], H = t.size[1];
+    const int64_t d = idx % D, tt = (idx / D) % T_, h = (idx / (D * T_)) % H, b = idx / (D * T_ * H);
+    const int64_t half = D / 2, j = d % half;
+    const float angle = static_cast<float>(pos[b * psb + tt * pst]) * inv_freq[j];
+    const float c = round_to<T>(__fmul_rn(cosf(angle), factor)), s = round_to<T>(__fmul_rn(sinf(angle), factor));
+    const T *x = static_cast<const T *>(t.x);
+    const int64_t base = b * t.stride[0] + h * t.stride[1] + tt * t.stride[2];
+    const float v = load(x[base + d * t.stride[3]]);
+    const float partner = d < half ? -load(x[base + (d + half) * t.stride[3]]) : load(x[base + (d - half) * t.stride[3]]);
+    // __fmul_rn / __fadd_rn: no fused multiply-add, each product rounds as ATen's mul does
+    static_cast<T *>(t.out)[idx] = store<T>(__fadd_rn(round_to<T>(__fmul_rn(v, c)), round_to<T>(__fmul_rn(partner, s))));
+}
+
+template <class T>
+__global__ void rope_kernel(Strided4 q, Strided4 k, int64_t nq, int64_t nk, const int64_t *pos, int64_t psb, int64_t pst,
+                            const float *inv_freq, float factor) {
+    const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (i < nq)
+        rope_one<T>(q, i, pos, psb, pst, inv_freq, factor);
+    else if (i < nq + nk)
+        rope_one<T>(k, i - nq, pos, psb, pst, inv_freq, factor);
+}
+
+// ---- attention mask bias ---------------------------------------------------------
+template <class T>
+__global__ void mask_bias_kernel(const int64_t *padding, int64_t psb, int64_t pss, int64_t B, int64_t T_, int64_t S, int64_t window,
+                                 float lowest, T *out) {
+    const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (i >= B * T_ * S) return;
+    const int64_t s = i % S, t = (i / S) % T_, b = i / (S * T_);
+    const int64_t q = S - T_ + t;
+    const bool allowed = s <= q && (window <= 0 || s > q - window) && padding[b * psb + s * pss] != 0;
+    out[i] = store<T>(allowed ? 0.f : lowest);
+}
+
+// ---- matrix-vector products for decoding ------------------------------------------
+constexpr unsigned kGemvWarps = 4;
+
+// 8 values of T from 16 bytes.
+__device__ __forceinline__ void unpack8(const uint4 &v, float (&f)[8], __nv_bfloat16) {
+    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&v);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float2 p = __bfloat1622float2(h[i]);
+        f[2 * i] = p.x, f[2 * i + 1] = p.y;
+    }
+}
+__device__ __forceinline__ void unpack8(const uint4 &v, float (&f)[8], __half) {
+    const __half2 *h = reinterpret_cast<const __half2 *>(&v);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float2 p = __half22float2(h[i]);
+        f[2 * i] = p.x, f[2 * i + 1] = p.y;
+    }
+}
+
+template <class T, int M>
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const T *__restrict__ x, const T *__restrict__ w, const T *__restrict__ bias,
+                                                                 T *__restrict__ out, int64_t N, int64_t K) {
+    const int lane = threadIdx.x % 32;
+    const int64_t n = static_cast<int64_t>(blockIdx.x) * kGemvWarps + threadIdx.x / 32;
+    if (n >= N) return;
+    const uint4 *wrow = reinterpret_cast<const uint4 *>(w + n * K);
+    const int64_t chunks = K / 8;
+    float acc[M];
+#pragma unroll
+    for (int m = 0; m < M; ++m) acc[m] = 0.f;
+#pragma unroll 4
+    for (int64_t c = lane; c < chunks; c += 32) {
+        float wf[8], xf[8];
+        unpack8(__ldcs(wrow + c), wf, T{});  // weights stream through once: evict-first
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+            unpack8(__ldg(reinterpret_cast<const uint4 *>(x + m * K) + c), xf, T{});
+#pragma unroll
+            for (int i = 0; i < 8; ++i) acc[m] += wf[i] * xf[i];
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+        float v = acc[m];
+        for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+        if (lane == 0) out[m * N + n] = store<T>(bias ? v + load(bias[n]) : v);
+    }
+}
+
+template <class T, int M>
+void launch_gemv(const void *x, const void *w, const void *bias, void *out, int64_t N, int64_t K, Stream stream) {
+    gemv_kernel<T, M><<<static_cast<unsigned>((N + kGemvWarps - 1) / kGemvWarps), kGemvWarps * 32, 0, stream>>>(
+        static_cast<const T *>(x), static_cast<const T *>(w), static_cast<const T *>(bias), static_cast<T *>(out), N, K);
+}
+
+template <class T>
+void gemv_rows(int64_t rows, const void *x, const void *w, const void *bias, void *out, int64_t N, int64_t K, Stream stream) {
+    switch (rows) {
+    case 1: launch_gemv<T, 1>(x, w, bias, out, N, K, stream); break;
+    case 2: launch_gemv<T, 2>(x, w, bias, out, N, K, stream); break;
+    case 3: launch_gemv<T, 3>(x, w, bias, out, N, K, stream); break;
+    case 4: launch_gemv<T, 4>(x, w, bias, out, N, K, stream); break;
+    case 5: launch_gemv<T, 5>(x, w, bias, out, N, K, stream); break;
+    case 6: launch_gemv<T, 6>(x, w, bias, out, N, K, stream); break;
+    case 7: launch_gemv<T, 7>(x, w, bias, out, N, K, stream); break;
+    case 8: launch_gemv<T, 8>(x, w, bias, out, N, K, stream); break;
+    default: throw std::invalid_argument("mango::linear: gemv takes 1 to 8 rows, got " + std::to_string(rows));
+    }
+}
+
+constexpr unsigned kThreads = 256;
+
+}  // namespace
+
+void gemv(Dtype dtype, const void *x, const void *w, const void *bias, void *out, int64_t rows, int64_t N, int64_t K, Stream stream) {
+    if (rows == 0 || N == 0) return;
+    if (dtype == Dtype::bf16)
+        gemv_rows<__nv_bfloat16>(rows, x, w, bias, out, N, K, stream);
+    else if (dtype == Dtype::f16)
+        gemv_rows<__half>(rows, x, w, bias, out, N, K, stream);
+    else
+        throw std::invalid_argument("mango::linear: gemv is for bfloat16 and float16");
+    check_launch("mango::linear");
+}
+
+void rms_norm(Dtype dtype, const void *x, const void *w, void *out, int64_t rows, int64_t n, float eps, Stream stream) {
+    if (rows == 0 || n == 0) return;
+    by_dtype(dtype, [&](auto zero) {
+        using T = decltype(zero);
+        rms_norm_kernel<T><<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(static_cast<const T *>(x), static_cast<const T *>(w),
+                                                                                      static_cast<T *>(out), n, eps);
+    });
+    check_launch("mango::rms_norm");
+}
+
+void silu_mul(Dtype dtype, const void *g, int64_t g_row, const void *u, int64_t u_row, void *out, int64_t rows, int64_t n, Stream stream) {
+    if (rows * n == 0) return;
+    by_dtype(dtype, [&](auto zero) {
+        using T = decltype(zero);
+        silu_mul_kernel<T><<<blocks_for(rows * n, kThreads), kThreads, 0, stream>>>(static_cast<const T *>(g), g_row, static_cast<const T *>(u),
+                                                                                    u_row, static_cast<T *>(out), rows, n);
+    });
+    check_launch("mango::silu_mul");
+}
+
+void rope(Dtype dtype, const Strided4 &q, const Strided4 &k, const int64_t *positions, int64_t pos_stride_b, int64_t pos_stride_t,
+          const float *inv_freq, float factor, Stream stream) {
+    const int64_t nq = q.size[0] * q.size[1] * q.size[2] * q.size[3], nk = k.size[0] * k.size[1] * k.size[2] * k.size[3];
+    if (nq + nk == 0) return;
+    by_dtype(dtype, [&](auto zero) {
+        using T = decltype(zero);
+        rope_kernel<T><<<blocks_for(nq + nk, kThreads), kThreads, 0, stream>>>(q, k, nq, nk, positions, pos_stride_b, pos_stride_t, inv_freq,
+                                                                               factor);
+    });
+    check_launch("mango::rope");
+}
+
+void mask_bias(Dtype dtype, const int64_t *padding, int64_t pad_stride_b, int64_t pad_stride_s, int64_t B, int64_t T, int64_t S,
+               int64_t window, float lowest, void *out, Stream stream) {
+    const int64_t n = B * T * S;
+    if (n == 0) return;
+    by_dtype(dtype, [&](auto zero) {
+        using T_ = decltype(zero);
+        mask_bias_kernel<T_><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(padding, pad_stride_b, pad_stride_s, B, T, S, window, lowest,
+                                                                               static_cast<T_ *>(out));
+    });
+    check_launch("mango::attention_mask_bias");
+}
+
+}  // namespace mango::kernels

@@ -1,0 +1,52 @@
+// CUDA kernels for the host's fused operators (kernels/fused_ops.cpp), as
+// plain launchers over raw pointers: nvcc never sees a LibTorch header. Each
+// reproduces, rounding step by rounding step, the chain of ATen operators it
+// replaces (transformers' order of casts), so only float32 summation order
+// differs. Built only with MANGO_CUDA.
+#pragma once
+
+#include <cstdint>
+
+struct CUstream_st;
+
+namespace mango::kernels {
+
+enum class Dtype { f32, bf16, f16 };
+using Stream = CUstream_st *;
+
+// out[r, :] = w * to_dtype(x[r, :] * rsqrt(mean(x[r, :]^2) + eps)) over
+// `rows` contiguous rows of n elements; x, w and out share `dtype`.
+void rms_norm(Dtype dtype, const void *x, const void *w, void *out, int64_t rows, int64_t n, float eps, Stream stream);
+
+// out = silu(g) * u over `rows` rows of n elements of `dtype`: g's and u's
+// rows start every g_row / u_row elements, out is contiguous.
+void silu_mul(Dtype dtype, const void *g, int64_t g_row, const void *u, int64_t u_row, void *out, int64_t rows, int64_t n, Stream stream);
+
+// A [B, H, T, D] tensor by its strides (elements), written contiguous to `out`.
+struct Strided4 {
+    const void *x = nullptr;
+    void *out = nullptr;
+    int64_t size[4]{}, stride[4]{};
+};
+// Rotary embedding (rotate-half form) of q and k in one launch: angle
+// positions[b, t] * inv_freq[d mod D/2], cos and sin times `factor`, rounded
+// to `dtype` before they multiply. positions: int64 [B or 1, T] by strides.
+void rope(Dtype dtype, const Strided4 &q, const Strided4 &k, const int64_t *positions, int64_t pos_stride_b, int64_t pos_stride_t,
+          const float *inv_freq, float factor, Stream stream);
+
+// Additive attention bias [B, 1, T, S] (contiguous): 0 where query t (at
+// position S - T + t) may see key s — causal, padding[b, s] != 0, and within
+// `window` positions when window > 0 — `lowest` elsewhere. padding: int64
+// [B, S] by strides.
+void mask_bias(Dtype dtype, const int64_t *padding, int64_t pad_stride_b, int64_t pad_stride_s, int64_t B, int64_t T, int64_t S,
+               int64_t window, float lowest, void *out, Stream stream);
+
+// out[m, n] = sum_k x[m, k] w[n, k] (+ bias[n]) for few rows m (1 to
+// kGemvMaxRows): one warp per output column, 16-byte loads of w, float32
+// sums — a weight-streaming matrix-vector product for decoding, where
+// cuBLAS's GEMM kernels leave bandwidth unused. bf16 or f16 only; x, w
+// contiguous with K a multiple of 8 and 16-byte aligned; bias may be null.
+constexpr int64_t kGemvMaxRows = 8;
+void gemv(Dtype dtype, const void *x, const void *w, const void *bias, void *out, int64_t rows, int64_t N, int64_t K, Stream stream);
+
+}  // namespace mango::kernels

@@ -1,0 +1,246 @@
+#include "kernels/fused_ops.hpp"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <cfloat>
+#include <cstdlib>
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+#ifdef MANGO_WITH_CUDA
+#include "kernels/fused_kernels.hpp"
+
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace mango::kernels {
+namespace {
+
+std::atomic<bool> &enabled_flag() {
+    static std::atomic<bool> on{[] {
+#ifdef MANGO_WITH_CUDA
+        const char *e = std::getenv("MANGO_FUSED_OPS");
+        return !(e && std::strcmp(e, "0") == 0);
+#else
+        return false;
+#endif
+    }()};
+    return on;
+}
+
+// ---- the operator chains (what the SDK composes where a host lacks these) ----------
+
+at::Tensor rms_norm_chain(const at::Tensor &x, const at::Tensor &weight, double eps) {
+    at::Tensor f = x.to(at::kFloat);
+    at::Tensor n = f * at::rsqrt(f.pow(2.0).mean({-1}, true) + eps);
+    return weight * n.to(x.scalar_type());
+}
+
+at::Tensor silu_mul_chain(const at::Tensor &gate, const at::Tensor &up) { return at::silu(gate) * up; }
+
+at::Tensor rotate(const at::Tensor &x, const at::Tensor &cos, const at::Tensor &sin) {
+    const int64_t half = x.size(-1) / 2;
+    at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+    return x * cos + rotated * sin;
+}
+
+std::tuple<at::Tensor, at::Tensor> rope_chain(const at::Tensor &q, const at::Tensor &k, const at::Tensor &positions,
+                                              const at::Tensor &inv_freq, double factor) {
+    at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * inv_freq;  // [B, T, D/2]
+    at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(1);
+    at::Tensor cos = (emb.cos() * factor).to(q.scalar_type()), sin = (emb.sin() * factor).to(q.scalar_type());
+    return {rotate(q, cos, sin), rotate(k, cos, sin)};
+}
+
+double lowest_for(at::ScalarType dtype) { return dtype == at::kFloat ? -FLT_MAX : -65504.0; }
+
+at::Tensor mask_bias_chain(const at::Tensor &padding, int64_t T, int64_t window, at::ScalarType dtype) {
+    const int64_t B = padding.size(0), S = padding.size(1);
+    const auto longs = at::TensorOptions().dtype(at::kLong).device(padding.device());
+    at::Tensor kpos = at::arange(S, longs), qpos = at::arange(S, longs).narrow(0, S - T, T).unsqueeze(1);
+    at::Tensor allowed = kpos.le(qpos);
+    if (window > 0) allowed = allowed.logical_and(kpos.gt(qpos + (-double(window))));
+    allowed = padding.eq(0.0).logical_not().reshape({B, 1, 1, S}).logical_and(allowed);
+    return at::zeros({B, 1, T, S}, at::TensorOptions().dtype(dtype).device(padding.device()))
+        .masked_fill(allowed.logical_not(), lowest_for(dtype));
+}
+
+// ---- where a kernel replaces the chain ----------------------------------------------
+
+#ifdef MANGO_WITH_CUDA
+bool wants_grad(std::initializer_list<const at::Tensor *> ts) {
+    if (!at::GradMode::is_enabled()) return false;
+    for (const at::Tensor *t : ts)
+        if (t->requires_grad()) return true;
+    return false;
+}
+
+bool kernel_dtype(at::ScalarType s, Dtype &out) {
+    if (s == at::kFloat) out = Dtype::f32;
+    else if (s == at::kBFloat16) out = Dtype::bf16;
+    else if (s == at::kHalf) out = Dtype::f16;
+    else return false;
+    return true;
+}
+
+bool on_one_gpu(std::initializer_list<const at::Tensor *> ts) {
+    const at::Device d = (*ts.begin())->device();
+    for (const at::Tensor *t : ts)
+        if (!t->is_cuda() || t->device() != d) return false;
+    return true;
+}
+
+Stream stream_of(const at::Tensor &t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+
+// The element stride between rows when t is [rows, size(-1)] with contiguous
+// rows at a uniform stride (a narrow() of the last dimension is), else -1.
+int64_t row_stride(const at::Tensor &t) {
+    if (t.dim() == 0 || t.stride(-1) != 1) return -1;
+    int64_t row = -1, expect = -1;  // stride the dimension above must have
+    for (int64_t d = t.dim() - 2; d >= 0; --d) {
+        if (t.size(d) == 1) continue;
+        if (row < 0) row = t.stride(d), expect = row * t.size(d);
+        else if (t.stride(d) != expect) return -1;
+        else expect *= t.size(d);
+    }
+    return row < 0 ? t.size(-1) : row;
+}
+
+Strided4 strided(const at::Tensor &x, at::Tensor &out) {
+    Strided4 s;
+    s.x = x.data_ptr();
+    s.out = out.data_ptr();
+    for (int i = 0; i < 4; ++i) s.size[i] = x.size(i), s.stride[i] = x.stride(i);
+    return s;
+}
+#endif
+
+at::Tensor rms_norm_op(const at::Tensor &x, const at::Tensor &weight, double eps) {
+#ifdef MANGO_WITH_CUDA
+    Dtype dt;
+    if (fused_kernels_enabled() && on_one_gpu({&x, &weight}) && !wants_grad({&x, &weight}) && x.scalar_type() == weight.scalar_type() &&
+        kernel_dtype(x.scalar_type(), dt) && x.dim() >= 1 && weight.dim() == 1 && weight.size(0) == x.size(-1)) {
+        const c10::cuda::CUDAGuard guard(x.device());
+        const at::Tensor xc = x.contiguous(), wc = weight.contiguous();
+        at::Tensor out = at::empty_like(xc);
+        const int64_t n = x.size(-1);
+        kernels::rms_norm(dt, xc.data_ptr(), wc.data_ptr(), out.data_ptr(), n ? xc.numel() / n : 0, n, static_cast<float>(eps),
+                          stream_of(x));
+        return out;
+    }
+#endif
+    return rms_norm_chain(x, weight, eps);
+}
+
+at::Tensor silu_mul_op(const at::Tensor &gate, const at::Tensor &up) {
+#ifdef MANGO_WITH_CUDA
+    Dtype dt;
+    if (fused_kernels_enabled() && on_one_gpu({&gate, &up}) && !wants_grad({&gate, &up}) && gate.dim() >= 1 && gate.sizes() == up.sizes() &&
+        gate.scalar_type() == up.scalar_type() && kernel_dtype(gate.scalar_type(), dt)) {
+        const c10::cuda::CUDAGuard guard(gate.device());
+        const at::Tensor g = row_stride(gate) < 0 ? gate.contiguous() : gate, u = row_stride(up) < 0 ? up.contiguous() : up;
+        at::Tensor out = at::empty(gate.sizes(), gate.options());
+        const int64_t n = gate.size(-1);
+        kernels::silu_mul(dt, g.data_ptr(), row_stride(g), u.data_ptr(), row_stride(u), out.data_ptr(), n ? g.numel() / n : 0, n,
+                          stream_of(gate));
+        return out;
+    }
+#endif
+    return silu_mul_chain(gate, up);
+}
+
+std::tuple<at::Tensor, at::Tensor> rope_op(const at::Tensor &q, const at::Tensor &k, const at::Tensor &positions, const at::Tensor &inv_freq,
+                                        double factor) {
+#ifdef MANGO_WITH_CUDA
+    Dtype dt;
+    if (fused_kernels_enabled() && on_one_gpu({&q, &k, &positions, &inv_freq}) && !wants_grad({&q, &k}) &&
+        q.scalar_type() == k.scalar_type() && kernel_dtype(q.scalar_type(), dt) && q.dim() == 4 && k.dim() == 4 &&
+        q.size(3) % 2 == 0 && k.size(3) == q.size(3) && k.size(0) == q.size(0) && k.size(2) == q.size(2) &&
+        positions.scalar_type() == at::kLong && positions.dim() == 2 && positions.size(1) == q.size(2) &&
+        (positions.size(0) == q.size(0) || positions.size(0) == 1) && inv_freq.scalar_type() == at::kFloat && inv_freq.dim() == 1 &&
+        inv_freq.size(0) == q.size(3) / 2 && inv_freq.is_contiguous()) {
+        const c10::cuda::CUDAGuard guard(q.device());
+        at::Tensor qo = at::empty(q.sizes(), q.options()), ko = at::empty(k.sizes(), k.options());
+        const int64_t psb = positions.size(0) == 1 ? 0 : positions.stride(0);
+        kernels::rope(dt, strided(q, qo), strided(k, ko), positions.data_ptr<int64_t>(), psb, positions.stride(1),
+                      inv_freq.data_ptr<float>(), static_cast<float>(factor), stream_of(q));
+        return {qo, ko};
+    }
+#endif
+    return rope_chain(q, k, positions, inv_freq, factor);
+}
+
+// x W^T + b; a few rows in bfloat16 / float16 on a GPU go through the
+// weight-streaming GEMV kernel, everything else through at::linear.
+at::Tensor linear_op(const at::Tensor &x, const at::Tensor &weight, const c10::optional<at::Tensor> &bias_in) {
+#ifdef MANGO_WITH_CUDA
+    Dtype dt;
+    const at::Tensor bias = bias_in.has_value() ? *bias_in : at::Tensor();
+    const bool has_bias = bias.defined();
+    const auto aligned = [](const at::Tensor &t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
+    if (fused_kernels_enabled() && x.dim() >= 1 && weight.dim() == 2 && x.size(-1) == weight.size(1) && weight.size(1) % 8 == 0 &&
+        on_one_gpu({&x, &weight}) && (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf) &&
+        weight.scalar_type() == x.scalar_type() && weight.is_contiguous() && aligned(weight) &&
+        (!has_bias || (bias.dim() == 1 && bias.size(0) == weight.size(0) && bias.scalar_type() == x.scalar_type() && bias.is_contiguous() &&
+                       bias.device() == x.device() && !bias.requires_grad())) &&
+        !wants_grad({&x, &weight}) && x.numel() > 0 && x.numel() / x.size(-1) <= kGemvMaxRows && kernel_dtype(x.scalar_type(), dt)) {
+        const c10::cuda::CUDAGuard guard(x.device());
+        const at::Tensor xc = x.contiguous();
+        if (aligned(xc)) {
+            std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+            shape.back() = weight.size(0);
+            at::Tensor out = at::empty(shape, x.options());
+            kernels::gemv(dt, xc.data_ptr(), weight.data_ptr(), has_bias ? bias.data_ptr() : nullptr, out.data_ptr(), xc.numel() / x.size(-1),
+                          weight.size(0), weight.size(1), stream_of(x));
+            return out;
+        }
+    }
+#endif
+    return at::linear(x, weight, bias_in);
+}
+
+at::Tensor attention_mask_bias_op(const at::Tensor &padding, int64_t T, int64_t window, at::ScalarType dtype) {
+    TORCH_CHECK(padding.dim() == 2, "mango::attention_mask_bias: padding must be [B, S], got ", padding.dim(), " dimensions");
+    TORCH_CHECK(T >= 0 && T <= padding.size(1), "mango::attention_mask_bias: T = ", T, " queries for ", padding.size(1), " keys");
+#ifdef MANGO_WITH_CUDA
+    Dtype dt;
+    if (fused_kernels_enabled() && padding.is_cuda() && padding.scalar_type() == at::kLong && kernel_dtype(dtype, dt)) {
+        const c10::cuda::CUDAGuard guard(padding.device());
+        const int64_t B = padding.size(0), S = padding.size(1);
+        at::Tensor out = at::empty({B, 1, T, S}, at::TensorOptions().dtype(dtype).device(padding.device()));
+        kernels::mask_bias(dt, padding.data_ptr<int64_t>(), padding.stride(0), padding.stride(1), B, T, S, window,
+                           static_cast<float>(lowest_for(dtype)), out.data_ptr(), stream_of(padding));
+        return out;
+    }
+#endif
+    return mask_bias_chain(padding, T, window, dtype);
+}
+
+}  // namespace
+
+bool fused_kernels_enabled() { return enabled_flag().load(); }
+
+void set_fused_kernels_enabled(bool on) {
+#ifdef MANGO_WITH_CUDA
+    enabled_flag().store(on);
+#else
+    (void)on;
+#endif
+}
+
+void register_fused_ops() {}  // the TORCH_LIBRARY block below registers them when this file is linked
+
+}  // namespace mango::kernels
+
+TORCH_LIBRARY(mango, m) {
+    namespace k = mango::kernels;
+    m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor", &k::rms_norm_op);
+    m.def("silu_mul(Tensor gate, Tensor up) -> Tensor", &k::silu_mul_op);
+    m.def("rope(Tensor q, Tensor k, Tensor positions, Tensor inv_freq, float factor) -> (Tensor, Tensor)", &k::rope_op);
+    m.def("linear(Tensor input, Tensor weight, Tensor? bias=None) -> Tensor", &k::linear_op);
+    m.def("attention_mask_bias(Tensor padding, int T, int window, ScalarType dtype) -> Tensor", &k::attention_mask_bias_op);
+}

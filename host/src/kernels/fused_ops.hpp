@@ -1,0 +1,29 @@
+// The host's own operators, registered with LibTorch's dispatcher in the
+// `mango::` namespace, so plugins find them as they find ATen's (find_op):
+//
+//   mango::linear(Tensor input, Tensor weight, Tensor? bias=None) -> Tensor
+//   mango::rms_norm(Tensor x, Tensor weight, float eps) -> Tensor
+//   mango::silu_mul(Tensor gate, Tensor up) -> Tensor
+//   mango::rope(Tensor q, Tensor k, Tensor positions, Tensor inv_freq, float factor) -> (Tensor, Tensor)
+//   mango::attention_mask_bias(Tensor padding, int T, int window, ScalarType dtype) -> Tensor
+//
+// Each is the chain of ATen operators the SDK composes for it (mango/ops.hpp,
+// mango/layers.hpp, mango/attention.hpp), and on a GPU, when no gradient is
+// wanted, one CUDA kernel instead of that chain (4 to 12 kernels) — what
+// decoding, a few tokens at a time, spends its time launching; linear is
+// at::linear but for up to 8 rows in bf16/f16, where a weight-streaming GEMV
+// replaces cuBLAS's GEMM. MANGO_FUSED_OPS=0 keeps the chains.
+#pragma once
+
+namespace mango::kernels {
+
+// Makes sure the operators are registered (their object file is linked);
+// cheap, call it before resolving operators.
+void register_fused_ops();
+
+// Whether the CUDA kernels are used where they apply (false without a CUDA
+// build or with MANGO_FUSED_OPS=0); tests switch them to compare.
+bool fused_kernels_enabled();
+void set_fused_kernels_enabled(bool on);
+
+}  // namespace mango::kernels

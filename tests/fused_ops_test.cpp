@@ -1,0 +1,204 @@
+// The host's own operators (kernels/fused_ops.hpp): found through the host
+// API as plugins find them, equal to the formulas they stand for (RMSNorm,
+// Zhang & Sennrich 2019; rotary embeddings, Su et al. 2021, rotate-half form
+// as transformers writes it; SwiGLU; the causal / sliding-window mask), and
+// on a GPU the CUDA kernels equal the ATen chains they replace.
+#include "abi/host_api.hpp"
+#include "kernels/fused_ops.hpp"
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <gtest/gtest.h>
+
+#include <cfloat>
+#include <cmath>
+#include <tuple>
+
+namespace {
+
+using RmsNorm = at::Tensor(const at::Tensor &, const at::Tensor &, double);
+using SiluMul = at::Tensor(const at::Tensor &, const at::Tensor &);
+using Rope = std::tuple<at::Tensor, at::Tensor>(const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &, double);
+using Linear = at::Tensor(const at::Tensor &, const at::Tensor &, const c10::optional<at::Tensor> &);
+using MaskBias = at::Tensor(const at::Tensor &, int64_t, int64_t, at::ScalarType);
+
+template <class F>
+c10::TypedOperatorHandle<F> typed(const char *name) {
+    mango::kernels::register_fused_ops();
+    return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<F>();
+}
+
+at::Tensor rms_norm(const at::Tensor &x, const at::Tensor &w, double eps) { return typed<RmsNorm>("mango::rms_norm").call(x, w, eps); }
+at::Tensor silu_mul(const at::Tensor &g, const at::Tensor &u) { return typed<SiluMul>("mango::silu_mul").call(g, u); }
+std::tuple<at::Tensor, at::Tensor> rope(const at::Tensor &q, const at::Tensor &k, const at::Tensor &pos, const at::Tensor &inv_freq,
+                                        double factor) {
+    return typed<Rope>("mango::rope").call(q, k, pos, inv_freq, factor);
+}
+at::Tensor host_linear(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b = at::Tensor()) {
+    return typed<Linear>("mango::linear").call(x, w, b.defined() ? c10::optional<at::Tensor>(b) : c10::nullopt);
+}
+at::Tensor mask_bias(const at::Tensor &padding, int64_t T, int64_t window, at::ScalarType dtype) {
+    return typed<MaskBias>("mango::attention_mask_bias").call(padding, T, window, dtype);
+}
+
+TEST(FusedOps, PluginsFindThemThroughTheHostApi) {
+    for (const char *name : {"mango::linear", "mango::rms_norm", "mango::silu_mul", "mango::rope", "mango::attention_mask_bias"}) {
+        const mango_op *op = nullptr;
+        EXPECT_EQ(mango::host_api()->find_op(name, "", &op), MANGO_OK) << name << ": " << mango::host_api()->last_error();
+        EXPECT_NE(op, nullptr) << name;
+    }
+}
+
+TEST(FusedOps, LinearIsTheFormula) {
+    at::manual_seed(5);
+    at::Tensor x = at::randn({2, 3, 16}, at::kDouble), w = at::randn({5, 16}, at::kDouble), b = at::randn({5}, at::kDouble);
+    at::Tensor want = at::einsum("btk,nk->btn", {x, w}) + b;
+    EXPECT_TRUE(at::allclose(host_linear(x.to(at::kFloat), w.to(at::kFloat), b.to(at::kFloat)).to(at::kDouble), want, 1e-5, 1e-5));
+    EXPECT_TRUE(at::allclose(host_linear(x.to(at::kFloat), w.to(at::kFloat)).to(at::kDouble), want - b, 1e-5, 1e-5));
+}
+
+TEST(FusedOps, RmsNormIsTheFormula) {
+    at::manual_seed(1);
+    at::Tensor x = at::randn({3, 5, 16}, at::kDouble), w = at::randn({16}, at::kDouble);
+    const double eps = 1e-5;
+    at::Tensor got = rms_norm(x.to(at::kFloat), w.to(at::kFloat), eps);
+    at::Tensor want = w * x / at::sqrt((x * x).mean({-1}, true) + eps);
+    EXPECT_TRUE(at::allclose(got.to(at::kDouble), want, 1e-5, 1e-6)) << (got.to(at::kDouble) - want).abs().max();
+    EXPECT_EQ(rms_norm(x.to(at::kBFloat16), w.to(at::kBFloat16), eps).scalar_type(), at::kBFloat16);
+}
+
+TEST(FusedOps, SiluMulIsTheFormula) {
+    at::manual_seed(2);
+    at::Tensor g = at::randn({4, 24}, at::kDouble) * 3, u = at::randn({4, 24}, at::kDouble);
+    at::Tensor want = g / (1 + at::exp(-g)) * u;
+    EXPECT_TRUE(at::allclose(silu_mul(g.to(at::kFloat), u.to(at::kFloat)).to(at::kDouble), want, 1e-5, 1e-6));
+    // halves of one [4, 48] projection, as a fused gate-up projection is split
+    at::Tensor gu = at::cat({g, u}, -1).to(at::kFloat);
+    EXPECT_TRUE(at::allclose(silu_mul(gu.narrow(-1, 0, 24), gu.narrow(-1, 24, 24)).to(at::kDouble), want, 1e-5, 1e-6));
+}
+
+TEST(FusedOps, RopeRotatesPairsHalfADimensionApart) {
+    at::manual_seed(3);
+    const int64_t B = 2, H = 3, KV = 1, T = 4, D = 8;
+    at::Tensor q = at::randn({B, T, H, D}, at::kDouble).transpose(1, 2);  // the [B, H, T, D] view split_heads gives
+    at::Tensor k = at::randn({B, KV, T, D}, at::kDouble);
+    at::Tensor pos = at::tensor({3, 4, 5, 6, 0, 1, 2, 3}, at::kLong).reshape({B, T});
+    at::Tensor inv_freq = at::tensor({1.0, 0.1, 0.01, 0.001}, at::kDouble);
+    const double factor = 1.25;
+    auto expect = [&](const at::Tensor &x) {
+        at::Tensor out = at::empty_like(x).contiguous();
+        auto a = x.accessor<double, 4>();
+        auto o = out.accessor<double, 4>();
+        auto p = pos.accessor<int64_t, 2>();
+        auto f = inv_freq.accessor<double, 1>();
+        for (int64_t b = 0; b < x.size(0); ++b)
+            for (int64_t h = 0; h < x.size(1); ++h)
+                for (int64_t t = 0; t < T; ++t)
+                    for (int64_t j = 0; j < D / 2; ++j) {
+                        const double angle = double(p[b][t]) * f[j], c = std::cos(angle) * factor, s = std::sin(angle) * factor;
+                        o[b][h][t][j] = a[b][h][t][j] * c - a[b][h][t][j + D / 2] * s;
+                        o[b][h][t][j + D / 2] = a[b][h][t][j + D / 2] * c + a[b][h][t][j] * s;
+                    }
+        return out;
+    };
+    auto [qr, kr] = rope(q.to(at::kFloat), k.to(at::kFloat), pos, inv_freq.to(at::kFloat), factor);
+    EXPECT_TRUE(at::allclose(qr.to(at::kDouble), expect(q), 1e-5, 1e-5)) << (qr.to(at::kDouble) - expect(q)).abs().max();
+    EXPECT_TRUE(at::allclose(kr.to(at::kDouble), expect(k), 1e-5, 1e-5));
+}
+
+TEST(FusedOps, MaskBiasIsCausalPaddedAndWindowed) {
+    // batch 0 has a padded first key; 3 new queries after 2 cached keys
+    at::Tensor padding = at::tensor({0, 1, 1, 1, 1, 1, 1, 1, 1, 1}, at::kLong).reshape({2, 5});
+    const int64_t T = 3, S = 5;
+    for (int64_t window : {0, 2})
+        for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
+            at::Tensor m = mask_bias(padding, T, window, dt).to(at::kFloat);
+            ASSERT_EQ(m.sizes(), (at::IntArrayRef{2, 1, T, S}));
+            const float lowest = dt == at::kFloat ? -FLT_MAX : -65536.f;  // -65504 rounds to -65536 in bfloat16
+            for (int64_t b = 0; b < 2; ++b)
+                for (int64_t t = 0; t < T; ++t)
+                    for (int64_t s = 0; s < S; ++s) {
+                        const int64_t q = S - T + t;
+                        const bool seen = s <= q && (window == 0 || s > q - window) && padding[b][s].item<int64_t>() != 0;
+                        EXPECT_EQ(m[b][0][t][s].item<float>(), seen ? 0.f : lowest) << "b " << b << " t " << t << " s " << s << " w " << window;
+                    }
+        }
+}
+
+// On a GPU: each kernel against the ATen chain it replaces, in each dtype.
+class FusedKernels : public ::testing::Test {
+protected:
+    void SetUp() override {
+        if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device (or a CPU-only LibTorch)";
+        if (!mango::kernels::fused_kernels_enabled()) GTEST_SKIP() << "fused kernels are off (MANGO_FUSED_OPS=0)";
+    }
+    void TearDown() override { mango::kernels::set_fused_kernels_enabled(true); }
+    template <class F>
+    static auto both(F &&f) {
+        mango::kernels::set_fused_kernels_enabled(false);
+        auto chain = f();
+        mango::kernels::set_fused_kernels_enabled(true);
+        return std::make_pair(chain, f());
+    }
+    // Equal but for rare last-place differences (float32 summation order, cos/sin rounding).
+    static void expect_near(const at::Tensor &chain, const at::Tensor &fused, double min_equal, const char *what) {
+        ASSERT_EQ(chain.sizes(), fused.sizes()) << what;
+        ASSERT_EQ(chain.scalar_type(), fused.scalar_type()) << what;
+        const at::Tensor a = chain.to(at::kFloat).cpu(), b = fused.to(at::kFloat).cpu();
+        const double equal = a.eq(b).to(at::kDouble).mean().item<double>();
+        const double tol = chain.scalar_type() == at::kFloat ? 1e-5 : 1e-2;
+        EXPECT_TRUE(at::allclose(a, b, tol, tol)) << what << " " << chain.scalar_type() << ": max diff " << (a - b).abs().max().item<float>();
+        if (chain.scalar_type() != at::kFloat) {  // float32: summation order alone moves last places
+            EXPECT_GE(equal, min_equal) << what << " " << chain.scalar_type() << ": " << equal * 100 << "% of elements equal";
+        }
+    }
+};
+
+TEST_F(FusedKernels, MatchTheChainsInEachDtype) {
+    at::manual_seed(4);
+    for (at::ScalarType dt : {at::kFloat, at::kBFloat16, at::kHalf}) {
+        const auto on = at::TensorOptions().dtype(dt).device(at::kCUDA);
+        at::Tensor x = at::randn({2, 7, 2048}, on), w = at::randn({2048}, on);
+        auto [n0, n1] = both([&] { return rms_norm(x, w, 1e-6); });
+        expect_near(n0, n1, 0.95, "rms_norm");
+
+        at::Tensor gu = at::randn({3, 5, 2 * 704}, on) * 4;
+        auto [s0, s1] = both([&] { return silu_mul(gu.narrow(-1, 0, 704), gu.narrow(-1, 704, 704)); });
+        expect_near(s0, s1, 0.999, "silu_mul");
+
+        const int64_t B = 2, T = 5, D = 64;
+        at::Tensor q = at::randn({B, T, 8, D}, on).transpose(1, 2), k = at::randn({B, 2, T, D}, on);
+        at::Tensor pos = at::arange(100, 100 + T, at::TensorOptions().dtype(at::kLong).device(at::kCUDA)).unsqueeze(0);  // [1, T]
+        at::Tensor inv_freq = at::pow(10000.0, -at::arange(0, D, 2, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA)) / double(D));
+        auto [r0, r1] = both([&] { return rope(q, k, pos.expand({B, T}), inv_freq, 1.0); });
+        expect_near(std::get<0>(r0), std::get<0>(r1), 0.99, "rope q");
+        expect_near(std::get<1>(r0), std::get<1>(r1), 0.99, "rope k");
+        auto [y0, y1] = both([&] { return rope(q, k, pos, inv_freq, 0.7); });
+        expect_near(std::get<0>(y0), std::get<0>(y1), 0.99, "rope q (yarn factor, broadcast positions)");
+
+        if (dt != at::kFloat)  // the GEMV takes bf16 / f16 with up to 8 rows
+            for (int64_t rows : {1, 3, 8})
+                for (bool bias : {false, true}) {
+                    at::Tensor xs = at::randn({rows, 1, 2048}, on), ws = at::randn({5632, 2048}, on) * 0.02, bs = at::randn({5632}, on);
+                    auto [l0, l1] = both([&] { return host_linear(xs, ws, bias ? bs : at::Tensor()); });
+                    expect_near(l0, l1, 0.8, "linear (GEMV)");
+                }
+
+        at::Tensor padding = (at::rand({3, 40}, at::TensorOptions().device(at::kCUDA)) > 0.2).to(at::kLong);
+        for (int64_t window : {0, 9}) {
+            auto [m0, m1] = both([&] { return mask_bias(padding, 6, window, dt); });
+            expect_near(m0, m1, 1.0, "attention_mask_bias");
+        }
+    }
+}
+
+TEST_F(FusedKernels, GradientsKeepTheChain) {
+    at::Tensor x = at::randn({4, 32}, at::TensorOptions().device(at::kCUDA)).requires_grad_(true);
+    at::Tensor w = at::ones({32}, at::TensorOptions().device(at::kCUDA)).requires_grad_(true);
+    rms_norm(x, w, 1e-6).sum().backward();
+    ASSERT_TRUE(x.grad().defined());
+    ASSERT_TRUE(w.grad().defined());
+    EXPECT_GT(w.grad().abs().sum().item<float>(), 0.f);
+}
+
+}  // namespace
