@@ -38,7 +38,7 @@ def timed(f):
     for _ in range(200): g.replay()
     b.record(); torch.cuda.synchronize()
     return a.elapsed_time(b) / 200
-wb = sum(t.numel() * 2 for w in W for kk, t in w.items() if kk in "qkvogud") + head.numel() * 2
+wb = sum(t.numel() * 2 for w in W for kk, t in w.items() if kk in ("q", "k", "v", "o", "g", "u", "d")) + head.numel() * 2
 print(f"weights {wb/1e9:.2f} GB")
 for name, f in [("plain", plain), ("fused-qkv-gateup", fused)]:
     for extra in [0, 10, 20]:

@@ -8,6 +8,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -58,14 +59,7 @@ void by_dtype(Dtype dtype, F &&f) {
 constexpr unsigned kNormThreads = 256;
 
 template <class T>
-__global__ void rms_norm_kernel(const T *x, const T *w, T *out, int64_t n, float eps) {
-    const T *row = x + blockIdx.x * n;
-    T *o = out + blockIdx.x * n;
-    float sum = 0.f;
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-        const float v = load(row[i]);
-        sum += v * v;
-    }
+__device__ __forceinline__ float block_sum(float sum) {
     __shared__ float warp_sums[kNormThreads / 32];
     for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
     if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
@@ -76,8 +70,53 @@ __global__ void rms_norm_kernel(const T *x, const T *w, T *out, int64_t n, float
         if (threadIdx.x == 0) warp_sums[0] = sum;
     }
     __syncthreads();
-    const float inv = rsqrtf(warp_sums[0] / static_cast<float>(n) + eps);
+    return warp_sums[0];
+}
+
+template <class T>
+__global__ void rms_norm_kernel(const T *x, const T *w, T *out, int64_t n, float eps) {
+    const T *row = x + blockIdx.x * n;
+    T *o = out + blockIdx.x * n;
+    float sum = 0.f;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = load(row[i]);
+        sum += v * v;
+    }
+    const float inv = rsqrtf(block_sum<T>(sum) / static_cast<float>(n) + eps);
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) o[i] = store<T>(load(w[i]) * round_to<T>(load(row[i]) * inv));
+}
+
+// The same over 16-byte vectors (n a multiple of 16 / sizeof(T), rows 16-byte aligned): a row of a few
+// thousand elements is one load per thread, not a chain of dependent ones.
+template <class T>
+__global__ void rms_norm_vec_kernel(const T *x, const T *w, T *out, int64_t n, float eps) {
+    constexpr int V = 16 / sizeof(T);
+    const uint4 *row = reinterpret_cast<const uint4 *>(x + blockIdx.x * n);
+    uint4 *o = reinterpret_cast<uint4 *>(out + blockIdx.x * n);
+    const uint4 *wv = reinterpret_cast<const uint4 *>(w);
+    const int64_t chunks = n / V;
+    float sum = 0.f;
+#pragma unroll 4
+    for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
+        const uint4 p = row[c];
+        const T *pt = reinterpret_cast<const T *>(&p);
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+            const float v = load(pt[i]);
+            sum += v * v;
+        }
+    }
+    const float inv = rsqrtf(block_sum<T>(sum) / static_cast<float>(n) + eps);
+#pragma unroll 4
+    for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
+        const uint4 p = row[c], g = wv[c];
+        const T *pt = reinterpret_cast<const T *>(&p), *gt = reinterpret_cast<const T *>(&g);
+        uint4 r;
+        T *rt = reinterpret_cast<T *>(&r);
+#pragma unroll
+        for (int i = 0; i < V; ++i) rt[i] = store<T>(load(gt[i]) * round_to<T>(load(pt[i]) * inv));
+        o[c] = r;
+    }
 }
 
 // ---- silu(g) * u ----------------------------------------------------------------
@@ -149,19 +188,21 @@ __device__ __forceinline__ void unpack8(const uint4 &v, float (&f)[8], __half) {
     }
 }
 
+// One block per output column n: its 128 threads split the K dimension
+// (16-byte loads of w's row, several in flight per thread), then the block
+// sums. A block per column keeps every multiprocessor busy even for the
+// narrow k/v projections (a few hundred columns).
 template <class T, int M>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const T *__restrict__ x, const T *__restrict__ w, const T *__restrict__ bias,
                                                                  T *__restrict__ out, int64_t N, int64_t K) {
-    const int lane = threadIdx.x % 32;
-    const int64_t n = static_cast<int64_t>(blockIdx.x) * kGemvWarps + threadIdx.x / 32;
-    if (n >= N) return;
+    const int64_t n = blockIdx.x;
     const uint4 *wrow = reinterpret_cast<const uint4 *>(w + n * K);
     const int64_t chunks = K / 8;
     float acc[M];
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[m] = 0.f;
 #pragma unroll 4
-    for (int64_t c = lane; c < chunks; c += 32) {
+    for (int64_t c = threadIdx.x; c < chunks; c += kGemvWarps * 32) {
         float wf[8], xf[8];
         unpack8(__ldcs(wrow + c), wf, T{});  // weights stream through once: evict-first
 #pragma unroll
@@ -171,17 +212,26 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const T *__restri
             for (int i = 0; i < 8; ++i) acc[m] += wf[i] * xf[i];
         }
     }
+    __shared__ float partial[kGemvWarps][M];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
     for (int m = 0; m < M; ++m) {
         float v = acc[m];
         for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-        if (lane == 0) out[m * N + n] = store<T>(bias ? v + load(bias[n]) : v);
+        if (lane == 0) partial[warp][m] = v;
+    }
+    __syncthreads();
+    if (threadIdx.x < M) {
+        float v = 0.f;
+#pragma unroll
+        for (int i = 0; i < static_cast<int>(kGemvWarps); ++i) v += partial[i][threadIdx.x];
+        out[threadIdx.x * N + n] = store<T>(bias ? v + load(bias[n]) : v);
     }
 }
 
 template <class T, int M>
 void launch_gemv(const void *x, const void *w, const void *bias, void *out, int64_t N, int64_t K, Stream stream) {
-    gemv_kernel<T, M><<<static_cast<unsigned>((N + kGemvWarps - 1) / kGemvWarps), kGemvWarps * 32, 0, stream>>>(
+    gemv_kernel<T, M><<<static_cast<unsigned>(N), kGemvWarps * 32, 0, stream>>>(
         static_cast<const T *>(x), static_cast<const T *>(w), static_cast<const T *>(bias), static_cast<T *>(out), N, K);
 }
 
@@ -192,11 +242,7 @@ void gemv_rows(int64_t rows, const void *x, const void *w, const void *bias, voi
     case 2: launch_gemv<T, 2>(x, w, bias, out, N, K, stream); break;
     case 3: launch_gemv<T, 3>(x, w, bias, out, N, K, stream); break;
     case 4: launch_gemv<T, 4>(x, w, bias, out, N, K, stream); break;
-    case 5: launch_gemv<T, 5>(x, w, bias, out, N, K, stream); break;
-    case 6: launch_gemv<T, 6>(x, w, bias, out, N, K, stream); break;
-    case 7: launch_gemv<T, 7>(x, w, bias, out, N, K, stream); break;
-    case 8: launch_gemv<T, 8>(x, w, bias, out, N, K, stream); break;
-    default: throw std::invalid_argument("mango::linear: gemv takes 1 to 8 rows, got " + std::to_string(rows));
+    default: throw std::invalid_argument("mango::linear: gemv takes 1 to 4 rows, got " + std::to_string(rows));
     }
 }
 
@@ -219,8 +265,14 @@ void rms_norm(Dtype dtype, const void *x, const void *w, void *out, int64_t rows
     if (rows == 0 || n == 0) return;
     by_dtype(dtype, [&](auto zero) {
         using T = decltype(zero);
-        rms_norm_kernel<T><<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(static_cast<const T *>(x), static_cast<const T *>(w),
-                                                                                      static_cast<T *>(out), n, eps);
+        const bool vec = n % (16 / sizeof(T)) == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 &&
+                         reinterpret_cast<uintptr_t>(out) % 16 == 0;
+        if (vec)
+            rms_norm_vec_kernel<T><<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(
+                static_cast<const T *>(x), static_cast<const T *>(w), static_cast<T *>(out), n, eps);
+        else
+            rms_norm_kernel<T><<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(static_cast<const T *>(x), static_cast<const T *>(w),
+                                                                                          static_cast<T *>(out), n, eps);
     });
     check_launch("mango::rms_norm");
 }

@@ -42,11 +42,13 @@ void mask_bias(Dtype dtype, const int64_t *padding, int64_t pad_stride_b, int64_
                int64_t window, float lowest, void *out, Stream stream);
 
 // out[m, n] = sum_k x[m, k] w[n, k] (+ bias[n]) for few rows m (1 to
-// kGemvMaxRows): one warp per output column, 16-byte loads of w, float32
+// kGemvMaxRows): one block per output column, 16-byte loads of w, float32
 // sums — a weight-streaming matrix-vector product for decoding, where
-// cuBLAS's GEMM kernels leave bandwidth unused. bf16 or f16 only; x, w
-// contiguous with K a multiple of 8 and 16-byte aligned; bias may be null.
-constexpr int64_t kGemvMaxRows = 8;
+// cuBLAS's GEMM kernels leave bandwidth unused. (From about 4 rows on, the
+// CUDA cores' multiply-adds catch up with the loads and cuBLAS's tensor
+// cores win.) bf16 or f16 only; x, w contiguous with K a multiple of 8 and
+// 16-byte aligned; bias may be null.
+constexpr int64_t kGemvMaxRows = 4;
 void gemv(Dtype dtype, const void *x, const void *w, const void *bias, void *out, int64_t rows, int64_t N, int64_t K, Stream stream);
 
 }  // namespace mango::kernels

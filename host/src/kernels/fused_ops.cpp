@@ -80,10 +80,14 @@ bool wants_grad(std::initializer_list<const at::Tensor *> ts) {
 }
 
 bool kernel_dtype(at::ScalarType s, Dtype &out) {
-    if (s == at::kFloat) out = Dtype::f32;
-    else if (s == at::kBFloat16) out = Dtype::bf16;
-    else if (s == at::kHalf) out = Dtype::f16;
-    else return false;
+    if (s == at::kFloat)
+        out = Dtype::f32;
+    else if (s == at::kBFloat16)
+        out = Dtype::bf16;
+    else if (s == at::kHalf)
+        out = Dtype::f16;
+    else
+        return false;
     return true;
 }
 
@@ -103,9 +107,12 @@ int64_t row_stride(const at::Tensor &t) {
     int64_t row = -1, expect = -1;  // stride the dimension above must have
     for (int64_t d = t.dim() - 2; d >= 0; --d) {
         if (t.size(d) == 1) continue;
-        if (row < 0) row = t.stride(d), expect = row * t.size(d);
-        else if (t.stride(d) != expect) return -1;
-        else expect *= t.size(d);
+        if (row < 0)
+            row = t.stride(d), expect = row * t.size(d);
+        else if (t.stride(d) != expect)
+            return -1;
+        else
+            expect *= t.size(d);
     }
     return row < 0 ? t.size(-1) : row;
 }
@@ -153,16 +160,15 @@ at::Tensor silu_mul_op(const at::Tensor &gate, const at::Tensor &up) {
     return silu_mul_chain(gate, up);
 }
 
-std::tuple<at::Tensor, at::Tensor> rope_op(const at::Tensor &q, const at::Tensor &k, const at::Tensor &positions, const at::Tensor &inv_freq,
-                                        double factor) {
+std::tuple<at::Tensor, at::Tensor> rope_op(const at::Tensor &q, const at::Tensor &k, const at::Tensor &positions,
+                                           const at::Tensor &inv_freq, double factor) {
 #ifdef MANGO_WITH_CUDA
     Dtype dt;
     if (fused_kernels_enabled() && on_one_gpu({&q, &k, &positions, &inv_freq}) && !wants_grad({&q, &k}) &&
-        q.scalar_type() == k.scalar_type() && kernel_dtype(q.scalar_type(), dt) && q.dim() == 4 && k.dim() == 4 &&
-        q.size(3) % 2 == 0 && k.size(3) == q.size(3) && k.size(0) == q.size(0) && k.size(2) == q.size(2) &&
-        positions.scalar_type() == at::kLong && positions.dim() == 2 && positions.size(1) == q.size(2) &&
-        (positions.size(0) == q.size(0) || positions.size(0) == 1) && inv_freq.scalar_type() == at::kFloat && inv_freq.dim() == 1 &&
-        inv_freq.size(0) == q.size(3) / 2 && inv_freq.is_contiguous()) {
+        q.scalar_type() == k.scalar_type() && kernel_dtype(q.scalar_type(), dt) && q.dim() == 4 && k.dim() == 4 && q.size(3) % 2 == 0 &&
+        k.size(3) == q.size(3) && k.size(0) == q.size(0) && k.size(2) == q.size(2) && positions.scalar_type() == at::kLong &&
+        positions.dim() == 2 && positions.size(1) == q.size(2) && (positions.size(0) == q.size(0) || positions.size(0) == 1) &&
+        inv_freq.scalar_type() == at::kFloat && inv_freq.dim() == 1 && inv_freq.size(0) == q.size(3) / 2 && inv_freq.is_contiguous()) {
         const c10::cuda::CUDAGuard guard(q.device());
         at::Tensor qo = at::empty(q.sizes(), q.options()), ko = at::empty(k.sizes(), k.options());
         const int64_t psb = positions.size(0) == 1 ? 0 : positions.stride(0);
@@ -194,8 +200,8 @@ at::Tensor linear_op(const at::Tensor &x, const at::Tensor &weight, const c10::o
             std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
             shape.back() = weight.size(0);
             at::Tensor out = at::empty(shape, x.options());
-            kernels::gemv(dt, xc.data_ptr(), weight.data_ptr(), has_bias ? bias.data_ptr() : nullptr, out.data_ptr(), xc.numel() / x.size(-1),
-                          weight.size(0), weight.size(1), stream_of(x));
+            kernels::gemv(dt, xc.data_ptr(), weight.data_ptr(), has_bias ? bias.data_ptr() : nullptr, out.data_ptr(),
+                          xc.numel() / x.size(-1), weight.size(0), weight.size(1), stream_of(x));
             return out;
         }
     }

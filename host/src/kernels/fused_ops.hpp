@@ -11,7 +11,7 @@
 // mango/layers.hpp, mango/attention.hpp), and on a GPU, when no gradient is
 // wanted, one CUDA kernel instead of that chain (4 to 12 kernels) — what
 // decoding, a few tokens at a time, spends its time launching; linear is
-// at::linear but for up to 8 rows in bf16/f16, where a weight-streaming GEMV
+// at::linear but for up to 4 rows in bf16/f16, where a weight-streaming GEMV
 // replaces cuBLAS's GEMM. MANGO_FUSED_OPS=0 keeps the chains.
 #pragma once
 

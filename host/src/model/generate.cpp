@@ -168,7 +168,9 @@ std::vector<std::vector<int64_t>> generate(CausalLM &model, const std::vector<st
         ~ClearAtEnd() { m.clear_cache(); }
     } clear_at_end{model};
     const std::string mode = decode_mode(o, model);
-    const int64_t capacity = L + o.max_new_tokens;
+    // A multiple of 16 entries: the attention kernels want the mask's rows 16-byte aligned and would
+    // otherwise pad a copy of it in every layer of every step (the extra entries stay masked).
+    const int64_t capacity = (L + o.max_new_tokens + 15) / 16 * 16;
     if (mode != "eager") model.begin_static_cache(capacity);
     at::Tensor logits = model.logits(ids, mask, pos, o.use_cache).select(1, L - 1);
     std::unique_ptr<StaticDecoder> fixed;
