@@ -13,6 +13,7 @@
 #include <cfloat>
 #include <cmath>
 #include <tuple>
+#include <vector>
 
 namespace {
 
@@ -20,6 +21,7 @@ using RmsNorm = at::Tensor(const at::Tensor &, const at::Tensor &, double);
 using SiluMul = at::Tensor(const at::Tensor &, const at::Tensor &);
 using Rope = std::tuple<at::Tensor, at::Tensor>(const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &, double);
 using Linear = at::Tensor(const at::Tensor &, const at::Tensor &, const c10::optional<at::Tensor> &);
+using DecodeAttention = at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &, int64_t, double);
 using MaskBias = at::Tensor(const at::Tensor &, int64_t, int64_t, at::ScalarType);
 
 template <class F>
@@ -37,12 +39,17 @@ std::tuple<at::Tensor, at::Tensor> rope(const at::Tensor &q, const at::Tensor &k
 at::Tensor host_linear(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b = at::Tensor()) {
     return typed<Linear>("mango::linear").call(x, w, b.defined() ? c10::optional<at::Tensor>(b) : c10::nullopt);
 }
+at::Tensor decode_attention(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v, const at::Tensor &padding, int64_t window,
+                            double scale) {
+    return typed<DecodeAttention>("mango::decode_attention").call(q, k, v, padding, window, scale);
+}
 at::Tensor mask_bias(const at::Tensor &padding, int64_t T, int64_t window, at::ScalarType dtype) {
     return typed<MaskBias>("mango::attention_mask_bias").call(padding, T, window, dtype);
 }
 
 TEST(FusedOps, PluginsFindThemThroughTheHostApi) {
-    for (const char *name : {"mango::linear", "mango::rms_norm", "mango::silu_mul", "mango::rope", "mango::attention_mask_bias"}) {
+    for (const char *name :
+         {"mango::linear", "mango::rms_norm", "mango::silu_mul", "mango::rope", "mango::attention_mask_bias", "mango::decode_attention"}) {
         const mango_op *op = nullptr;
         EXPECT_EQ(mango::host_api()->find_op(name, "", &op), MANGO_OK) << name << ": " << mango::host_api()->last_error();
         EXPECT_NE(op, nullptr) << name;
@@ -126,6 +133,37 @@ TEST(FusedOps, MaskBiasIsCausalPaddedAndWindowed) {
         }
 }
 
+TEST(FusedOps, DecodeAttentionIsSoftmaxOverTheVisibleKeys) {
+    at::manual_seed(6);
+    const int64_t B = 2, H = 4, KV = 2, T = 2, S = 7, D = 8;
+    at::Tensor q = at::randn({B, H, T, D}, at::kDouble), k = at::randn({B, KV, S, D}, at::kDouble),
+               v = at::randn({B, KV, S, D}, at::kDouble);
+    at::Tensor padding = at::ones({B, S}, at::kLong);
+    padding[1][0] = 0;
+    padding[1][1] = 0;  // batch 1 is left-padded
+    const double scale = 0.3;
+    for (int64_t window : {0, 3}) {
+        at::Tensor got = decode_attention(q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), padding, window, scale).to(at::kDouble);
+        for (int64_t b = 0; b < B; ++b)
+            for (int64_t h = 0; h < H; ++h)
+                for (int64_t t = 0; t < T; ++t) {
+                    const int64_t g = h / (H / KV), at_pos = S - T + t;
+                    std::vector<double> w;
+                    double total = 0;
+                    for (int64_t s = 0; s <= at_pos; ++s) {
+                        const bool seen = padding[b][s].item<int64_t>() != 0 && (window == 0 || s > at_pos - window);
+                        const double e = seen ? std::exp((q[b][h][t] * k[b][g][s]).sum().item<double>() * scale) : 0.0;
+                        w.push_back(e);
+                        total += e;
+                    }
+                    at::Tensor want = at::zeros({D}, at::kDouble);
+                    for (int64_t s = 0; s <= at_pos; ++s) want += v[b][g][s] * (w[static_cast<size_t>(s)] / total);
+                    EXPECT_TRUE(at::allclose(got[b][h][t], want, 1e-5, 1e-5))
+                        << "b " << b << " h " << h << " t " << t << " window " << window;
+                }
+    }
+}
+
 // On a GPU: each kernel against the ATen chain it replaces, in each dtype.
 class FusedKernels : public ::testing::Test {
 protected:
@@ -188,6 +226,21 @@ TEST_F(FusedKernels, MatchTheChainsInEachDtype) {
                     auto [l0, l1] = both([&] { return host_linear(xs, ws, bias ? bs : at::Tensor()); });
                     expect_near(l0, l1, 0.8, "linear (GEMV)");
                 }
+
+        for (int64_t T : {1, 3}) {  // GQA 8 query heads over 2, a padded batch, a cache of 45 entries (some not yet written)
+            at::Tensor aq = at::randn({2, T, 8, 64}, on).transpose(1, 2), ak = at::randn({2, 2, 45, 64}, on),
+                       av = at::randn({2, 2, 45, 64}, on);
+            at::Tensor apad = at::ones({2, 45}, at::TensorOptions().dtype(at::kLong).device(at::kCUDA));
+            apad.narrow(1, 40, 5).zero_();
+            apad[1].narrow(0, 0, 6).zero_();
+            for (int64_t window : {0, 16}) {
+                auto [a0, a1] = both(
+                    [&] { return decode_attention(aq, ak.narrow(2, 0, 40), av.narrow(2, 0, 40), apad.narrow(1, 0, 40), window, 0.125); });
+                expect_near(a0, a1, 0.5, "decode_attention");
+                auto [c0, c1] = both([&] { return decode_attention(aq, ak, av, apad, window, 0.125); });
+                expect_near(c0, c1, 0.5, "decode_attention (unwritten cache entries masked)");
+            }
+        }
 
         at::Tensor padding = (at::rand({3, 40}, at::TensorOptions().device(at::kCUDA)) > 0.2).to(at::kLong);
         for (int64_t window : {0, 9}) {

@@ -8,6 +8,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -246,9 +247,109 @@ void gemv_rows(int64_t rows, const void *x, const void *w, const void *bias, voi
     }
 }
 
+// ---- attention of a few queries over a KV cache -----------------------------------
+constexpr unsigned kAttnThreads = 128;
+constexpr int64_t kAttnSharedBytes = 48 * 1024;  // without opting in to more
+
+__device__ __forceinline__ float block_reduce(float v, float *scratch, bool is_max) {
+    for (int offset = 16; offset > 0; offset /= 2) {
+        const float o = __shfl_xor_sync(0xffffffffu, v, offset);
+        v = is_max ? fmaxf(v, o) : v + o;
+    }
+    __syncthreads();  // scratch may still be read from a previous reduction
+    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+    __syncthreads();
+    v = scratch[0];
+    for (unsigned w = 1; w < kAttnThreads / 32; ++w) v = is_max ? fmaxf(v, scratch[w]) : v + scratch[w];
+    return v;
+}
+
+template <class T>
+__global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(AttentionArgs a) {
+    extern __shared__ float smem[];
+    const int64_t D = a.D, S = a.S;
+    float *qf = smem;              // [D]
+    float *scores = smem + D;      // [S]
+    float *scratch = scores + S;   // [kAttnThreads] (warp partials, then output partials)
+    const int64_t bh = blockIdx.x, t = blockIdx.y;
+    const int64_t b = bh / a.H, h = bh % a.H, kvh = h / (a.H / a.KV);
+    const T *q = static_cast<const T *>(a.q) + b * a.q_stride[0] + h * a.q_stride[1] + t * a.q_stride[2];
+    const T *k = static_cast<const T *>(a.k) + b * a.k_stride[0] + kvh * a.k_stride[1];
+    const T *v = static_cast<const T *>(a.v) + b * a.v_stride[0] + kvh * a.v_stride[1];
+    for (int64_t d = threadIdx.x; d < D; d += kAttnThreads) qf[d] = load(q[d]);
+    __syncthreads();
+
+    // scores: one key per thread at a time
+    const int64_t qpos = S - a.T + t;
+    float local_max = -INFINITY;
+    for (int64_t s = threadIdx.x; s < S; s += kAttnThreads) {
+        constexpr int V = 16 / sizeof(T);  // elements per 16-byte load
+        const uint4 *kr = reinterpret_cast<const uint4 *>(k + s * a.k_stride[2]);
+        float dot = 0.f;
+#pragma unroll 4
+        for (int64_t c = 0; c < D / V; ++c) {
+            const uint4 chunk = kr[c];
+            const T *e = reinterpret_cast<const T *>(&chunk);
+#pragma unroll
+            for (int i = 0; i < V; ++i) dot += qf[c * V + i] * load(e[i]);
+        }
+        const bool visible = s <= qpos && (a.window <= 0 || s > qpos - a.window) && a.padding[b * a.pad_stride_b + s * a.pad_stride_s] != 0;
+        const float score = dot * a.scale + (visible ? 0.f : a.lowest);
+        scores[s] = score;
+        local_max = fmaxf(local_max, score);
+    }
+    const float max = block_reduce(local_max, scratch, true);
+    float local_sum = 0.f;
+    for (int64_t s = threadIdx.x; s < S; s += kAttnThreads) {
+        const float p = expf(scores[s] - max);
+        scores[s] = p;
+        local_sum += p;
+    }
+    const float inv_sum = 1.f / block_reduce(local_sum, scratch, false);  // also orders the writes to scores before the reads below
+
+    // out = p v: thread (group g, pair j) sums channels 2j, 2j+1 over keys g, g + G, ...
+    const int64_t P = D / 2, G = kAttnThreads / P;
+    const int64_t j = threadIdx.x % P, g = threadIdx.x / P;
+    float o0 = 0.f, o1 = 0.f;
+    if (g < G) {
+#pragma unroll 8
+        for (int64_t s = g; s < S; s += G) {
+            const T *vr = v + s * a.v_stride[2] + 2 * j;
+            const float p = scores[s];
+            o0 += p * load(vr[0]);
+            o1 += p * load(vr[1]);
+        }
+    }
+    __syncthreads();  // scratch is reused for the partial outputs
+    float *part = scratch;  // [G][D]: G * D <= 2 * kAttnThreads floats
+    if (g < G) part[g * D + 2 * j] = o0, part[g * D + 2 * j + 1] = o1;
+    __syncthreads();
+    T *out = static_cast<T *>(a.out) + ((b * a.H + h) * a.T + t) * D;
+    for (int64_t d = threadIdx.x; d < D; d += kAttnThreads) {
+        float sum = 0.f;
+        for (int64_t gg = 0; gg < G; ++gg) sum += part[gg * D + d];
+        out[d] = store<T>(sum * inv_sum);
+    }
+}
+
 constexpr unsigned kThreads = 256;
 
 }  // namespace
+
+int64_t decode_attention_max_keys(int64_t D) { return kAttnSharedBytes / 4 - D - 2 * kAttnThreads; }
+
+void decode_attention(Dtype dtype, const AttentionArgs &a, Stream stream) {
+    if (a.B * a.H * a.T == 0) return;
+    if (a.D % 8 || a.D > 2 * static_cast<int64_t>(kAttnThreads) || a.S > decode_attention_max_keys(a.D) || a.KV <= 0 || a.H % a.KV)
+        throw std::invalid_argument("mango::decode_attention: unsupported shape");
+    const size_t shared = static_cast<size_t>(a.D + a.S + 2 * kAttnThreads) * sizeof(float);
+    const dim3 grid(static_cast<unsigned>(a.B * a.H), static_cast<unsigned>(a.T));
+    by_dtype(dtype, [&](auto zero) {
+        using T_ = decltype(zero);
+        decode_attention_kernel<T_><<<grid, kAttnThreads, shared, stream>>>(a);
+    });
+    check_launch("mango::decode_attention");
+}
 
 void gemv(Dtype dtype, const void *x, const void *w, const void *bias, void *out, int64_t rows, int64_t N, int64_t K, Stream stream) {
     if (rows == 0 || N == 0) return;

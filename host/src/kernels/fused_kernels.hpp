@@ -51,4 +51,27 @@ void mask_bias(Dtype dtype, const int64_t *padding, int64_t pad_stride_b, int64_
 constexpr int64_t kGemvMaxRows = 4;
 void gemv(Dtype dtype, const void *x, const void *w, const void *bias, void *out, int64_t rows, int64_t N, int64_t K, Stream stream);
 
+// Attention of a few new queries over a KV cache, in one kernel:
+// out[b, h, t] = softmax(q[b, h, t] . k[b, h / (H / KV), s] * scale + bias) v
+// with bias 0 where key s is visible to query t (at position S - T + t:
+// causal, padding[b, s] != 0, within `window` when window > 0) and `lowest`
+// elsewhere, as the additive mask of the ATen chain; float32 softmax and
+// sums, one rounding at the end. One block per (b, h, t); its shared memory
+// holds the S scores. q [B, H, T, D], k and v [B, KV, S, D] by strides (last
+// dimension contiguous), out contiguous [B, H, T, D]; D a multiple of 8
+// and <= 256, k and v rows 16-byte aligned.
+struct AttentionArgs {
+    const void *q = nullptr, *k = nullptr, *v = nullptr;
+    void *out = nullptr;
+    int64_t B = 0, H = 0, KV = 0, T = 0, S = 0, D = 0;
+    int64_t q_stride[3]{}, k_stride[3]{}, v_stride[3]{};  // b, head, position
+    const int64_t *padding = nullptr;
+    int64_t pad_stride_b = 0, pad_stride_s = 0;
+    int64_t window = 0;
+    float scale = 1.f, lowest = 0.f;
+};
+// Largest S decode_attention takes (its scores live in shared memory).
+int64_t decode_attention_max_keys(int64_t D);
+void decode_attention(Dtype dtype, const AttentionArgs &a, Stream stream);
+
 }  // namespace mango::kernels

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
+#include <torch/version.h>
 
 #include <atomic>
 #include <cfloat>
@@ -67,6 +68,32 @@ at::Tensor mask_bias_chain(const at::Tensor &padding, int64_t T, int64_t window,
     allowed = padding.eq(0.0).logical_not().reshape({B, 1, 1, S}).logical_and(allowed);
     return at::zeros({B, 1, T, S}, at::TensorOptions().dtype(dtype).device(padding.device()))
         .masked_fill(allowed.logical_not(), lowest_for(dtype));
+}
+
+// MANGO_ATTENTION=eager: attention as the eager ATen chain (for comparisons), as the SDK does.
+[[maybe_unused]] bool eager_attention() {
+    const char *e = std::getenv("MANGO_ATTENTION");
+    return e && std::strcmp(e, "eager") == 0;
+}
+
+at::Tensor repeat_kv(const at::Tensor &x, int64_t rep) {
+    if (rep == 1) return x;
+    const int64_t B = x.size(0), KV = x.size(1), S = x.size(2), D = x.size(3);
+    return x.unsqueeze(2).expand({B, KV, rep, S, D}).reshape({B, KV * rep, S, D});
+}
+
+// mango/attention.hpp's attend() with the additive mask: scaled_dot_product_attention where this
+// LibTorch has it, else the eager chain (float32 softmax).
+at::Tensor attention_chain(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v, const at::Tensor &padding, int64_t window,
+                           double scale) {
+    const int64_t rep = q.size(1) / k.size(1);
+    const at::Tensor keys = repeat_kv(k, rep), values = repeat_kv(v, rep);
+    const at::Tensor bias = mask_bias_chain(padding, q.size(2), window, q.scalar_type());
+#if TORCH_VERSION_MAJOR >= 2
+    if (!eager_attention()) return at::scaled_dot_product_attention(q, keys, values, bias, 0.0, false, scale);
+#endif
+    at::Tensor scores = at::matmul(q, keys.transpose(2, 3)) * scale + bias;
+    return at::matmul(at::softmax(scores.to(at::kFloat), -1).to(q.scalar_type()), values);
 }
 
 // ---- where a kernel replaces the chain ----------------------------------------------
@@ -226,6 +253,41 @@ at::Tensor attention_mask_bias_op(const at::Tensor &padding, int64_t T, int64_t 
     return mask_bias_chain(padding, T, window, dtype);
 }
 
+at::Tensor decode_attention_op(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v, const at::Tensor &padding, int64_t window,
+                               double scale) {
+    TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && padding.dim() == 2,
+                "mango::decode_attention: q, k, v must be [B, heads, positions, D] and padding [B, S]");
+    TORCH_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0, "mango::decode_attention: ", q.size(1), " query heads for ", k.size(1),
+                " key/value heads");
+    TORCH_CHECK(q.size(2) <= k.size(2) && padding.size(1) == k.size(2), "mango::decode_attention: ", q.size(2), " queries, ", k.size(2),
+                " keys, a padding mask of ", padding.size(1));
+#ifdef MANGO_WITH_CUDA
+    Dtype dt;
+    const int64_t D = q.size(3);
+    const auto rows_aligned = [](const at::Tensor &t) {
+        return t.stride(3) == 1 && t.stride(0) % 8 == 0 && t.stride(1) % 8 == 0 && t.stride(2) % 8 == 0 &&
+               reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+    };
+    if (fused_kernels_enabled() && !eager_attention() && on_one_gpu({&q, &k, &v, &padding}) && !wants_grad({&q, &k, &v}) &&
+        q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type() && kernel_dtype(q.scalar_type(), dt) &&
+        padding.scalar_type() == at::kLong && D % 8 == 0 && D <= 256 && k.size(3) == D && v.sizes() == k.sizes() &&
+        k.size(2) <= kernels::decode_attention_max_keys(D) && q.stride(3) == 1 && rows_aligned(k) && rows_aligned(v) &&
+        k.size(0) == q.size(0) && padding.size(0) == q.size(0)) {
+        const c10::cuda::CUDAGuard guard(q.device());
+        at::Tensor out = at::empty(q.sizes(), q.options());
+        kernels::AttentionArgs a;
+        a.q = q.data_ptr(), a.k = k.data_ptr(), a.v = v.data_ptr(), a.out = out.data_ptr();
+        a.B = q.size(0), a.H = q.size(1), a.KV = k.size(1), a.T = q.size(2), a.S = k.size(2), a.D = D;
+        for (int i = 0; i < 3; ++i) a.q_stride[i] = q.stride(i), a.k_stride[i] = k.stride(i), a.v_stride[i] = v.stride(i);
+        a.padding = padding.data_ptr<int64_t>(), a.pad_stride_b = padding.stride(0), a.pad_stride_s = padding.stride(1);
+        a.window = window, a.scale = static_cast<float>(scale), a.lowest = static_cast<float>(lowest_for(q.scalar_type()));
+        kernels::decode_attention(dt, a, stream_of(q));
+        return out;
+    }
+#endif
+    return attention_chain(q, k, v, padding, window, scale);
+}
+
 }  // namespace
 
 bool fused_kernels_enabled() { return enabled_flag().load(); }
@@ -248,5 +310,6 @@ TORCH_LIBRARY(mango, m) {
     m.def("silu_mul(Tensor gate, Tensor up) -> Tensor", &k::silu_mul_op);
     m.def("rope(Tensor q, Tensor k, Tensor positions, Tensor inv_freq, float factor) -> (Tensor, Tensor)", &k::rope_op);
     m.def("linear(Tensor input, Tensor weight, Tensor? bias=None) -> Tensor", &k::linear_op);
+    m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor padding, int window, float scale) -> Tensor", &k::decode_attention_op);
     m.def("attention_mask_bias(Tensor padding, int T, int window, ScalarType dtype) -> Tensor", &k::attention_mask_bias_op);
 }

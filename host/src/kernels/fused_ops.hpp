@@ -6,13 +6,17 @@
 //   mango::silu_mul(Tensor gate, Tensor up) -> Tensor
 //   mango::rope(Tensor q, Tensor k, Tensor positions, Tensor inv_freq, float factor) -> (Tensor, Tensor)
 //   mango::attention_mask_bias(Tensor padding, int T, int window, ScalarType dtype) -> Tensor
+//   mango::decode_attention(Tensor q, Tensor k, Tensor v, Tensor padding, int window, float scale) -> Tensor
 //
 // Each is the chain of ATen operators the SDK composes for it (mango/ops.hpp,
 // mango/layers.hpp, mango/attention.hpp), and on a GPU, when no gradient is
 // wanted, one CUDA kernel instead of that chain (4 to 12 kernels) — what
 // decoding, a few tokens at a time, spends its time launching; linear is
 // at::linear but for up to 4 rows in bf16/f16, where a weight-streaming GEMV
-// replaces cuBLAS's GEMM. MANGO_FUSED_OPS=0 keeps the chains.
+// replaces cuBLAS's GEMM; decode_attention is the SDK's attend() (repeat the
+// k/v heads, additive mask, scaled_dot_product_attention) for the new
+// queries over a KV cache, one kernel that reads each k/v head once.
+// MANGO_FUSED_OPS=0 keeps the chains.
 #pragma once
 
 namespace mango::kernels {
