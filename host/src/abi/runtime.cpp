@@ -3,6 +3,7 @@
 #include "abi/crash_guard.hpp"
 #include "abi/host_api.hpp"
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/version.h>
 #ifdef MANGO_WITH_CUDA
@@ -49,7 +50,10 @@ void init_runtime(int threads) {
         const double fraction = std::strtod(f, &end);
         if (*end || !(fraction > 0 && fraction <= 1))
             throw HostError(std::string("MANGO_CUDA_MEMORY_FRACTION=") + clip(f) + ": expected a number in (0, 1]");
-        for (int d = 0; d < at::cuda::device_count(); ++d) c10::cuda::CUDACachingAllocator::setMemoryFraction(fraction, d);
+        for (int d = 0; d < at::cuda::device_count(); ++d) {
+            (void)at::empty({1}, at::TensorOptions().device(at::kCUDA, d));  // initialises CUDA and its allocator for the device
+            c10::cuda::CUDACachingAllocator::setMemoryFraction(fraction, d);
+        }
     }
 #endif
 }
