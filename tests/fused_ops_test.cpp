@@ -21,6 +21,7 @@ using RmsNorm = at::Tensor(const at::Tensor &, const at::Tensor &, double);
 using SiluMul = at::Tensor(const at::Tensor &, const at::Tensor &);
 using Rope = std::tuple<at::Tensor, at::Tensor>(const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &, double);
 using Linear = at::Tensor(const at::Tensor &, const at::Tensor &, const c10::optional<at::Tensor> &);
+using Linears = std::vector<at::Tensor>(const at::Tensor &, at::TensorList, at::TensorList);
 using DecodeAttention = at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &, int64_t, double);
 using MaskBias = at::Tensor(const at::Tensor &, int64_t, int64_t, at::ScalarType);
 
@@ -39,6 +40,9 @@ std::tuple<at::Tensor, at::Tensor> rope(const at::Tensor &q, const at::Tensor &k
 at::Tensor host_linear(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b = at::Tensor()) {
     return typed<Linear>("mango::linear").call(x, w, b.defined() ? c10::optional<at::Tensor>(b) : c10::nullopt);
 }
+std::vector<at::Tensor> linears(const at::Tensor &x, std::vector<at::Tensor> ws, std::vector<at::Tensor> bs = {}) {
+    return typed<Linears>("mango::linears").call(x, ws, bs);
+}
 at::Tensor decode_attention(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v, const at::Tensor &padding, int64_t window,
                             double scale) {
     return typed<DecodeAttention>("mango::decode_attention").call(q, k, v, padding, window, scale);
@@ -48,8 +52,8 @@ at::Tensor mask_bias(const at::Tensor &padding, int64_t T, int64_t window, at::S
 }
 
 TEST(FusedOps, PluginsFindThemThroughTheHostApi) {
-    for (const char *name :
-         {"mango::linear", "mango::rms_norm", "mango::silu_mul", "mango::rope", "mango::attention_mask_bias", "mango::decode_attention"}) {
+    for (const char *name : {"mango::linear", "mango::linears", "mango::rms_norm", "mango::silu_mul", "mango::rope",
+                             "mango::attention_mask_bias", "mango::decode_attention"}) {
         const mango_op *op = nullptr;
         EXPECT_EQ(mango::host_api()->find_op(name, "", &op), MANGO_OK) << name << ": " << mango::host_api()->last_error();
         EXPECT_NE(op, nullptr) << name;
@@ -62,6 +66,18 @@ TEST(FusedOps, LinearIsTheFormula) {
     at::Tensor want = at::einsum("btk,nk->btn", {x, w}) + b;
     EXPECT_TRUE(at::allclose(host_linear(x.to(at::kFloat), w.to(at::kFloat), b.to(at::kFloat)).to(at::kDouble), want, 1e-5, 1e-5));
     EXPECT_TRUE(at::allclose(host_linear(x.to(at::kFloat), w.to(at::kFloat)).to(at::kDouble), want - b, 1e-5, 1e-5));
+}
+
+TEST(FusedOps, LinearsAreOneLinearEach) {
+    at::manual_seed(7);
+    at::Tensor x = at::randn({2, 16}), q = at::randn({8, 16}), k = at::randn({4, 16}), v = at::randn({4, 16}), b = at::randn({8});
+    std::vector<at::Tensor> out = linears(x, {q, k, v});
+    ASSERT_EQ(out.size(), 3u);
+    EXPECT_TRUE(at::allclose(out[0], at::matmul(x, q.t()), 1e-5, 1e-5));
+    EXPECT_TRUE(at::allclose(out[2], at::matmul(x, v.t()), 1e-5, 1e-5));
+    std::vector<at::Tensor> with_bias = linears(x, {q, q}, {b, b});
+    EXPECT_TRUE(at::allclose(with_bias[1], at::matmul(x, q.t()) + b, 1e-5, 1e-5));
+    EXPECT_THROW(linears(x, {q, k}, {b}), c10::Error);  // biases: none or one per weight
 }
 
 TEST(FusedOps, RmsNormIsTheFormula) {
@@ -225,6 +241,11 @@ TEST_F(FusedKernels, MatchTheChainsInEachDtype) {
                     at::Tensor xs = at::randn({rows, 1, 2048}, on), ws = at::randn({5632, 2048}, on) * 0.02, bs = at::randn({5632}, on);
                     auto [l0, l1] = both([&] { return host_linear(xs, ws, bias ? bs : at::Tensor()); });
                     expect_near(l0, l1, 0.8, "linear (GEMV)");
+                    // q, k, v of different widths in one launch
+                    at::Tensor wk = at::randn({256, 2048}, on) * 0.02, wv = at::randn({512, 2048}, on) * 0.02, bk = at::randn({256}, on),
+                               bv = at::randn({512}, on);
+                    auto [m0, m1] = both([&] { return bias ? linears(xs, {ws, wk, wv}, {bs, bk, bv}) : linears(xs, {ws, wk, wv}); });
+                    for (size_t i = 0; i < 3; ++i) expect_near(m0[i], m1[i], 0.8, "linears (one GEMV launch)");
                 }
 
         for (int64_t T : {1, 3}) {  // GQA 8 query heads over 2, a padded batch, a cache of 45 entries (some not yet written)

@@ -11,7 +11,7 @@ model=${2:-/tmp/mango-llama-1b}
 raw=$(mktemp)
 MANGO_DECODE=static ncu --clock-control none --metrics gpu__time_duration.sum --csv \
   "$build/bin/bench_generate" "$model" --device cuda --dtype bfloat16 --prefill 16 --prompt 16 --decode 3 --batch 1 --reps 1 > "$raw" 2>/dev/null || true
-python3 - "$raw" <<'PY'
+python3 - "$raw" "${TAIL:-50}" <<'PY'
 import csv, sys, collections
 rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
 head, rows = rows[0], rows[1:]
@@ -26,5 +26,8 @@ s = sum(total.values())
 print(f"{len(rows)} kernels, {s:.0f} us in all (prefill of 16 tokens, then decode steps)")
 for k, t in total.most_common(40):
     print(f"{t:9.1f} us {count[k]:6d}x  {t / count[k]:7.2f} us  {k}")
+print("the last decode step's last kernels, in order (its last layers, the head, the pick):")
+for r in rows[-int(sys.argv[2]):]:
+    print(f"  {float(r[value].replace(',', '')) * scale.get(r[unit], 1e-3):7.2f} us  {r[name][:100]}")
 PY
 rm -f "$raw"

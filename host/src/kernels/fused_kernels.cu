@@ -189,29 +189,58 @@ __device__ __forceinline__ void unpack8(const uint4 &v, float (&f)[8], __half) {
     }
 }
 
-// One block per output column n: its 128 threads split the K dimension
-// (16-byte loads of w's row, several in flight per thread), then the block
-// sums. A block per column keeps every multiprocessor busy even for the
-// narrow k/v projections (a few hundred columns).
+template <class T>
+__device__ __forceinline__ float dot8(const uint4 &a, const uint4 &b) {
+    float fa[8], fb[8];
+    unpack8(a, fa, T{});
+    unpack8(b, fb, T{});
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s += fa[i] * fb[i];
+    return s;
+}
+
+struct GemvLaunch {
+    const void *x;
+    int64_t K;
+    GemvWeight w[kGemvMaxWeights];
+};
+
+// One block per output column (the columns of all weights in a row): its
+// 128 threads split K, each with two 16-byte loads of w in flight (the best
+// of tools/bench/gemv_variants.cu's layouts on an H100: 73% of copy
+// bandwidth over a decode step's products), then the block sums.
 template <class T, int M>
-__global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const T *__restrict__ x, const T *__restrict__ w, const T *__restrict__ bias,
-                                                                 T *__restrict__ out, int64_t N, int64_t K) {
-    const int64_t n = blockIdx.x;
-    const uint4 *wrow = reinterpret_cast<const uint4 *>(w + n * K);
-    const int64_t chunks = K / 8;
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvLaunch a) {
+    constexpr int64_t kT = kGemvWarps * 32;
+    int64_t n = blockIdx.x;
+    const void *wp = a.w[0].w, *bp = a.w[0].bias;
+    void *op = a.w[0].out;
+    int64_t N = a.w[0].N;
+    if (n >= N) {  // a later weight's column (unrolled: no dynamic indexing into the parameters)
+        n -= N;
+        wp = a.w[1].w, bp = a.w[1].bias, op = a.w[1].out, N = a.w[1].N;
+        if (n >= N) n -= N, wp = a.w[2].w, bp = a.w[2].bias, op = a.w[2].out, N = a.w[2].N;
+    }
+    const T *x = static_cast<const T *>(a.x);
+    const int64_t K = a.K, chunks = K / 8;
+    const uint4 *wrow = reinterpret_cast<const uint4 *>(static_cast<const T *>(wp) + n * K);
     float acc[M];
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[m] = 0.f;
-#pragma unroll 4
-    for (int64_t c = threadIdx.x; c < chunks; c += kGemvWarps * 32) {
-        float wf[8], xf[8];
-        unpack8(__ldcs(wrow + c), wf, T{});  // weights stream through once: evict-first
+    int64_t c = threadIdx.x;
+    for (; c + kT < chunks; c += 2 * kT) {
+        const uint4 w0 = __ldcs(wrow + c), w1 = __ldcs(wrow + c + kT);  // weights stream through once: evict-first
 #pragma unroll
         for (int m = 0; m < M; ++m) {
-            unpack8(__ldg(reinterpret_cast<const uint4 *>(x + m * K) + c), xf, T{});
-#pragma unroll
-            for (int i = 0; i < 8; ++i) acc[m] += wf[i] * xf[i];
+            const uint4 *xr = reinterpret_cast<const uint4 *>(x + m * K);
+            acc[m] += dot8<T>(w0, __ldg(xr + c)) + dot8<T>(w1, __ldg(xr + c + kT));
         }
+    }
+    if (c < chunks) {
+        const uint4 w0 = __ldcs(wrow + c);
+#pragma unroll
+        for (int m = 0; m < M; ++m) acc[m] += dot8<T>(w0, __ldg(reinterpret_cast<const uint4 *>(x + m * K) + c));
     }
     __shared__ float partial[kGemvWarps][M];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -226,23 +255,18 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const T *__restri
         float v = 0.f;
 #pragma unroll
         for (int i = 0; i < static_cast<int>(kGemvWarps); ++i) v += partial[i][threadIdx.x];
-        out[threadIdx.x * N + n] = store<T>(bias ? v + load(bias[n]) : v);
+        const T *bias = static_cast<const T *>(bp);
+        static_cast<T *>(op)[threadIdx.x * N + n] = store<T>(bias ? v + load(bias[n]) : v);
     }
 }
 
-template <class T, int M>
-void launch_gemv(const void *x, const void *w, const void *bias, void *out, int64_t N, int64_t K, Stream stream) {
-    gemv_kernel<T, M><<<static_cast<unsigned>(N), kGemvWarps * 32, 0, stream>>>(
-        static_cast<const T *>(x), static_cast<const T *>(w), static_cast<const T *>(bias), static_cast<T *>(out), N, K);
-}
-
 template <class T>
-void gemv_rows(int64_t rows, const void *x, const void *w, const void *bias, void *out, int64_t N, int64_t K, Stream stream) {
+void gemv_rows(int64_t rows, const GemvLaunch &a, unsigned blocks, Stream stream) {
     switch (rows) {
-    case 1: launch_gemv<T, 1>(x, w, bias, out, N, K, stream); break;
-    case 2: launch_gemv<T, 2>(x, w, bias, out, N, K, stream); break;
-    case 3: launch_gemv<T, 3>(x, w, bias, out, N, K, stream); break;
-    case 4: launch_gemv<T, 4>(x, w, bias, out, N, K, stream); break;
+    case 1: gemv_kernel<T, 1><<<blocks, kGemvWarps * 32, 0, stream>>>(a); break;
+    case 2: gemv_kernel<T, 2><<<blocks, kGemvWarps * 32, 0, stream>>>(a); break;
+    case 3: gemv_kernel<T, 3><<<blocks, kGemvWarps * 32, 0, stream>>>(a); break;
+    case 4: gemv_kernel<T, 4><<<blocks, kGemvWarps * 32, 0, stream>>>(a); break;
     default: throw std::invalid_argument("mango::linear: gemv takes 1 to 4 rows, got " + std::to_string(rows));
     }
 }
@@ -351,12 +375,16 @@ void decode_attention(Dtype dtype, const AttentionArgs &a, Stream stream) {
     check_launch("mango::decode_attention");
 }
 
-void gemv(Dtype dtype, const void *x, const void *w, const void *bias, void *out, int64_t rows, int64_t N, int64_t K, Stream stream) {
-    if (rows == 0 || N == 0) return;
+void gemv(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight *weights, int n_weights, Stream stream) {
+    if (n_weights < 1 || n_weights > kGemvMaxWeights) throw std::invalid_argument("mango::linear: gemv takes 1 to 3 weights");
+    GemvLaunch a{x, K, {}};
+    int64_t blocks = 0;
+    for (int i = 0; i < n_weights; ++i) a.w[i] = weights[i], blocks += weights[i].N;
+    if (rows == 0 || blocks == 0) return;
     if (dtype == Dtype::bf16)
-        gemv_rows<__nv_bfloat16>(rows, x, w, bias, out, N, K, stream);
+        gemv_rows<__nv_bfloat16>(rows, a, static_cast<unsigned>(blocks), stream);
     else if (dtype == Dtype::f16)
-        gemv_rows<__half>(rows, x, w, bias, out, N, K, stream);
+        gemv_rows<__half>(rows, a, static_cast<unsigned>(blocks), stream);
     else
         throw std::invalid_argument("mango::linear: gemv is for bfloat16 and float16");
     check_launch("mango::linear");

@@ -42,14 +42,22 @@ void mask_bias(Dtype dtype, const int64_t *padding, int64_t pad_stride_b, int64_
                int64_t window, float lowest, void *out, Stream stream);
 
 // out[m, n] = sum_k x[m, k] w[n, k] (+ bias[n]) for few rows m (1 to
-// kGemvMaxRows): one block per output column, 16-byte loads of w, float32
-// sums — a weight-streaming matrix-vector product for decoding, where
-// cuBLAS's GEMM kernels leave bandwidth unused. (From about 4 rows on, the
-// CUDA cores' multiply-adds catch up with the loads and cuBLAS's tensor
-// cores win.) bf16 or f16 only; x, w contiguous with K a multiple of 8 and
-// 16-byte aligned; bias may be null.
+// kGemvMaxRows), for up to kGemvMaxWeights weights of one input in one
+// launch (q, k and v; gate and up): one block per output column, two 16-byte
+// loads of w in flight per thread, float32 sums — a weight-streaming
+// matrix-vector product for decoding, where cuBLAS's GEMM kernels leave
+// bandwidth unused (tools/bench/gemv_variants.cu compares layouts). From
+// about 4 rows on the CUDA cores' multiply-adds catch up with the loads and
+// cuBLAS's tensor cores win. bf16 or f16 only; x and each w contiguous,
+// K a multiple of 8, 16-byte aligned; a bias may be null.
 constexpr int64_t kGemvMaxRows = 4;
-void gemv(Dtype dtype, const void *x, const void *w, const void *bias, void *out, int64_t rows, int64_t N, int64_t K, Stream stream);
+constexpr int kGemvMaxWeights = 3;
+struct GemvWeight {
+    const void *w = nullptr, *bias = nullptr;
+    void *out = nullptr;  // [rows, N] contiguous
+    int64_t N = 0;
+};
+void gemv(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight *weights, int n_weights, Stream stream);
 
 // Attention of a few new queries over a KV cache, in one kernel:
 // out[b, h, t] = softmax(q[b, h, t] . k[b, h / (H / KV), s] * scale + bias) v

@@ -207,33 +207,74 @@ std::tuple<at::Tensor, at::Tensor> rope_op(const at::Tensor &q, const at::Tensor
     return rope_chain(q, k, positions, inv_freq, factor);
 }
 
+#ifdef MANGO_WITH_CUDA
+bool aligned16(const at::Tensor &t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
+
+// Whether x W^T + b can take the GEMV kernel: a few rows of bf16 / f16 on one GPU, no gradient wanted.
+bool gemv_fits(const at::Tensor &x, const at::Tensor &weight, const at::Tensor &bias) {
+    return fused_kernels_enabled() && x.dim() >= 1 && weight.dim() == 2 && x.size(-1) == weight.size(1) && weight.size(1) % 8 == 0 &&
+           on_one_gpu({&x, &weight}) && (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf) &&
+           weight.scalar_type() == x.scalar_type() && weight.is_contiguous() && aligned16(weight) &&
+           (!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0) && bias.scalar_type() == x.scalar_type() &&
+                                bias.is_contiguous() && bias.device() == x.device() && !bias.requires_grad())) &&
+           !wants_grad({&x, &weight}) && x.numel() > 0 && x.numel() / x.size(-1) <= kGemvMaxRows;
+}
+
+// x W_i^T + b_i for each weight in one GEMV launch (the caller checked gemv_fits for each); empty
+// when x's contiguous copy is not 16-byte aligned.
+std::vector<at::Tensor> gemv_all(const at::Tensor &x, at::TensorList weights, at::TensorList biases) {
+    Dtype dt;
+    kernel_dtype(x.scalar_type(), dt);
+    const c10::cuda::CUDAGuard guard(x.device());
+    const at::Tensor xc = x.contiguous();
+    if (!aligned16(xc)) return {};
+    std::vector<at::Tensor> outs;
+    GemvWeight g[kGemvMaxWeights];
+    for (size_t i = 0; i < weights.size(); ++i) {
+        std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+        shape.back() = weights[i].size(0);
+        outs.push_back(at::empty(shape, x.options()));
+        g[i].w = weights[i].data_ptr();
+        g[i].bias = biases.empty() || !biases[i].defined() ? nullptr : biases[i].data_ptr();
+        g[i].out = outs.back().data_ptr();
+        g[i].N = weights[i].size(0);
+    }
+    kernels::gemv(dt, xc.data_ptr(), xc.numel() / x.size(-1), x.size(-1), g, static_cast<int>(weights.size()), stream_of(x));
+    return outs;
+}
+#endif
+
 // x W^T + b; a few rows in bfloat16 / float16 on a GPU go through the
 // weight-streaming GEMV kernel, everything else through at::linear.
 at::Tensor linear_op(const at::Tensor &x, const at::Tensor &weight, const c10::optional<at::Tensor> &bias_in) {
 #ifdef MANGO_WITH_CUDA
-    Dtype dt;
     const at::Tensor bias = bias_in.has_value() ? *bias_in : at::Tensor();
-    const bool has_bias = bias.defined();
-    const auto aligned = [](const at::Tensor &t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
-    if (fused_kernels_enabled() && x.dim() >= 1 && weight.dim() == 2 && x.size(-1) == weight.size(1) && weight.size(1) % 8 == 0 &&
-        on_one_gpu({&x, &weight}) && (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf) &&
-        weight.scalar_type() == x.scalar_type() && weight.is_contiguous() && aligned(weight) &&
-        (!has_bias || (bias.dim() == 1 && bias.size(0) == weight.size(0) && bias.scalar_type() == x.scalar_type() && bias.is_contiguous() &&
-                       bias.device() == x.device() && !bias.requires_grad())) &&
-        !wants_grad({&x, &weight}) && x.numel() > 0 && x.numel() / x.size(-1) <= kGemvMaxRows && kernel_dtype(x.scalar_type(), dt)) {
-        const c10::cuda::CUDAGuard guard(x.device());
-        const at::Tensor xc = x.contiguous();
-        if (aligned(xc)) {
-            std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-            shape.back() = weight.size(0);
-            at::Tensor out = at::empty(shape, x.options());
-            kernels::gemv(dt, xc.data_ptr(), weight.data_ptr(), has_bias ? bias.data_ptr() : nullptr, out.data_ptr(),
-                          xc.numel() / x.size(-1), weight.size(0), weight.size(1), stream_of(x));
-            return out;
-        }
+    if (gemv_fits(x, weight, bias)) {
+        std::vector<at::Tensor> out = gemv_all(x, {weight}, {bias});
+        if (!out.empty()) return out[0];
     }
 #endif
     return at::linear(x, weight, bias_in);
+}
+
+// x W_i^T + b_i for 1 to 3 weights of one input (biases: none, or one per
+// weight): one GEMV launch where each fits it, else linear_op for each.
+std::vector<at::Tensor> linears_op(const at::Tensor &x, at::TensorList weights, at::TensorList biases) {
+    TORCH_CHECK(!weights.empty(), "mango::linears: no weights");
+    TORCH_CHECK(biases.empty() || biases.size() == weights.size(), "mango::linears: ", biases.size(), " biases for ", weights.size(),
+                " weights (give none or one each)");
+#ifdef MANGO_WITH_CUDA
+    bool fits = weights.size() <= static_cast<size_t>(kGemvMaxWeights);
+    for (size_t i = 0; fits && i < weights.size(); ++i) fits = gemv_fits(x, weights[i], biases.empty() ? at::Tensor() : biases[i]);
+    if (fits) {
+        std::vector<at::Tensor> out = gemv_all(x, weights, biases);
+        if (!out.empty()) return out;
+    }
+#endif
+    std::vector<at::Tensor> out;
+    for (size_t i = 0; i < weights.size(); ++i)
+        out.push_back(linear_op(x, weights[i], biases.empty() ? c10::optional<at::Tensor>() : c10::optional<at::Tensor>(biases[i])));
+    return out;
 }
 
 at::Tensor attention_mask_bias_op(const at::Tensor &padding, int64_t T, int64_t window, at::ScalarType dtype) {
@@ -310,6 +351,7 @@ TORCH_LIBRARY(mango, m) {
     m.def("silu_mul(Tensor gate, Tensor up) -> Tensor", &k::silu_mul_op);
     m.def("rope(Tensor q, Tensor k, Tensor positions, Tensor inv_freq, float factor) -> (Tensor, Tensor)", &k::rope_op);
     m.def("linear(Tensor input, Tensor weight, Tensor? bias=None) -> Tensor", &k::linear_op);
+    m.def("linears(Tensor input, Tensor[] weights, Tensor[] biases) -> Tensor[]", &k::linears_op);
     m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor padding, int window, float scale) -> Tensor", &k::decode_attention_op);
     m.def("attention_mask_bias(Tensor padding, int T, int window, ScalarType dtype) -> Tensor", &k::attention_mask_bias_op);
 }

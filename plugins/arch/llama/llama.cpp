@@ -108,15 +108,18 @@ public:
         if (i < 0 || i >= c_.layers) throw Error(MANGO_ERR_INVALID_ARGUMENT, "layer " + std::to_string(i) + " out of range");
         const Layer &l = blocks_[static_cast<size_t>(i)];
         Tensor h = nn::rms_norm(x, l.norm_attn, c_.eps);
-        Tensor q = attn::split_heads(ops::linear(h, l.q, l.qb), c_.heads, c_.head_dim);
-        Tensor k = attn::split_heads(ops::linear(h, l.k, l.kb), c_.kv_heads, c_.head_dim);
-        Tensor v = attn::split_heads(ops::linear(h, l.v, l.vb), c_.kv_heads, c_.head_dim);
+        const std::vector<Tensor> qkv =
+            ops::linears(h, {l.q, l.k, l.v}, c_.bias ? std::vector<Tensor>{l.qb, l.kb, l.vb} : std::vector<Tensor>{});
+        Tensor q = attn::split_heads(qkv[0], c_.heads, c_.head_dim);
+        Tensor k = attn::split_heads(qkv[1], c_.kv_heads, c_.head_dim);
+        Tensor v = attn::split_heads(qkv[2], c_.kv_heads, c_.head_dim);
         std::tie(q, k) = attn::rope_qk(q, k, inv_freq_t_, pos, rope_.attention_factor);
         auto [keys, values] = attn::cached_kv(ctx, i, k, v, use_cache, c_.window);
         Tensor a = attn::attend(ctx, q, keys, values, mask, c_.window, 1.0 / std::sqrt(double(c_.head_dim)));
         Tensor r = ops::add(x, ops::linear(attn::merge_heads(a), l.o));
         h = nn::rms_norm(r, l.norm_mlp, c_.eps);
-        Tensor m = ops::linear(nn::silu_mul(ops::linear(h, l.gate), ops::linear(h, l.up)), l.down);
+        const std::vector<Tensor> gate_up = ops::linears(h, {l.gate, l.up});
+        Tensor m = ops::linear(nn::silu_mul(gate_up[0], gate_up[1]), l.down);
         return ops::add(r, m);
     }
 

@@ -65,7 +65,9 @@ struct Attention {
     Tensor forward(Context &ctx, int32_t layer, const Weights &a, const Tensor &h, const Tensor &mask, const Tensor &pos,
                    const Tensor &inv_freq, double rope_factor, bool use_cache) const {
         namespace attn = mango::attention;
-        Tensor q = ops::linear(h, a.q, a.qb), k = ops::linear(h, a.k, a.kb), v = ops::linear(h, a.v, a.vb);
+        const std::vector<Tensor> qkv =
+            ops::linears(h, {a.q, a.k, a.v}, qkv_bias ? std::vector<Tensor>{a.qb, a.kb, a.vb} : std::vector<Tensor>{});
+        Tensor q = qkv[0], k = qkv[1], v = qkv[2];
         if (qk_norm == QkNorm::whole) {
             q = layers::rms_norm(q, a.q_norm, eps);
             k = layers::rms_norm(k, a.k_norm, eps);

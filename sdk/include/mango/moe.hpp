@@ -69,7 +69,8 @@ inline Routing sigmoid_grouped_topk(const Tensor &x, const Tensor &gate, const T
 
 // act(x gate^T) * (x up^T), then down: a dense SwiGLU-style MLP.
 inline Tensor dense_mlp(const Tensor &x, const Tensor &gate, const Tensor &up, const Tensor &down, const std::string &act) {
-    return ops::linear(layers::gated(act, ops::linear(x, gate), ops::linear(x, up)), down);
+    const std::vector<Tensor> gu = ops::linears(x, {gate, up});
+    return ops::linear(layers::gated(act, gu[0], gu[1]), down);
 }
 
 // The routed experts of one layer, in either checkpoint layout.

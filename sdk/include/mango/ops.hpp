@@ -71,6 +71,21 @@ inline Tensor linear(const Tensor &x, const Tensor &w, const Tensor &b = Tensor(
     static const Op op = host_op ? *host_op : Op("aten::linear");
     return op({x, w, b});
 }
+// x W_i^T (+ b_i) for weights that share an input (q, k, v; gate, up);
+// biases: none, or one per weight. One kernel on a GPU where the host has
+// mango::linears, else one linear each.
+inline std::vector<Tensor> linears(const Tensor &x, const std::vector<Tensor> &ws, const std::vector<Tensor> &bs = {}) {
+    static const std::optional<Op> fused = Op::find("mango::linears");
+    std::vector<Tensor> out;
+    if (fused) {
+        Results r;
+        fused->call({x, ws, bs}, r);
+        for (size_t i = 0; i < r.n; ++i) out.push_back(r.tensor(i));
+        return out;
+    }
+    for (size_t i = 0; i < ws.size(); ++i) out.push_back(linear(x, ws[i], bs.empty() ? Tensor() : bs[i]));
+    return out;
+}
 inline Tensor log(const Tensor &x) {
     static const Op op("aten::log");
     return op({x});
