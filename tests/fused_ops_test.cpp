@@ -18,6 +18,7 @@
 namespace {
 
 using RmsNorm = at::Tensor(const at::Tensor &, const at::Tensor &, double);
+using AddRmsNorm = std::tuple<at::Tensor, at::Tensor>(const at::Tensor &, const at::Tensor &, const at::Tensor &, double);
 using SiluMul = at::Tensor(const at::Tensor &, const at::Tensor &);
 using Rope = std::tuple<at::Tensor, at::Tensor>(const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &, double);
 using Linear = at::Tensor(const at::Tensor &, const at::Tensor &, const c10::optional<at::Tensor> &);
@@ -32,6 +33,9 @@ c10::TypedOperatorHandle<F> typed(const char *name) {
 }
 
 at::Tensor rms_norm(const at::Tensor &x, const at::Tensor &w, double eps) { return typed<RmsNorm>("mango::rms_norm").call(x, w, eps); }
+std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor &x, const at::Tensor &r, const at::Tensor &w, double eps) {
+    return typed<AddRmsNorm>("mango::add_rms_norm").call(x, r, w, eps);
+}
 at::Tensor silu_mul(const at::Tensor &g, const at::Tensor &u) { return typed<SiluMul>("mango::silu_mul").call(g, u); }
 std::tuple<at::Tensor, at::Tensor> rope(const at::Tensor &q, const at::Tensor &k, const at::Tensor &pos, const at::Tensor &inv_freq,
                                         double factor) {
@@ -52,7 +56,7 @@ at::Tensor mask_bias(const at::Tensor &padding, int64_t T, int64_t window, at::S
 }
 
 TEST(FusedOps, PluginsFindThemThroughTheHostApi) {
-    for (const char *name : {"mango::linear", "mango::linears", "mango::rms_norm", "mango::silu_mul", "mango::rope",
+    for (const char *name : {"mango::linear", "mango::linears", "mango::rms_norm", "mango::add_rms_norm", "mango::silu_mul", "mango::rope",
                              "mango::attention_mask_bias", "mango::decode_attention"}) {
         const mango_op *op = nullptr;
         EXPECT_EQ(mango::host_api()->find_op(name, "", &op), MANGO_OK) << name << ": " << mango::host_api()->last_error();
@@ -88,6 +92,10 @@ TEST(FusedOps, RmsNormIsTheFormula) {
     at::Tensor want = w * x / at::sqrt((x * x).mean({-1}, true) + eps);
     EXPECT_TRUE(at::allclose(got.to(at::kDouble), want, 1e-5, 1e-6)) << (got.to(at::kDouble) - want).abs().max();
     EXPECT_EQ(rms_norm(x.to(at::kBFloat16), w.to(at::kBFloat16), eps).scalar_type(), at::kBFloat16);
+    at::Tensor r = at::randn({3, 5, 16}, at::kDouble);
+    auto [sum, normed] = add_rms_norm(x.to(at::kFloat), r.to(at::kFloat), w.to(at::kFloat), eps);
+    EXPECT_TRUE(at::allclose(sum.to(at::kDouble), x + r, 1e-6, 1e-6));
+    EXPECT_TRUE(at::allclose(normed.to(at::kDouble), w * (x + r) / at::sqrt(((x + r) * (x + r)).mean({-1}, true) + eps), 1e-5, 1e-6));
 }
 
 TEST(FusedOps, SiluMulIsTheFormula) {
@@ -217,6 +225,10 @@ TEST_F(FusedKernels, MatchTheChainsInEachDtype) {
         at::Tensor x = at::randn({2, 7, 2048}, on), w = at::randn({2048}, on);
         auto [n0, n1] = both([&] { return rms_norm(x, w, 1e-6); });
         expect_near(n0, n1, 0.95, "rms_norm");
+        at::Tensor res = at::randn({2, 7, 2048}, on);
+        auto [ar0, ar1] = both([&] { return add_rms_norm(x, res, w, 1e-6); });
+        expect_near(std::get<0>(ar0), std::get<0>(ar1), 1.0, "add_rms_norm (sum)");
+        expect_near(std::get<1>(ar0), std::get<1>(ar1), 0.95, "add_rms_norm (norm)");
         at::Tensor odd = at::randn({3, 100}, on), odd_w = at::randn({100}, on);  // rows not in 16-byte vectors
         auto [o0, o1] = both([&] { return rms_norm(odd, odd_w, 1e-6); });
         expect_near(o0, o1, 0.95, "rms_norm (odd width)");

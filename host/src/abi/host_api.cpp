@@ -493,7 +493,7 @@ mango_status api_cache_append(mango_context *ctx, const char *key, mango_tensor 
             if (T != sc->write_at.numel())
                 return fail(MANGO_ERR_SHAPE, ctx->label + ": cache_append '" + key + "': a decode step appends " +
                                                  std::to_string(sc->write_at.numel()) + " entries, got " + std::to_string(T));
-            slot.index_copy_(dim, sc->write_at, v);
+            if (!kernels::write_cache_entry(slot, dim, sc->write_at, v)) slot.index_copy_(dim, sc->write_at, v);
             *out = wrap(slot);
             return MANGO_OK;
         }

@@ -120,6 +120,52 @@ __global__ void rms_norm_vec_kernel(const T *x, const T *w, T *out, int64_t n, f
     }
 }
 
+// x + residual, then RMSNorm of the sum: the residual stream's add and the next norm in one pass.
+template <class T>
+__global__ void add_rms_norm_kernel(const T *x, const T *res, const T *w, T *sum_out, T *out, int64_t n, float eps) {
+    constexpr int V = 16 / sizeof(T);
+    const int64_t base = blockIdx.x * n;
+    const uint4 *xr = reinterpret_cast<const uint4 *>(x + base), *rr = reinterpret_cast<const uint4 *>(res + base);
+    uint4 *sr = reinterpret_cast<uint4 *>(sum_out + base), *o = reinterpret_cast<uint4 *>(out + base);
+    const uint4 *wv = reinterpret_cast<const uint4 *>(w);
+    const int64_t chunks = n / V;
+    float sq = 0.f;
+#pragma unroll 4
+    for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
+        const uint4 a = xr[c], b = rr[c];
+        const T *at = reinterpret_cast<const T *>(&a), *bt = reinterpret_cast<const T *>(&b);
+        uint4 r;
+        T *rt = reinterpret_cast<T *>(&r);
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+            rt[i] = store<T>(load(at[i]) + load(bt[i]));
+            const float v = load(rt[i]);
+            sq += v * v;
+        }
+        sr[c] = r;
+    }
+    const float inv = rsqrtf(block_sum<T>(sq) / static_cast<float>(n) + eps);  // block_sum's barrier also orders the sums' writes
+#pragma unroll 4
+    for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
+        const uint4 p = sr[c], g = wv[c];
+        const T *pt = reinterpret_cast<const T *>(&p), *gt = reinterpret_cast<const T *>(&g);
+        uint4 r;
+        T *rt = reinterpret_cast<T *>(&r);
+#pragma unroll
+        for (int i = 0; i < V; ++i) rt[i] = store<T>(load(gt[i]) * round_to<T>(load(pt[i]) * inv));
+        o[c] = r;
+    }
+}
+
+template <class E>
+__global__ void cache_write_kernel(const E *value, Strided4 vs, E *slot, Strided4 ss, const int64_t *at) {
+    const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    const int64_t D = vs.size[3], H = vs.size[1];
+    if (i >= vs.size[0] * H * D) return;
+    const int64_t d = i % D, h = (i / D) % H, b = i / (D * H);
+    slot[b * ss.stride[0] + h * ss.stride[1] + *at * ss.stride[2] + d * ss.stride[3]] = value[b * vs.stride[0] + h * vs.stride[1] + d * vs.stride[3]];
+}
+
 // ---- silu(g) * u ----------------------------------------------------------------
 template <class T>
 __global__ void silu_mul_kernel(const T *g, int64_t g_row, const T *u, int64_t u_row, T *out, int64_t rows, int64_t n) {
@@ -307,6 +353,7 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(Attentio
     const int64_t qpos = S - a.T + t;
     float local_max = -INFINITY;
     for (int64_t s = threadIdx.x; s < S; s += kAttnThreads) {
+        const bool visible = s <= qpos && (a.window <= 0 || s > qpos - a.window) && a.padding[b * a.pad_stride_b + s * a.pad_stride_s] != 0;
         constexpr int V = 16 / sizeof(T);  // elements per 16-byte load
         const uint4 *kr = reinterpret_cast<const uint4 *>(k + s * a.k_stride[2]);
         float dot = 0.f;
@@ -317,7 +364,6 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(Attentio
 #pragma unroll
             for (int i = 0; i < V; ++i) dot += qf[c * V + i] * load(e[i]);
         }
-        const bool visible = s <= qpos && (a.window <= 0 || s > qpos - a.window) && a.padding[b * a.pad_stride_b + s * a.pad_stride_s] != 0;
         const float score = dot * a.scale + (visible ? 0.f : a.lowest);
         scores[s] = score;
         local_max = fmaxf(local_max, score);
@@ -404,6 +450,36 @@ void rms_norm(Dtype dtype, const void *x, const void *w, void *out, int64_t rows
                                                                                           static_cast<T *>(out), n, eps);
     });
     check_launch("mango::rms_norm");
+}
+
+void add_rms_norm(Dtype dtype, const void *x, const void *residual, const void *w, void *sum, void *out, int64_t rows, int64_t n, float eps,
+                  Stream stream) {
+    if (rows == 0 || n == 0) return;
+    by_dtype(dtype, [&](auto zero) {
+        using T = decltype(zero);
+        add_rms_norm_kernel<T><<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(
+            static_cast<const T *>(x), static_cast<const T *>(residual), static_cast<const T *>(w), static_cast<T *>(sum), static_cast<T *>(out),
+            n, eps);
+    });
+    check_launch("mango::add_rms_norm");
+}
+
+void cache_write(int bytes, const void *value, const int64_t value_stride[4], void *slot, const int64_t slot_stride[4], int64_t B, int64_t H,
+                 int64_t D, const int64_t *at, Stream stream) {
+    Strided4 vs, ss;
+    for (int i = 0; i < 4; ++i) vs.stride[i] = value_stride[i], ss.stride[i] = slot_stride[i];
+    vs.size[0] = B, vs.size[1] = H, vs.size[2] = 1, vs.size[3] = D;
+    const int64_t n = B * H * D;
+    if (n == 0) return;
+    if (bytes == 2)
+        cache_write_kernel<uint16_t><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(static_cast<const uint16_t *>(value), vs,
+                                                                                       static_cast<uint16_t *>(slot), ss, at);
+    else if (bytes == 4)
+        cache_write_kernel<uint32_t><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(static_cast<const uint32_t *>(value), vs,
+                                                                                       static_cast<uint32_t *>(slot), ss, at);
+    else
+        throw std::invalid_argument("cache_write: elements of 2 or 4 bytes");
+    check_launch("static KV cache write");
 }
 
 void silu_mul(Dtype dtype, const void *g, int64_t g_row, const void *u, int64_t u_row, void *out, int64_t rows, int64_t n, Stream stream) {

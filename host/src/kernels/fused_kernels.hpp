@@ -18,6 +18,19 @@ using Stream = CUstream_st *;
 // `rows` contiguous rows of n elements; x, w and out share `dtype`.
 void rms_norm(Dtype dtype, const void *x, const void *w, void *out, int64_t rows, int64_t n, float eps, Stream stream);
 
+// sum = x + residual (rounded to dtype, as ATen's add) and out = rms_norm(sum)
+// (as rms_norm above) over contiguous rows whose width n is a multiple of
+// 16 / sizeof(dtype), all pointers 16-byte aligned.
+void add_rms_norm(Dtype dtype, const void *x, const void *residual, const void *w, void *sum, void *out, int64_t rows, int64_t n, float eps,
+                  Stream stream);
+
+// One decode step's entry of a static KV cache slot: slot[b, h, *at, :] =
+// value[b, h, 0, :] for a [B, H, 1, D] value by strides and a [B, H, S, D]
+// slot by strides, `at` read on the device (a CUDA graph replays it with each
+// step's entry); elements of `bytes` bytes (2 or 4).
+void cache_write(int bytes, const void *value, const int64_t value_stride[4], void *slot, const int64_t slot_stride[4], int64_t B,
+                 int64_t H, int64_t D, const int64_t *at, Stream stream);
+
 // out = silu(g) * u over `rows` rows of n elements of `dtype`: g's and u's
 // rows start every g_row / u_row elements, out is contiguous.
 void silu_mul(Dtype dtype, const void *g, int64_t g_row, const void *u, int64_t u_row, void *out, int64_t rows, int64_t n, Stream stream);

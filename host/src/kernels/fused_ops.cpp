@@ -170,6 +170,26 @@ at::Tensor rms_norm_op(const at::Tensor &x, const at::Tensor &weight, double eps
     return rms_norm_chain(x, weight, eps);
 }
 
+std::tuple<at::Tensor, at::Tensor> add_rms_norm_op(const at::Tensor &x, const at::Tensor &residual, const at::Tensor &weight, double eps) {
+#ifdef MANGO_WITH_CUDA
+    Dtype dt;
+    const int64_t n = x.dim() ? x.size(-1) : 0;
+    if (fused_kernels_enabled() && on_one_gpu({&x, &residual, &weight}) && !wants_grad({&x, &residual, &weight}) && x.dim() >= 1 &&
+        x.sizes() == residual.sizes() && x.scalar_type() == residual.scalar_type() && x.scalar_type() == weight.scalar_type() &&
+        kernel_dtype(x.scalar_type(), dt) && weight.dim() == 1 && weight.size(0) == n && n % (16 / x.element_size()) == 0 &&
+        x.is_contiguous() && residual.is_contiguous() && weight.is_contiguous() && aligned16(x) && aligned16(residual) &&
+        aligned16(weight)) {
+        const c10::cuda::CUDAGuard guard(x.device());
+        at::Tensor sum = at::empty_like(x), out = at::empty_like(x);
+        kernels::add_rms_norm(dt, x.data_ptr(), residual.data_ptr(), weight.data_ptr(), sum.data_ptr(), out.data_ptr(),
+                              n ? x.numel() / n : 0, n, static_cast<float>(eps), stream_of(x));
+        return {sum, out};
+    }
+#endif
+    at::Tensor sum = x + residual;
+    return {sum, rms_norm_chain(sum, weight, eps)};
+}
+
 at::Tensor silu_mul_op(const at::Tensor &gate, const at::Tensor &up) {
 #ifdef MANGO_WITH_CUDA
     Dtype dt;
@@ -331,6 +351,25 @@ at::Tensor decode_attention_op(const at::Tensor &q, const at::Tensor &k, const a
 
 }  // namespace
 
+bool write_cache_entry(at::Tensor &slot, int64_t dim, const at::Tensor &at, const at::Tensor &value) {
+#ifdef MANGO_WITH_CUDA
+    if (!fused_kernels_enabled() || dim != 2 || slot.dim() != 4 || value.dim() != 4 || value.size(2) != 1 || at.numel() != 1 ||
+        at.scalar_type() != at::kLong || !on_one_gpu({&slot, &value, &at}) || slot.scalar_type() != value.scalar_type() ||
+        (value.element_size() != 2 && value.element_size() != 4) || slot.size(0) != value.size(0) || slot.size(1) != value.size(1) ||
+        slot.size(3) != value.size(3) || wants_grad({&value}))
+        return false;
+    const c10::cuda::CUDAGuard guard(slot.device());
+    const int64_t vs[4] = {value.stride(0), value.stride(1), value.stride(2), value.stride(3)};
+    const int64_t ss[4] = {slot.stride(0), slot.stride(1), slot.stride(2), slot.stride(3)};
+    kernels::cache_write(static_cast<int>(value.element_size()), value.data_ptr(), vs, slot.data_ptr(), ss, value.size(0), value.size(1),
+                         value.size(3), at.data_ptr<int64_t>(), stream_of(slot));
+    return true;
+#else
+    (void)slot, (void)dim, (void)at, (void)value;
+    return false;
+#endif
+}
+
 bool fused_kernels_enabled() { return enabled_flag().load(); }
 
 void set_fused_kernels_enabled(bool on) {
@@ -348,6 +387,7 @@ void register_fused_ops() {}  // the TORCH_LIBRARY block below registers them wh
 TORCH_LIBRARY(mango, m) {
     namespace k = mango::kernels;
     m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor", &k::rms_norm_op);
+    m.def("add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)", &k::add_rms_norm_op);
     m.def("silu_mul(Tensor gate, Tensor up) -> Tensor", &k::silu_mul_op);
     m.def("rope(Tensor q, Tensor k, Tensor positions, Tensor inv_freq, float factor) -> (Tensor, Tensor)", &k::rope_op);
     m.def("linear(Tensor input, Tensor weight, Tensor? bias=None) -> Tensor", &k::linear_op);

@@ -2,7 +2,9 @@
 // `mango::` namespace, so plugins find them as they find ATen's (find_op):
 //
 //   mango::linear(Tensor input, Tensor weight, Tensor? bias=None) -> Tensor
+//   mango::linears(Tensor input, Tensor[] weights, Tensor[] biases) -> Tensor[]
 //   mango::rms_norm(Tensor x, Tensor weight, float eps) -> Tensor
+//   mango::add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)
 //   mango::silu_mul(Tensor gate, Tensor up) -> Tensor
 //   mango::rope(Tensor q, Tensor k, Tensor positions, Tensor inv_freq, float factor) -> (Tensor, Tensor)
 //   mango::attention_mask_bias(Tensor padding, int T, int window, ScalarType dtype) -> Tensor
@@ -19,7 +21,14 @@
 // MANGO_FUSED_OPS=0 keeps the chains.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 namespace mango::kernels {
+
+// slot.index_copy_(dim, at, value) for one decode step's entry (value [B, H,
+// 1, D], dim 2, `at` one index on the device) as one small kernel on a GPU;
+// false where it does not apply (the caller copies as before).
+bool write_cache_entry(at::Tensor &slot, int64_t dim, const at::Tensor &at, const at::Tensor &value);
 
 // Makes sure the operators are registered (their object file is linked);
 // cheap, call it before resolving operators.

@@ -116,9 +116,8 @@ public:
         std::tie(q, k) = attn::rope_qk(q, k, inv_freq_t_, pos, rope_.attention_factor);
         auto [keys, values] = attn::cached_kv(ctx, i, k, v, use_cache, c_.window);
         Tensor a = attn::attend(ctx, q, keys, values, mask, c_.window, 1.0 / std::sqrt(double(c_.head_dim)));
-        Tensor r = ops::add(x, ops::linear(attn::merge_heads(a), l.o));
-        h = nn::rms_norm(r, l.norm_mlp, c_.eps);
-        const std::vector<Tensor> gate_up = ops::linears(h, {l.gate, l.up});
+        auto [r, normed] = nn::add_rms_norm(x, ops::linear(attn::merge_heads(a), l.o), l.norm_mlp, c_.eps);
+        const std::vector<Tensor> gate_up = ops::linears(normed, {l.gate, l.up});
         Tensor m = ops::linear(nn::silu_mul(gate_up[0], gate_up[1]), l.down);
         return ops::add(r, m);
     }

@@ -5,6 +5,7 @@
 #include "mango/ops.hpp"
 
 #include <string>
+#include <utility>
 
 namespace mango::layers {
 
@@ -17,6 +18,20 @@ inline Tensor rms_norm(const Tensor &x, const Tensor &weight, double eps) {
     Tensor f = ops::to_dtype(x, MANGO_DTYPE_F32);
     Tensor n = ops::mul(f, ops::rsqrt(ops::add_scalar(ops::mean(ops::pow(f, 2.0), {-1}, true), eps)));
     return ops::mul(weight, ops::to_dtype(n, x.dtype()));
+}
+
+// x + residual and its RMSNorm: {sum, rms_norm(sum, weight, eps)} — the
+// residual stream's add and the next norm, one kernel on a GPU where the host
+// has mango::add_rms_norm.
+inline std::pair<Tensor, Tensor> add_rms_norm(const Tensor &x, const Tensor &residual, const Tensor &weight, double eps) {
+    static const std::optional<Op> fused = Op::find("mango::add_rms_norm");
+    if (fused) {
+        Results r;
+        fused->call({x, residual, weight, eps}, r);
+        return {r.tensor(0), r.tensor(1)};
+    }
+    Tensor sum = ops::add(x, residual);
+    return {sum, rms_norm(sum, weight, eps)};
 }
 
 // LayerNorm over the last dimension (bias may be empty).

@@ -142,9 +142,10 @@ public:
     Tensor block(Context &ctx, int32_t i, const Tensor &x, const Tensor &mask, const Tensor &pos, bool use_cache) {
         if (i < 0 || i >= c_.layers) throw Error(MANGO_ERR_INVALID_ARGUMENT, "layer " + std::to_string(i) + " out of range");
         const Layer &l = blocks_[size_t(i)];
-        Tensor h = ops::add(x, c_.attn.forward(ctx, i, l.attn, layers::rms_norm(x, l.norm_attn, c_.eps), mask, pos, inv_freq_,
-                                               rope_.attention_factor, use_cache));
-        Tensor n = layers::rms_norm(h, l.norm_mlp, c_.eps);
+        auto [h, n] = layers::add_rms_norm(x,
+                                           c_.attn.forward(ctx, i, l.attn, layers::rms_norm(x, l.norm_attn, c_.eps), mask, pos, inv_freq_,
+                                                           rope_.attention_factor, use_cache),
+                                           l.norm_mlp, c_.eps);
         return ops::add(h, l.sparse ? l.moe.forward(ctx, n, mask, c_.sparse_layers()) : dense_mlp(n, l.gate, l.up, l.down, c_.act));
     }
 
