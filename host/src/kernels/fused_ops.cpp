@@ -125,6 +125,8 @@ bool on_one_gpu(std::initializer_list<const at::Tensor *> ts) {
     return true;
 }
 
+bool aligned16(const at::Tensor &t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
+
 Stream stream_of(const at::Tensor &t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
 
 // The element stride between rows when t is [rows, size(-1)] with contiguous
@@ -228,8 +230,6 @@ std::tuple<at::Tensor, at::Tensor> rope_op(const at::Tensor &q, const at::Tensor
 }
 
 #ifdef MANGO_WITH_CUDA
-bool aligned16(const at::Tensor &t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
-
 // Whether x W^T + b can take the GEMV kernel: a few rows of bf16 / f16 on one GPU, no gradient wanted.
 bool gemv_fits(const at::Tensor &x, const at::Tensor &weight, const at::Tensor &bias) {
     return fused_kernels_enabled() && x.dim() >= 1 && weight.dim() == 2 && x.size(-1) == weight.size(1) && weight.size(1) % 8 == 0 &&
