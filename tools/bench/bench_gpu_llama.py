@@ -4,7 +4,8 @@ heads) in bf16 on one GPU: prefill tokens/s at 512 and 2,048 tokens and greedy
 decode tokens/s at batch 1, 8 and 32, for transformers (sdpa) and Mango
 (build/bin/bench_generate: its default decoding — static KV cache, CUDA
 graphs and the host's fused kernels —, MANGO_FUSED_OPS=0 without the fused
-kernels, and MANGO_DECODE=eager, the growing cache with eager steps),
+kernels, and MANGO_DECODE=eager, the growing cache with eager steps, and a
+fusion of two copies of the model against twice the plain model),
 on the same random checkpoint, same GPU, same run; plus the decode roofline
 (device copy bandwidth / weight bytes) and every ratio.
 usage: bench_gpu_llama.py [BUILD_DIR]"""
@@ -55,10 +56,10 @@ roofline = bw / weight_bytes
 print(json.dumps({"copy_GB_s": bw / 1e9, "weight_GB": weight_bytes / 1e9, "decode_roofline_tok_s": roofline}), flush=True)
 
 
-def mango(prefill, batch, decode, env_extra):
+def mango(prefill, batch, decode, env_extra, extra=()):
     env = dict(os.environ, **env_extra)
     out = subprocess.run([f"{build}/bin/bench_generate", d, "--device", "cuda", "--dtype", "bfloat16", "--prefill", str(prefill),
-                          "--prompt", str(PROMPT), "--decode", str(decode), "--batch", str(batch)],
+                          "--prompt", str(PROMPT), "--decode", str(decode), "--batch", str(batch), *extra],
                          capture_output=True, text=True, env=env)
     if out.returncode != 0:
         sys.exit(f"bench_generate failed: {out.stderr[-3000:]}")
@@ -83,3 +84,12 @@ for name in ["mango", "mango-unfused-ops", "mango-eager-decode"]:
         print(f"ratio {name}/{ref}: {json.dumps(ratios)}")
 for name in ["mango", "mango-unfused-ops", "mango-eager-decode", "transformers-sdpa"]:
     print(f"{name} decode b1 = {res[name]['decode_b1'] / roofline:.1%} of the roofline ({roofline:.0f} tok/s)")
+
+# Fusion (Modular Layers) of two copies of the model, a simple router per layer (float32 routers over the
+# bf16 members): its cost over running both members' blocks, i.e. over twice the plain model (goal <= 1.10).
+f = mango(PREFILLS[0], 1, DECODE, {}, ("--fuse", "1"))
+print(json.dumps({"impl": "mango-fusion-of-two", f"prefill_{PREFILLS[0]}": f["prefill_tok_s"], "decode_b1": f["decode_tok_s"],
+                  "decode_b1_mode": f["decode"]}), flush=True)
+single = res["mango"]
+print(f"fusion overhead over its two members (time / 2x the plain model's): prefill {PREFILLS[0]} "
+      f"{single[f'prefill_{PREFILLS[0]}'] / (2 * f['prefill_tok_s']):.2f}x, decode b1 {single['decode_b1'] / (2 * f['decode_tok_s']):.2f}x")
