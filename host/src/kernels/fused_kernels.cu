@@ -88,66 +88,40 @@ __global__ void rms_norm_kernel(const T *x, const T *w, T *out, int64_t n, float
 }
 
 // The same over 16-byte vectors (n a multiple of 16 / sizeof(T), rows 16-byte aligned): a row of a few
-// thousand elements is one load per thread, not a chain of dependent ones.
+// thousand elements is one load per thread, not a chain of dependent ones. With `res`, the row is first
+// x + res (rounded to T, as ATen's add), written to sum_out and normalised: the residual stream's add and
+// the next norm in one pass.
 template <class T>
-__global__ void rms_norm_vec_kernel(const T *x, const T *w, T *out, int64_t n, float eps) {
-    constexpr int V = 16 / sizeof(T);
-    const uint4 *row = reinterpret_cast<const uint4 *>(x + blockIdx.x * n);
-    uint4 *o = reinterpret_cast<uint4 *>(out + blockIdx.x * n);
-    const uint4 *wv = reinterpret_cast<const uint4 *>(w);
-    const int64_t chunks = n / V;
-    float sum = 0.f;
-#pragma unroll 4
-    for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
-        const uint4 p = row[c];
-        const T *pt = reinterpret_cast<const T *>(&p);
-#pragma unroll
-        for (int i = 0; i < V; ++i) {
-            const float v = load(pt[i]);
-            sum += v * v;
-        }
-    }
-    const float inv = rsqrtf(block_sum<T>(sum) / static_cast<float>(n) + eps);
-#pragma unroll 4
-    for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
-        const uint4 p = row[c], g = wv[c];
-        const T *pt = reinterpret_cast<const T *>(&p), *gt = reinterpret_cast<const T *>(&g);
-        uint4 r;
-        T *rt = reinterpret_cast<T *>(&r);
-#pragma unroll
-        for (int i = 0; i < V; ++i) rt[i] = store<T>(load(gt[i]) * round_to<T>(load(pt[i]) * inv));
-        o[c] = r;
-    }
-}
-
-// x + residual, then RMSNorm of the sum: the residual stream's add and the next norm in one pass.
-template <class T>
-__global__ void add_rms_norm_kernel(const T *x, const T *res, const T *w, T *sum_out, T *out, int64_t n, float eps) {
+__global__ void rms_norm_vec_kernel(const T *x, const T *res, const T *w, T *sum_out, T *out, int64_t n, float eps) {
     constexpr int V = 16 / sizeof(T);
     const int64_t base = blockIdx.x * n;
-    const uint4 *xr = reinterpret_cast<const uint4 *>(x + base), *rr = reinterpret_cast<const uint4 *>(res + base);
-    uint4 *sr = reinterpret_cast<uint4 *>(sum_out + base), *o = reinterpret_cast<uint4 *>(out + base);
+    const uint4 *xr = reinterpret_cast<const uint4 *>(x + base), *rr = res ? reinterpret_cast<const uint4 *>(res + base) : nullptr;
+    uint4 *sr = res ? reinterpret_cast<uint4 *>(sum_out + base) : nullptr, *o = reinterpret_cast<uint4 *>(out + base);
     const uint4 *wv = reinterpret_cast<const uint4 *>(w);
     const int64_t chunks = n / V;
     float sq = 0.f;
 #pragma unroll 4
     for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
-        const uint4 a = xr[c], b = rr[c];
-        const T *at = reinterpret_cast<const T *>(&a), *bt = reinterpret_cast<const T *>(&b);
-        uint4 r;
-        T *rt = reinterpret_cast<T *>(&r);
+        uint4 p = xr[c];
+        T *pt = reinterpret_cast<T *>(&p);
+        if (rr) {
+            const uint4 b = rr[c];
+            const T *bt = reinterpret_cast<const T *>(&b);
+#pragma unroll
+            for (int i = 0; i < V; ++i) pt[i] = store<T>(load(pt[i]) + load(bt[i]));
+            sr[c] = p;
+        }
 #pragma unroll
         for (int i = 0; i < V; ++i) {
-            rt[i] = store<T>(load(at[i]) + load(bt[i]));
-            const float v = load(rt[i]);
+            const float v = load(pt[i]);
             sq += v * v;
         }
-        sr[c] = r;
     }
     const float inv = rsqrtf(block_sum<T>(sq) / static_cast<float>(n) + eps);  // block_sum's barrier also orders the sums' writes
+    const uint4 *src = rr ? sr : xr;
 #pragma unroll 4
     for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
-        const uint4 p = sr[c], g = wv[c];
+        const uint4 p = src[c], g = wv[c];
         const T *pt = reinterpret_cast<const T *>(&p), *gt = reinterpret_cast<const T *>(&g);
         uint4 r;
         T *rt = reinterpret_cast<T *>(&r);
@@ -444,7 +418,7 @@ void rms_norm(Dtype dtype, const void *x, const void *w, void *out, int64_t rows
                          reinterpret_cast<uintptr_t>(out) % 16 == 0;
         if (vec)
             rms_norm_vec_kernel<T><<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(
-                static_cast<const T *>(x), static_cast<const T *>(w), static_cast<T *>(out), n, eps);
+                static_cast<const T *>(x), nullptr, static_cast<const T *>(w), nullptr, static_cast<T *>(out), n, eps);
         else
             rms_norm_kernel<T><<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(static_cast<const T *>(x), static_cast<const T *>(w),
                                                                                           static_cast<T *>(out), n, eps);
@@ -457,7 +431,7 @@ void add_rms_norm(Dtype dtype, const void *x, const void *residual, const void *
     if (rows == 0 || n == 0) return;
     by_dtype(dtype, [&](auto zero) {
         using T = decltype(zero);
-        add_rms_norm_kernel<T><<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(
+        rms_norm_vec_kernel<T><<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(
             static_cast<const T *>(x), static_cast<const T *>(residual), static_cast<const T *>(w), static_cast<T *>(sum), static_cast<T *>(out),
             n, eps);
     });
