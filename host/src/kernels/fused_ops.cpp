@@ -89,7 +89,7 @@ at::Tensor attention_chain(const at::Tensor &q, const at::Tensor &k, const at::T
     const int64_t rep = q.size(1) / k.size(1);
     const at::Tensor keys = repeat_kv(k, rep), values = repeat_kv(v, rep);
     const at::Tensor bias = mask_bias_chain(padding, q.size(2), window, q.scalar_type());
-#if TORCH_VERSION_MAJOR >= 2
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)  // `scale` from 2.1 on
     if (!eager_attention()) return at::scaled_dot_product_attention(q, keys, values, bias, 0.0, false, scale);
 #endif
     at::Tensor scores = at::matmul(q, keys.transpose(2, 3)) * scale + bias;

@@ -17,7 +17,8 @@
 // at::linear but for up to 4 rows in bf16/f16, where a weight-streaming GEMV
 // replaces cuBLAS's GEMM; decode_attention is the SDK's attend() (repeat the
 // k/v heads, additive mask, scaled_dot_product_attention) for the new
-// queries over a KV cache, one kernel that reads each k/v head once.
+// queries over a KV cache, one kernel that reads the grouped k/v heads in
+// place (no repeated copies).
 // MANGO_FUSED_OPS=0 keeps the chains.
 #pragma once
 

@@ -233,7 +233,7 @@ inline bool has_sdpa() {
 // otherwise; eager math (eager() above) where it has not.
 inline Tensor attend(Context &ctx, const Tensor &q, const Tensor &k, const Tensor &v, const Tensor &padding, int64_t window, double scale) {
     const int64_t T = q.size(2), S = k.size(2), rep = q.size(1) / k.size(1);
-    if (T == 1) {  // one new token over the cache: the host's decode_attention (one kernel on a GPU)
+    if (T == 1 && padding && padding.size(1) == S) {  // one new token over the cache: the host's decode_attention (one kernel on a GPU)
         static const std::optional<Op> decode = Op::find("mango::decode_attention");
         if (decode) return (*decode)({q, k, v, padding, window, scale});
     }

@@ -71,15 +71,22 @@ inline Tensor linear(const Tensor &x, const Tensor &w, const Tensor &b = Tensor(
     static const Op op = host_op ? *host_op : Op("aten::linear");
     return op({x, w, b});
 }
-// x W_i^T (+ b_i) for weights that share an input (q, k, v; gate, up);
-// biases: none, or one per weight. One kernel on a GPU where the host has
-// mango::linears, else one linear each.
+// x W_i^T (+ b_i) for up to 8 weights that share an input (q, k, v; gate,
+// up); biases: none, or one per weight (an empty one: no bias). One kernel on
+// a GPU where the host has mango::linears, else one linear each.
 inline std::vector<Tensor> linears(const Tensor &x, const std::vector<Tensor> &ws, const std::vector<Tensor> &bs = {}) {
+    if (!bs.empty() && bs.size() != ws.size())
+        throw Error(MANGO_ERR_INVALID_ARGUMENT, "linears: " + std::to_string(bs.size()) + " biases for " + std::to_string(ws.size()) +
+                                                    " weights (give none or one each)");
     static const std::optional<Op> fused = Op::find("mango::linears");
+    bool all_biases = true;  // the host operator takes a list of tensors, none of them empty
+    for (const Tensor &b : bs) all_biases = all_biases && b;
     std::vector<Tensor> out;
-    if (fused) {
+    if (fused && all_biases && ws.size() <= Results::kMax) {
         Results r;
         fused->call({x, ws, bs}, r);
+        if (r.n != ws.size())
+            throw Error(MANGO_ERR_INTERNAL, "mango::linears returned " + std::to_string(r.n) + " results for " + std::to_string(ws.size()));
         for (size_t i = 0; i < r.n; ++i) out.push_back(r.tensor(i));
         return out;
     }
