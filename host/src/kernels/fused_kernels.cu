@@ -59,7 +59,6 @@ void by_dtype(Dtype dtype, F &&f) {
 // ---- RMSNorm: one block per row -------------------------------------------------
 constexpr unsigned kNormThreads = 256;
 
-template <class T>
 __device__ __forceinline__ float block_sum(float sum) {
     __shared__ float warp_sums[kNormThreads / 32];
     for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
@@ -83,7 +82,7 @@ __global__ void rms_norm_kernel(const T *x, const T *w, T *out, int64_t n, float
         const float v = load(row[i]);
         sum += v * v;
     }
-    const float inv = rsqrtf(block_sum<T>(sum) / static_cast<float>(n) + eps);
+    const float inv = rsqrtf(block_sum(sum) / static_cast<float>(n) + eps);
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) o[i] = store<T>(load(w[i]) * round_to<T>(load(row[i]) * inv));
 }
 
@@ -117,7 +116,7 @@ __global__ void rms_norm_vec_kernel(const T *x, const T *res, const T *w, T *sum
             sq += v * v;
         }
     }
-    const float inv = rsqrtf(block_sum<T>(sq) / static_cast<float>(n) + eps);  // block_sum's barrier also orders the sums' writes
+    const float inv = rsqrtf(block_sum(sq) / static_cast<float>(n) + eps);  // block_sum's barrier also orders the sums' writes
     const uint4 *src = rr ? sr : xr;
 #pragma unroll 4
     for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
@@ -191,32 +190,14 @@ __global__ void mask_bias_kernel(const int64_t *padding, int64_t psb, int64_t ps
 // ---- matrix-vector products for decoding ------------------------------------------
 constexpr unsigned kGemvWarps = 4;
 
-// 8 values of T from 16 bytes.
-__device__ __forceinline__ void unpack8(const uint4 &v, float (&f)[8], __nv_bfloat16) {
-    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&v);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const float2 p = __bfloat1622float2(h[i]);
-        f[2 * i] = p.x, f[2 * i + 1] = p.y;
-    }
-}
-__device__ __forceinline__ void unpack8(const uint4 &v, float (&f)[8], __half) {
-    const __half2 *h = reinterpret_cast<const __half2 *>(&v);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const float2 p = __half22float2(h[i]);
-        f[2 * i] = p.x, f[2 * i + 1] = p.y;
-    }
-}
-
+// The dot product of the 8 values of T (bf16 or f16) in each of two 16-byte loads.
 template <class T>
 __device__ __forceinline__ float dot8(const uint4 &a, const uint4 &b) {
-    float fa[8], fb[8];
-    unpack8(a, fa, T{});
-    unpack8(b, fb, T{});
+    static_assert(sizeof(T) == 2, "dot8 reads 8 two-byte values per 16 bytes");
+    const T *x = reinterpret_cast<const T *>(&a), *y = reinterpret_cast<const T *>(&b);
     float s = 0.f;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) s += fa[i] * fb[i];
+    for (int i = 0; i < 8; ++i) s += load(x[i]) * load(y[i]);
     return s;
 }
 

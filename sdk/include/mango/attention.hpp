@@ -230,7 +230,9 @@ inline bool has_sdpa() {
 // scaled_dot_product_attention where the LibTorch has it: without any mask
 // when the host says the batch has no padding (prefill: is_causal, which
 // flash takes; one new token: no mask at all), with the additive mask
-// otherwise; eager math (eager() above) where it has not.
+// otherwise; eager math (eager() above) where it has not. One new token with
+// a padding mask as wide as the keys goes to the host's decode_attention
+// where the host has it (the same computation; one kernel on a GPU).
 inline Tensor attend(Context &ctx, const Tensor &q, const Tensor &k, const Tensor &v, const Tensor &padding, int64_t window, double scale) {
     const int64_t T = q.size(2), S = k.size(2), rep = q.size(1) / k.size(1);
     if (T == 1 && padding && padding.size(1) == S) {  // one new token over the cache: the host's decode_attention (one kernel on a GPU)
