@@ -25,6 +25,10 @@ using Linear = at::Tensor(const at::Tensor &, const at::Tensor &, const c10::opt
 using Linears = std::vector<at::Tensor>(const at::Tensor &, at::TensorList, at::TensorList);
 using DecodeAttention = at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &, int64_t, double);
 using MaskBias = at::Tensor(const at::Tensor &, int64_t, int64_t, at::ScalarType);
+using LinearResidual = at::Tensor(const at::Tensor &, const at::Tensor &, const c10::optional<at::Tensor> &, const at::Tensor &);
+using Swiglu = at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &);
+using LinearsRope = std::vector<at::Tensor>(const at::Tensor &, at::TensorList, at::TensorList, const at::Tensor &, const at::Tensor &,
+                                            double, int64_t, int64_t);
 
 template <class F>
 c10::TypedOperatorHandle<F> typed(const char *name) {
@@ -55,9 +59,39 @@ at::Tensor mask_bias(const at::Tensor &padding, int64_t T, int64_t window, at::S
     return typed<MaskBias>("mango::attention_mask_bias").call(padding, T, window, dtype);
 }
 
+at::Tensor linear_residual(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, const at::Tensor &residual) {
+    return typed<LinearResidual>("mango::linear_residual").call(x, w, b.defined() ? c10::optional<at::Tensor>(b) : c10::nullopt, residual);
+}
+at::Tensor swiglu(const at::Tensor &x, const at::Tensor &g, const at::Tensor &u) { return typed<Swiglu>("mango::swiglu").call(x, g, u); }
+std::vector<at::Tensor> linears_rope(const at::Tensor &x, std::vector<at::Tensor> ws, std::vector<at::Tensor> bs, const at::Tensor &pos,
+                                     const at::Tensor &inv_freq, double factor, int64_t heads, int64_t kv_heads) {
+    return typed<LinearsRope>("mango::linears_rope").call(x, ws, bs, pos, inv_freq, factor, heads, kv_heads);
+}
+
+// The rotate-half rotary embedding of x [B, H, T, D] (double) by positions [B, T], written out
+// element by element: pairs (j, j + D/2) turn by positions * inv_freq[j], cos and sin times factor.
+at::Tensor rotated(const at::Tensor &x, const at::Tensor &pos, const at::Tensor &inv_freq, double factor) {
+    const int64_t D = x.size(3);
+    at::Tensor out = at::empty(x.sizes(), x.options());
+    auto a = x.accessor<double, 4>();
+    auto o = out.accessor<double, 4>();
+    auto p = pos.accessor<int64_t, 2>();
+    auto f = inv_freq.accessor<double, 1>();
+    for (int64_t b = 0; b < x.size(0); ++b)
+        for (int64_t h = 0; h < x.size(1); ++h)
+            for (int64_t t = 0; t < x.size(2); ++t)
+                for (int64_t j = 0; j < D / 2; ++j) {
+                    const double angle = double(p[b][t]) * f[j], c = std::cos(angle) * factor, s = std::sin(angle) * factor;
+                    o[b][h][t][j] = a[b][h][t][j] * c - a[b][h][t][j + D / 2] * s;
+                    o[b][h][t][j + D / 2] = a[b][h][t][j + D / 2] * c + a[b][h][t][j] * s;
+                }
+    return out;
+}
+
 TEST(FusedOps, PluginsFindThemThroughTheHostApi) {
-    for (const char *name : {"mango::linear", "mango::linears", "mango::rms_norm", "mango::add_rms_norm", "mango::silu_mul", "mango::rope",
-                             "mango::attention_mask_bias", "mango::decode_attention"}) {
+    for (const char *name :
+         {"mango::linear", "mango::linears", "mango::rms_norm", "mango::add_rms_norm", "mango::silu_mul", "mango::rope",
+          "mango::attention_mask_bias", "mango::decode_attention", "mango::linear_residual", "mango::swiglu", "mango::linears_rope"}) {
         const mango_op *op = nullptr;
         EXPECT_EQ(mango::host_api()->find_op(name, "", &op), MANGO_OK) << name << ": " << mango::host_api()->last_error();
         EXPECT_NE(op, nullptr) << name;
@@ -116,25 +150,52 @@ TEST(FusedOps, RopeRotatesPairsHalfADimensionApart) {
     at::Tensor pos = at::tensor({3, 4, 5, 6, 0, 1, 2, 3}, at::kLong).reshape({B, T});
     at::Tensor inv_freq = at::tensor({1.0, 0.1, 0.01, 0.001}, at::kDouble);
     const double factor = 1.25;
-    auto expect = [&](const at::Tensor &x) {
-        at::Tensor out = at::empty_like(x).contiguous();
-        auto a = x.accessor<double, 4>();
-        auto o = out.accessor<double, 4>();
-        auto p = pos.accessor<int64_t, 2>();
-        auto f = inv_freq.accessor<double, 1>();
-        for (int64_t b = 0; b < x.size(0); ++b)
-            for (int64_t h = 0; h < x.size(1); ++h)
-                for (int64_t t = 0; t < T; ++t)
-                    for (int64_t j = 0; j < D / 2; ++j) {
-                        const double angle = double(p[b][t]) * f[j], c = std::cos(angle) * factor, s = std::sin(angle) * factor;
-                        o[b][h][t][j] = a[b][h][t][j] * c - a[b][h][t][j + D / 2] * s;
-                        o[b][h][t][j + D / 2] = a[b][h][t][j + D / 2] * c + a[b][h][t][j] * s;
-                    }
-        return out;
-    };
     auto [qr, kr] = rope(q.to(at::kFloat), k.to(at::kFloat), pos, inv_freq.to(at::kFloat), factor);
-    EXPECT_TRUE(at::allclose(qr.to(at::kDouble), expect(q), 1e-5, 1e-5)) << (qr.to(at::kDouble) - expect(q)).abs().max();
-    EXPECT_TRUE(at::allclose(kr.to(at::kDouble), expect(k), 1e-5, 1e-5));
+    EXPECT_TRUE(at::allclose(qr.to(at::kDouble), rotated(q, pos, inv_freq, factor), 1e-5, 1e-5))
+        << (qr.to(at::kDouble) - rotated(q, pos, inv_freq, factor)).abs().max();
+    EXPECT_TRUE(at::allclose(kr.to(at::kDouble), rotated(k, pos, inv_freq, factor), 1e-5, 1e-5));
+}
+
+TEST(FusedOps, LinearResidualIsTheFormula) {
+    at::manual_seed(8);
+    at::Tensor x = at::randn({2, 3, 16}, at::kDouble), w = at::randn({5, 16}, at::kDouble), b = at::randn({5}, at::kDouble);
+    at::Tensor r = at::randn({2, 3, 5}, at::kDouble);
+    at::Tensor want = r + at::einsum("btk,nk->btn", {x, w}) + b;
+    const auto f = [](const at::Tensor &t) { return t.to(at::kFloat); };
+    EXPECT_TRUE(at::allclose(linear_residual(f(x), f(w), f(b), f(r)).to(at::kDouble), want, 1e-5, 1e-5));
+    EXPECT_TRUE(at::allclose(linear_residual(f(x), f(w), at::Tensor(), f(r)).to(at::kDouble), want - b, 1e-5, 1e-5));
+}
+
+TEST(FusedOps, SwigluIsSiluOfTheGateTimesTheUpProjection) {
+    at::manual_seed(9);
+    at::Tensor x = at::randn({3, 16}, at::kDouble), g = at::randn({24, 16}, at::kDouble), u = at::randn({24, 16}, at::kDouble);
+    at::Tensor gate = at::matmul(x, g.t()), want = gate / (1 + at::exp(-gate)) * at::matmul(x, u.t());
+    EXPECT_TRUE(at::allclose(swiglu(x.to(at::kFloat), g.to(at::kFloat), u.to(at::kFloat)).to(at::kDouble), want, 1e-5, 1e-5));
+}
+
+TEST(FusedOps, LinearsRopeProjectsSplitsAndRotates) {
+    at::manual_seed(10);
+    const int64_t B = 2, T = 3, H = 4, KV = 2, D = 8, hidden = 16;
+    at::Tensor x = at::randn({B, T, hidden}, at::kDouble), wq = at::randn({H * D, hidden}, at::kDouble),
+               wk = at::randn({KV * D, hidden}, at::kDouble), wv = at::randn({KV * D, hidden}, at::kDouble);
+    at::Tensor bq = at::randn({H * D}, at::kDouble), bk = at::randn({KV * D}, at::kDouble), bv = at::randn({KV * D}, at::kDouble);
+    at::Tensor pos = at::tensor({7, 8, 9, 0, 1, 2}, at::kLong).reshape({B, T});
+    at::Tensor inv_freq = at::tensor({1.0, 0.3, 0.01, 0.002}, at::kDouble);
+    const auto heads = [&](const at::Tensor &t, int64_t h) { return t.reshape({B, T, h, D}).transpose(1, 2); };
+    const auto f = [](const at::Tensor &t) { return t.to(at::kFloat); };
+    for (bool bias : {false, true}) {
+        const std::vector<at::Tensor> got =
+            bias ? linears_rope(f(x), {f(wq), f(wk), f(wv)}, {f(bq), f(bk), f(bv)}, pos, f(inv_freq), 0.9, H, KV)
+                 : linears_rope(f(x), {f(wq), f(wk), f(wv)}, {}, pos, f(inv_freq), 0.9, H, KV);
+        ASSERT_EQ(got.size(), 3u);
+        const auto proj = [&](const at::Tensor &w, const at::Tensor &b) { return at::matmul(x, w.t()) + (bias ? b : at::zeros_like(b)); };
+        EXPECT_TRUE(at::allclose(got[0].to(at::kDouble), rotated(heads(proj(wq, bq), H), pos, inv_freq, 0.9), 1e-4, 1e-4))
+            << "q, bias " << bias;
+        EXPECT_TRUE(at::allclose(got[1].to(at::kDouble), rotated(heads(proj(wk, bk), KV), pos, inv_freq, 0.9), 1e-4, 1e-4))
+            << "k, bias " << bias;
+        EXPECT_TRUE(at::allclose(got[2].to(at::kDouble), heads(proj(wv, bv), KV), 1e-4, 1e-4)) << "v (not rotated), bias " << bias;
+    }
+    EXPECT_THROW(linears_rope(f(x), {f(wq), f(wk), f(wv)}, {}, pos, f(inv_freq), 1.0, 3, KV), c10::Error);  // 32 rows in 3 heads
 }
 
 TEST(FusedOps, MaskBiasIsCausalPaddedAndWindowed) {
@@ -258,6 +319,28 @@ TEST_F(FusedKernels, MatchTheChainsInEachDtype) {
                                bv = at::randn({512}, on);
                     auto [m0, m1] = both([&] { return bias ? linears(xs, {ws, wk, wv}, {bs, bk, bv}) : linears(xs, {ws, wk, wv}); });
                     for (size_t i = 0; i < 3; ++i) expect_near(m0[i], m1[i], 0.8, "linears (one GEMV launch)");
+                    // the products with the next step of a decoder layer in their last step
+                    at::Tensor res = at::randn({rows, 1, 5632}, on);
+                    auto [lr0, lr1] = both([&] { return linear_residual(xs, ws, bias ? bs : at::Tensor(), res); });
+                    expect_near(lr0, lr1, 0.8, "linear_residual");
+                    at::Tensor wu = at::randn({5632, 2048}, on) * 0.02;
+                    auto [sw0, sw1] = both([&] { return swiglu(xs, ws, wu); });
+                    expect_near(sw0, sw1, 0.8, "swiglu");
+                    // q, k, v with rotary of head size 64: batch `rows` of one token, and one sequence of `rows` tokens
+                    at::Tensor wq = at::randn({1024, 2048}, on) * 0.02, bq = at::randn({1024}, on);
+                    at::Tensor inv_freq =
+                        at::pow(10000.0, -at::arange(0, 64, 2, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA)) / 64.0);
+                    const auto longs = at::TensorOptions().dtype(at::kLong).device(at::kCUDA);
+                    for (bool one_sequence : {false, true}) {
+                        at::Tensor xr = one_sequence ? xs.reshape({1, rows, 2048}) : xs;
+                        at::Tensor pos =
+                            one_sequence ? at::arange(40, 40 + rows, longs).unsqueeze(0) : at::arange(rows, longs).mul(7).unsqueeze(1);
+                        auto [q0, q1] = both([&] {
+                            return bias ? linears_rope(xr, {wq, wk, wk}, {bq, bk, bk}, pos, inv_freq, 1.0, 16, 4)
+                                        : linears_rope(xr, {wq, wk, wk}, {}, pos, inv_freq, 1.0, 16, 4);
+                        });
+                        for (size_t i = 0; i < 3; ++i) expect_near(q0[i], q1[i], 0.8, "linears_rope");
+                    }
                 }
 
         for (int64_t T : {1, 3}) {  // GQA 8 query heads over 2, a padded batch, a cache of 45 entries (some not yet written)

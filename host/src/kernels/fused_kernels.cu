@@ -140,29 +140,48 @@ __global__ void cache_write_kernel(const E *value, Strided4 vs, E *slot, Strided
 }
 
 // ---- silu(g) * u ----------------------------------------------------------------
+// silu(g) rounded to T (ATen's silu), times u, rounded (ATen's mul).
+template <class T>
+__device__ __forceinline__ T silu_times(float g, float u) {
+    return store<T>(round_to<T>(g / (1.f + expf(-g))) * u);
+}
+
 template <class T>
 __global__ void silu_mul_kernel(const T *g, int64_t g_row, const T *u, int64_t u_row, T *out, int64_t rows, int64_t n) {
     const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
     if (i >= rows * n) return;
     const int64_t r = i / n, c = i % n;
-    const float x = load(g[r * g_row + c]);
-    out[i] = store<T>(round_to<T>(x / (1.f + expf(-x))) * load(u[r * u_row + c]));
+    out[i] = silu_times<T>(load(g[r * g_row + c]), load(u[r * u_row + c]));
 }
 
 // ---- rotary embedding of q and k -------------------------------------------------
+// cos and sin of `angle` times `factor`, each rounded to T, as transformers' rotary tables hold them.
+template <class T>
+__device__ __forceinline__ void rope_cos_sin(float angle, float factor, float &c, float &s) {
+    c = round_to<T>(__fmul_rn(cosf(angle), factor));
+    s = round_to<T>(__fmul_rn(sinf(angle), factor));
+}
+
+// x * c + partner * s with each product rounded to T, as ATen's mul and add
+// do (__fmul_rn / __fadd_rn: no fused multiply-add).
+template <class T>
+__device__ __forceinline__ T rotate_one(float x, float partner, float c, float s) {
+    return store<T>(__fadd_rn(round_to<T>(__fmul_rn(x, c)), round_to<T>(__fmul_rn(partner, s))));
+}
+
 template <class T>
 __device__ void rope_one(const Strided4 &t, int64_t idx, const int64_t *pos, int64_t psb, int64_t pst, const float *inv_freq, float factor) {
     const int64_t D = t.size[3], T_ = t.size[2], H = t.size[1];
     const int64_t d = idx % D, tt = (idx / D) % T_, h = (idx / (D * T_)) % H, b = idx / (D * T_ * H);
     const int64_t half = D / 2, j = d % half;
     const float angle = static_cast<float>(pos[b * psb + tt * pst]) * inv_freq[j];
-    const float c = round_to<T>(__fmul_rn(cosf(angle), factor)), s = round_to<T>(__fmul_rn(sinf(angle), factor));
+    float c, s;
+    rope_cos_sin<T>(angle, factor, c, s);
     const T *x = static_cast<const T *>(t.x);
     const int64_t base = b * t.stride[0] + h * t.stride[1] + tt * t.stride[2];
     const float v = load(x[base + d * t.stride[3]]);
     const float partner = d < half ? -load(x[base + (d + half) * t.stride[3]]) : load(x[base + (d - half) * t.stride[3]]);
-    // __fmul_rn / __fadd_rn: no fused multiply-add, each product rounds as ATen's mul does
-    static_cast<T *>(t.out)[idx] = store<T>(__fadd_rn(round_to<T>(__fmul_rn(v, c)), round_to<T>(__fmul_rn(partner, s))));
+    static_cast<T *>(t.out)[idx] = rotate_one<T>(v, partner, c, s);
 }
 
 template <class T>
@@ -201,75 +220,170 @@ __device__ __forceinline__ float dot8(const uint4 &a, const uint4 &b) {
     return s;
 }
 
+// The per-thread partial sums of R weight rows (R 16-byte loads of each in
+// flight, two per row) against M input rows, summed over the block into
+// out[r][m] (every thread gets them). For R = 1 the order of the sums is the
+// plain product's.
+template <class T, int M, int R>
+__device__ __forceinline__ void gemv_dots(const uint4 *const (&wrow)[R], const T *x, int64_t K, float (&out)[R][M]) {
+    constexpr int64_t kT = kGemvWarps * 32;
+    const int64_t chunks = K / 8;
+    float acc[R][M];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int m = 0; m < M; ++m) acc[r][m] = 0.f;
+    int64_t c = threadIdx.x;
+    for (; c + kT < chunks; c += 2 * kT) {
+        uint4 w0[R], w1[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) w0[r] = __ldcs(wrow[r] + c), w1[r] = __ldcs(wrow[r] + c + kT);  // weights stream through once: evict-first
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+            const uint4 *xr = reinterpret_cast<const uint4 *>(x + m * K);
+            const uint4 x0 = __ldg(xr + c), x1 = __ldg(xr + c + kT);
+#pragma unroll
+            for (int r = 0; r < R; ++r) acc[r][m] += dot8<T>(w0[r], x0) + dot8<T>(w1[r], x1);
+        }
+    }
+    if (c < chunks) {
+        uint4 w0[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) w0[r] = __ldcs(wrow[r] + c);
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+            const uint4 x0 = __ldg(reinterpret_cast<const uint4 *>(x + m * K) + c);
+#pragma unroll
+            for (int r = 0; r < R; ++r) acc[r][m] += dot8<T>(w0[r], x0);
+        }
+    }
+    __shared__ float partial[kGemvWarps][R * M];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+            float v = acc[r][m];
+            for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+            if (lane == 0) partial[warp][r * M + m] = v;
+        }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+            float v = 0.f;
+#pragma unroll
+            for (int i = 0; i < static_cast<int>(kGemvWarps); ++i) v += partial[i][r * M + m];
+            out[r][m] = v;
+        }
+}
+
+// What a GEMV launch computes after its products (fused_kernels.hpp's Gemv* comments).
+enum class Epilogue { plain, residual, silu_mul, rope };
+
 struct GemvLaunch {
     const void *x;
     int64_t K;
     GemvWeight w[kGemvMaxWeights];
+    const void *residual;  // Epilogue::residual: [rows, N] contiguous
+    GemvRope rope;         // Epilogue::rope
 };
 
-// One block per output column (the columns of all weights in a row): its
-// 128 threads split K, each with two 16-byte loads of w in flight (the best
-// of tools/bench/gemv_variants.cu's layouts on an H100: 73% of copy
-// bandwidth over a decode step's products), then the block sums.
-template <class T, int M>
+template <class T>
+__device__ __forceinline__ float with_bias(float v, const void *bias, int64_t n) {
+    return bias ? v + load(static_cast<const T *>(bias)[n]) : v;
+}
+
+// One block per output column (the columns of all weights in a row), or per
+// pair of columns where the epilogue needs two (gate and up; a rotary pair):
+// its 128 threads split K, each with two 16-byte loads per weight row in
+// flight (the best of tools/bench/gemv_variants.cu's layouts on an H100: 73%
+// of copy bandwidth over a decode step's products), then the block sums.
+template <class T, int M, Epilogue E>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvLaunch a) {
-    constexpr int64_t kT = kGemvWarps * 32;
-    int64_t n = blockIdx.x;
-    const void *wp = a.w[0].w, *bp = a.w[0].bias;
-    void *op = a.w[0].out;
-    int64_t N = a.w[0].N;
-    if (n >= N) {  // a later weight's column (unrolled: no dynamic indexing into the parameters)
-        n -= N;
-        wp = a.w[1].w, bp = a.w[1].bias, op = a.w[1].out, N = a.w[1].N;
-        if (n >= N) n -= N, wp = a.w[2].w, bp = a.w[2].bias, op = a.w[2].out, N = a.w[2].N;
-    }
     const T *x = static_cast<const T *>(a.x);
-    const int64_t K = a.K, chunks = K / 8;
-    const uint4 *wrow = reinterpret_cast<const uint4 *>(static_cast<const T *>(wp) + n * K);
-    float acc[M];
-#pragma unroll
-    for (int m = 0; m < M; ++m) acc[m] = 0.f;
-    int64_t c = threadIdx.x;
-    for (; c + kT < chunks; c += 2 * kT) {
-        const uint4 w0 = __ldcs(wrow + c), w1 = __ldcs(wrow + c + kT);  // weights stream through once: evict-first
-#pragma unroll
-        for (int m = 0; m < M; ++m) {
-            const uint4 *xr = reinterpret_cast<const uint4 *>(x + m * K);
-            acc[m] += dot8<T>(w0, __ldg(xr + c)) + dot8<T>(w1, __ldg(xr + c + kT));
+    const int64_t K = a.K;
+    int64_t n = blockIdx.x;
+    if constexpr (E == Epilogue::silu_mul) {  // column n of gate (w[0]) and of up (w[1]) -> w[0].out
+        const uint4 *const rows[2] = {reinterpret_cast<const uint4 *>(static_cast<const T *>(a.w[0].w) + n * K),
+                                reinterpret_cast<const uint4 *>(static_cast<const T *>(a.w[1].w) + n * K)};
+        float v[2][M];
+        gemv_dots<T, M, 2>(rows, x, K, v);
+        if (threadIdx.x < M) {
+            const int m = threadIdx.x;
+            const float g = round_to<T>(with_bias<T>(v[0][m], a.w[0].bias, n)), u = round_to<T>(with_bias<T>(v[1][m], a.w[1].bias, n));
+            static_cast<T *>(a.w[0].out)[m * a.w[0].N + n] = silu_times<T>(g, u);
+        }
+        return;
+    }
+    // which weight: the blocks of w[0] come first, then w[1]'s, then w[2]'s; rotated weights (the first rope.rotated) take a block per pair
+    const int64_t per0 = E == Epilogue::rope && a.rope.rotated > 0 ? a.w[0].N / 2 : a.w[0].N;
+    const int64_t per1 = E == Epilogue::rope && a.rope.rotated > 1 ? a.w[1].N / 2 : a.w[1].N;
+    int which = 0;
+    if (n >= per0) {
+        n -= per0, which = 1;
+        if (n >= per1) n -= per1, which = 2;
+    }
+    GemvWeight g = a.w[0];  // by value, field by field: no dynamic indexing into the parameters
+    if (which == 1) g.w = a.w[1].w, g.bias = a.w[1].bias, g.out = a.w[1].out, g.N = a.w[1].N;
+    if (which == 2) g.w = a.w[2].w, g.bias = a.w[2].bias, g.out = a.w[2].out, g.N = a.w[2].N;
+    if constexpr (E == Epilogue::rope) {
+        if (which < a.rope.rotated) {  // pair n: head h, rotary index j: columns h D + j and h D + j + D / 2
+            const int64_t D = a.rope.head_dim, half = D / 2, j = n % half, lo = (n / half) * D + j, hi = lo + half;
+            const uint4 *const rows[2] = {reinterpret_cast<const uint4 *>(static_cast<const T *>(g.w) + lo * K),
+                                    reinterpret_cast<const uint4 *>(static_cast<const T *>(g.w) + hi * K)};
+            float v[2][M];
+            gemv_dots<T, M, 2>(rows, x, K, v);
+            if (threadIdx.x < M) {
+                const int m = threadIdx.x;
+                const int64_t b = m / a.rope.T, t = m % a.rope.T;
+                const float angle = static_cast<float>(a.rope.positions[b * a.rope.pos_stride_b + t * a.rope.pos_stride_t]) * a.rope.inv_freq[j];
+                float c, s;
+                rope_cos_sin<T>(angle, a.rope.factor, c, s);
+                const float x_lo = round_to<T>(with_bias<T>(v[0][m], g.bias, lo)), x_hi = round_to<T>(with_bias<T>(v[1][m], g.bias, hi));
+                T *out = static_cast<T *>(g.out) + m * g.N;
+                out[lo] = rotate_one<T>(x_lo, -x_hi, c, s);
+                out[hi] = rotate_one<T>(x_hi, x_lo, c, s);
+            }
+            return;
         }
     }
-    if (c < chunks) {
-        const uint4 w0 = __ldcs(wrow + c);
-#pragma unroll
-        for (int m = 0; m < M; ++m) acc[m] += dot8<T>(w0, __ldg(reinterpret_cast<const uint4 *>(x + m * K) + c));
-    }
-    __shared__ float partial[kGemvWarps][M];
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-        float v = acc[m];
-        for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-        if (lane == 0) partial[warp][m] = v;
-    }
-    __syncthreads();
+    const uint4 *const rows[1] = {reinterpret_cast<const uint4 *>(static_cast<const T *>(g.w) + n * K)};
+    float v[1][M];
+    gemv_dots<T, M, 1>(rows, x, K, v);
     if (threadIdx.x < M) {
-        float v = 0.f;
-#pragma unroll
-        for (int i = 0; i < static_cast<int>(kGemvWarps); ++i) v += partial[i][threadIdx.x];
-        const T *bias = static_cast<const T *>(bp);
-        static_cast<T *>(op)[threadIdx.x * N + n] = store<T>(bias ? v + load(bias[n]) : v);
+        const int m = threadIdx.x;
+        const float y = with_bias<T>(v[0][m], g.bias, n);
+        T *out = static_cast<T *>(g.out) + m * g.N + n;
+        if constexpr (E == Epilogue::residual)  // the product rounds to T, then ATen's add
+            *out = store<T>(load(static_cast<const T *>(a.residual)[m * g.N + n]) + round_to<T>(y));
+        else
+            *out = store<T>(y);
     }
 }
 
-template <class T>
+template <class T, Epilogue E>
 void gemv_rows(int64_t rows, const GemvLaunch &a, unsigned blocks, Stream stream) {
     switch (rows) {
-    case 1: gemv_kernel<T, 1><<<blocks, kGemvWarps * 32, 0, stream>>>(a); break;
-    case 2: gemv_kernel<T, 2><<<blocks, kGemvWarps * 32, 0, stream>>>(a); break;
-    case 3: gemv_kernel<T, 3><<<blocks, kGemvWarps * 32, 0, stream>>>(a); break;
-    case 4: gemv_kernel<T, 4><<<blocks, kGemvWarps * 32, 0, stream>>>(a); break;
+    case 1: gemv_kernel<T, 1, E><<<blocks, kGemvWarps * 32, 0, stream>>>(a); break;
+    case 2: gemv_kernel<T, 2, E><<<blocks, kGemvWarps * 32, 0, stream>>>(a); break;
+    case 3: gemv_kernel<T, 3, E><<<blocks, kGemvWarps * 32, 0, stream>>>(a); break;
+    case 4: gemv_kernel<T, 4, E><<<blocks, kGemvWarps * 32, 0, stream>>>(a); break;
     default: throw std::invalid_argument("mango::linear: gemv takes 1 to 4 rows, got " + std::to_string(rows));
     }
+}
+
+template <Epilogue E>
+void gemv_launch(Dtype dtype, int64_t rows, const GemvLaunch &a, int64_t blocks, const char *what, Stream stream) {
+    if (rows == 0 || blocks == 0) return;
+    if (dtype == Dtype::bf16)
+        gemv_rows<__nv_bfloat16, E>(rows, a, static_cast<unsigned>(blocks), stream);
+    else if (dtype == Dtype::f16)
+        gemv_rows<__half, E>(rows, a, static_cast<unsigned>(blocks), stream);
+    else
+        throw std::invalid_argument(std::string(what) + ": gemv is for bfloat16 and float16");
+    check_launch(what);
 }
 
 // ---- attention of a few queries over a KV cache -----------------------------------
@@ -378,17 +492,36 @@ void decode_attention(Dtype dtype, const AttentionArgs &a, Stream stream) {
 
 void gemv(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight *weights, int n_weights, Stream stream) {
     if (n_weights < 1 || n_weights > kGemvMaxWeights) throw std::invalid_argument("mango::linear: gemv takes 1 to 3 weights");
-    GemvLaunch a{x, K, {}};
+    GemvLaunch a{x, K, {}, nullptr, {}};
     int64_t blocks = 0;
     for (int i = 0; i < n_weights; ++i) a.w[i] = weights[i], blocks += weights[i].N;
-    if (rows == 0 || blocks == 0) return;
-    if (dtype == Dtype::bf16)
-        gemv_rows<__nv_bfloat16>(rows, a, static_cast<unsigned>(blocks), stream);
-    else if (dtype == Dtype::f16)
-        gemv_rows<__half>(rows, a, static_cast<unsigned>(blocks), stream);
-    else
-        throw std::invalid_argument("mango::linear: gemv is for bfloat16 and float16");
-    check_launch("mango::linear");
+    gemv_launch<Epilogue::plain>(dtype, rows, a, blocks, "mango::linear", stream);
+}
+
+void gemv_residual(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight &weight, const void *residual, Stream stream) {
+    GemvLaunch a{x, K, {weight}, residual, {}};
+    gemv_launch<Epilogue::residual>(dtype, rows, a, weight.N, "mango::linear_residual", stream);
+}
+
+void gemv_silu_mul(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight &gate, const GemvWeight &up, Stream stream) {
+    if (gate.N != up.N) throw std::invalid_argument("mango::swiglu: gate and up widths differ");
+    GemvLaunch a{x, K, {gate, up}, nullptr, {}};
+    gemv_launch<Epilogue::silu_mul>(dtype, rows, a, gate.N, "mango::swiglu", stream);
+}
+
+void gemv_rope(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight *weights, int n_weights, const GemvRope &rope,
+               Stream stream) {
+    if (n_weights < 1 || n_weights > kGemvMaxWeights || rope.rotated < 0 || rope.rotated > n_weights || rope.head_dim <= 0 ||
+        rope.head_dim % 2 || rope.T <= 0 || rows % rope.T)
+        throw std::invalid_argument("mango::linears_rope: unsupported arguments");
+    GemvLaunch a{x, K, {}, nullptr, rope};
+    int64_t blocks = 0;
+    for (int i = 0; i < n_weights; ++i) {
+        if (i < rope.rotated && weights[i].N % rope.head_dim)
+            throw std::invalid_argument("mango::linears_rope: a rotated width is not a multiple of the head size");
+        a.w[i] = weights[i], blocks += i < rope.rotated ? weights[i].N / 2 : weights[i].N;
+    }
+    gemv_launch<Epilogue::rope>(dtype, rows, a, blocks, "mango::linears_rope", stream);
 }
 
 void rms_norm(Dtype dtype, const void *x, const void *w, void *out, int64_t rows, int64_t n, float eps, Stream stream) {

@@ -72,6 +72,29 @@ struct GemvWeight {
 };
 void gemv(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight *weights, int n_weights, Stream stream);
 
+// The same product with the next operator of a decoder layer in its last step
+// (one launch fewer per layer each; the same roundings as the chains):
+// out = residual + x w^T (+ bias), the product rounded before the add
+// (residual [rows, N] contiguous, `weight.out` its own buffer);
+void gemv_residual(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight &weight, const void *residual, Stream stream);
+// gate.out = silu(x gate^T) * (x up^T), each block taking a gate column and
+// the up column beside it (up.out unused);
+void gemv_silu_mul(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight &gate, const GemvWeight &up, Stream stream);
+// and the first `rotated` weights' outputs (q, k) rotated per head of
+// head_dim as mango::rope does, a block per rotary pair (columns j and
+// j + head_dim / 2 of a head); row m of x is token (m / T, m % T), whose
+// position is positions[b * pos_stride_b + t * pos_stride_t].
+struct GemvRope {
+    int rotated = 0;
+    int64_t head_dim = 0, T = 1;
+    const int64_t *positions = nullptr;
+    int64_t pos_stride_b = 0, pos_stride_t = 0;
+    const float *inv_freq = nullptr;  // [head_dim / 2]
+    float factor = 1.f;
+};
+void gemv_rope(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight *weights, int n_weights, const GemvRope &rope,
+               Stream stream);
+
 // Attention of a few new queries over a KV cache, in one kernel:
 // out[b, h, t] = softmax(q[b, h, t] . k[b, h / (H / KV), s] * scale + bias) v
 // with bias 0 where key s is visible to query t (at position S - T + t:

@@ -240,24 +240,38 @@ bool gemv_fits(const at::Tensor &x, const at::Tensor &weight, const at::Tensor &
            !wants_grad({&x, &weight}) && x.numel() > 0 && x.numel() / x.size(-1) <= kGemvMaxRows;
 }
 
+// x as the GEMV kernels take it: contiguous and 16-byte aligned (undefined where its copy is not).
+at::Tensor gemv_input(const at::Tensor &x) {
+    const at::Tensor xc = x.contiguous();
+    return aligned16(xc) ? xc : at::Tensor();
+}
+
+std::vector<int64_t> output_shape(const at::Tensor &x, int64_t N) {
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+    shape.back() = N;
+    return shape;
+}
+
+GemvWeight gemv_weight(const at::Tensor &w, const at::Tensor &bias, const at::Tensor &out) {
+    GemvWeight g;
+    g.w = w.data_ptr(), g.bias = bias.defined() ? bias.data_ptr() : nullptr, g.out = out.defined() ? out.data_ptr() : nullptr;
+    g.N = w.size(0);
+    return g;
+}
+
 // x W_i^T + b_i for each weight in one GEMV launch (the caller checked gemv_fits for each); empty
 // when x's contiguous copy is not 16-byte aligned.
 std::vector<at::Tensor> gemv_all(const at::Tensor &x, at::TensorList weights, at::TensorList biases) {
     Dtype dt;
     kernel_dtype(x.scalar_type(), dt);
     const c10::cuda::CUDAGuard guard(x.device());
-    const at::Tensor xc = x.contiguous();
-    if (!aligned16(xc)) return {};
+    const at::Tensor xc = gemv_input(x);
+    if (!xc.defined()) return {};
     std::vector<at::Tensor> outs;
     GemvWeight g[kGemvMaxWeights];
     for (size_t i = 0; i < weights.size(); ++i) {
-        std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-        shape.back() = weights[i].size(0);
-        outs.push_back(at::empty(shape, x.options()));
-        g[i].w = weights[i].data_ptr();
-        g[i].bias = biases.empty() || !biases[i].defined() ? nullptr : biases[i].data_ptr();
-        g[i].out = outs.back().data_ptr();
-        g[i].N = weights[i].size(0);
+        outs.push_back(at::empty(output_shape(x, weights[i].size(0)), x.options()));
+        g[i] = gemv_weight(weights[i], biases.empty() ? at::Tensor() : biases[i], outs.back());
     }
     kernels::gemv(dt, xc.data_ptr(), xc.numel() / x.size(-1), x.size(-1), g, static_cast<int>(weights.size()), stream_of(x));
     return outs;
@@ -295,6 +309,95 @@ std::vector<at::Tensor> linears_op(const at::Tensor &x, at::TensorList weights, 
     for (size_t i = 0; i < weights.size(); ++i)
         out.push_back(linear_op(x, weights[i], biases.empty() ? c10::optional<at::Tensor>() : c10::optional<at::Tensor>(biases[i])));
     return out;
+}
+
+// residual + (x W^T + b): a decoder layer's last projection and its residual
+// add (the product rounded to the dtype first, as the two operators do), one
+// GEMV launch on a GPU.
+at::Tensor linear_residual_op(const at::Tensor &x, const at::Tensor &weight, const c10::optional<at::Tensor> &bias_in,
+                              const at::Tensor &residual) {
+#ifdef MANGO_WITH_CUDA
+    const at::Tensor bias = bias_in.has_value() ? *bias_in : at::Tensor();
+    if (gemv_fits(x, weight, bias) && residual.scalar_type() == x.scalar_type() && residual.device() == x.device() &&
+        residual.is_contiguous() && !wants_grad({&residual}) && residual.sizes() == at::IntArrayRef(output_shape(x, weight.size(0)))) {
+        Dtype dt;
+        kernel_dtype(x.scalar_type(), dt);
+        const c10::cuda::CUDAGuard guard(x.device());
+        if (const at::Tensor xc = gemv_input(x); xc.defined()) {
+            at::Tensor out = at::empty(residual.sizes(), x.options());
+            kernels::gemv_residual(dt, xc.data_ptr(), xc.numel() / x.size(-1), x.size(-1), gemv_weight(weight, bias, out),
+                                   residual.data_ptr(), stream_of(x));
+            return out;
+        }
+    }
+#endif
+    return residual + linear_op(x, weight, bias_in);
+}
+
+// silu(x G^T) * (x U^T): the SwiGLU half of a gated MLP, one GEMV launch on a GPU.
+at::Tensor swiglu_op(const at::Tensor &x, const at::Tensor &gate, const at::Tensor &up) {
+#ifdef MANGO_WITH_CUDA
+    if (gemv_fits(x, gate, at::Tensor()) && gemv_fits(x, up, at::Tensor()) && gate.size(0) == up.size(0)) {
+        Dtype dt;
+        kernel_dtype(x.scalar_type(), dt);
+        const c10::cuda::CUDAGuard guard(x.device());
+        if (const at::Tensor xc = gemv_input(x); xc.defined()) {
+            at::Tensor out = at::empty(output_shape(x, gate.size(0)), x.options());
+            kernels::gemv_silu_mul(dt, xc.data_ptr(), xc.numel() / x.size(-1), x.size(-1), gemv_weight(gate, at::Tensor(), out),
+                                   gemv_weight(up, at::Tensor(), at::Tensor()), stream_of(x));
+            return out;
+        }
+    }
+#endif
+    const std::vector<at::Tensor> gu = linears_op(x, {gate, up}, {});
+    return silu_mul_op(gu[0], gu[1]);
+}
+
+// q, k, v = x W_q^T, x W_k^T, x W_v^T (+ biases) split into heads
+// ([B, heads, T, D] views of [B, T, heads * D]), q and k rotated as
+// mango::rope does: the attention's input projections and its rotary
+// embedding, one GEMV launch on a GPU.
+std::vector<at::Tensor> linears_rope_op(const at::Tensor &x, at::TensorList weights, at::TensorList biases, const at::Tensor &positions,
+                                        const at::Tensor &inv_freq, double factor, int64_t heads, int64_t kv_heads) {
+    TORCH_CHECK(weights.size() == 3, "mango::linears_rope: takes the q, k and v weights, got ", weights.size());
+    TORCH_CHECK(x.dim() == 3, "mango::linears_rope: input must be [B, T, hidden], got ", x.dim(), " dimensions");
+    TORCH_CHECK(heads > 0 && kv_heads > 0 && weights[0].dim() == 2 && weights[1].dim() == 2 && weights[2].dim() == 2 &&
+                    weights[0].size(0) % heads == 0 && weights[1].size(0) % kv_heads == 0 && weights[2].size(0) % kv_heads == 0,
+                "mango::linears_rope: weights of ", weights[0].size(0), ", ", weights[1].size(0), " and ", weights[2].size(0), " rows for ",
+                heads, " query and ", kv_heads, " key/value heads");
+    const int64_t B = x.size(0), T = x.size(1), D = weights[0].size(0) / heads;
+    TORCH_CHECK(weights[1].size(0) / kv_heads == D, "mango::linears_rope: query heads of ", D, ", key heads of ",
+                weights[1].size(0) / kv_heads);
+    const auto heads_of = [&](const at::Tensor &t, int64_t h) { return t.view({B, T, h, t.size(-1) / h}).transpose(1, 2); };
+#ifdef MANGO_WITH_CUDA
+    bool fits = positions.scalar_type() == at::kLong && positions.dim() == 2 && positions.size(1) == T &&
+                (positions.size(0) == B || positions.size(0) == 1) && positions.device() == x.device() &&
+                inv_freq.scalar_type() == at::kFloat && inv_freq.dim() == 1 && inv_freq.size(0) * 2 == D && inv_freq.is_contiguous() &&
+                inv_freq.device() == x.device() && (biases.empty() || biases.size() == 3);
+    for (size_t i = 0; fits && i < 3; ++i) fits = gemv_fits(x, weights[i], biases.empty() ? at::Tensor() : biases[i]);
+    if (fits) {
+        Dtype dt;
+        kernel_dtype(x.scalar_type(), dt);
+        const c10::cuda::CUDAGuard guard(x.device());
+        if (const at::Tensor xc = gemv_input(x); xc.defined()) {
+            std::vector<at::Tensor> outs;
+            GemvWeight g[3];
+            for (size_t i = 0; i < 3; ++i) {
+                outs.push_back(at::empty(output_shape(x, weights[i].size(0)), x.options()));
+                g[i] = gemv_weight(weights[i], biases.empty() ? at::Tensor() : biases[i], outs.back());
+            }
+            GemvRope r;
+            r.rotated = 2, r.head_dim = D, r.T = T, r.positions = positions.data_ptr<int64_t>();
+            r.pos_stride_b = positions.size(0) == 1 ? 0 : positions.stride(0), r.pos_stride_t = positions.stride(1);
+            r.inv_freq = inv_freq.data_ptr<float>(), r.factor = static_cast<float>(factor);
+            kernels::gemv_rope(dt, xc.data_ptr(), B * T, x.size(-1), g, 3, r, stream_of(x));
+            return {heads_of(outs[0], heads), heads_of(outs[1], kv_heads), heads_of(outs[2], kv_heads)};
+        }
+    }
+#endif
+    const std::vector<at::Tensor> qkv = linears_op(x, weights, biases);
+    auto [q, k] = rope_op(heads_of(qkv[0], heads), heads_of(qkv[1], kv_heads), positions, inv_freq, factor);
+    return {q, k, heads_of(qkv[2], kv_heads)};
 }
 
 at::Tensor attention_mask_bias_op(const at::Tensor &padding, int64_t T, int64_t window, at::ScalarType dtype) {
@@ -392,6 +495,12 @@ TORCH_LIBRARY(mango, m) {
     m.def("rope(Tensor q, Tensor k, Tensor positions, Tensor inv_freq, float factor) -> (Tensor, Tensor)", &k::rope_op);
     m.def("linear(Tensor input, Tensor weight, Tensor? bias=None) -> Tensor", &k::linear_op);
     m.def("linears(Tensor input, Tensor[] weights, Tensor[] biases) -> Tensor[]", &k::linears_op);
+    m.def("linear_residual(Tensor input, Tensor weight, Tensor? bias, Tensor residual) -> Tensor", &k::linear_residual_op);
+    m.def("swiglu(Tensor input, Tensor gate, Tensor up) -> Tensor", &k::swiglu_op);
+    m.def(
+        "linears_rope(Tensor input, Tensor[] weights, Tensor[] biases, Tensor positions, Tensor inv_freq, float factor, int heads, "
+        "int kv_heads) -> Tensor[]",
+        &k::linears_rope_op);
     m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor padding, int window, float scale) -> Tensor", &k::decode_attention_op);
     m.def("attention_mask_bias(Tensor padding, int T, int window, ScalarType dtype) -> Tensor", &k::attention_mask_bias_op);
 }

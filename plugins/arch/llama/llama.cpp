@@ -108,18 +108,12 @@ public:
         if (i < 0 || i >= c_.layers) throw Error(MANGO_ERR_INVALID_ARGUMENT, "layer " + std::to_string(i) + " out of range");
         const Layer &l = blocks_[static_cast<size_t>(i)];
         Tensor h = nn::rms_norm(x, l.norm_attn, c_.eps);
-        const std::vector<Tensor> qkv =
-            ops::linears(h, {l.q, l.k, l.v}, c_.bias ? std::vector<Tensor>{l.qb, l.kb, l.vb} : std::vector<Tensor>{});
-        Tensor q = attn::split_heads(qkv[0], c_.heads, c_.head_dim);
-        Tensor k = attn::split_heads(qkv[1], c_.kv_heads, c_.head_dim);
-        Tensor v = attn::split_heads(qkv[2], c_.kv_heads, c_.head_dim);
-        std::tie(q, k) = attn::rope_qk(q, k, inv_freq_t_, pos, rope_.attention_factor);
+        auto [q, k, v] = attn::project_qkv_rope(h, {l.q, l.k, l.v}, c_.bias ? std::vector<Tensor>{l.qb, l.kb, l.vb} : std::vector<Tensor>{},
+                                                c_.heads, c_.kv_heads, c_.head_dim, inv_freq_t_, pos, rope_.attention_factor);
         auto [keys, values] = attn::cached_kv(ctx, i, k, v, use_cache, c_.window);
         Tensor a = attn::attend(ctx, q, keys, values, mask, c_.window, 1.0 / std::sqrt(double(c_.head_dim)));
         auto [r, normed] = nn::add_rms_norm(x, ops::linear(attn::merge_heads(a), l.o), l.norm_mlp, c_.eps);
-        const std::vector<Tensor> gate_up = ops::linears(normed, {l.gate, l.up});
-        Tensor m = ops::linear(nn::silu_mul(gate_up[0], gate_up[1]), l.down);
-        return ops::add(r, m);
+        return ops::linear_residual(r, nn::swiglu(normed, l.gate, l.up), l.down);
     }
 
     Tensor head(Context &, const Tensor &x) { return ops::linear(nn::rms_norm(x, norm_, c_.eps), lm_head_); }

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace mango::attention {
@@ -165,6 +166,31 @@ inline Tensor split_heads(const Tensor &x, int64_t heads, int64_t head_dim) {
 }
 // [B, heads, T, D] -> [B, T, heads * D]
 inline Tensor merge_heads(const Tensor &x) { return ops::reshape(ops::transpose(x, 1, 2), {x.size(0), x.size(2), x.size(1) * x.size(3)}); }
+
+// The attention's inputs from the normalised hidden state h [B, T, H]: q, k,
+// v = h W^T (+ b; biases: none or three) split into heads ([B, heads, T,
+// D]), q and k rotated as rope_qk does. One kernel on a GPU where the host
+// has mango::linears_rope (the products, the biases and the rotation in one
+// launch), else linears, split_heads and rope_qk.
+struct Qkv {
+    Tensor q, k, v;
+};
+inline Qkv project_qkv_rope(const Tensor &h, const std::vector<Tensor> &weights, const std::vector<Tensor> &biases, int64_t heads,
+                            int64_t kv_heads, int64_t head_dim, const Tensor &inv_freq, const Tensor &positions, double factor) {
+    static const std::optional<Op> fused = Op::find("mango::linears_rope");
+    bool all_biases = true;  // the host operator takes a list of tensors, none of them empty
+    for (const Tensor &b : biases) all_biases = all_biases && b;
+    if (fused && all_biases && weights.size() == 3 && (biases.empty() || biases.size() == 3)) {
+        Results r;
+        fused->call({h, weights, biases, positions, inv_freq, factor, heads, kv_heads}, r);
+        if (r.n != 3) throw Error(MANGO_ERR_INTERNAL, "mango::linears_rope returned " + std::to_string(r.n) + " results for 3");
+        return {r.tensor(0), r.tensor(1), r.tensor(2)};
+    }
+    const std::vector<Tensor> qkv = ops::linears(h, weights, biases);
+    Qkv out{split_heads(qkv[0], heads, head_dim), split_heads(qkv[1], kv_heads, head_dim), split_heads(qkv[2], kv_heads, head_dim)};
+    std::tie(out.q, out.k) = rope_qk(out.q, out.k, inv_freq, positions, factor);
+    return out;
+}
 
 // [B, KV, S, D] -> [B, KV * rep, S, D]
 inline Tensor repeat_kv(const Tensor &x, int64_t rep) {

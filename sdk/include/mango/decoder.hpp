@@ -65,8 +65,14 @@ struct Attention {
     Tensor forward(Context &ctx, int32_t layer, const Weights &a, const Tensor &h, const Tensor &mask, const Tensor &pos,
                    const Tensor &inv_freq, double rope_factor, bool use_cache) const {
         namespace attn = mango::attention;
-        const std::vector<Tensor> qkv =
-            ops::linears(h, {a.q, a.k, a.v}, qkv_bias ? std::vector<Tensor>{a.qb, a.kb, a.vb} : std::vector<Tensor>{});
+        const std::vector<Tensor> biases = qkv_bias ? std::vector<Tensor>{a.qb, a.kb, a.vb} : std::vector<Tensor>{};
+        const double scale = 1.0 / std::sqrt(double(head_dim));
+        if (qk_norm == QkNorm::none && clip_qkv <= 0) {  // the projections and the rotation in one step
+            auto [q, k, v] = attn::project_qkv_rope(h, {a.q, a.k, a.v}, biases, heads, kv_heads, head_dim, inv_freq, pos, rope_factor);
+            auto [keys, values] = attn::cached_kv(ctx, layer, k, v, use_cache, window);
+            return ops::linear(attn::merge_heads(attn::attend(ctx, q, keys, values, mask, window, scale)), a.o, a.ob);
+        }
+        const std::vector<Tensor> qkv = ops::linears(h, {a.q, a.k, a.v}, biases);
         Tensor q = qkv[0], k = qkv[1], v = qkv[2];
         if (qk_norm == QkNorm::whole) {
             q = layers::rms_norm(q, a.q_norm, eps);
@@ -86,7 +92,7 @@ struct Attention {
         }
         std::tie(q, k) = attn::rope_qk(q, k, inv_freq, pos, rope_factor);
         auto [keys, values] = attn::cached_kv(ctx, layer, k, v, use_cache, window);
-        Tensor out = attn::attend(ctx, q, keys, values, mask, window, 1.0 / std::sqrt(double(head_dim)));
+        Tensor out = attn::attend(ctx, q, keys, values, mask, window, scale);
         return ops::linear(attn::merge_heads(out), a.o, a.ob);
     }
 };

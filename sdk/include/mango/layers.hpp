@@ -69,6 +69,16 @@ inline Tensor silu_mul(const Tensor &gate, const Tensor &up) {
     return ops::mul(ops::silu(gate), up);
 }
 
+// silu(x G^T) * (x U^T), a SwiGLU MLP's first half from its input: one
+// kernel on a GPU where the host has mango::swiglu, else the two products
+// (one launch where the host has mango::linears) and silu_mul.
+inline Tensor swiglu(const Tensor &x, const Tensor &gate, const Tensor &up) {
+    static const std::optional<Op> fused = Op::find("mango::swiglu");
+    if (fused) return (*fused)({x, gate, up});
+    const std::vector<Tensor> gu = ops::linears(x, {gate, up});
+    return silu_mul(gu[0], gu[1]);
+}
+
 // act(gate) * up for the activation `name` (gated MLPs).
 inline Tensor gated(const std::string &name, const Tensor &gate, const Tensor &up) {
     if (name == "silu" || name == "swish") return silu_mul(gate, up);

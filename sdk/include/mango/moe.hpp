@@ -69,6 +69,7 @@ inline Routing sigmoid_grouped_topk(const Tensor &x, const Tensor &gate, const T
 
 // act(x gate^T) * (x up^T), then down: a dense SwiGLU-style MLP.
 inline Tensor dense_mlp(const Tensor &x, const Tensor &gate, const Tensor &up, const Tensor &down, const std::string &act) {
+    if (act == "silu" || act == "swish") return ops::linear(layers::swiglu(x, gate, up), down);
     const std::vector<Tensor> gu = ops::linears(x, {gate, up});
     return ops::linear(layers::gated(act, gu[0], gu[1]), down);
 }

@@ -71,6 +71,13 @@ inline Tensor linear(const Tensor &x, const Tensor &w, const Tensor &b = Tensor(
     static const Op op = host_op ? *host_op : Op("aten::linear");
     return op({x, w, b});
 }
+// residual + (x W^T + b): a layer's last projection and its residual add,
+// one kernel on a GPU where the host has mango::linear_residual.
+inline Tensor linear_residual(const Tensor &residual, const Tensor &x, const Tensor &w, const Tensor &b = Tensor()) {
+    static const std::optional<Op> fused = Op::find("mango::linear_residual");
+    if (fused) return (*fused)({x, w, b, residual});
+    return add(residual, linear(x, w, b));
+}
 // x W_i^T (+ b_i) for up to 8 weights that share an input (q, k, v; gate,
 // up); biases: none, or one per weight (an empty one: no bias). One kernel on
 // a GPU where the host has mango::linears, else one linear each.
