@@ -8,8 +8,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -45,6 +47,57 @@ void check_launch(const char *what) {
     if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": CUDA kernel launch failed: " + cudaGetErrorString(e));
 }
 
+// Programmatic dependent launch (sm_90 on): each kernel lets the next one in
+// its stream start as soon as all of its own blocks are running, and waits
+// for the previous kernel's results only where it reads its inputs — so a
+// kernel's launch, and the weight loads of a GEMV (weights are never the
+// output of the kernel just before), overlap the previous kernel's last
+// wave. Both instructions are no-ops for a kernel launched without the
+// attribute (older GPUs, MANGO_PDL=0) and on architectures before sm_90.
+__device__ __forceinline__ void let_next_kernel_start() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Whether kernels on the current device launch with programmatic stream
+// serialisation: compute capability 9.0 or later, unless MANGO_PDL=0.
+bool programmatic_launch() {
+    static const bool off = [] {
+        const char *e = std::getenv("MANGO_PDL");
+        return e && std::string(e) == "0";
+    }();
+    if (off) return false;
+    static std::atomic<int> major[64];  // per device: 0 = not asked yet
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return false;
+    if (major[device].load() == 0) {
+        int m = 0;
+        if (cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
+        major[device].store(m);
+    }
+    return major[device].load() >= 9;
+}
+
+// kernel<<<grid, block, shared, stream>>>(args...), with the programmatic
+// launch attribute where programmatic_launch() says; a failure is left for
+// check_launch (cudaGetLastError), as with <<< >>>.
+template <class... Params, class... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared, Stream stream, Args... args) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid, config.blockDim = block, config.dynamicSmemBytes = shared, config.stream = stream;
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attribute, config.numAttrs = programmatic_launch() ? 1 : 0;
+    (void)cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+}
+
 unsigned blocks_for(int64_t n, unsigned threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
 
 template <class F>
@@ -75,6 +128,8 @@ __device__ __forceinline__ float block_sum(float sum) {
 
 template <class T>
 __global__ void rms_norm_kernel(const T *x, const T *w, T *out, int64_t n, float eps) {
+    let_next_kernel_start();
+    wait_for_previous_kernel();
     const T *row = x + blockIdx.x * n;
     T *o = out + blockIdx.x * n;
     float sum = 0.f;
@@ -92,6 +147,8 @@ __global__ void rms_norm_kernel(const T *x, const T *w, T *out, int64_t n, float
 // the next norm in one pass.
 template <class T>
 __global__ void rms_norm_vec_kernel(const T *x, const T *res, const T *w, T *sum_out, T *out, int64_t n, float eps) {
+    let_next_kernel_start();
+    wait_for_previous_kernel();
     constexpr int V = 16 / sizeof(T);
     const int64_t base = blockIdx.x * n;
     const uint4 *xr = reinterpret_cast<const uint4 *>(x + base), *rr = res ? reinterpret_cast<const uint4 *>(res + base) : nullptr;
@@ -132,6 +189,8 @@ __global__ void rms_norm_vec_kernel(const T *x, const T *res, const T *w, T *sum
 
 template <class E>
 __global__ void cache_write_kernel(const E *value, Strided4 vs, E *slot, Strided4 ss, const int64_t *at) {
+    let_next_kernel_start();
+    wait_for_previous_kernel();
     const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
     const int64_t D = vs.size[3], H = vs.size[1];
     if (i >= vs.size[0] * H * D) return;
@@ -148,6 +207,8 @@ __device__ __forceinline__ T silu_times(float g, float u) {
 
 template <class T>
 __global__ void silu_mul_kernel(const T *g, int64_t g_row, const T *u, int64_t u_row, T *out, int64_t rows, int64_t n) {
+    let_next_kernel_start();
+    wait_for_previous_kernel();
     const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
     if (i >= rows * n) return;
     const int64_t r = i / n, c = i % n;
@@ -187,6 +248,8 @@ __device__ void rope_one(const Strided4 &t, int64_t idx, const int64_t *pos, int
 template <class T>
 __global__ void rope_kernel(Strided4 q, Strided4 k, int64_t nq, int64_t nk, const int64_t *pos, int64_t psb, int64_t pst,
                             const float *inv_freq, float factor) {
+    let_next_kernel_start();
+    wait_for_previous_kernel();
     const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
     if (i < nq)
         rope_one<T>(q, i, pos, psb, pst, inv_freq, factor);
@@ -198,6 +261,8 @@ __global__ void rope_kernel(Strided4 q, Strided4 k, int64_t nq, int64_t nk, cons
 template <class T>
 __global__ void mask_bias_kernel(const int64_t *padding, int64_t psb, int64_t pss, int64_t B, int64_t T_, int64_t S, int64_t window,
                                  float lowest, T *out) {
+    let_next_kernel_start();
+    wait_for_previous_kernel();
     const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
     if (i >= B * T_ * S) return;
     const int64_t s = i % S, t = (i / S) % T_, b = i / (S * T_);
@@ -234,16 +299,29 @@ __device__ __forceinline__ void gemv_dots(const uint4 *const (&wrow)[R], const T
 #pragma unroll
         for (int m = 0; m < M; ++m) acc[r][m] = 0.f;
     int64_t c = threadIdx.x;
-    for (; c + kT < chunks; c += 2 * kT) {
-        uint4 w0[R], w1[R];
+    uint4 w0[R], w1[R];  // weights stream through once: evict-first loads
+    if (c + kT < chunks) {
 #pragma unroll
-        for (int r = 0; r < R; ++r) w0[r] = __ldcs(wrow[r] + c), w1[r] = __ldcs(wrow[r] + c + kT);  // weights stream through once: evict-first
+        for (int r = 0; r < R; ++r) w0[r] = __ldcs(wrow[r] + c), w1[r] = __ldcs(wrow[r] + c + kT);
+    }
+    wait_for_previous_kernel();  // x is the previous kernel's output, the weights are not
+    for (; c + kT < chunks; c += 2 * kT) {
+        const int64_t next = c + 2 * kT;
+        uint4 n0[R], n1[R];  // the next pair's loads go out before this pair's products
+        if (next + kT < chunks) {
+#pragma unroll
+            for (int r = 0; r < R; ++r) n0[r] = __ldcs(wrow[r] + next), n1[r] = __ldcs(wrow[r] + next + kT);
+        }
 #pragma unroll
         for (int m = 0; m < M; ++m) {
             const uint4 *xr = reinterpret_cast<const uint4 *>(x + m * K);
             const uint4 x0 = __ldg(xr + c), x1 = __ldg(xr + c + kT);
 #pragma unroll
             for (int r = 0; r < R; ++r) acc[r][m] += dot8<T>(w0[r], x0) + dot8<T>(w1[r], x1);
+        }
+        if (next + kT < chunks) {
+#pragma unroll
+            for (int r = 0; r < R; ++r) w0[r] = n0[r], w1[r] = n1[r];
         }
     }
     if (c < chunks) {
@@ -302,6 +380,7 @@ __device__ __forceinline__ float with_bias(float v, const void *bias, int64_t n)
 // of copy bandwidth over a decode step's products), then the block sums.
 template <class T, int M, Epilogue E>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvLaunch a) {
+    let_next_kernel_start();  // the products wait for x in gemv_dots, after their first weight loads
     const T *x = static_cast<const T *>(a.x);
     const int64_t K = a.K;
     int64_t n = blockIdx.x;
@@ -366,10 +445,10 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvLaunch a) {
 template <class T, Epilogue E>
 void gemv_rows(int64_t rows, const GemvLaunch &a, unsigned blocks, Stream stream) {
     switch (rows) {
-    case 1: gemv_kernel<T, 1, E><<<blocks, kGemvWarps * 32, 0, stream>>>(a); break;
-    case 2: gemv_kernel<T, 2, E><<<blocks, kGemvWarps * 32, 0, stream>>>(a); break;
-    case 3: gemv_kernel<T, 3, E><<<blocks, kGemvWarps * 32, 0, stream>>>(a); break;
-    case 4: gemv_kernel<T, 4, E><<<blocks, kGemvWarps * 32, 0, stream>>>(a); break;
+    case 1: launch(gemv_kernel<T, 1, E>, blocks, kGemvWarps * 32, 0, stream, a); break;
+    case 2: launch(gemv_kernel<T, 2, E>, blocks, kGemvWarps * 32, 0, stream, a); break;
+    case 3: launch(gemv_kernel<T, 3, E>, blocks, kGemvWarps * 32, 0, stream, a); break;
+    case 4: launch(gemv_kernel<T, 4, E>, blocks, kGemvWarps * 32, 0, stream, a); break;
     default: throw std::invalid_argument("mango::linear: gemv takes 1 to 4 rows, got " + std::to_string(rows));
     }
 }
@@ -403,10 +482,14 @@ __device__ __forceinline__ float block_reduce(float v, float *scratch, bool is_m
     return v;
 }
 
-template <class T>
+// kFixedD: the head size as a compile-time constant (the common 64 and 128: loops over it unroll, a key's
+// loads all go out at once), or 0 for a.D.
+template <class T, int kFixedD>
 __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(AttentionArgs a) {
+    let_next_kernel_start();
+    wait_for_previous_kernel();
     extern __shared__ float smem[];
-    const int64_t D = a.D, S = a.S;
+    const int64_t D = kFixedD ? kFixedD : a.D, S = a.S;
     float *qf = smem;              // [D]
     float *scores = smem + D;      // [S]
     float *scratch = scores + S;   // [kAttnThreads] (warp partials, then output partials)
@@ -426,7 +509,7 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(Attentio
         constexpr int V = 16 / sizeof(T);  // elements per 16-byte load
         const uint4 *kr = reinterpret_cast<const uint4 *>(k + s * a.k_stride[2]);
         float dot = 0.f;
-#pragma unroll 4
+#pragma unroll 16
         for (int64_t c = 0; c < D / V; ++c) {
             const uint4 chunk = kr[c];
             const T *e = reinterpret_cast<const T *>(&chunk);
@@ -485,7 +568,12 @@ void decode_attention(Dtype dtype, const AttentionArgs &a, Stream stream) {
     const dim3 grid(static_cast<unsigned>(a.B * a.H), static_cast<unsigned>(a.T));
     by_dtype(dtype, [&](auto zero) {
         using T_ = decltype(zero);
-        decode_attention_kernel<T_><<<grid, kAttnThreads, shared, stream>>>(a);
+        if (a.D == 64)
+            launch(decode_attention_kernel<T_, 64>, grid, kAttnThreads, shared, stream, a);
+        else if (a.D == 128)
+            launch(decode_attention_kernel<T_, 128>, grid, kAttnThreads, shared, stream, a);
+        else
+            launch(decode_attention_kernel<T_, 0>, grid, kAttnThreads, shared, stream, a);
     });
     check_launch("mango::decode_attention");
 }
@@ -531,10 +619,10 @@ void rms_norm(Dtype dtype, const void *x, const void *w, void *out, int64_t rows
         const bool vec = n % (16 / sizeof(T)) == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 &&
                          reinterpret_cast<uintptr_t>(out) % 16 == 0;
         if (vec)
-            rms_norm_vec_kernel<T><<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(
+            launch(rms_norm_vec_kernel<T>, static_cast<unsigned>(rows), kNormThreads, 0, stream, 
                 static_cast<const T *>(x), nullptr, static_cast<const T *>(w), nullptr, static_cast<T *>(out), n, eps);
         else
-            rms_norm_kernel<T><<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(static_cast<const T *>(x), static_cast<const T *>(w),
+            launch(rms_norm_kernel<T>, static_cast<unsigned>(rows), kNormThreads, 0, stream, static_cast<const T *>(x), static_cast<const T *>(w),
                                                                                           static_cast<T *>(out), n, eps);
     });
     check_launch("mango::rms_norm");
@@ -545,7 +633,7 @@ void add_rms_norm(Dtype dtype, const void *x, const void *residual, const void *
     if (rows == 0 || n == 0) return;
     by_dtype(dtype, [&](auto zero) {
         using T = decltype(zero);
-        rms_norm_vec_kernel<T><<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(
+        launch(rms_norm_vec_kernel<T>, static_cast<unsigned>(rows), kNormThreads, 0, stream, 
             static_cast<const T *>(x), static_cast<const T *>(residual), static_cast<const T *>(w), static_cast<T *>(sum), static_cast<T *>(out),
             n, eps);
     });
@@ -560,10 +648,10 @@ void cache_write(int bytes, const void *value, const int64_t value_stride[4], vo
     const int64_t n = B * H * D;
     if (n == 0) return;
     if (bytes == 2)
-        cache_write_kernel<uint16_t><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(static_cast<const uint16_t *>(value), vs,
+        launch(cache_write_kernel<uint16_t>, blocks_for(n, kThreads), kThreads, 0, stream, static_cast<const uint16_t *>(value), vs,
                                                                                        static_cast<uint16_t *>(slot), ss, at);
     else if (bytes == 4)
-        cache_write_kernel<uint32_t><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(static_cast<const uint32_t *>(value), vs,
+        launch(cache_write_kernel<uint32_t>, blocks_for(n, kThreads), kThreads, 0, stream, static_cast<const uint32_t *>(value), vs,
                                                                                        static_cast<uint32_t *>(slot), ss, at);
     else
         throw std::invalid_argument("cache_write: elements of 2 or 4 bytes");
@@ -574,7 +662,7 @@ void silu_mul(Dtype dtype, const void *g, int64_t g_row, const void *u, int64_t 
     if (rows * n == 0) return;
     by_dtype(dtype, [&](auto zero) {
         using T = decltype(zero);
-        silu_mul_kernel<T><<<blocks_for(rows * n, kThreads), kThreads, 0, stream>>>(static_cast<const T *>(g), g_row, static_cast<const T *>(u),
+        launch(silu_mul_kernel<T>, blocks_for(rows * n, kThreads), kThreads, 0, stream, static_cast<const T *>(g), g_row, static_cast<const T *>(u),
                                                                                     u_row, static_cast<T *>(out), rows, n);
     });
     check_launch("mango::silu_mul");
@@ -586,7 +674,7 @@ void rope(Dtype dtype, const Strided4 &q, const Strided4 &k, const int64_t *posi
     if (nq + nk == 0) return;
     by_dtype(dtype, [&](auto zero) {
         using T = decltype(zero);
-        rope_kernel<T><<<blocks_for(nq + nk, kThreads), kThreads, 0, stream>>>(q, k, nq, nk, positions, pos_stride_b, pos_stride_t, inv_freq,
+        launch(rope_kernel<T>, blocks_for(nq + nk, kThreads), kThreads, 0, stream, q, k, nq, nk, positions, pos_stride_b, pos_stride_t, inv_freq,
                                                                                factor);
     });
     check_launch("mango::rope");
@@ -598,7 +686,7 @@ void mask_bias(Dtype dtype, const int64_t *padding, int64_t pad_stride_b, int64_
     if (n == 0) return;
     by_dtype(dtype, [&](auto zero) {
         using T_ = decltype(zero);
-        mask_bias_kernel<T_><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(padding, pad_stride_b, pad_stride_s, B, T, S, window, lowest,
+        launch(mask_bias_kernel<T_>, blocks_for(n, kThreads), kThreads, 0, stream, padding, pad_stride_b, pad_stride_s, B, T, S, window, lowest,
                                                                                static_cast<T_ *>(out));
     });
     check_launch("mango::attention_mask_bias");
