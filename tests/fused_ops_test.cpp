@@ -366,6 +366,24 @@ TEST_F(FusedKernels, MatchTheChainsInEachDtype) {
     }
 }
 
+TEST_F(FusedKernels, GreedyPickIsAtensArgmax) {
+    at::manual_seed(6);
+    for (at::ScalarType dt : {at::kFloat, at::kBFloat16, at::kHalf}) {
+        at::Tensor logits = at::randn({6, 32000}).to(dt);
+        logits[1].fill_(-INFINITY);                                // all equal: the first
+        logits[2][17] = 1e4, logits[2][30001] = 1e4;               // a tie: the smaller index
+        logits[3][5000] = NAN, logits[3][9] = 1e4;                 // NaN above every number
+        logits[4][31999] = 1e4;                                    // the last element
+        logits[5].narrow(0, 100, 10).fill_(NAN);                   // several NaN: the first
+        const at::Tensor want = logits.to(at::kFloat).argmax(-1);  // ATen on the CPU
+        const at::Tensor got = mango::kernels::greedy_pick(logits.cuda()).cpu();
+        EXPECT_TRUE(got.equal(want)) << dt << ": " << got << " vs " << want;
+        // a [B, V] view with a row stride (the last position of [B, T, V] logits)
+        const at::Tensor wide = at::randn({3, 4, 1000}).to(dt).cuda();
+        EXPECT_TRUE(mango::kernels::greedy_pick(wide.select(1, 3)).cpu().equal(wide.select(1, 3).cpu().to(at::kFloat).argmax(-1))) << dt;
+    }
+}
+
 TEST_F(FusedKernels, GradientsKeepTheChain) {
     at::Tensor x = at::randn({4, 32}, at::TensorOptions().device(at::kCUDA)).requires_grad_(true);
     at::Tensor w = at::ones({32}, at::TensorOptions().device(at::kCUDA)).requires_grad_(true);

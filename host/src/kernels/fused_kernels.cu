@@ -148,16 +148,19 @@ __global__ void rms_norm_kernel(const T *x, const T *w, T *out, int64_t n, float
 template <class T>
 __global__ void rms_norm_vec_kernel(const T *x, const T *res, const T *w, T *sum_out, T *out, int64_t n, float eps) {
     let_next_kernel_start();
-    wait_for_previous_kernel();
     constexpr int V = 16 / sizeof(T);
     const int64_t base = blockIdx.x * n;
     const uint4 *xr = reinterpret_cast<const uint4 *>(x + base), *rr = res ? reinterpret_cast<const uint4 *>(res + base) : nullptr;
     uint4 *sr = res ? reinterpret_cast<uint4 *>(sum_out + base) : nullptr, *o = reinterpret_cast<uint4 *>(out + base);
     const uint4 *wv = reinterpret_cast<const uint4 *>(w);
-    const int64_t chunks = n / V;
+    const int64_t chunks = n / V, mine = threadIdx.x;  // `mine`: the thread's first vector, kept in registers
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    const uint4 g_mine = mine < chunks ? wv[mine] : zero;  // the gain is a weight: loaded before the wait
+    wait_for_previous_kernel();
+    uint4 p_mine = zero;
     float sq = 0.f;
 #pragma unroll 4
-    for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
+    for (int64_t c = mine; c < chunks; c += blockDim.x) {
         uint4 p = xr[c];
         T *pt = reinterpret_cast<T *>(&p);
         if (rr) {
@@ -172,12 +175,13 @@ __global__ void rms_norm_vec_kernel(const T *x, const T *res, const T *w, T *sum
             const float v = load(pt[i]);
             sq += v * v;
         }
+        if (c == mine) p_mine = p;
     }
     const float inv = rsqrtf(block_sum(sq) / static_cast<float>(n) + eps);  // block_sum's barrier also orders the sums' writes
     const uint4 *src = rr ? sr : xr;
 #pragma unroll 4
-    for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
-        const uint4 p = src[c], g = wv[c];
+    for (int64_t c = mine; c < chunks; c += blockDim.x) {  // a row of up to blockDim vectors: no load after the sum
+        const uint4 p = c == mine ? p_mine : src[c], g = c == mine ? g_mine : wv[c];
         const T *pt = reinterpret_cast<const T *>(&p), *gt = reinterpret_cast<const T *>(&g);
         uint4 r;
         T *rt = reinterpret_cast<T *>(&r);
@@ -554,6 +558,46 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(Attentio
     }
 }
 
+// ---- the greedy pick: argmax over each row --------------------------------------
+constexpr unsigned kArgmaxThreads = 1024;
+
+// Whether (v, i) goes before (bv, bi) as ATen's argmax orders them: NaN above
+// everything, then the larger value, ties to the smaller index; bi < 0: none yet.
+__device__ __forceinline__ bool argmax_before(float v, int64_t i, float bv, int64_t bi) {
+    if (bi < 0) return true;
+    const bool vn = isnan(v), bn = isnan(bv);
+    if (vn || bn) return vn && (!bn || i < bi);
+    return v > bv || (v == bv && i < bi);
+}
+
+template <class T>
+__global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(const T *x, int64_t row_stride, int64_t n, int64_t *out) {
+    let_next_kernel_start();
+    wait_for_previous_kernel();
+    const T *row = x + blockIdx.x * row_stride;
+    float best = 0.f;
+    int64_t at = -1;
+#pragma unroll 8
+    for (int64_t i = threadIdx.x; i < n; i += kArgmaxThreads) {
+        const float v = load(row[i]);
+        if (argmax_before(v, i, best, at)) best = v, at = i;
+    }
+    for (int offset = 16; offset > 0; offset /= 2) {
+        const float v = __shfl_xor_sync(0xffffffffu, best, offset);
+        const int64_t i = __shfl_xor_sync(0xffffffffu, static_cast<long long>(at), offset);
+        if (i >= 0 && argmax_before(v, i, best, at)) best = v, at = i;
+    }
+    __shared__ float values[kArgmaxThreads / 32];
+    __shared__ int64_t indices[kArgmaxThreads / 32];
+    if (threadIdx.x % 32 == 0) values[threadIdx.x / 32] = best, indices[threadIdx.x / 32] = at;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (unsigned w = 1; w < kArgmaxThreads / 32; ++w)
+            if (indices[w] >= 0 && argmax_before(values[w], indices[w], best, at)) best = values[w], at = indices[w];
+        out[blockIdx.x] = at;
+    }
+}
+
 constexpr unsigned kThreads = 256;
 
 }  // namespace
@@ -610,6 +654,15 @@ void gemv_rope(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWe
         a.w[i] = weights[i], blocks += i < rope.rotated ? weights[i].N / 2 : weights[i].N;
     }
     gemv_launch<Epilogue::rope>(dtype, rows, a, blocks, "mango::linears_rope", stream);
+}
+
+void argmax_rows(Dtype dtype, const void *x, int64_t row_stride, int64_t rows, int64_t n, int64_t *out, Stream stream) {
+    if (rows == 0 || n == 0) return;
+    by_dtype(dtype, [&](auto zero) {
+        using T = decltype(zero);
+        launch(argmax_kernel<T>, static_cast<unsigned>(rows), kArgmaxThreads, 0, stream, static_cast<const T *>(x), row_stride, n, out);
+    });
+    check_launch("greedy pick (argmax)");
 }
 
 void rms_norm(Dtype dtype, const void *x, const void *w, void *out, int64_t rows, int64_t n, float eps, Stream stream) {

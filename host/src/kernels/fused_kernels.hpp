@@ -114,6 +114,11 @@ struct AttentionArgs {
     int64_t window = 0;
     float scale = 1.f, lowest = 0.f;
 };
+// out[r] = the index of row r's largest element (n elements from x + r *
+// row_stride), as ATen's argmax picks it: NaN first, ties to the smaller
+// index. One block per row.
+void argmax_rows(Dtype dtype, const void *x, int64_t row_stride, int64_t rows, int64_t n, int64_t *out, Stream stream);
+
 // Largest S decode_attention takes (its scores live in shared memory).
 int64_t decode_attention_max_keys(int64_t D);
 void decode_attention(Dtype dtype, const AttentionArgs &a, Stream stream);

@@ -473,6 +473,21 @@ bool write_cache_entry(at::Tensor &slot, int64_t dim, const at::Tensor &at, cons
 #endif
 }
 
+at::Tensor greedy_pick(const at::Tensor &logits) {
+#ifdef MANGO_WITH_CUDA
+    Dtype dt;
+    if (fused_kernels_enabled() && logits.is_cuda() && logits.dim() == 2 && logits.stride(1) == 1 && logits.size(1) > 0 &&
+        kernel_dtype(logits.scalar_type(), dt) && !wants_grad({&logits})) {
+        const c10::cuda::CUDAGuard guard(logits.device());
+        at::Tensor out = at::empty({logits.size(0)}, logits.options().dtype(at::kLong));
+        kernels::argmax_rows(dt, logits.data_ptr(), logits.stride(0), logits.size(0), logits.size(1), out.data_ptr<int64_t>(),
+                             stream_of(logits));
+        return out;
+    }
+#endif
+    return logits.argmax(-1);
+}
+
 bool fused_kernels_enabled() { return enabled_flag().load(); }
 
 void set_fused_kernels_enabled(bool on) {

@@ -31,6 +31,10 @@ namespace mango::kernels {
 // false where it does not apply (the caller copies as before).
 bool write_cache_entry(at::Tensor &slot, int64_t dim, const at::Tensor &at, const at::Tensor &value);
 
+// logits.argmax(-1) for [B, V] logits: one kernel on a GPU (ATen's reduction
+// takes several times as long on a decode step's one row), else ATen's.
+at::Tensor greedy_pick(const at::Tensor &logits);
+
 // Makes sure the operators are registered (their object file is linked);
 // cheap, call it before resolving operators.
 void register_fused_ops();

@@ -1,5 +1,6 @@
 #include "model/generate.hpp"
 
+#include "kernels/fused_ops.hpp"
 #include "model/decode_graph.hpp"
 #include "util/error.hpp"
 #include "util/logging.hpp"
@@ -31,7 +32,7 @@ std::vector<int64_t> banned_by_ngrams(const std::vector<int64_t> &seq, int64_t n
 std::vector<int64_t> choose_next(const at::Tensor &logits_in, const std::vector<std::vector<int64_t>> &history, const GenerateOptions &o,
                                  at::Generator &gen) {
     if (o.greedy && o.no_repeat_ngram_size <= 0) {  // on the logits' device: B indices come back, not B x V logits
-        const at::Tensor best = (logits_in.is_cuda() ? logits_in : logits_in.to(at::kFloat)).argmax(-1).cpu();
+        const at::Tensor best = kernels::greedy_pick(logits_in.is_cuda() ? logits_in : logits_in.to(at::kFloat)).cpu();
         return std::vector<int64_t>(best.data_ptr<int64_t>(), best.data_ptr<int64_t>() + best.numel());
     }
     at::Tensor logits = logits_in.to(at::kCPU, at::kFloat).clone();
