@@ -151,6 +151,19 @@ TEST_F(Components, SimpleRouterMaskedPoolingIgnoresPadding) {
     }
 }
 
+TEST_F(Components, SimpleRouterOnOneTokenPoolsItAlone) {  // a decoding step: one new token per sequence
+    auto r = RouterInstance::create(plugins(), spec("simple"), 8, 3);
+    randomize(*r);
+    at::Tensor h = at::randn({3, 2, 8});
+    at::Tensor one = at::tensor({1, 0, 1}, at::kLong).reshape({3, 1});  // the second sequence's token masked out
+    at::Tensor two = at::cat({one, at::zeros({3, 1}, at::kLong)}, 1);   // the same with a masked second position
+    auto a = r->route(h.narrow(1, 0, 1), one), b = r->route(h, two);
+    EXPECT_TRUE(at::allclose(a.weights, b.weights, 1e-6, 1e-7)) << a.weights << b.weights;
+    at::Tensor pooled = h.select(1, 0) * one.to(at::kFloat);
+    EXPECT_TRUE(at::allclose(a.weights, at::softmax(at::linear(pooled, param(*r, "gate.weight"), param(*r, "gate.bias")), -1), 1e-6, 1e-7));
+    expect_all_gradients(*r, r->route(h.narrow(1, 0, 1), one).weights);
+}
+
 TEST_F(Components, OptionErrorsNameComponentAndKey) {
     try {
         AdapterInstance::create(plugins(), spec("bottleneck", {{"activaton", "relu"}}), 4, 4);

@@ -198,6 +198,22 @@ TEST(FusedOps, LinearsRopeProjectsSplitsAndRotates) {
     EXPECT_THROW(linears_rope(f(x), {f(wq), f(wk), f(wv)}, {}, pos, f(inv_freq), 1.0, 3, KV), c10::Error);  // 32 rows in 3 heads
 }
 
+TEST(FusedOps, MixExpertsIsTheWeightedSum) {
+    at::manual_seed(11);
+    for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
+        std::vector<at::Tensor> outs = {at::randn({2, 3, 16}).to(dt), at::randn({2, 3, 16}).to(dt), at::randn({2, 3, 16}).to(dt)};
+        for (int64_t T : {1, 3}) {  // one weight vector per sequence, or per position
+            at::Tensor w = at::softmax(at::randn({2, T, 3}), -1);
+            at::Tensor want = at::zeros({2, 3, 16}, at::kDouble);
+            for (int64_t e = 0; e < 3; ++e) want = want + outs[size_t(e)].to(at::kDouble) * w.narrow(-1, e, 1).to(at::kDouble);
+            const at::Tensor got = mango::kernels::mix_experts(outs, w, at::kFloat);
+            EXPECT_EQ(got.scalar_type(), at::kFloat);
+            EXPECT_TRUE(at::allclose(got.to(at::kDouble), want, 1e-6, 1e-6)) << dt << " T " << T;
+        }
+    }
+    EXPECT_THROW(mango::kernels::mix_experts({at::ones({1, 1, 4})}, at::ones({1, 1, 2}), at::kFloat), c10::Error);  // 1 output, 2 weights
+}
+
 TEST(FusedOps, MaskBiasIsCausalPaddedAndWindowed) {
     // batch 0 has a padded first key; 3 new queries after 2 cached keys
     at::Tensor padding = at::tensor({0, 1, 1, 1, 1, 1, 1, 1, 1, 1}, at::kLong).reshape({2, 5});
@@ -381,6 +397,19 @@ TEST_F(FusedKernels, GreedyPickIsAtensArgmax) {
         // a [B, V] view with a row stride (the last position of [B, T, V] logits)
         const at::Tensor wide = at::randn({3, 4, 1000}).to(dt).cuda();
         EXPECT_TRUE(mango::kernels::greedy_pick(wide.select(1, 3)).cpu().equal(wide.select(1, 3).cpu().to(at::kFloat).argmax(-1))) << dt;
+    }
+}
+
+TEST_F(FusedKernels, MixExpertsEqualsTheChainExactly) {
+    at::manual_seed(12);
+    for (at::ScalarType dt : {at::kFloat, at::kBFloat16, at::kHalf}) {
+        const auto on = at::TensorOptions().dtype(dt).device(at::kCUDA);
+        std::vector<at::Tensor> outs = {at::randn({2, 5, 2048}, on), at::randn({2, 5, 2048}, on), at::randn({2, 5, 2048}, on)};
+        for (int64_t T : {1, 5}) {
+            at::Tensor w = at::softmax(at::randn({2, T, 3}, at::TensorOptions().device(at::kCUDA)), -1);
+            auto [c, f] = both([&] { return mango::kernels::mix_experts(outs, w, at::kFloat); });
+            EXPECT_TRUE(c.equal(f)) << dt << " T " << T << ": max diff " << (c - f).abs().max().item<float>();
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 #include "fusion/fusion.hpp"
 
+#include "kernels/fused_ops.hpp"
 #include "model/recompute.hpp"
 
 #include <ATen/ATen.h>
@@ -7,6 +8,7 @@
 #include "formats/safetensors.hpp"
 #include <mango/registry/registry.hpp>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -108,9 +110,15 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
     const at::Tensor new_mask = base.new_token_mask(mask, ids.size(1));
     reports_.clear();
     const bool recompute = recompute_blocks(use_cache);
+    // Inference (no gradient, no recomputation): h goes to a member's dtype once per layer, not once per
+    // expert, and an expert without adapters on h's device returns its block's output in its own dtype,
+    // which mix_experts converts exactly while mixing (one kernel on a GPU instead of a cast per expert
+    // and a multiply and an add per expert).
+    const bool lean = !recompute && !at::GradMode::is_enabled();
     for (size_t li = 0; li < spec_.layers.size(); ++li) {
         const FusionLayer &l = spec_.layers[li];
         std::vector<at::Tensor> outs;
+        std::vector<std::pair<at::ScalarType, at::Tensor>> h_as;  // h in a member's dtype, this layer
         for (const FusionExpert &e : l.experts) {
             Model *model = models_[e.model].get();
             const std::string m = "m" + std::to_string(e.model);
@@ -122,6 +130,12 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
             // over (and down to bfloat16, say) and come back.
             const at::Device where = model->device();
             const at::ScalarType dtype = model->dtype();
+            if (lean && !in_adapter && where == h.device()) {
+                auto cast = std::find_if(h_as.begin(), h_as.end(), [&](const auto &c) { return c.first == dtype; });
+                if (cast == h_as.end()) cast = h_as.insert(h_as.end(), {dtype, h.to(dtype)});
+                outs.push_back(model->block(e.layer, cast->second, mask, positions, use_cache));
+                continue;
+            }
             auto block = [=](const at::Tensor &x) {
                 if (x.device() == where) return model->block(e.layer, x.to(dtype), mask, positions, use_cache).to(x.scalar_type());
                 return model->block(e.layer, x.to(where, dtype), mask.to(where), positions.to(where), use_cache)
@@ -137,9 +151,7 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
             outs.push_back(recompute ? recomputed(path, h, trainable_tensors()) : path(h));
         }
         RouterOutput r = routers_[li]->route(h, new_mask, positions, check);
-        at::Tensor w = (r.weights.dim() == 2 ? r.weights.unsqueeze(1) : r.weights).to(outs[0].scalar_type());  // [B, 1|T, E]
-        h = outs[0] * w.narrow(-1, 0, 1);
-        for (size_t e = 1; e < outs.size(); ++e) h = h + outs[e] * w.narrow(-1, int64_t(e), 1);
+        h = kernels::mix_experts(outs, r.weights.dim() == 2 ? r.weights.unsqueeze(1) : r.weights, h.scalar_type());  // weights [B, 1|T, E]
         LayerReport rep;
         rep.weights = r.weights;
         rep.mask = new_mask;

@@ -558,6 +558,21 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(Attentio
     }
 }
 
+// ---- a fusion layer's mix of its experts' outputs ---------------------------------
+template <class T>
+__global__ void mix_experts_kernel(MixArgs a) {
+    let_next_kernel_start();
+    wait_for_previous_kernel();
+    const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (i >= a.B * a.T * a.H) return;
+    const int64_t b = i / (a.T * a.H), t = (i / a.H) % a.T;
+    const float *w = a.weights + b * a.w_stride[0] + t * a.w_stride[1];
+    // __fmul_rn / __fadd_rn: each product and sum rounds as ATen's mul and add do, in this order
+    float h = __fmul_rn(load(static_cast<const T *>(a.outs[0])[i]), w[0]);
+    for (int e = 1; e < a.experts; ++e) h = __fadd_rn(h, __fmul_rn(load(static_cast<const T *>(a.outs[e])[i]), w[e * a.w_stride[2]]));
+    a.out[i] = h;
+}
+
 // ---- the greedy pick: argmax over each row --------------------------------------
 constexpr unsigned kArgmaxThreads = 1024;
 
@@ -654,6 +669,17 @@ void gemv_rope(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWe
         a.w[i] = weights[i], blocks += i < rope.rotated ? weights[i].N / 2 : weights[i].N;
     }
     gemv_launch<Epilogue::rope>(dtype, rows, a, blocks, "mango::linears_rope", stream);
+}
+
+void mix_experts(Dtype dtype, const MixArgs &a, Stream stream) {
+    const int64_t n = a.B * a.T * a.H;
+    if (n == 0) return;
+    if (a.experts < 1 || a.experts > kMixMaxExperts) throw std::invalid_argument("mango: mix_experts takes 1 to 8 experts");
+    by_dtype(dtype, [&](auto zero) {
+        using T = decltype(zero);
+        launch(mix_experts_kernel<T>, blocks_for(n, kThreads), kThreads, 0, stream, a);
+    });
+    check_launch("fusion layer mix");
 }
 
 void argmax_rows(Dtype dtype, const void *x, int64_t row_stride, int64_t rows, int64_t n, int64_t *out, Stream stream) {

@@ -114,6 +114,23 @@ struct AttentionArgs {
     int64_t window = 0;
     float scale = 1.f, lowest = 0.f;
 };
+// A fusion layer's mix: out[b, t, :] = sum_e outs[e][b, t, :] * w[b, t, e]
+// in float32 (each output read in its dtype, exactly converted), the
+// products and sums rounded in the order of the ATen chain (o0 w0 + o1 w1,
+// then + o2 w2, ...). outs: contiguous [B, T, H] of one dtype; weights:
+// float32 [B, T or 1, E] by strides (w_stride[1] = 0 when shared by the
+// positions); out: contiguous float32 [B, T, H].
+constexpr int kMixMaxExperts = 8;
+struct MixArgs {
+    const void *outs[kMixMaxExperts] = {};
+    int experts = 0;
+    const float *weights = nullptr;
+    int64_t w_stride[3]{};
+    float *out = nullptr;
+    int64_t B = 0, T = 0, H = 0;
+};
+void mix_experts(Dtype dtype, const MixArgs &a, Stream stream);
+
 // out[r] = the index of row r's largest element (n elements from x + r *
 // row_stride), as ATen's argmax picks it: NaN first, ties to the smaller
 // index. One block per row.

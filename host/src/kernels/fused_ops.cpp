@@ -473,6 +473,35 @@ bool write_cache_entry(at::Tensor &slot, int64_t dim, const at::Tensor &at, cons
 #endif
 }
 
+at::Tensor mix_experts(const std::vector<at::Tensor> &outs, const at::Tensor &w, at::ScalarType dtype) {
+    TORCH_CHECK(!outs.empty() && w.dim() == 3 && w.size(-1) == static_cast<int64_t>(outs.size()), "mix_experts: ", outs.size(),
+                " expert outputs for router weights of shape ", w.sizes());
+#ifdef MANGO_WITH_CUDA
+    Dtype dt;
+    bool fits = fused_kernels_enabled() && dtype == at::kFloat && outs.size() <= static_cast<size_t>(kMixMaxExperts) &&
+                outs[0].dim() == 3 && kernel_dtype(outs[0].scalar_type(), dt) && w.scalar_type() == at::kFloat &&
+                w.size(0) == outs[0].size(0) && (w.size(1) == 1 || w.size(1) == outs[0].size(1)) && !wants_grad({&w});
+    for (const at::Tensor &o : outs)
+        fits = fits && on_one_gpu({&outs[0], &o, &w}) && o.sizes() == outs[0].sizes() && o.scalar_type() == outs[0].scalar_type() &&
+               o.is_contiguous() && !wants_grad({&o});
+    if (fits) {
+        const c10::cuda::CUDAGuard guard(w.device());
+        at::Tensor out = at::empty(outs[0].sizes(), outs[0].options().dtype(at::kFloat));
+        MixArgs a;
+        for (size_t e = 0; e < outs.size(); ++e) a.outs[e] = outs[e].data_ptr();
+        a.experts = static_cast<int>(outs.size()), a.weights = w.data_ptr<float>(), a.out = out.data_ptr<float>();
+        a.w_stride[0] = w.stride(0), a.w_stride[1] = w.size(1) == 1 ? 0 : w.stride(1), a.w_stride[2] = w.stride(2);
+        a.B = outs[0].size(0), a.T = outs[0].size(1), a.H = outs[0].size(2);
+        kernels::mix_experts(dt, a, stream_of(w));
+        return out;
+    }
+#endif
+    const at::Tensor wd = w.to(dtype);
+    at::Tensor h = outs[0].to(dtype) * wd.narrow(-1, 0, 1);
+    for (size_t e = 1; e < outs.size(); ++e) h = h + outs[e].to(dtype) * wd.narrow(-1, static_cast<int64_t>(e), 1);
+    return h;
+}
+
 at::Tensor greedy_pick(const at::Tensor &logits) {
 #ifdef MANGO_WITH_CUDA
     Dtype dt;

@@ -35,6 +35,13 @@ bool write_cache_entry(at::Tensor &slot, int64_t dim, const at::Tensor &at, cons
 // takes several times as long on a decode step's one row), else ATen's.
 at::Tensor greedy_pick(const at::Tensor &logits);
 
+// A fusion layer's output from its experts' outputs outs[e] ([B, T, H], any
+// one dtype) and the router's weights w ([B, T or 1, E]):
+// sum_e outs[e].to(dtype) * w[..., e].to(dtype), the products and sums in
+// the chain's order. One kernel on a GPU for float32 (the casts fold into
+// it), else the ATen chain.
+at::Tensor mix_experts(const std::vector<at::Tensor> &outs, const at::Tensor &w, at::ScalarType dtype);
+
 // Makes sure the operators are registered (their object file is linked);
 // cheap, call it before resolving operators.
 void register_fused_ops();

@@ -60,6 +60,10 @@ private:
         }
         if (pooling_ == "mean") {
             if (!keep) return ops::mean(hidden, {1});
+            if (hidden.size(1) == 1) {  // one token (a decoding step): the formula below without its sums over one position
+                const Tensor k = ops::select(keep, 1, 0);
+                return ops::div(ops::mul(ops::select(hidden, 1, 0), k), ops::clamp_min(k, 1.0));
+            }
             Tensor total = ops::sum(ops::mul(hidden, keep), {1});  // [B, H]
             return ops::div(total, ops::clamp_min(ops::sum(keep, {1}), 1.0));
         }
