@@ -3,6 +3,10 @@
 //
 //   mango::linear(Tensor input, Tensor weight, Tensor? bias=None) -> Tensor
 //   mango::linears(Tensor input, Tensor[] weights, Tensor[] biases) -> Tensor[]
+//   mango::linears_rope(Tensor input, Tensor[] weights, Tensor[] biases, Tensor positions, Tensor inv_freq,
+//                       float factor, int heads, int kv_heads) -> Tensor[]        (q, k, v in heads; q, k rotated)
+//   mango::swiglu(Tensor input, Tensor gate, Tensor up) -> Tensor                  (silu(x G^T) * x U^T)
+//   mango::linear_residual(Tensor input, Tensor weight, Tensor? bias, Tensor residual) -> Tensor
 //   mango::rms_norm(Tensor x, Tensor weight, float eps) -> Tensor
 //   mango::add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)
 //   mango::silu_mul(Tensor gate, Tensor up) -> Tensor
@@ -18,8 +22,10 @@
 // replaces cuBLAS's GEMM; decode_attention is the SDK's attend() (repeat the
 // k/v heads, additive mask, scaled_dot_product_attention) for the new
 // queries over a KV cache, one kernel that reads the grouped k/v heads in
-// place (no repeated copies).
-// MANGO_FUSED_OPS=0 keeps the chains.
+// place (no repeated copies); linears_rope, swiglu and linear_residual are
+// the GEMV with the next step of a decoder layer folded into its last step.
+// MANGO_FUSED_OPS=0 keeps the chains; MANGO_PDL=0 launches the kernels
+// without programmatic dependent launch (fused_kernels.cu).
 #pragma once
 
 #include <ATen/core/Tensor.h>
