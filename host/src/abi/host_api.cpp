@@ -381,6 +381,7 @@ mango_status api_config(mango_context *ctx, const char *key, mango_value *out) {
 
 // Hands a model weight to the plugin and records it (Model::named_weights).
 mango_status give_weight(mango_context *ctx, const char *name, at::Tensor t, mango_tensor *out) {
+    kernels::mark_weight(t);
     ctx->weights_used.emplace_back(name, t);
     *out = wrap(std::move(t));
     return MANGO_OK;

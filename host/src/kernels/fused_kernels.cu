@@ -8,12 +8,14 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <atomic>
+#include <map>
+#include <mutex>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace mango::kernels {
 namespace {
@@ -49,11 +51,13 @@ void check_launch(const char *what) {
 
 // Programmatic dependent launch (sm_90 on): each kernel lets the next one in
 // its stream start as soon as all of its own blocks are running, and waits
-// for the previous kernel's results only where it reads its inputs — so a
-// kernel's launch, and the weight loads of a GEMV (weights are never the
-// output of the kernel just before), overlap the previous kernel's last
-// wave. Both instructions are no-ops for a kernel launched without the
-// attribute (older GPUs, MANGO_PDL=0) and on architectures before sm_90.
+// for the previous kernel's results before it reads its inputs or writes
+// anything — so a kernel's launch overlaps the previous kernel's last wave,
+// and so do the first weight loads of a GEMV and the gain's of an RMSNorm
+// where the host says the tensor is a checkpoint weight (fused_ops.cpp's
+// is_weight: no kernel writes it while a model runs). Both instructions are
+// no-ops for a kernel launched without the attribute (older GPUs, kernels
+// built for them, MANGO_PDL=0).
 __device__ __forceinline__ void let_next_kernel_start() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
@@ -65,23 +69,32 @@ __device__ __forceinline__ void wait_for_previous_kernel() {
 #endif
 }
 
-// Whether kernels on the current device launch with programmatic stream
-// serialisation: compute capability 9.0 or later, unless MANGO_PDL=0.
-bool programmatic_launch() {
+// Whether `kernel` launches with programmatic stream serialisation on the
+// current device: compute capability 9.0 or later and the kernel's code
+// built for sm_90 or later (a kernel JIT-compiled from older PTX has no
+// griddepcontrol.wait in it and must not start early), unless MANGO_PDL=0.
+// A failed query answers false and clears the error it set.
+bool programmatic_launch(const void *kernel) {
     static const bool off = [] {
         const char *e = std::getenv("MANGO_PDL");
         return e && std::string(e) == "0";
     }();
     if (off) return false;
-    static std::atomic<int> major[64];  // per device: 0 = not asked yet
     int device = 0;
-    if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return false;
-    if (major[device].load() == 0) {
-        int m = 0;
-        if (cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
-        major[device].store(m);
-    }
-    return major[device].load() >= 9;
+    if (cudaGetDevice(&device) != cudaSuccess) return (void)cudaGetLastError(), false;
+    static std::mutex mutex;
+    static std::map<std::pair<const void *, int>, bool> answers;
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto key = std::make_pair(kernel, device);
+    if (auto it = answers.find(key); it != answers.end()) return it->second;
+    int major = 0;
+    cudaFuncAttributes attributes{};
+    bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+              cudaFuncGetAttributes(&attributes, kernel) == cudaSuccess;
+    if (!ok) (void)cudaGetLastError();
+    ok = ok && major >= 9 && attributes.ptxVersion >= 90;
+    answers.emplace(key, ok);
+    return ok;
 }
 
 // kernel<<<grid, block, shared, stream>>>(args...), with the programmatic
@@ -94,7 +107,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared, Str
     cudaLaunchAttribute attribute[1];
     attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attribute[0].val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = attribute, config.numAttrs = programmatic_launch() ? 1 : 0;
+    config.attrs = attribute, config.numAttrs = programmatic_launch(reinterpret_cast<const void *>(kernel)) ? 1 : 0;
     (void)cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
 }
 
@@ -146,7 +159,7 @@ __global__ void rms_norm_kernel(const T *x, const T *w, T *out, int64_t n, float
 // x + res (rounded to T, as ATen's add), written to sum_out and normalised: the residual stream's add and
 // the next norm in one pass.
 template <class T>
-__global__ void rms_norm_vec_kernel(const T *x, const T *res, const T *w, T *sum_out, T *out, int64_t n, float eps) {
+__global__ void rms_norm_vec_kernel(const T *x, const T *res, const T *w, T *sum_out, T *out, int64_t n, float eps, bool gain_early) {
     let_next_kernel_start();
     constexpr int V = 16 / sizeof(T);
     const int64_t base = blockIdx.x * n;
@@ -155,8 +168,9 @@ __global__ void rms_norm_vec_kernel(const T *x, const T *res, const T *w, T *sum
     const uint4 *wv = reinterpret_cast<const uint4 *>(w);
     const int64_t chunks = n / V, mine = threadIdx.x;  // `mine`: the thread's first vector, kept in registers
     const uint4 zero = make_uint4(0, 0, 0, 0);
-    const uint4 g_mine = mine < chunks ? wv[mine] : zero;  // the gain is a weight: loaded before the wait
-    wait_for_previous_kernel();
+    if (!gain_early) wait_for_previous_kernel();
+    const uint4 g_mine = mine < chunks ? wv[mine] : zero;  // a checkpoint's gain: loaded before the wait
+    if (gain_early) wait_for_previous_kernel();
     uint4 p_mine = zero;
     float sq = 0.f;
 #pragma unroll 4
@@ -289,12 +303,13 @@ __device__ __forceinline__ float dot8(const uint4 &a, const uint4 &b) {
     return s;
 }
 
-// The per-thread partial sums of R weight rows (R 16-byte loads of each in
-// flight, two per row) against M input rows, summed over the block into
-// out[r][m] (every thread gets them). For R = 1 the order of the sums is the
-// plain product's.
+// The per-thread partial sums of R weight rows (two 16-byte loads of each
+// row at a time, the next two issued before their products) against M input
+// rows, summed over the block into out[r][m] (every thread gets them). For
+// R = 1 the order of the sums is the plain product's. early: the first
+// weight loads go out before the wait for the previous kernel.
 template <class T, int M, int R>
-__device__ __forceinline__ void gemv_dots(const uint4 *const (&wrow)[R], const T *x, int64_t K, float (&out)[R][M]) {
+__device__ __forceinline__ void gemv_dots(const uint4 *const (&wrow)[R], const T *x, int64_t K, bool early, float (&out)[R][M]) {
     constexpr int64_t kT = kGemvWarps * 32;
     const int64_t chunks = K / 8;
     float acc[R][M];
@@ -304,11 +319,12 @@ __device__ __forceinline__ void gemv_dots(const uint4 *const (&wrow)[R], const T
         for (int m = 0; m < M; ++m) acc[r][m] = 0.f;
     int64_t c = threadIdx.x;
     uint4 w0[R], w1[R];  // weights stream through once: evict-first loads
+    if (!early) wait_for_previous_kernel();
     if (c + kT < chunks) {
 #pragma unroll
         for (int r = 0; r < R; ++r) w0[r] = __ldcs(wrow[r] + c), w1[r] = __ldcs(wrow[r] + c + kT);
     }
-    wait_for_previous_kernel();  // x is the previous kernel's output, the weights are not
+    if (early) wait_for_previous_kernel();  // x is the previous kernel's output, checkpoint weights are not
     for (; c + kT < chunks; c += 2 * kT) {
         const int64_t next = c + 2 * kT;
         uint4 n0[R], n1[R];  // the next pair's loads go out before this pair's products
@@ -370,6 +386,7 @@ struct GemvLaunch {
     GemvWeight w[kGemvMaxWeights];
     const void *residual;  // Epilogue::residual: [rows, N] contiguous
     GemvRope rope;         // Epilogue::rope
+    bool weights_early = false;  // the weights' first loads before the wait (checkpoint weights)
 };
 
 template <class T>
@@ -379,12 +396,13 @@ __device__ __forceinline__ float with_bias(float v, const void *bias, int64_t n)
 
 // One block per output column (the columns of all weights in a row), or per
 // pair of columns where the epilogue needs two (gate and up; a rotary pair):
-// its 128 threads split K, each with two 16-byte loads per weight row in
-// flight (the best of tools/bench/gemv_variants.cu's layouts on an H100: 73%
-// of copy bandwidth over a decode step's products), then the block sums.
+// its 128 threads split K, each with two 16-byte loads per weight row at a
+// time (the best of tools/bench/gemv_variants.cu's layouts on an H100: 73%
+// of copy bandwidth over a decode step's products) and the next two issued
+// before their products, then the block sums.
 template <class T, int M, Epilogue E>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvLaunch a) {
-    let_next_kernel_start();  // the products wait for x in gemv_dots, after their first weight loads
+    let_next_kernel_start();  // gemv_dots waits for x (after the first weight loads when a.weights_early)
     const T *x = static_cast<const T *>(a.x);
     const int64_t K = a.K;
     int64_t n = blockIdx.x;
@@ -392,7 +410,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvLaunch a) {
         const uint4 *const rows[2] = {reinterpret_cast<const uint4 *>(static_cast<const T *>(a.w[0].w) + n * K),
                                 reinterpret_cast<const uint4 *>(static_cast<const T *>(a.w[1].w) + n * K)};
         float v[2][M];
-        gemv_dots<T, M, 2>(rows, x, K, v);
+        gemv_dots<T, M, 2>(rows, x, K, a.weights_early, v);
         if (threadIdx.x < M) {
             const int m = threadIdx.x;
             const float g = round_to<T>(with_bias<T>(v[0][m], a.w[0].bias, n)), u = round_to<T>(with_bias<T>(v[1][m], a.w[1].bias, n));
@@ -417,7 +435,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvLaunch a) {
             const uint4 *const rows[2] = {reinterpret_cast<const uint4 *>(static_cast<const T *>(g.w) + lo * K),
                                     reinterpret_cast<const uint4 *>(static_cast<const T *>(g.w) + hi * K)};
             float v[2][M];
-            gemv_dots<T, M, 2>(rows, x, K, v);
+            gemv_dots<T, M, 2>(rows, x, K, a.weights_early, v);
             if (threadIdx.x < M) {
                 const int m = threadIdx.x;
                 const int64_t b = m / a.rope.T, t = m % a.rope.T;
@@ -434,7 +452,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvLaunch a) {
     }
     const uint4 *const rows[1] = {reinterpret_cast<const uint4 *>(static_cast<const T *>(g.w) + n * K)};
     float v[1][M];
-    gemv_dots<T, M, 1>(rows, x, K, v);
+    gemv_dots<T, M, 1>(rows, x, K, a.weights_early, v);
     if (threadIdx.x < M) {
         const int m = threadIdx.x;
         const float y = with_bias<T>(v[0][m], g.bias, n);
@@ -637,31 +655,37 @@ void decode_attention(Dtype dtype, const AttentionArgs &a, Stream stream) {
     check_launch("mango::decode_attention");
 }
 
-void gemv(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight *weights, int n_weights, Stream stream) {
+void gemv(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight *weights, int n_weights, bool weights_early, Stream stream) {
     if (n_weights < 1 || n_weights > kGemvMaxWeights) throw std::invalid_argument("mango::linear: gemv takes 1 to 3 weights");
     GemvLaunch a{x, K, {}, nullptr, {}};
+    a.weights_early = weights_early;
     int64_t blocks = 0;
     for (int i = 0; i < n_weights; ++i) a.w[i] = weights[i], blocks += weights[i].N;
     gemv_launch<Epilogue::plain>(dtype, rows, a, blocks, "mango::linear", stream);
 }
 
-void gemv_residual(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight &weight, const void *residual, Stream stream) {
+void gemv_residual(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight &weight, const void *residual, bool weights_early,
+                   Stream stream) {
     GemvLaunch a{x, K, {weight}, residual, {}};
+    a.weights_early = weights_early;
     gemv_launch<Epilogue::residual>(dtype, rows, a, weight.N, "mango::linear_residual", stream);
 }
 
-void gemv_silu_mul(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight &gate, const GemvWeight &up, Stream stream) {
+void gemv_silu_mul(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight &gate, const GemvWeight &up, bool weights_early,
+                   Stream stream) {
     if (gate.N != up.N) throw std::invalid_argument("mango::swiglu: gate and up widths differ");
     GemvLaunch a{x, K, {gate, up}, nullptr, {}};
+    a.weights_early = weights_early;
     gemv_launch<Epilogue::silu_mul>(dtype, rows, a, gate.N, "mango::swiglu", stream);
 }
 
 void gemv_rope(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight *weights, int n_weights, const GemvRope &rope,
-               Stream stream) {
+               bool weights_early, Stream stream) {
     if (n_weights < 1 || n_weights > kGemvMaxWeights || rope.rotated < 0 || rope.rotated > n_weights || rope.head_dim <= 0 ||
         rope.head_dim % 2 || rope.T <= 0 || rows % rope.T)
         throw std::invalid_argument("mango::linears_rope: unsupported arguments");
     GemvLaunch a{x, K, {}, nullptr, rope};
+    a.weights_early = weights_early;
     int64_t blocks = 0;
     for (int i = 0; i < n_weights; ++i) {
         if (i < rope.rotated && weights[i].N % rope.head_dim)
@@ -691,30 +715,29 @@ void argmax_rows(Dtype dtype, const void *x, int64_t row_stride, int64_t rows, i
     check_launch("greedy pick (argmax)");
 }
 
-void rms_norm(Dtype dtype, const void *x, const void *w, void *out, int64_t rows, int64_t n, float eps, Stream stream) {
+void rms_norm(Dtype dtype, const void *x, const void *w, void *out, int64_t rows, int64_t n, float eps, bool gain_early, Stream stream) {
     if (rows == 0 || n == 0) return;
     by_dtype(dtype, [&](auto zero) {
         using T = decltype(zero);
         const bool vec = n % (16 / sizeof(T)) == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 &&
                          reinterpret_cast<uintptr_t>(out) % 16 == 0;
         if (vec)
-            launch(rms_norm_vec_kernel<T>, static_cast<unsigned>(rows), kNormThreads, 0, stream, 
-                static_cast<const T *>(x), nullptr, static_cast<const T *>(w), nullptr, static_cast<T *>(out), n, eps);
+            launch(rms_norm_vec_kernel<T>, static_cast<unsigned>(rows), kNormThreads, 0, stream, static_cast<const T *>(x), nullptr,
+                   static_cast<const T *>(w), nullptr, static_cast<T *>(out), n, eps, gain_early);
         else
-            launch(rms_norm_kernel<T>, static_cast<unsigned>(rows), kNormThreads, 0, stream, static_cast<const T *>(x), static_cast<const T *>(w),
-                                                                                          static_cast<T *>(out), n, eps);
+            launch(rms_norm_kernel<T>, static_cast<unsigned>(rows), kNormThreads, 0, stream, static_cast<const T *>(x),
+                   static_cast<const T *>(w), static_cast<T *>(out), n, eps);
     });
     check_launch("mango::rms_norm");
 }
 
 void add_rms_norm(Dtype dtype, const void *x, const void *residual, const void *w, void *sum, void *out, int64_t rows, int64_t n, float eps,
-                  Stream stream) {
+                  bool gain_early, Stream stream) {
     if (rows == 0 || n == 0) return;
     by_dtype(dtype, [&](auto zero) {
         using T = decltype(zero);
-        launch(rms_norm_vec_kernel<T>, static_cast<unsigned>(rows), kNormThreads, 0, stream, 
-            static_cast<const T *>(x), static_cast<const T *>(residual), static_cast<const T *>(w), static_cast<T *>(sum), static_cast<T *>(out),
-            n, eps);
+        launch(rms_norm_vec_kernel<T>, static_cast<unsigned>(rows), kNormThreads, 0, stream, static_cast<const T *>(x),
+               static_cast<const T *>(residual), static_cast<const T *>(w), static_cast<T *>(sum), static_cast<T *>(out), n, eps, gain_early);
     });
     check_launch("mango::add_rms_norm");
 }

@@ -16,13 +16,16 @@ using Stream = CUstream_st *;
 
 // out[r, :] = w * to_dtype(x[r, :] * rsqrt(mean(x[r, :]^2) + eps)) over
 // `rows` contiguous rows of n elements; x, w and out share `dtype`.
-void rms_norm(Dtype dtype, const void *x, const void *w, void *out, int64_t rows, int64_t n, float eps, Stream stream);
+// gain_early: w is a checkpoint weight (no kernel writes it while a model
+// runs), loaded before the wait for the previous kernel (fused_kernels.cu:
+// programmatic dependent launch).
+void rms_norm(Dtype dtype, const void *x, const void *w, void *out, int64_t rows, int64_t n, float eps, bool gain_early, Stream stream);
 
 // sum = x + residual (rounded to dtype, as ATen's add) and out = rms_norm(sum)
 // (as rms_norm above) over contiguous rows whose width n is a multiple of
 // 16 / sizeof(dtype), all pointers 16-byte aligned.
 void add_rms_norm(Dtype dtype, const void *x, const void *residual, const void *w, void *sum, void *out, int64_t rows, int64_t n, float eps,
-                  Stream stream);
+                  bool gain_early, Stream stream);
 
 // One decode step's entry of a static KV cache slot: slot[b, h, *at, :] =
 // value[b, h, 0, :] for a [B, H, 1, D] value by strides and a [B, H, S, D]
@@ -56,10 +59,13 @@ void mask_bias(Dtype dtype, const int64_t *padding, int64_t pad_stride_b, int64_
 
 // out[m, n] = sum_k x[m, k] w[n, k] (+ bias[n]) for few rows m (1 to
 // kGemvMaxRows), for up to kGemvMaxWeights weights of one input in one
-// launch (q, k and v; gate and up): one block per output column, two 16-byte
-// loads of w in flight per thread, float32 sums — a weight-streaming
+// launch (q, k and v; gate and up): one block per output column, two pairs
+// of 16-byte loads of w in flight per thread (this pair's and the next's),
+// float32 sums — a weight-streaming
 // matrix-vector product for decoding, where cuBLAS's GEMM kernels leave
-// bandwidth unused (tools/bench/gemv_variants.cu compares layouts). From
+// bandwidth unused (tools/bench/gemv_variants.cu compares layouts);
+// weights_early: every weight is a checkpoint weight, whose first loads go
+// out before the wait for the previous kernel (see rms_norm). From
 // about 4 rows on the CUDA cores' multiply-adds catch up with the loads and
 // cuBLAS's tensor cores win. bf16 or f16 only; x and each w contiguous,
 // K a multiple of 8, 16-byte aligned; a bias may be null.
@@ -70,16 +76,18 @@ struct GemvWeight {
     void *out = nullptr;  // [rows, N] contiguous
     int64_t N = 0;
 };
-void gemv(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight *weights, int n_weights, Stream stream);
+void gemv(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight *weights, int n_weights, bool weights_early, Stream stream);
 
 // The same product with the next operator of a decoder layer in its last step
 // (one launch fewer per layer each; the same roundings as the chains):
 // out = residual + x w^T (+ bias), the product rounded before the add
 // (residual [rows, N] contiguous, `weight.out` its own buffer);
-void gemv_residual(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight &weight, const void *residual, Stream stream);
+void gemv_residual(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight &weight, const void *residual, bool weights_early,
+                   Stream stream);
 // gate.out = silu(x gate^T) * (x up^T), each block taking a gate column and
 // the up column beside it (up.out unused);
-void gemv_silu_mul(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight &gate, const GemvWeight &up, Stream stream);
+void gemv_silu_mul(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight &gate, const GemvWeight &up, bool weights_early,
+                   Stream stream);
 // and the first `rotated` weights' outputs (q, k) rotated per head of
 // head_dim as mango::rope does, a block per rotary pair (columns j and
 // j + head_dim / 2 of a head); row m of x is token (m / T, m % T), whose
@@ -93,7 +101,7 @@ struct GemvRope {
     float factor = 1.f;
 };
 void gemv_rope(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight *weights, int n_weights, const GemvRope &rope,
-               Stream stream);
+               bool weights_early, Stream stream);
 
 // Attention of a few new queries over a KV cache, in one kernel:
 // out[b, h, t] = softmax(q[b, h, t] . k[b, h / (H / KV), s] * scale + bias) v

@@ -5,6 +5,9 @@
 #include <torch/version.h>
 
 #include <atomic>
+#include <iterator>
+#include <mutex>
+#include <unordered_map>
 #include <cfloat>
 #include <cstdlib>
 #include <cstring>
@@ -98,6 +101,31 @@ at::Tensor attention_chain(const at::Tensor &q, const at::Tensor &k, const at::T
 
 // ---- where a kernel replaces the chain ----------------------------------------------
 
+// ---- checkpoint weights ----------------------------------------------------------
+// The storages of the weights the host handed to plugins (mark_weight): no
+// kernel writes them while a model runs (training and merging update them
+// with ATen's kernels, which never start early), so the GEMV and RMSNorm
+// kernels may load them before waiting for the previous kernel. Held weakly:
+// a storage that is gone (and whatever the allocator puts at its address
+// later) is no weight.
+struct WeightStorages {
+    std::mutex mutex;
+    std::unordered_map<const c10::StorageImpl *, c10::weak_intrusive_ptr<c10::StorageImpl>> live;
+    size_t marks = 0;
+};
+WeightStorages &weight_storages() {
+    static WeightStorages w;
+    return w;
+}
+
+[[maybe_unused]] bool is_weight(const at::Tensor &t) {
+    if (!t.defined() || !t.has_storage()) return false;
+    WeightStorages &w = weight_storages();
+    const std::lock_guard<std::mutex> lock(w.mutex);
+    const auto it = w.live.find(t.storage().unsafeGetStorageImpl());
+    return it != w.live.end() && !it->second.expired();
+}
+
 #ifdef MANGO_WITH_CUDA
 bool wants_grad(std::initializer_list<const at::Tensor *> ts) {
     if (!at::GradMode::is_enabled()) return false;
@@ -165,7 +193,7 @@ at::Tensor rms_norm_op(const at::Tensor &x, const at::Tensor &weight, double eps
         at::Tensor out = at::empty_like(xc);
         const int64_t n = x.size(-1);
         kernels::rms_norm(dt, xc.data_ptr(), wc.data_ptr(), out.data_ptr(), n ? xc.numel() / n : 0, n, static_cast<float>(eps),
-                          stream_of(x));
+                          is_weight(wc), stream_of(x));
         return out;
     }
 #endif
@@ -184,7 +212,7 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm_op(const at::Tensor &x, const at
         const c10::cuda::CUDAGuard guard(x.device());
         at::Tensor sum = at::empty_like(x), out = at::empty_like(x);
         kernels::add_rms_norm(dt, x.data_ptr(), residual.data_ptr(), weight.data_ptr(), sum.data_ptr(), out.data_ptr(),
-                              n ? x.numel() / n : 0, n, static_cast<float>(eps), stream_of(x));
+                              n ? x.numel() / n : 0, n, static_cast<float>(eps), is_weight(weight), stream_of(x));
         return {sum, out};
     }
 #endif
@@ -273,7 +301,9 @@ std::vector<at::Tensor> gemv_all(const at::Tensor &x, at::TensorList weights, at
         outs.push_back(at::empty(output_shape(x, weights[i].size(0)), x.options()));
         g[i] = gemv_weight(weights[i], biases.empty() ? at::Tensor() : biases[i], outs.back());
     }
-    kernels::gemv(dt, xc.data_ptr(), xc.numel() / x.size(-1), x.size(-1), g, static_cast<int>(weights.size()), stream_of(x));
+    bool early = true;
+    for (const at::Tensor &w : weights) early = early && is_weight(w);
+    kernels::gemv(dt, xc.data_ptr(), xc.numel() / x.size(-1), x.size(-1), g, static_cast<int>(weights.size()), early, stream_of(x));
     return outs;
 }
 #endif
@@ -326,7 +356,7 @@ at::Tensor linear_residual_op(const at::Tensor &x, const at::Tensor &weight, con
         if (const at::Tensor xc = gemv_input(x); xc.defined()) {
             at::Tensor out = at::empty(residual.sizes(), x.options());
             kernels::gemv_residual(dt, xc.data_ptr(), xc.numel() / x.size(-1), x.size(-1), gemv_weight(weight, bias, out),
-                                   residual.data_ptr(), stream_of(x));
+                                   residual.data_ptr(), is_weight(weight), stream_of(x));
             return out;
         }
     }
@@ -344,7 +374,7 @@ at::Tensor swiglu_op(const at::Tensor &x, const at::Tensor &gate, const at::Tens
         if (const at::Tensor xc = gemv_input(x); xc.defined()) {
             at::Tensor out = at::empty(output_shape(x, gate.size(0)), x.options());
             kernels::gemv_silu_mul(dt, xc.data_ptr(), xc.numel() / x.size(-1), x.size(-1), gemv_weight(gate, at::Tensor(), out),
-                                   gemv_weight(up, at::Tensor(), at::Tensor()), stream_of(x));
+                                   gemv_weight(up, at::Tensor(), at::Tensor()), is_weight(gate) && is_weight(up), stream_of(x));
             return out;
         }
     }
@@ -390,7 +420,8 @@ std::vector<at::Tensor> linears_rope_op(const at::Tensor &x, at::TensorList weig
             r.rotated = 2, r.head_dim = D, r.T = T, r.positions = positions.data_ptr<int64_t>();
             r.pos_stride_b = positions.size(0) == 1 ? 0 : positions.stride(0), r.pos_stride_t = positions.stride(1);
             r.inv_freq = inv_freq.data_ptr<float>(), r.factor = static_cast<float>(factor);
-            kernels::gemv_rope(dt, xc.data_ptr(), B * T, x.size(-1), g, 3, r, stream_of(x));
+            const bool early = is_weight(weights[0]) && is_weight(weights[1]) && is_weight(weights[2]);
+            kernels::gemv_rope(dt, xc.data_ptr(), B * T, x.size(-1), g, 3, r, early, stream_of(x));
             return {heads_of(outs[0], heads), heads_of(outs[1], kv_heads), heads_of(outs[2], kv_heads)};
         }
     }
@@ -471,6 +502,15 @@ bool write_cache_entry(at::Tensor &slot, int64_t dim, const at::Tensor &at, cons
     (void)slot, (void)dim, (void)at, (void)value;
     return false;
 #endif
+}
+
+void mark_weight(const at::Tensor &t) {
+    if (!t.defined() || !t.is_cuda() || !t.has_storage()) return;  // only the GPU kernels ask
+    WeightStorages &w = weight_storages();
+    const std::lock_guard<std::mutex> lock(w.mutex);
+    if (++w.marks % 4096 == 0)  // forget storages that are gone
+        for (auto it = w.live.begin(); it != w.live.end();) it = it->second.expired() ? w.live.erase(it) : std::next(it);
+    w.live.insert_or_assign(t.storage().unsafeGetStorageImpl(), t.storage().getWeakStorageImpl());
 }
 
 at::Tensor mix_experts(const std::vector<at::Tensor> &outs, const at::Tensor &w, at::ScalarType dtype) {

@@ -37,6 +37,12 @@ namespace mango::kernels {
 // false where it does not apply (the caller copies as before).
 bool write_cache_entry(at::Tensor &slot, int64_t dim, const at::Tensor &at, const at::Tensor &value);
 
+// Records t's storage as a checkpoint weight handed to a plugin: no kernel
+// writes it while a model runs, so the GPU kernels may start loading it
+// before the previous kernel has finished (programmatic dependent launch).
+// Held weakly; CPU tensors are not recorded.
+void mark_weight(const at::Tensor &t);
+
 // logits.argmax(-1) for [B, V] logits: one kernel on a GPU (ATen's reduction
 // takes several times as long on a decode step's one row), else ATen's.
 at::Tensor greedy_pick(const at::Tensor &logits);
