@@ -413,6 +413,18 @@ TEST_F(FusedKernels, MixExpertsEqualsTheChainExactly) {
     }
 }
 
+TEST_F(FusedKernels, CheckpointWeightsAreKnownWhileTheyLive) {
+    at::Tensor w = at::randn({64, 32}, at::TensorOptions().device(at::kCUDA));
+    EXPECT_FALSE(mango::kernels::is_weight(w));
+    mango::kernels::mark_weight(w);
+    EXPECT_TRUE(mango::kernels::is_weight(w));
+    EXPECT_TRUE(mango::kernels::is_weight(w.narrow(0, 8, 8)));  // a slice of a weight
+    EXPECT_FALSE(mango::kernels::is_weight(w.clone()));         // a copy: written by a kernel
+    w.reset();
+    at::Tensor other = at::randn({64, 32}, at::TensorOptions().device(at::kCUDA));  // may reuse the memory
+    EXPECT_FALSE(mango::kernels::is_weight(other));
+}
+
 TEST_F(FusedKernels, GradientsKeepTheChain) {
     at::Tensor x = at::randn({4, 32}, at::TensorOptions().device(at::kCUDA)).requires_grad_(true);
     at::Tensor w = at::ones({32}, at::TensorOptions().device(at::kCUDA)).requires_grad_(true);

@@ -133,6 +133,8 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
             if (lean && !in_adapter && where == h.device()) {
                 auto cast = std::find_if(h_as.begin(), h_as.end(), [&](const auto &c) { return c.first == dtype; });
                 if (cast == h_as.end()) cast = h_as.insert(h_as.end(), {dtype, h.to(dtype)});
+                // the experts of this dtype share that tensor, as float32 members always shared h itself: a block
+                // must not write its input in place (the SDK's layers never do)
                 outs.push_back(model->block(e.layer, cast->second, mask, positions, use_cache));
                 continue;
             }

@@ -102,13 +102,23 @@ bool programmatic_launch(const void *kernel) {
 // check_launch (cudaGetLastError), as with <<< >>>.
 template <class... Params, class... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared, Stream stream, Args... args) {
+#if CUDART_VERSION >= 11080  // cudaLaunchKernelEx and the attribute
+    bool early = programmatic_launch(reinterpret_cast<const void *>(kernel));
+#if CUDART_VERSION < 12030  // graphs take programmatic edges from CUDA 12.3 on
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    if (early && (cudaStreamIsCapturing(stream, &capturing) != cudaSuccess || capturing != cudaStreamCaptureStatusNone))
+        early = false, (void)cudaGetLastError();
+#endif
     cudaLaunchConfig_t config = {};
     config.gridDim = grid, config.blockDim = block, config.dynamicSmemBytes = shared, config.stream = stream;
     cudaLaunchAttribute attribute[1];
     attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attribute[0].val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = attribute, config.numAttrs = programmatic_launch(reinterpret_cast<const void *>(kernel)) ? 1 : 0;
+    config.attrs = attribute, config.numAttrs = early ? 1 : 0;
     (void)cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+#else
+    kernel<<<grid, block, shared, stream>>>(static_cast<Params>(args)...);
+#endif
 }
 
 unsigned blocks_for(int64_t n, unsigned threads) { return static_cast<unsigned>((n + threads - 1) / threads); }

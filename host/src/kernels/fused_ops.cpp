@@ -118,13 +118,17 @@ WeightStorages &weight_storages() {
     return w;
 }
 
-[[maybe_unused]] bool is_weight(const at::Tensor &t) {
+}  // namespace
+
+bool is_weight(const at::Tensor &t) {
     if (!t.defined() || !t.has_storage()) return false;
     WeightStorages &w = weight_storages();
     const std::lock_guard<std::mutex> lock(w.mutex);
     const auto it = w.live.find(t.storage().unsafeGetStorageImpl());
     return it != w.live.end() && !it->second.expired();
 }
+
+namespace {
 
 #ifdef MANGO_WITH_CUDA
 bool wants_grad(std::initializer_list<const at::Tensor *> ts) {

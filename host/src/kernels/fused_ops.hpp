@@ -42,6 +42,8 @@ bool write_cache_entry(at::Tensor &slot, int64_t dim, const at::Tensor &at, cons
 // before the previous kernel has finished (programmatic dependent launch).
 // Held weakly; CPU tensors are not recorded.
 void mark_weight(const at::Tensor &t);
+// Whether t lies in a storage mark_weight recorded that is still alive.
+bool is_weight(const at::Tensor &t);
 
 // logits.argmax(-1) for [B, V] logits: one kernel on a GPU (ATen's reduction
 // takes several times as long on a decode step's one row), else ATen's.
