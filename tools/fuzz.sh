@@ -7,7 +7,8 @@
 # hf_architecture pipeline_toml (build the host and plugins with clang; name
 # them, or say `all`). New crashes land in build-fuzz/crash-*; exit 1 if any.
 # More jobs per target: MANGO_FUZZ_JOBS=N. Stop after N executions instead
-# (SECONDS still caps the time): MANGO_FUZZ_RUNS=N.
+# (SECONDS still caps the time): MANGO_FUZZ_RUNS=N. Longest input (bytes,
+# default 65536; smaller inputs run faster): MANGO_FUZZ_MAX_LEN=N.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
@@ -31,7 +32,7 @@ for t in "${targets[@]}"; do
   work=build-fuzz/corpus-$t
   mkdir -p "$work" && cp -n tests/fuzz/corpus/$t/* "$work"/ 2>/dev/null || true
   echo "== fuzz_$t for ${secs}s"
-  if ! (cd build-fuzz && ./bin/fuzz_$t -max_total_time="$secs" -max_len=65536 -timeout=20 -rss_limit_mb=4096 \
+  if ! (cd build-fuzz && ./bin/fuzz_$t -max_total_time="$secs" -max_len="${MANGO_FUZZ_MAX_LEN:-65536}" -timeout=20 -rss_limit_mb=4096 \
           "${parallel[@]}" -runs="${MANGO_FUZZ_RUNS:--1}" -print_final_stats=1 \
           "corpus-$t" 2>&1 | tail -5); then
     status=1
