@@ -8,11 +8,11 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <map>
-#include <mutex>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -396,7 +396,7 @@ struct GemvLaunch {
     GemvWeight w[kGemvMaxWeights];
     const void *residual;  // Epilogue::residual: [rows, N] contiguous
     GemvRope rope;         // Epilogue::rope
-    bool weights_early = false;  // the weights' first loads before the wait (checkpoint weights)
+    bool weights_early;    // the weights' first loads go out before the wait (checkpoint weights)
 };
 
 template <class T>
@@ -418,7 +418,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvLaunch a) {
     int64_t n = blockIdx.x;
     if constexpr (E == Epilogue::silu_mul) {  // column n of gate (w[0]) and of up (w[1]) -> w[0].out
         const uint4 *const rows[2] = {reinterpret_cast<const uint4 *>(static_cast<const T *>(a.w[0].w) + n * K),
-                                reinterpret_cast<const uint4 *>(static_cast<const T *>(a.w[1].w) + n * K)};
+                                      reinterpret_cast<const uint4 *>(static_cast<const T *>(a.w[1].w) + n * K)};
         float v[2][M];
         gemv_dots<T, M, 2>(rows, x, K, a.weights_early, v);
         if (threadIdx.x < M) {
@@ -443,7 +443,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvLaunch a) {
         if (which < a.rope.rotated) {  // pair n: head h, rotary index j: columns h D + j and h D + j + D / 2
             const int64_t D = a.rope.head_dim, half = D / 2, j = n % half, lo = (n / half) * D + j, hi = lo + half;
             const uint4 *const rows[2] = {reinterpret_cast<const uint4 *>(static_cast<const T *>(g.w) + lo * K),
-                                    reinterpret_cast<const uint4 *>(static_cast<const T *>(g.w) + hi * K)};
+                                          reinterpret_cast<const uint4 *>(static_cast<const T *>(g.w) + hi * K)};
             float v[2][M];
             gemv_dots<T, M, 2>(rows, x, K, a.weights_early, v);
             if (threadIdx.x < M) {
@@ -667,8 +667,7 @@ void decode_attention(Dtype dtype, const AttentionArgs &a, Stream stream) {
 
 void gemv(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight *weights, int n_weights, bool weights_early, Stream stream) {
     if (n_weights < 1 || n_weights > kGemvMaxWeights) throw std::invalid_argument("mango::linear: gemv takes 1 to 3 weights");
-    GemvLaunch a{x, K, {}, nullptr, {}};
-    a.weights_early = weights_early;
+    GemvLaunch a{x, K, {}, nullptr, {}, weights_early};
     int64_t blocks = 0;
     for (int i = 0; i < n_weights; ++i) a.w[i] = weights[i], blocks += weights[i].N;
     gemv_launch<Epilogue::plain>(dtype, rows, a, blocks, "mango::linear", stream);
@@ -676,16 +675,14 @@ void gemv(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight 
 
 void gemv_residual(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight &weight, const void *residual, bool weights_early,
                    Stream stream) {
-    GemvLaunch a{x, K, {weight}, residual, {}};
-    a.weights_early = weights_early;
+    GemvLaunch a{x, K, {weight}, residual, {}, weights_early};
     gemv_launch<Epilogue::residual>(dtype, rows, a, weight.N, "mango::linear_residual", stream);
 }
 
 void gemv_silu_mul(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWeight &gate, const GemvWeight &up, bool weights_early,
                    Stream stream) {
     if (gate.N != up.N) throw std::invalid_argument("mango::swiglu: gate and up widths differ");
-    GemvLaunch a{x, K, {gate, up}, nullptr, {}};
-    a.weights_early = weights_early;
+    GemvLaunch a{x, K, {gate, up}, nullptr, {}, weights_early};
     gemv_launch<Epilogue::silu_mul>(dtype, rows, a, gate.N, "mango::swiglu", stream);
 }
 
@@ -694,8 +691,7 @@ void gemv_rope(Dtype dtype, const void *x, int64_t rows, int64_t K, const GemvWe
     if (n_weights < 1 || n_weights > kGemvMaxWeights || rope.rotated < 0 || rope.rotated > n_weights || rope.head_dim <= 0 ||
         rope.head_dim % 2 || rope.T <= 0 || rows % rope.T)
         throw std::invalid_argument("mango::linears_rope: unsupported arguments");
-    GemvLaunch a{x, K, {}, nullptr, rope};
-    a.weights_early = weights_early;
+    GemvLaunch a{x, K, {}, nullptr, rope, weights_early};
     int64_t blocks = 0;
     for (int i = 0; i < n_weights; ++i) {
         if (i < rope.rotated && weights[i].N % rope.head_dim)
@@ -761,10 +757,10 @@ void cache_write(int bytes, const void *value, const int64_t value_stride[4], vo
     if (n == 0) return;
     if (bytes == 2)
         launch(cache_write_kernel<uint16_t>, blocks_for(n, kThreads), kThreads, 0, stream, static_cast<const uint16_t *>(value), vs,
-                                                                                       static_cast<uint16_t *>(slot), ss, at);
+               static_cast<uint16_t *>(slot), ss, at);
     else if (bytes == 4)
         launch(cache_write_kernel<uint32_t>, blocks_for(n, kThreads), kThreads, 0, stream, static_cast<const uint32_t *>(value), vs,
-                                                                                       static_cast<uint32_t *>(slot), ss, at);
+               static_cast<uint32_t *>(slot), ss, at);
     else
         throw std::invalid_argument("cache_write: elements of 2 or 4 bytes");
     check_launch("static KV cache write");
@@ -774,8 +770,8 @@ void silu_mul(Dtype dtype, const void *g, int64_t g_row, const void *u, int64_t 
     if (rows * n == 0) return;
     by_dtype(dtype, [&](auto zero) {
         using T = decltype(zero);
-        launch(silu_mul_kernel<T>, blocks_for(rows * n, kThreads), kThreads, 0, stream, static_cast<const T *>(g), g_row, static_cast<const T *>(u),
-                                                                                    u_row, static_cast<T *>(out), rows, n);
+        launch(silu_mul_kernel<T>, blocks_for(rows * n, kThreads), kThreads, 0, stream, static_cast<const T *>(g), g_row,
+               static_cast<const T *>(u), u_row, static_cast<T *>(out), rows, n);
     });
     check_launch("mango::silu_mul");
 }
@@ -786,8 +782,8 @@ void rope(Dtype dtype, const Strided4 &q, const Strided4 &k, const int64_t *posi
     if (nq + nk == 0) return;
     by_dtype(dtype, [&](auto zero) {
         using T = decltype(zero);
-        launch(rope_kernel<T>, blocks_for(nq + nk, kThreads), kThreads, 0, stream, q, k, nq, nk, positions, pos_stride_b, pos_stride_t, inv_freq,
-                                                                               factor);
+        launch(rope_kernel<T>, blocks_for(nq + nk, kThreads), kThreads, 0, stream, q, k, nq, nk, positions, pos_stride_b, pos_stride_t,
+               inv_freq, factor);
     });
     check_launch("mango::rope");
 }
@@ -798,8 +794,8 @@ void mask_bias(Dtype dtype, const int64_t *padding, int64_t pad_stride_b, int64_
     if (n == 0) return;
     by_dtype(dtype, [&](auto zero) {
         using T_ = decltype(zero);
-        launch(mask_bias_kernel<T_>, blocks_for(n, kThreads), kThreads, 0, stream, padding, pad_stride_b, pad_stride_s, B, T, S, window, lowest,
-                                                                               static_cast<T_ *>(out));
+        launch(mask_bias_kernel<T_>, blocks_for(n, kThreads), kThreads, 0, stream, padding, pad_stride_b, pad_stride_s, B, T, S, window,
+               lowest, static_cast<T_ *>(out));
     });
     check_launch("mango::attention_mask_bias");
 }

@@ -5,13 +5,13 @@
 #include <torch/version.h>
 
 #include <atomic>
-#include <iterator>
-#include <mutex>
-#include <unordered_map>
 #include <cfloat>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
+#include <mutex>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #ifdef MANGO_WITH_CUDA
@@ -99,8 +99,6 @@ at::Tensor attention_chain(const at::Tensor &q, const at::Tensor &k, const at::T
     return at::matmul(at::softmax(scores.to(at::kFloat), -1).to(q.scalar_type()), values);
 }
 
-// ---- where a kernel replaces the chain ----------------------------------------------
-
 // ---- checkpoint weights ----------------------------------------------------------
 // The storages of the weights the host handed to plugins (mark_weight): no
 // kernel writes them while a model runs (training and merging update them
@@ -129,6 +127,14 @@ bool is_weight(const at::Tensor &t) {
 }
 
 namespace {
+
+[[maybe_unused]] bool all_weights(at::TensorList ts) {
+    for (const at::Tensor &t : ts)
+        if (!is_weight(t)) return false;
+    return true;
+}
+
+// ---- where a kernel replaces the chain ----------------------------------------------
 
 #ifdef MANGO_WITH_CUDA
 bool wants_grad(std::initializer_list<const at::Tensor *> ts) {
@@ -305,9 +311,8 @@ std::vector<at::Tensor> gemv_all(const at::Tensor &x, at::TensorList weights, at
         outs.push_back(at::empty(output_shape(x, weights[i].size(0)), x.options()));
         g[i] = gemv_weight(weights[i], biases.empty() ? at::Tensor() : biases[i], outs.back());
     }
-    bool early = true;
-    for (const at::Tensor &w : weights) early = early && is_weight(w);
-    kernels::gemv(dt, xc.data_ptr(), xc.numel() / x.size(-1), x.size(-1), g, static_cast<int>(weights.size()), early, stream_of(x));
+    kernels::gemv(dt, xc.data_ptr(), xc.numel() / x.size(-1), x.size(-1), g, static_cast<int>(weights.size()), all_weights(weights),
+                  stream_of(x));
     return outs;
 }
 #endif
@@ -378,7 +383,7 @@ at::Tensor swiglu_op(const at::Tensor &x, const at::Tensor &gate, const at::Tens
         if (const at::Tensor xc = gemv_input(x); xc.defined()) {
             at::Tensor out = at::empty(output_shape(x, gate.size(0)), x.options());
             kernels::gemv_silu_mul(dt, xc.data_ptr(), xc.numel() / x.size(-1), x.size(-1), gemv_weight(gate, at::Tensor(), out),
-                                   gemv_weight(up, at::Tensor(), at::Tensor()), is_weight(gate) && is_weight(up), stream_of(x));
+                                   gemv_weight(up, at::Tensor(), at::Tensor()), all_weights({gate, up}), stream_of(x));
             return out;
         }
     }
@@ -424,8 +429,7 @@ std::vector<at::Tensor> linears_rope_op(const at::Tensor &x, at::TensorList weig
             r.rotated = 2, r.head_dim = D, r.T = T, r.positions = positions.data_ptr<int64_t>();
             r.pos_stride_b = positions.size(0) == 1 ? 0 : positions.stride(0), r.pos_stride_t = positions.stride(1);
             r.inv_freq = inv_freq.data_ptr<float>(), r.factor = static_cast<float>(factor);
-            const bool early = is_weight(weights[0]) && is_weight(weights[1]) && is_weight(weights[2]);
-            kernels::gemv_rope(dt, xc.data_ptr(), B * T, x.size(-1), g, 3, r, early, stream_of(x));
+            kernels::gemv_rope(dt, xc.data_ptr(), B * T, x.size(-1), g, 3, r, all_weights(weights), stream_of(x));
             return {heads_of(outs[0], heads), heads_of(outs[1], kv_heads), heads_of(outs[2], kv_heads)};
         }
     }

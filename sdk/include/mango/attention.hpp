@@ -178,9 +178,7 @@ struct Qkv {
 inline Qkv project_qkv_rope(const Tensor &h, const std::vector<Tensor> &weights, const std::vector<Tensor> &biases, int64_t heads,
                             int64_t kv_heads, int64_t head_dim, const Tensor &inv_freq, const Tensor &positions, double factor) {
     static const std::optional<Op> fused = Op::find("mango::linears_rope");
-    bool all_biases = true;  // the host operator takes a list of tensors, none of them empty
-    for (const Tensor &b : biases) all_biases = all_biases && b;
-    if (fused && all_biases && weights.size() == 3 && (biases.empty() || biases.size() == 3)) {
+    if (fused && ops::all_defined(biases) && weights.size() == 3 && (biases.empty() || biases.size() == 3)) {
         Results r;
         fused->call({h, weights, biases, positions, inv_freq, factor, heads, kv_heads}, r);
         if (r.n != 3) throw Error(MANGO_ERR_INTERNAL, "mango::linears_rope returned " + std::to_string(r.n) + " results for 3");

@@ -66,12 +66,19 @@ struct Attention {
                    const Tensor &inv_freq, double rope_factor, bool use_cache) const {
         namespace attn = mango::attention;
         const std::vector<Tensor> biases = qkv_bias ? std::vector<Tensor>{a.qb, a.kb, a.vb} : std::vector<Tensor>{};
-        const double scale = 1.0 / std::sqrt(double(head_dim));
-        if (qk_norm == QkNorm::none && clip_qkv <= 0) {  // the projections and the rotation in one step
-            auto [q, k, v] = attn::project_qkv_rope(h, {a.q, a.k, a.v}, biases, heads, kv_heads, head_dim, inv_freq, pos, rope_factor);
-            auto [keys, values] = attn::cached_kv(ctx, layer, k, v, use_cache, window);
-            return ops::linear(attn::merge_heads(attn::attend(ctx, q, keys, values, mask, window, scale)), a.o, a.ob);
-        }
+        const attn::Qkv p = qk_norm == QkNorm::none && clip_qkv <= 0  // the projections and the rotation in one step
+                                ? attn::project_qkv_rope(h, {a.q, a.k, a.v}, biases, heads, kv_heads, head_dim, inv_freq, pos, rope_factor)
+                                : project_normed(a, h, biases, pos, inv_freq, rope_factor);
+        auto [keys, values] = attn::cached_kv(ctx, layer, p.k, p.v, use_cache, window);
+        Tensor out = attn::attend(ctx, p.q, keys, values, mask, window, 1.0 / std::sqrt(double(head_dim)));
+        return ops::linear(attn::merge_heads(out), a.o, a.ob);
+    }
+
+private:
+    // q, k, v in heads with the q/k norms and clipping between the projections and the rotation.
+    attention::Qkv project_normed(const Weights &a, const Tensor &h, const std::vector<Tensor> &biases, const Tensor &pos,
+                                  const Tensor &inv_freq, double rope_factor) const {
+        namespace attn = mango::attention;
         const std::vector<Tensor> qkv = ops::linears(h, {a.q, a.k, a.v}, biases);
         Tensor q = qkv[0], k = qkv[1], v = qkv[2];
         if (qk_norm == QkNorm::whole) {
@@ -91,9 +98,7 @@ struct Attention {
             k = layers::rms_norm(k, a.k_norm, eps);
         }
         std::tie(q, k) = attn::rope_qk(q, k, inv_freq, pos, rope_factor);
-        auto [keys, values] = attn::cached_kv(ctx, layer, k, v, use_cache, window);
-        Tensor out = attn::attend(ctx, q, keys, values, mask, window, scale);
-        return ops::linear(attn::merge_heads(out), a.o, a.ob);
+        return {q, k, v};
     }
 };
 

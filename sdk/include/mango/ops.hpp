@@ -78,6 +78,13 @@ inline Tensor linear_residual(const Tensor &residual, const Tensor &x, const Ten
     if (fused) return (*fused)({x, w, b, residual});
     return add(residual, linear(x, w, b));
 }
+// Whether every tensor in ts is defined (the host operators take lists of
+// tensors, none of them empty).
+inline bool all_defined(const std::vector<Tensor> &ts) {
+    for (const Tensor &t : ts)
+        if (!t) return false;
+    return true;
+}
 // x W_i^T (+ b_i) for up to 8 weights that share an input (q, k, v; gate,
 // up); biases: none, or one per weight (an empty one: no bias). One kernel on
 // a GPU where the host has mango::linears, else one linear each.
@@ -86,10 +93,8 @@ inline std::vector<Tensor> linears(const Tensor &x, const std::vector<Tensor> &w
         throw Error(MANGO_ERR_INVALID_ARGUMENT, "linears: " + std::to_string(bs.size()) + " biases for " + std::to_string(ws.size()) +
                                                     " weights (give none or one each)");
     static const std::optional<Op> fused = Op::find("mango::linears");
-    bool all_biases = true;  // the host operator takes a list of tensors, none of them empty
-    for (const Tensor &b : bs) all_biases = all_biases && b;
     std::vector<Tensor> out;
-    if (fused && all_biases && ws.size() <= Results::kMax) {
+    if (fused && all_defined(bs) && ws.size() <= Results::kMax) {
         Results r;
         fused->call({x, ws, bs}, r);
         if (r.n != ws.size())
