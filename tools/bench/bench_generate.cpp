@@ -1,8 +1,12 @@
 // bench_generate MODEL_DIR [--device cpu|cuda] [--dtype float32|bfloat16]
 //                [--prefill N] [--prompt N] [--decode N] [--reps R]
-// [--batch B]: prefill tokens/s (one forward over N tokens, batch 1) and greedy decode
-// tokens/s (KV cache) of a model folder, as JSON. tools/bench/bench_gpu_llama.py
-// runs it beside transformers on the same folder.
+// [--batch B] [--fuse 0|1|compare]: prefill tokens/s (one forward over N
+// tokens, batch 1) and greedy decode tokens/s (KV cache) of a model folder, as
+// JSON. --fuse 1 times a fusion of two copies of the model (a simple router
+// per layer) instead; --fuse compare times the model and that fusion in turn
+// in this one process (the runs interleaved, so clocks and caches treat both
+// alike) and adds the fusion's overhead: its time over twice the model's.
+// tools/bench/bench_gpu_llama.py runs it beside transformers on the same folder.
 #include "fusion/fusion.hpp"
 #include "model/generate.hpp"
 #include "abi/runtime.hpp"
@@ -13,7 +17,9 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <chrono>
+#include <functional>
 #include <iostream>
 
 using Clock = std::chrono::steady_clock;
@@ -26,14 +32,34 @@ static void sync(const at::Device &d) {
 #endif
 }
 
+// Median seconds of each of the runs, taken in turn `reps` times after one warm-up each.
+static std::vector<double> median_seconds(const std::vector<std::function<void()>> &runs, int reps, const at::Device &dev) {
+    std::vector<std::vector<double>> t(runs.size());
+    for (const auto &run : runs) run();
+    sync(dev);
+    for (int r = 0; r < reps; ++r)
+        for (size_t i = 0; i < runs.size(); ++i) {
+            const auto t0 = Clock::now();
+            runs[i]();
+            sync(dev);
+            t[i].push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+        }
+    std::vector<double> out;
+    for (auto &v : t) {
+        std::sort(v.begin(), v.end());
+        out.push_back(v[v.size() / 2]);
+    }
+    return out;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         std::cerr << "usage: bench_generate MODEL_DIR [--device cpu|cuda] [--dtype float32|bfloat16] [--prefill N] [--prompt N] [--decode "
-                     "N] [--reps R] [--batch B] [--fuse 1]\n";
+                     "N] [--reps R] [--batch B] [--fuse 0|1|compare]\n";
         return 2;
     }
     std::string dir = argv[1], device = "cpu", dtype = "float32";
-    bool fuse = false;  // --fuse 1: a fusion of two copies of the model (a simple router per layer)
+    std::string fuse = "0";
     int64_t prefill = 512, prompt = 32, decode = 128, batch = 1;
     int reps = 10;
     for (int i = 2; i + 1 < argc; i += 2) {
@@ -53,7 +79,7 @@ int main(int argc, char **argv) {
         else if (a == "--batch")
             batch = std::stoll(v);
         else if (a == "--fuse")
-            fuse = v == "1";
+            fuse = v;
     }
     mango::init_runtime(0);
     const at::Device dev(device == "cuda" ? at::kCUDA : at::kCPU);
@@ -61,7 +87,7 @@ int main(int argc, char **argv) {
     const mango::PluginHost host(mango::registry::Registry::discover({}));
     std::shared_ptr<mango::Model> model = mango::Model::load(host, dir, dt, dev);
     std::unique_ptr<mango::FusedModel> fused;
-    if (fuse) {
+    if (fuse != "0") {
         mango::FusionSpec spec;
         spec.adapter.name = "linear";
         for (int32_t l = 0; l < model->info().n_layers; ++l) {
@@ -74,38 +100,31 @@ int main(int argc, char **argv) {
         fused = mango::FusedModel::build(host, {model, mango::Model::load(host, dir, dt, dev)}, std::move(spec));
         fused->train(false);
     }
-    mango::CausalLM &lm = fused ? static_cast<mango::CausalLM &>(*fused) : static_cast<mango::CausalLM &>(*model);
     at::NoGradGuard no_grad;
     const int64_t V = model->info().vocab_size;
     at::Tensor ids = at::randint(V, {1, prefill}, at::TensorOptions().dtype(at::kLong).device(dev));
     at::Tensor mask = at::ones({1, prefill}, ids.options()), pos = at::arange(prefill, ids.options()).unsqueeze(0);
-    auto prefill_once = [&] { return fused ? fused->logits(ids, mask, pos, false) : model->forward(ids, mask, pos); };
-    prefill_once();  // warm-up
-    sync(dev);
-    std::vector<double> t;
-    for (int r = 0; r < reps; ++r) {
-        const auto t0 = Clock::now();
-        prefill_once();
-        sync(dev);
-        t.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-    }
-    std::sort(t.begin(), t.end());
-    mango::GenerateOptions o;
-    o.max_new_tokens = decode;
-    std::string used;
-    o.decode_used = &used;
     std::vector<std::vector<int64_t>> p(static_cast<size_t>(batch), std::vector<int64_t>(static_cast<size_t>(prompt), 5));
-    mango::generate(lm, p, o);  // warm-up
-    std::vector<double> g;
-    for (int r = 0; r < 3; ++r) {
-        const auto t0 = Clock::now();
-        mango::generate(lm, p, o);
-        sync(dev);
-        g.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-    }
-    std::sort(g.begin(), g.end());
-    std::cout << "{\"impl\": \"" << (fuse ? "mango-fusion" : "mango") << "\", \"device\": \"" << device << "\", \"dtype\": \"" << dtype
-              << "\", \"prefill_tokens\": " << prefill << ", \"prefill_tok_s\": " << prefill / t[t.size() / 2]
-              << ", \"decode_tokens\": " << decode << ", \"batch\": " << batch << ", \"decode_tok_s\": " << double(decode * batch) / g[1]
-              << ", \"decode\": \"" << used << "\"}\n";
+    // What is timed: the model, the fusion, or both in turn.
+    std::vector<std::string> names;
+    std::vector<std::function<void()>> prefills, decodes;
+    std::array<std::string, 2> used;  // how each decoded (graphs, eager, ...)
+    auto add = [&](const std::string &name, mango::CausalLM &lm, std::function<void()> forward) {
+        mango::GenerateOptions o;
+        o.max_new_tokens = decode;
+        o.decode_used = &used[names.size()];
+        names.push_back(name);
+        prefills.push_back(std::move(forward));
+        decodes.push_back([&lm, &p, o] { mango::generate(lm, p, o); });
+    };
+    if (fuse != "1") add("mango", *model, [&] { model->forward(ids, mask, pos); });
+    if (fused) add("mango-fusion", *fused, [&] { fused->logits(ids, mask, pos, false); });
+    const std::vector<double> tp = median_seconds(prefills, reps, dev), td = median_seconds(decodes, 3, dev);
+    for (size_t i = 0; i < names.size(); ++i)
+        std::cout << "{\"impl\": \"" << names[i] << "\", \"device\": \"" << device << "\", \"dtype\": \"" << dtype
+                  << "\", \"prefill_tokens\": " << prefill << ", \"prefill_tok_s\": " << prefill / tp[i]
+                  << ", \"decode_tokens\": " << decode << ", \"batch\": " << batch
+                  << ", \"decode_tok_s\": " << double(decode * batch) / td[i] << ", \"decode\": \"" << used[i] << "\"}\n";
+    if (names.size() == 2)  // the fusion runs both members' blocks: its time over twice the model's
+        std::cout << "{\"fusion_overhead\": {\"prefill\": " << tp[1] / (2 * tp[0]) << ", \"decode\": " << td[1] / (2 * td[0]) << "}}\n";
 }

@@ -8,18 +8,22 @@ kernels, and MANGO_DECODE=eager, the growing cache with eager steps, and a
 fusion of two copies of the model against twice the plain model),
 on the same random checkpoint, same GPU, same run; plus the decode roofline
 (device copy bandwidth / weight bytes) and every ratio.
-usage: bench_gpu_llama.py [BUILD_DIR]"""
+usage: bench_gpu_llama.py [BUILD_DIR] [--make-only] (--make-only: write the
+checkpoint to /tmp/mango-llama-1b, as the profiling scripts want, and stop)"""
 import json, os, subprocess, sys, time
 import torch
 import transformers as tf
 
-build = sys.argv[1] if len(sys.argv) > 1 else "build-gpu"
+args = [a for a in sys.argv[1:] if a != "--make-only"]
+build = args[0] if args else "build-gpu"
 d = "/tmp/mango-llama-1b"
 cfg = tf.LlamaConfig(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
                      intermediate_size=5632, vocab_size=32000, max_position_embeddings=4096, tie_word_embeddings=False)
 if not os.path.exists(os.path.join(d, "config.json")):
     torch.manual_seed(0)
     tf.LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(d, safe_serialization=True)
+if "--make-only" in sys.argv:
+    sys.exit(0)
 PREFILLS, BATCHES, PROMPT, DECODE = [512, 2048], [1, 8, 32], 32, 128
 
 
@@ -87,9 +91,16 @@ for name in ["mango", "mango-unfused-ops", "mango-eager-decode", "transformers-s
 
 # Fusion (Modular Layers) of two copies of the model, a simple router per layer (float32 routers over the
 # bf16 members): its cost over running both members' blocks, i.e. over twice the plain model (goal <= 1.10).
-f = mango(PREFILLS[0], 1, DECODE, {}, ("--fuse", "1"))
+# Both timed in one process, in turn (the plain model's prefill rate varies between processes).
+out = subprocess.run([f"{build}/bin/bench_generate", d, "--device", "cuda", "--dtype", "bfloat16", "--prefill", str(PREFILLS[0]),
+                      "--prompt", str(PROMPT), "--decode", str(DECODE), "--batch", "1", "--fuse", "compare"],
+                     capture_output=True, text=True)
+if out.returncode != 0:
+    sys.exit(f"bench_generate failed: {out.stderr[-3000:]}")
+plain, f, overhead = (json.loads(l) for l in out.stdout.strip().splitlines()[-3:])
 print(json.dumps({"impl": "mango-fusion-of-two", f"prefill_{PREFILLS[0]}": f["prefill_tok_s"], "decode_b1": f["decode_tok_s"],
-                  "decode_b1_mode": f["decode"]}), flush=True)
-single = res["mango"]
-print(f"fusion overhead over its two members (time / 2x the plain model's): prefill {PREFILLS[0]} "
-      f"{single[f'prefill_{PREFILLS[0]}'] / (2 * f['prefill_tok_s']):.2f}x, decode b1 {single['decode_b1'] / (2 * f['decode_tok_s']):.2f}x")
+                  "decode_b1_mode": f["decode"], f"plain_prefill_{PREFILLS[0]}_same_process": plain["prefill_tok_s"],
+                  "plain_decode_b1_same_process": plain["decode_tok_s"]}), flush=True)
+o = overhead["fusion_overhead"]
+print(f"fusion overhead over its two members (time / 2x the plain model's, same process): prefill {PREFILLS[0]} "
+      f"{o['prefill']:.2f}x, decode b1 {o['decode']:.2f}x")

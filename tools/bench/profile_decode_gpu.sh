@@ -3,14 +3,15 @@
 # greedy decoding over the static KV cache (MANGO_DECODE=static: the kernels a
 # CUDA graph replays), timed one by one with Nsight Compute, summed by kernel
 # name: where a decode step's GPU time goes. Model: bench_gpu_llama.py's
-# 1.1B LLaMA (made there). Prefill 16 tokens, 2 decode steps, batch 1.
+# 1.1B LLaMA (`bench_gpu_llama.py --make-only` makes it). Prefill 16 tokens,
+# 2 decode steps, batch 1. ARGS="--fuse 1": the fusion of two copies instead.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build-gpu}
 model=${2:-/tmp/mango-llama-1b}
 raw=$(mktemp)
 MANGO_DECODE=static ncu --clock-control none --metrics gpu__time_duration.sum --csv \
-  "$build/bin/bench_generate" "$model" --device cuda --dtype bfloat16 --prefill 16 --prompt 16 --decode 3 --batch 1 --reps 1 > "$raw" 2>/dev/null || true
+  "$build/bin/bench_generate" "$model" --device cuda --dtype bfloat16 --prefill 16 --prompt 16 --decode 3 --batch 1 --reps 1 ${ARGS:-} > "$raw" 2>/dev/null || true
 python3 - "$raw" "${TAIL:-50}" <<'PY'
 import csv, sys, collections
 rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
