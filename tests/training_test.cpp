@@ -350,6 +350,27 @@ TEST(Cuda, FusionWithMembersOnSeveralDevicesEqualsOneDevice) {
 // A fusion decodes on the GPU over every member's static KV cache with its
 // steps replayed as a CUDA graph (adapters and routers inside the graph): the
 // eager decoder's tokens, for a padded batch.
+// "cuda" without an index is the current GPU, and the model says so: the fusion compares a member's
+// device with its hidden states' to choose its inference path.
+TEST(Cuda, ModelOnUnindexedCudaReportsItsTensorsDevice) {
+    if (!at::hasCUDA()) {
+        try {
+            llama(32, 1, at::kCUDA);
+            FAIL() << "a model on 'cuda' loaded without CUDA";
+        } catch (const HostError &e) {
+            EXPECT_NE(std::string(e.what()).find("device 'cuda' asked for, but this LibTorch has no CUDA or sees no GPU"),
+                      std::string::npos)
+                << e.what();
+        }
+        return;
+    }
+    const auto m = llama(32, 1, at::kCUDA);
+    const at::Tensor ids = at::full({1, 3}, 5, at::TensorOptions().dtype(at::kLong).device(at::kCUDA));
+    const at::Tensor h = m->embed(ids, at::arange(3, ids.options()).unsqueeze(0));
+    EXPECT_TRUE(m->device().has_index());
+    EXPECT_EQ(m->device(), h.device());
+}
+
 TEST(Cuda, FusionGraphDecodeEqualsEagerDecode) {
     if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device (or a CPU-only LibTorch)";
     FusionSpec spec;

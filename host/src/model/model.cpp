@@ -30,6 +30,18 @@ nlohmann::json Model::normalized_config(const nlohmann::json &raw) {
     return c;
 }
 
+namespace {
+// The device with its index ("cuda" -> "cuda:0", the current one), as the model's tensors report theirs:
+// the fusion and the placement code compare a model's device with its tensors' (an unindexed "cuda" equals
+// no tensor's device, which sent every fusion member through the slow path for members placed elsewhere).
+at::Device concrete(at::Device device) {
+    if (device.has_index() || device.is_cpu()) return device;
+    if (device.is_cuda() && !at::hasCUDA())
+        throw HostError("device 'cuda' asked for, but this LibTorch has no CUDA or sees no GPU (use device = \"cpu\")");
+    return at::empty({0}, at::TensorOptions().device(device)).device();
+}
+}  // namespace
+
 std::unique_ptr<Model> Model::load(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device,
                                    ExpertShard shard) {
     return build(host, dir, dtype, device, false, 0, shard);
@@ -155,6 +167,7 @@ std::vector<TensorDecl> Model::tensor_table(const PluginHost &host, const format
 
 std::unique_ptr<Model> Model::build(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device, bool random,
                                     uint64_t seed, ExpertShard shard) {
+    device = concrete(device);
     std::unique_ptr<Model> m(new Model());
     m->dir_ = dir;
     m->dtype_ = dtype;
@@ -186,6 +199,7 @@ std::unique_ptr<Model> Model::build(const PluginHost &host, const std::string &d
 std::unique_ptr<Model> Model::from_tensors(const PluginHost &host, const nlohmann::json &config,
                                            std::shared_ptr<const std::map<std::string, at::Tensor>> tensors, const std::string &where,
                                            at::ScalarType dtype, at::Device device) {
+    device = concrete(device);
     std::unique_ptr<Model> m(new Model());
     m->dir_ = where;
     m->dtype_ = dtype;
