@@ -27,6 +27,8 @@ using DecodeAttention = at::Tensor(const at::Tensor &, const at::Tensor &, const
 using MaskBias = at::Tensor(const at::Tensor &, int64_t, int64_t, at::ScalarType);
 using LinearResidual = at::Tensor(const at::Tensor &, const at::Tensor &, const c10::optional<at::Tensor> &, const at::Tensor &);
 using Swiglu = at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &);
+using MeanPoolGate = at::Tensor(const at::Tensor &, const c10::optional<at::Tensor> &, const at::Tensor &,
+                                const c10::optional<at::Tensor> &, double);
 using LinearsRope = std::vector<at::Tensor>(const at::Tensor &, at::TensorList, at::TensorList, const at::Tensor &, const at::Tensor &,
                                             double, int64_t, int64_t);
 
@@ -68,6 +70,11 @@ std::vector<at::Tensor> linears_rope(const at::Tensor &x, std::vector<at::Tensor
     return typed<LinearsRope>("mango::linears_rope").call(x, ws, bs, pos, inv_freq, factor, heads, kv_heads);
 }
 
+at::Tensor mean_pool_gate(const at::Tensor &h, const at::Tensor &mask, const at::Tensor &w, const at::Tensor &b, double scale) {
+    const auto opt = [](const at::Tensor &t) { return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt; };
+    return typed<MeanPoolGate>("mango::mean_pool_gate").call(h, opt(mask), w, opt(b), scale);
+}
+
 // The rotate-half rotary embedding of x [B, H, T, D] (double) by positions [B, T], written out
 // element by element: pairs (j, j + D/2) turn by positions * inv_freq[j], cos and sin times factor.
 at::Tensor rotated(const at::Tensor &x, const at::Tensor &pos, const at::Tensor &inv_freq, double factor) {
@@ -91,7 +98,8 @@ at::Tensor rotated(const at::Tensor &x, const at::Tensor &pos, const at::Tensor 
 TEST(FusedOps, PluginsFindThemThroughTheHostApi) {
     for (const char *name :
          {"mango::linear", "mango::linears", "mango::rms_norm", "mango::add_rms_norm", "mango::silu_mul", "mango::rope",
-          "mango::attention_mask_bias", "mango::decode_attention", "mango::linear_residual", "mango::swiglu", "mango::linears_rope"}) {
+          "mango::attention_mask_bias", "mango::decode_attention", "mango::linear_residual", "mango::swiglu", "mango::linears_rope",
+          "mango::mean_pool_gate"}) {
         const mango_op *op = nullptr;
         EXPECT_EQ(mango::host_api()->find_op(name, "", &op), MANGO_OK) << name << ": " << mango::host_api()->last_error();
         EXPECT_NE(op, nullptr) << name;
@@ -212,6 +220,64 @@ TEST(FusedOps, MixExpertsIsTheWeightedSum) {
         }
     }
     EXPECT_THROW(mango::kernels::mix_experts({at::ones({1, 1, 4})}, at::ones({1, 1, 2}), at::kFloat), c10::Error);  // 1 output, 2 weights
+}
+
+// The simple router's gate written out in doubles: p_b = sum_t h[b,t] keep[b,t] / max(sum_t keep[b,t], 1),
+// w_b = softmax(scale (W p_b + bias)).
+at::Tensor gate_formula(const at::Tensor &h, const at::Tensor &mask, const at::Tensor &w, const at::Tensor &b, double scale) {
+    const int64_t B = h.size(0), T = h.size(1), H = h.size(2), E = w.size(0);
+    const at::Tensor hd = h.to(at::kDouble).cpu(), wd = w.to(at::kDouble).cpu();
+    const at::Tensor kd = mask.defined() ? mask.to(at::kDouble).cpu() : at::ones({B, T}, at::kDouble);
+    const at::Tensor bd = b.defined() ? b.to(at::kDouble).cpu() : at::zeros({E}, at::kDouble);
+    auto x = hd.accessor<double, 3>();
+    auto wa = wd.accessor<double, 2>();
+    auto keep = kd.accessor<double, 2>();
+    auto ba = bd.accessor<double, 1>();
+    at::Tensor out = at::empty({B, E}, at::kDouble);
+    auto o = out.accessor<double, 2>();
+    for (int64_t i = 0; i < B; ++i) {
+        double count = 0;
+        for (int64_t t = 0; t < T; ++t) count += keep[i][t];
+        std::vector<double> p(static_cast<size_t>(H), 0.0), logit(static_cast<size_t>(E), 0.0);
+        for (int64_t c = 0; c < H; ++c) {
+            for (int64_t t = 0; t < T; ++t) p[size_t(c)] += x[i][t][c] * keep[i][t];
+            p[size_t(c)] /= std::max(count, 1.0);
+        }
+        double top = -1e300, total = 0;
+        for (int64_t e = 0; e < E; ++e) {
+            double dot = 0;
+            for (int64_t c = 0; c < H; ++c) dot += p[size_t(c)] * wa[e][c];
+            logit[size_t(e)] = scale * (dot + ba[e]);
+            top = std::max(top, logit[size_t(e)]);
+        }
+        for (int64_t e = 0; e < E; ++e) total += std::exp(logit[size_t(e)] - top);
+        for (int64_t e = 0; e < E; ++e) o[i][e] = std::exp(logit[size_t(e)] - top) / total;
+    }
+    return out;
+}
+
+TEST(FusedOps, MeanPoolGateIsTheRoutersFormula) {
+    at::manual_seed(13);
+    const at::Tensor w = at::randn({3, 8}), b = at::randn({3});
+    for (int64_t T : {1, 4}) {
+        const at::Tensor h = at::randn({2, T, 8});
+        at::Tensor mask = at::ones({2, T}, at::kLong);
+        mask[1][0] = 0;  // the second sequence's first token is padding (with T = 1: a sequence with no token)
+        for (const at::Tensor &m : {at::Tensor(), mask, mask.to(at::kFloat), mask.to(at::kBool)})
+            for (double scale : {1.0, 0.5})
+                for (const at::Tensor &bias : {at::Tensor(), b}) {
+                    const at::Tensor got = mean_pool_gate(h, m, w, bias, scale);
+                    ASSERT_EQ(got.sizes(), (at::IntArrayRef{2, 3}));
+                    EXPECT_TRUE(at::allclose(got.to(at::kDouble), gate_formula(h, m, w, bias, scale), 1e-5, 1e-6))
+                        << "T " << T << " mask " << (m.defined() ? c10::toString(m.scalar_type()) : "none") << " scale " << scale;
+                }
+    }
+    // gradients reach the gate's weight and bias through the operator
+    const at::Tensor wg = w.clone().requires_grad_(true), bg = b.clone().requires_grad_(true);
+    mean_pool_gate(at::randn({2, 3, 8}), at::ones({2, 3}, at::kLong), wg, bg, 1.0).select(1, 0).sum().backward();
+    ASSERT_TRUE(wg.grad().defined() && bg.grad().defined());
+    EXPECT_GT(wg.grad().abs().sum().item<double>(), 0.0);
+    EXPECT_THROW(mean_pool_gate(at::randn({2, 3, 8}), at::ones({2, 4}, at::kLong), w, b, 1.0), c10::Error);  // mask of another length
 }
 
 TEST(FusedOps, MaskBiasIsCausalPaddedAndWindowed) {
@@ -411,6 +477,38 @@ TEST_F(FusedKernels, MixExpertsEqualsTheChainExactly) {
             EXPECT_TRUE(c.equal(f)) << dt << " T " << T << ": max diff " << (c - f).abs().max().item<float>();
         }
     }
+}
+
+TEST_F(FusedKernels, MixExpertsAlsoWritesTheMembersDtype) {
+    at::manual_seed(14);
+    for (at::ScalarType dt : {at::kBFloat16, at::kHalf}) {
+        const auto on = at::TensorOptions().dtype(dt).device(at::kCUDA);
+        std::vector<at::Tensor> outs = {at::randn({2, 3, 2048}, on), at::randn({2, 3, 2048}, on)};
+        const at::Tensor w = at::softmax(at::randn({2, 1, 2}, at::TensorOptions().device(at::kCUDA)), -1);
+        at::Tensor copy;
+        const at::Tensor h = mango::kernels::mix_experts(outs, w, at::kFloat, &copy);
+        ASSERT_TRUE(copy.defined()) << dt;
+        EXPECT_EQ(copy.scalar_type(), dt);
+        EXPECT_TRUE(copy.equal(h.to(dt))) << dt;
+    }
+}
+
+TEST_F(FusedKernels, MeanPoolGateMatchesTheChain) {
+    at::manual_seed(15);
+    const auto f32 = at::TensorOptions().device(at::kCUDA);
+    for (int64_t H : {100, 2048})
+        for (int64_t E : {2, 8})
+            for (int64_t T : {1, 3, 17}) {  // 17: more tokens than the kernel takes, the chain
+                const at::Tensor h = at::randn({3, T, H}, f32), w = at::randn({E, H}, f32) * 0.05, b = at::randn({E}, f32);
+                at::Tensor mask = at::ones({3, T}, f32.dtype(at::kLong));
+                mask[2][0] = 0;
+                for (const at::Tensor &m : {at::Tensor(), mask, mask.to(at::kFloat), mask.to(at::kBool), mask.to(at::kInt)})
+                    for (const at::Tensor &bias : {at::Tensor(), b}) {
+                        auto [c, f] = both([&] { return mean_pool_gate(h, m, w, bias, 0.7); });
+                        expect_near(c, f, 1.0, "mean_pool_gate");
+                        EXPECT_TRUE(at::allclose(f.to(at::kDouble).cpu(), gate_formula(h, m, w, bias, 0.7), 1e-5, 1e-6)) << H << " " << E << " " << T;
+                    }
+            }
 }
 
 TEST_F(FusedKernels, CheckpointWeightsAreKnownWhileTheyLive) {

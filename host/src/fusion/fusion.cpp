@@ -105,7 +105,8 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
     // Outputs are checked in training and evaluation, and on the first step of a generation.
     const bool check = always_check_ || training_ || reporting_ || forwards_since_clear_ == 0;
     ++forwards_since_clear_;
-    at::Tensor h = adapt(b + ".out", base.embed(ids, positions).to(at::kFloat), check);  // base size -> target, float32
+    const at::Tensor embedded = base.embed(ids, positions);
+    at::Tensor h = adapt(b + ".out", embedded.to(at::kFloat), check);  // base size -> target, float32
     // The router sees only the new tokens' columns of the mask.
     const at::Tensor new_mask = base.new_token_mask(mask, ids.size(1));
     reports_.clear();
@@ -115,10 +116,14 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
     // which mix_experts converts exactly while mixing (one kernel on a GPU instead of a cast per expert
     // and a multiply and an add per expert).
     const bool lean = !recompute && !at::GradMode::is_enabled();
+    // h in a member's dtype, for this layer: the embedding itself where h is it unadapted (float32 holds a
+    // bfloat16 or float16 value exactly), then what each mix wrote beside h.
+    at::Tensor h_carried = lean && !adapters_.count(b + ".out") ? embedded : at::Tensor();
     for (size_t li = 0; li < spec_.layers.size(); ++li) {
         const FusionLayer &l = spec_.layers[li];
         std::vector<at::Tensor> outs;
-        std::vector<std::pair<at::ScalarType, at::Tensor>> h_as;  // h in a member's dtype, this layer
+        std::vector<std::pair<at::ScalarType, at::Tensor>> h_as;
+        if (h_carried.defined() && h_carried.scalar_type() != at::kFloat) h_as.emplace_back(h_carried.scalar_type(), h_carried);
         for (const FusionExpert &e : l.experts) {
             Model *model = models_[e.model].get();
             const std::string m = "m" + std::to_string(e.model);
@@ -153,7 +158,8 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
             outs.push_back(recompute ? recomputed(path, h, trainable_tensors()) : path(h));
         }
         RouterOutput r = routers_[li]->route(h, new_mask, positions, check);
-        h = kernels::mix_experts(outs, r.weights.dim() == 2 ? r.weights.unsqueeze(1) : r.weights, h.scalar_type());  // weights [B, 1|T, E]
+        h = kernels::mix_experts(outs, r.weights.dim() == 2 ? r.weights.unsqueeze(1) : r.weights, h.scalar_type(),  // weights [B, 1|T, E]
+                                 lean ? &h_carried : nullptr);
         LayerReport rep;
         rep.weights = r.weights;
         rep.mask = new_mask;

@@ -599,6 +599,58 @@ __global__ void mix_experts_kernel(MixArgs a) {
     float h = __fmul_rn(load(static_cast<const T *>(a.outs[0])[i]), w[0]);
     for (int e = 1; e < a.experts; ++e) h = __fadd_rn(h, __fmul_rn(load(static_cast<const T *>(a.outs[e])[i]), w[e * a.w_stride[2]]));
     a.out[i] = h;
+    if (a.out_as) static_cast<T *>(a.out_as)[i] = store<T>(h);
+}
+
+// ---- a router's gate over the pooled tokens of a decode step ----------------------
+constexpr unsigned kGateThreads = 256;
+
+__device__ __forceinline__ float mask_value(const GateArgs &a, int64_t b, int64_t t) {
+    if (!a.mask) return 1.f;
+    const int64_t i = b * a.mask_stride[0] + t * a.mask_stride[1];
+    switch (a.mask_bytes) {
+    case 1:
+        return static_cast<float>(static_cast<const unsigned char *>(a.mask)[i]);
+    case 4:
+        return a.mask_float ? static_cast<const float *>(a.mask)[i] : static_cast<float>(static_cast<const int32_t *>(a.mask)[i]);
+    default:
+        return static_cast<float>(static_cast<const long long *>(a.mask)[i]);
+    }
+}
+
+__global__ void __launch_bounds__(kGateThreads) mean_pool_gate_kernel(GateArgs a) {
+    let_next_kernel_start();
+    wait_for_previous_kernel();
+    extern __shared__ float pooled[];  // [H]
+    __shared__ float logits[kGateMaxExperts];
+    const int64_t b = blockIdx.x;
+    float count = 0.f;  // the sum of keep over the tokens, as ATen's sum (in token order for so few)
+    for (int64_t t = 0; t < a.T; ++t) count = __fadd_rn(count, mask_value(a, b, t));
+    const float denominator = fmaxf(count, 1.f);
+    const float *h = a.hidden + b * a.T * a.H;
+    for (int64_t c = threadIdx.x; c < a.H; c += kGateThreads) {
+        float sum = __fmul_rn(h[c], mask_value(a, b, 0));
+        for (int64_t t = 1; t < a.T; ++t) sum = __fadd_rn(sum, __fmul_rn(h[t * a.H + c], mask_value(a, b, t)));
+        pooled[c] = __fdiv_rn(sum, denominator);
+    }
+    __syncthreads();
+    // logit e: warp e % warps sums its lanes' products, lane l taking columns l, l + 32, ...
+    const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int64_t e = warp; e < a.E; e += kGateThreads / 32) {
+        const float *w = a.weight + e * a.H;
+        float dot = 0.f;
+        for (int64_t c = lane; c < a.H; c += 32) dot += pooled[c] * w[c];
+        for (int offset = 16; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+        if (lane == 0) logits[e] = (dot + (a.bias ? a.bias[e] : 0.f)) * a.scale;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {  // softmax over the E logits
+        float top = logits[0];
+        for (int64_t e = 1; e < a.E; ++e) top = fmaxf(top, logits[e]);
+        float total = 0.f;
+        for (int64_t e = 0; e < a.E; ++e) total += (logits[e] = expf(logits[e] - top));
+        for (int64_t e = 0; e < a.E; ++e) a.out[b * a.E + e] = logits[e] / total;
+    }
 }
 
 // ---- the greedy pick: argmax over each row --------------------------------------
@@ -710,6 +762,15 @@ void mix_experts(Dtype dtype, const MixArgs &a, Stream stream) {
         launch(mix_experts_kernel<T>, blocks_for(n, kThreads), kThreads, 0, stream, a);
     });
     check_launch("fusion layer mix");
+}
+
+void mean_pool_gate(const GateArgs &a, Stream stream) {
+    if (a.B == 0) return;
+    if (a.T < 1 || a.T > kGateMaxTokens || a.E < 1 || a.E > kGateMaxExperts || a.H < 1 || a.H > kGateMaxHidden ||
+        (a.mask && a.mask_bytes != 1 && a.mask_bytes != 4 && a.mask_bytes != 8))
+        throw std::invalid_argument("mango::mean_pool_gate: unsupported shape");
+    launch(mean_pool_gate_kernel, static_cast<unsigned>(a.B), kGateThreads, static_cast<size_t>(a.H) * sizeof(float), stream, a);
+    check_launch("mango::mean_pool_gate");
 }
 
 void argmax_rows(Dtype dtype, const void *x, int64_t row_stride, int64_t rows, int64_t n, int64_t *out, Stream stream) {

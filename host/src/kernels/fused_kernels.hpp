@@ -127,7 +127,8 @@ struct AttentionArgs {
 // products and sums rounded in the order of the ATen chain (o0 w0 + o1 w1,
 // then + o2 w2, ...). outs: contiguous [B, T, H] of one dtype; weights:
 // float32 [B, T or 1, E] by strides (w_stride[1] = 0 when shared by the
-// positions); out: contiguous float32 [B, T, H].
+// positions); out: contiguous float32 [B, T, H]; out_as (may be null): out
+// again, rounded to the outputs' dtype (what out.to(that dtype) holds).
 constexpr int kMixMaxExperts = 8;
 struct MixArgs {
     const void *outs[kMixMaxExperts] = {};
@@ -135,9 +136,32 @@ struct MixArgs {
     const float *weights = nullptr;
     int64_t w_stride[3]{};
     float *out = nullptr;
+    void *out_as = nullptr;
     int64_t B = 0, T = 0, H = 0;
 };
 void mix_experts(Dtype dtype, const MixArgs &a, Stream stream);
+
+// A router's gate over pooled tokens, in float32: for each sequence b,
+// p = sum_t h[b, t, :] keep[b, t] / max(sum_t keep[b, t], 1) (keep: the mask
+// as float, 1 without one), out[b, :] = softmax(scale (W p + bias)).
+// hidden: contiguous [B, T, H]; mask: [B, T] by strides, float32, int64 or
+// bool (mask_bytes 4, 8 or 1; null: none); W: contiguous [E, H]; bias: [E]
+// or null; out: contiguous [B, E]. One block per sequence, for the few
+// tokens of a decode step (T <= kGateMaxTokens, E <= kGateMaxExperts, H <=
+// kGateMaxHidden: p lives in shared memory).
+constexpr int64_t kGateMaxTokens = 16, kGateMaxExperts = 64, kGateMaxHidden = 12224;  // 48 KB of shared memory in all
+struct GateArgs {
+    const float *hidden = nullptr;
+    const void *mask = nullptr;
+    int mask_bytes = 0;
+    bool mask_float = false;  // with mask_bytes 4: float32 (else int32)
+    int64_t mask_stride[2]{};
+    const float *weight = nullptr, *bias = nullptr;
+    float scale = 1.f;
+    float *out = nullptr;
+    int64_t B = 0, T = 0, H = 0, E = 0;
+};
+void mean_pool_gate(const GateArgs &a, Stream stream);
 
 // out[r] = the index of row r's largest element (n elements from x + r *
 // row_stride), as ATen's argmax picks it: NaN first, ties to the smaller

@@ -521,7 +521,8 @@ void mark_weight(const at::Tensor &t) {
     w.live.insert_or_assign(t.storage().unsafeGetStorageImpl(), t.storage().getWeakStorageImpl());
 }
 
-at::Tensor mix_experts(const std::vector<at::Tensor> &outs, const at::Tensor &w, at::ScalarType dtype) {
+at::Tensor mix_experts(const std::vector<at::Tensor> &outs, const at::Tensor &w, at::ScalarType dtype, at::Tensor *as_outs) {
+    if (as_outs) *as_outs = at::Tensor();
     TORCH_CHECK(!outs.empty() && w.dim() == 3 && w.size(-1) == static_cast<int64_t>(outs.size()), "mix_experts: ", outs.size(),
                 " expert outputs for router weights of shape ", w.sizes());
 #ifdef MANGO_WITH_CUDA
@@ -540,6 +541,10 @@ at::Tensor mix_experts(const std::vector<at::Tensor> &outs, const at::Tensor &w,
         a.experts = static_cast<int>(outs.size()), a.weights = w.data_ptr<float>(), a.out = out.data_ptr<float>();
         a.w_stride[0] = w.stride(0), a.w_stride[1] = w.size(1) == 1 ? 0 : w.stride(1), a.w_stride[2] = w.stride(2);
         a.B = outs[0].size(0), a.T = outs[0].size(1), a.H = outs[0].size(2);
+        if (as_outs && outs[0].scalar_type() != at::kFloat) {
+            *as_outs = at::empty(outs[0].sizes(), outs[0].options());
+            a.out_as = as_outs->data_ptr();
+        }
         kernels::mix_experts(dt, a, stream_of(w));
         return out;
     }
@@ -549,6 +554,68 @@ at::Tensor mix_experts(const std::vector<at::Tensor> &outs, const at::Tensor &w,
     for (size_t e = 1; e < outs.size(); ++e) h = h + outs[e].to(dtype) * wd.narrow(-1, static_cast<int64_t>(e), 1);
     return h;
 }
+
+namespace {
+
+// softmax(scale (mean-pooled hidden W^T + b)): the simple router's chain (mango/ops.hpp's mean_pool_gate).
+at::Tensor mean_pool_gate_chain(const at::Tensor &hidden, const at::Tensor &mask, const at::Tensor &weight, const at::Tensor &bias,
+                                double scale) {
+    at::Tensor pooled;
+    if (!mask.defined()) {
+        pooled = hidden.mean({1});
+    } else {
+        const at::Tensor keep = mask.to(hidden.scalar_type()).unsqueeze(-1);  // [B, T, 1]
+        if (hidden.size(1) == 1) {                                            // one token: without the sums over one position
+            const at::Tensor k = keep.select(1, 0);
+            pooled = hidden.select(1, 0) * k / k.clamp_min(1.0);
+        } else {
+            pooled = (hidden * keep).sum({1}) / keep.sum({1}).clamp_min(1.0);
+        }
+    }
+    at::Tensor logits = at::linear(pooled, weight, bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt);
+    if (scale != 1.0) logits = logits * scale;
+    return at::softmax(logits, -1);
+}
+
+// A router's gate: softmax(scale (p W^T + b)) for p the mean of hidden [B, T,
+// H] over the tokens mask [B, T] keeps (its values weigh them), one kernel on
+// a GPU for a decode step's few tokens, float32 and no gradient wanted.
+at::Tensor mean_pool_gate_op(const at::Tensor &hidden, const c10::optional<at::Tensor> &mask_in, const at::Tensor &weight,
+                             const c10::optional<at::Tensor> &bias_in, double scale) {
+    const at::Tensor mask = mask_in.has_value() ? *mask_in : at::Tensor(), bias = bias_in.has_value() ? *bias_in : at::Tensor();
+    TORCH_CHECK(hidden.dim() == 3 && weight.dim() == 2 && weight.size(1) == hidden.size(2), "mango::mean_pool_gate: hidden states ",
+                hidden.sizes(), " and a gate weight ", weight.sizes(), " (expected [B, T, H] and [E, H])");
+    TORCH_CHECK(!mask.defined() || (mask.dim() == 2 && mask.size(0) == hidden.size(0) && mask.size(1) == hidden.size(1)),
+                "mango::mean_pool_gate: mask ", mask.sizes(), " for hidden states ", hidden.sizes(), " (expected [B, T])");
+#ifdef MANGO_WITH_CUDA
+    const auto m = mask.defined() ? mask.scalar_type() : at::kFloat;
+    const bool mask_fits = !mask.defined() || (mask.device() == hidden.device() && (m == at::kFloat || m == at::kLong || m == at::kInt ||
+                                                                                    m == at::kBool || m == at::kByte));
+    const bool bias_fits = !bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0) && bias.scalar_type() == at::kFloat &&
+                                               bias.is_contiguous() && bias.device() == hidden.device());
+    if (fused_kernels_enabled() && on_one_gpu({&hidden, &weight}) && hidden.scalar_type() == at::kFloat &&
+        weight.scalar_type() == at::kFloat && hidden.is_contiguous() && weight.is_contiguous() && mask_fits && bias_fits &&
+        hidden.size(1) >= 1 && hidden.size(1) <= kGateMaxTokens && hidden.size(2) <= kGateMaxHidden && weight.size(0) >= 1 &&
+        weight.size(0) <= kGateMaxExperts && !wants_grad({&hidden, &weight}) && !(bias.defined() && wants_grad({&bias}))) {
+        const c10::cuda::CUDAGuard guard(hidden.device());
+        at::Tensor out = at::empty({hidden.size(0), weight.size(0)}, hidden.options());
+        GateArgs a;
+        a.hidden = hidden.data_ptr<float>(), a.weight = weight.data_ptr<float>();
+        a.bias = bias.defined() ? bias.data_ptr<float>() : nullptr;
+        if (mask.defined()) {
+            a.mask = mask.data_ptr(), a.mask_bytes = static_cast<int>(mask.element_size()), a.mask_float = m == at::kFloat;
+            a.mask_stride[0] = mask.stride(0), a.mask_stride[1] = mask.stride(1);
+        }
+        a.scale = static_cast<float>(scale), a.out = out.data_ptr<float>();
+        a.B = hidden.size(0), a.T = hidden.size(1), a.H = hidden.size(2), a.E = weight.size(0);
+        kernels::mean_pool_gate(a, stream_of(hidden));
+        return out;
+    }
+#endif
+    return mean_pool_gate_chain(hidden, mask, weight, bias, scale);
+}
+
+}  // namespace
 
 at::Tensor greedy_pick(const at::Tensor &logits) {
 #ifdef MANGO_WITH_CUDA
@@ -595,4 +662,5 @@ TORCH_LIBRARY(mango, m) {
         &k::linears_rope_op);
     m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor padding, int window, float scale) -> Tensor", &k::decode_attention_op);
     m.def("attention_mask_bias(Tensor padding, int T, int window, ScalarType dtype) -> Tensor", &k::attention_mask_bias_op);
+    m.def("mean_pool_gate(Tensor hidden, Tensor? mask, Tensor weight, Tensor? bias, float scale) -> Tensor", &k::mean_pool_gate_op);
 }

@@ -13,6 +13,8 @@
 //   mango::rope(Tensor q, Tensor k, Tensor positions, Tensor inv_freq, float factor) -> (Tensor, Tensor)
 //   mango::attention_mask_bias(Tensor padding, int T, int window, ScalarType dtype) -> Tensor
 //   mango::decode_attention(Tensor q, Tensor k, Tensor v, Tensor padding, int window, float scale) -> Tensor
+//   mango::mean_pool_gate(Tensor hidden, Tensor? mask, Tensor weight, Tensor? bias, float scale) -> Tensor
+//                                        (softmax(scale (masked mean of hidden over T) W^T + b)): a router's gate
 //
 // Each is the chain of ATen operators the SDK composes for it (mango/ops.hpp,
 // mango/layers.hpp, mango/attention.hpp), and on a GPU, when no gradient is
@@ -23,7 +25,9 @@
 // k/v heads, additive mask, scaled_dot_product_attention) for the new
 // queries over a KV cache, one kernel that reads the grouped k/v heads in
 // place (no repeated copies); linears_rope, swiglu and linear_residual are
-// the GEMV with the next step of a decoder layer folded into its last step.
+// the GEMV with the next step of a decoder layer folded into its last step;
+// mean_pool_gate is the simple router's pooling, gate and softmax (8 kernels
+// at a decode step, on the fusion's critical path) in one.
 // MANGO_FUSED_OPS=0 keeps the chains; MANGO_PDL=0 launches the kernels
 // without programmatic dependent launch (fused_kernels.cu).
 #pragma once
@@ -53,8 +57,10 @@ at::Tensor greedy_pick(const at::Tensor &logits);
 // one dtype) and the router's weights w ([B, T or 1, E]):
 // sum_e outs[e].to(dtype) * w[..., e].to(dtype), the products and sums in
 // the chain's order. One kernel on a GPU for float32 (the casts fold into
-// it), else the ATen chain.
-at::Tensor mix_experts(const std::vector<at::Tensor> &outs, const at::Tensor &w, at::ScalarType dtype);
+// it), else the ATen chain. as_outs (may be null): where the kernel ran, set
+// to the result rounded to the outputs' dtype as well (what .to() gives),
+// written by the same kernel; else left undefined.
+at::Tensor mix_experts(const std::vector<at::Tensor> &outs, const at::Tensor &w, at::ScalarType dtype, at::Tensor *as_outs = nullptr);
 
 // Makes sure the operators are registered (their object file is linked);
 // cheap, call it before resolving operators.

@@ -35,10 +35,14 @@ public:
     }
 
     Tensor route(Context &ctx, const Tensor &hidden, const Tensor &mask) {
-        Tensor pooled = pool(hidden, mask);                   // [B, H]
-        Tensor logits = ops::linear(pooled, weight_, bias_);  // [B, E]
-        if (temperature_ != 1.0) logits = ops::mul(logits, 1.0 / temperature_);
-        Tensor w = ops::softmax(logits, -1);
+        Tensor w;  // [B, E]
+        if (pooling_ == "mean") {  // pooling, gate and softmax: one kernel at a decode step on a GPU
+            w = ops::mean_pool_gate(hidden, mask, weight_, bias_, 1.0 / temperature_);
+        } else {
+            Tensor logits = ops::linear(pool(hidden, mask), weight_, bias_);
+            if (temperature_ != 1.0) logits = ops::mul(logits, 1.0 / temperature_);
+            w = ops::softmax(logits, -1);
+        }
         if (!ctx.training()) return w;
 
         Tensor load = ops::mean(w, {0});  // [E]
@@ -51,21 +55,13 @@ public:
     }
 
 private:
+    // max or attention pooling (mean pooling is part of ops::mean_pool_gate)
     Tensor pool(const Tensor &hidden, const Tensor &mask) const {
         // keep: [B, T, 1] float, 1 for tokens, 0 for padding.
         Tensor keep = mask ? ops::unsqueeze(ops::to_dtype(mask, hidden.dtype()), -1) : Tensor();
         if (pooling_ == "max") {
             if (!keep) return ops::amax(hidden, {1});
             return ops::amax(ops::masked_fill(hidden, ops::eq_scalar(keep, 0.0), -std::numeric_limits<double>::infinity()), {1});
-        }
-        if (pooling_ == "mean") {
-            if (!keep) return ops::mean(hidden, {1});
-            if (hidden.size(1) == 1) {  // one token (a decoding step): the formula below without its sums over one position
-                const Tensor k = ops::select(keep, 1, 0);
-                return ops::div(ops::mul(ops::select(hidden, 1, 0), k), ops::clamp_min(k, 1.0));
-            }
-            Tensor total = ops::sum(ops::mul(hidden, keep), {1});  // [B, H]
-            return ops::div(total, ops::clamp_min(ops::sum(keep, {1}), 1.0));
         }
         // attention: scores over tokens from a learned query.
         Tensor scores = ops::mul(ops::matmul(hidden, query_), 1.0 / std::sqrt(double(hidden_)));  // [B, T]

@@ -427,4 +427,30 @@ inline double item(const Tensor &x) {
     return r.number(0);
 }
 
+// ---- routers ---------------------------------------------------------------------
+// A router's gate over a sequence: softmax(scale (p W^T + b)) [B, E], where p
+// is the mean of hidden [B, T, H] over the tokens mask [B, T] keeps (its
+// values weigh the tokens; a sequence with none pools to zeros; no mask: all
+// tokens). One kernel on a GPU at a decode step's few tokens where the host
+// has mango::mean_pool_gate, else this chain of operators.
+inline Tensor mean_pool_gate(const Tensor &hidden, const Tensor &mask, const Tensor &w, const Tensor &b, double scale = 1.0) {
+    static const std::optional<Op> fused = Op::find("mango::mean_pool_gate");
+    if (fused) return (*fused)({hidden, mask, w, b, scale});
+    Tensor pooled;
+    if (!mask) {
+        pooled = mean(hidden, {1});
+    } else {
+        const Tensor keep = unsqueeze(to_dtype(mask, hidden.dtype()), -1);  // [B, T, 1]
+        if (hidden.size(1) == 1) {                                          // one token: without the sums over one position
+            const Tensor k = select(keep, 1, 0);
+            pooled = div(mul(select(hidden, 1, 0), k), clamp_min(k, 1.0));
+        } else {
+            pooled = div(sum(mul(hidden, keep), {1}), clamp_min(sum(keep, {1}), 1.0));
+        }
+    }
+    Tensor logits = linear(pooled, w, b);
+    if (scale != 1.0) logits = mul(logits, scale);
+    return softmax(logits, -1);
+}
+
 }  // namespace mango::ops
