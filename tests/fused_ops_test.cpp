@@ -96,10 +96,9 @@ at::Tensor rotated(const at::Tensor &x, const at::Tensor &pos, const at::Tensor 
 }
 
 TEST(FusedOps, PluginsFindThemThroughTheHostApi) {
-    for (const char *name :
-         {"mango::linear", "mango::linears", "mango::rms_norm", "mango::add_rms_norm", "mango::silu_mul", "mango::rope",
-          "mango::attention_mask_bias", "mango::decode_attention", "mango::linear_residual", "mango::swiglu", "mango::linears_rope",
-          "mango::mean_pool_gate"}) {
+    for (const char *name : {"mango::linear", "mango::linears", "mango::rms_norm", "mango::add_rms_norm", "mango::silu_mul", "mango::rope",
+                             "mango::attention_mask_bias", "mango::decode_attention", "mango::linear_residual", "mango::swiglu",
+                             "mango::linears_rope", "mango::mean_pool_gate"}) {
         const mango_op *op = nullptr;
         EXPECT_EQ(mango::host_api()->find_op(name, "", &op), MANGO_OK) << name << ": " << mango::host_api()->last_error();
         EXPECT_NE(op, nullptr) << name;
@@ -496,7 +495,7 @@ TEST_F(FusedKernels, MixExpertsAlsoWritesTheMembersDtype) {
 TEST_F(FusedKernels, MeanPoolGateMatchesTheChain) {
     at::manual_seed(15);
     const auto f32 = at::TensorOptions().device(at::kCUDA);
-    for (int64_t H : {100, 2048})
+    for (int64_t H : {100, 2048, 12000})  // 12000: wider than the kernel takes, the chain
         for (int64_t E : {2, 8})
             for (int64_t T : {1, 3, 17}) {  // 17: more tokens than the kernel takes, the chain
                 const at::Tensor h = at::randn({3, T, H}, f32), w = at::randn({E, H}, f32) * 0.05, b = at::randn({E}, f32);
@@ -506,7 +505,8 @@ TEST_F(FusedKernels, MeanPoolGateMatchesTheChain) {
                     for (const at::Tensor &bias : {at::Tensor(), b}) {
                         auto [c, f] = both([&] { return mean_pool_gate(h, m, w, bias, 0.7); });
                         expect_near(c, f, 1.0, "mean_pool_gate");
-                        EXPECT_TRUE(at::allclose(f.to(at::kDouble).cpu(), gate_formula(h, m, w, bias, 0.7), 1e-5, 1e-6)) << H << " " << E << " " << T;
+                        EXPECT_TRUE(at::allclose(f.to(at::kDouble).cpu(), gate_formula(h, m, w, bias, 0.7), 1e-5, 1e-6))
+                            << H << " " << E << " " << T;
                     }
             }
 }

@@ -6,6 +6,8 @@
 // per layer) instead; --fuse compare times the model and that fusion in turn
 // in this one process (the runs interleaved, so clocks and caches treat both
 // alike) and adds the fusion's overhead: its time over twice the model's.
+// prefill_host_ms: until the forward call returned, before the device
+// finished; near prefill_ms, launching the kernels is the bound.
 // tools/bench/bench_gpu_llama.py runs it beside transformers on the same folder.
 #include "fusion/fusion.hpp"
 #include "model/generate.hpp"
@@ -32,22 +34,29 @@ static void sync(const at::Device &d) {
 #endif
 }
 
-// Median seconds of each of the runs, taken in turn `reps` times after one warm-up each.
-static std::vector<double> median_seconds(const std::vector<std::function<void()>> &runs, int reps, const at::Device &dev) {
-    std::vector<std::vector<double>> t(runs.size());
+// Median seconds of each of the runs, taken in turn `reps` times after one warm-up each: until the
+// device finished (wall) and until the call returned (host: as long as wall when launching is the bound).
+struct Timing {
+    std::vector<double> wall, host;
+};
+static Timing median_seconds(const std::vector<std::function<void()>> &runs, int reps, const at::Device &dev) {
+    std::vector<std::vector<double>> wall(runs.size()), host(runs.size());
     for (const auto &run : runs) run();
     sync(dev);
     for (int r = 0; r < reps; ++r)
         for (size_t i = 0; i < runs.size(); ++i) {
             const auto t0 = Clock::now();
             runs[i]();
+            host[i].push_back(std::chrono::duration<double>(Clock::now() - t0).count());
             sync(dev);
-            t[i].push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+            wall[i].push_back(std::chrono::duration<double>(Clock::now() - t0).count());
         }
-    std::vector<double> out;
-    for (auto &v : t) {
-        std::sort(v.begin(), v.end());
-        out.push_back(v[v.size() / 2]);
+    Timing out;
+    for (size_t i = 0; i < runs.size(); ++i) {
+        std::sort(wall[i].begin(), wall[i].end());
+        std::sort(host[i].begin(), host[i].end());
+        out.wall.push_back(wall[i][wall[i].size() / 2]);
+        out.host.push_back(host[i][host[i].size() / 2]);
     }
     return out;
 }
@@ -119,10 +128,12 @@ int main(int argc, char **argv) {
     };
     if (fuse != "1") add("mango", *model, [&] { model->forward(ids, mask, pos); });
     if (fused) add("mango-fusion", *fused, [&] { fused->logits(ids, mask, pos, false); });
-    const std::vector<double> tp = median_seconds(prefills, reps, dev), td = median_seconds(decodes, 3, dev);
+    const Timing prefill_t = median_seconds(prefills, reps, dev);
+    const std::vector<double> &tp = prefill_t.wall, td = median_seconds(decodes, 3, dev).wall;
     for (size_t i = 0; i < names.size(); ++i)
         std::cout << "{\"impl\": \"" << names[i] << "\", \"device\": \"" << device << "\", \"dtype\": \"" << dtype
                   << "\", \"prefill_tokens\": " << prefill << ", \"prefill_tok_s\": " << prefill / tp[i]
+                  << ", \"prefill_ms\": " << tp[i] * 1e3 << ", \"prefill_host_ms\": " << prefill_t.host[i] * 1e3
                   << ", \"decode_tokens\": " << decode << ", \"batch\": " << batch
                   << ", \"decode_tok_s\": " << double(decode * batch) / td[i] << ", \"decode\": \"" << used[i] << "\"}\n";
     if (names.size() == 2)  // the fusion runs both members' blocks: its time over twice the model's

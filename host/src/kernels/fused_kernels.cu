@@ -621,7 +621,8 @@ __device__ __forceinline__ float mask_value(const GateArgs &a, int64_t b, int64_
 __global__ void __launch_bounds__(kGateThreads) mean_pool_gate_kernel(GateArgs a) {
     let_next_kernel_start();
     wait_for_previous_kernel();
-    extern __shared__ float pooled[];  // [H]
+    extern __shared__ float pooled[];                        // [H]; a thread reads back only its own columns
+    __shared__ float part[kGateThreads / 32][kGateMaxExperts];  // each warp's share of each logit
     __shared__ float logits[kGateMaxExperts];
     const int64_t b = blockIdx.x;
     float count = 0.f;  // the sum of keep over the tokens, as ATen's sum (in token order for so few)
@@ -633,15 +634,21 @@ __global__ void __launch_bounds__(kGateThreads) mean_pool_gate_kernel(GateArgs a
         for (int64_t t = 1; t < a.T; ++t) sum = __fadd_rn(sum, __fmul_rn(h[t * a.H + c], mask_value(a, b, t)));
         pooled[c] = __fdiv_rn(sum, denominator);
     }
-    __syncthreads();
-    // logit e: warp e % warps sums its lanes' products, lane l taking columns l, l + 32, ...
+    // Every thread takes its columns of every logit (independent loads, all warps busy), then the warps' sums meet.
     const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    for (int64_t e = warp; e < a.E; e += kGateThreads / 32) {
+    for (int64_t e = 0; e < a.E; ++e) {
         const float *w = a.weight + e * a.H;
         float dot = 0.f;
-        for (int64_t c = lane; c < a.H; c += 32) dot += pooled[c] * w[c];
+#pragma unroll 4
+        for (int64_t c = threadIdx.x; c < a.H; c += kGateThreads) dot += pooled[c] * w[c];
         for (int offset = 16; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
-        if (lane == 0) logits[e] = (dot + (a.bias ? a.bias[e] : 0.f)) * a.scale;
+        if (lane == 0) part[warp][e] = dot;
+    }
+    __syncthreads();
+    if (threadIdx.x < a.E) {
+        float dot = 0.f;
+        for (unsigned w = 0; w < kGateThreads / 32; ++w) dot += part[w][threadIdx.x];
+        logits[threadIdx.x] = (dot + (a.bias ? a.bias[threadIdx.x] : 0.f)) * a.scale;
     }
     __syncthreads();
     if (threadIdx.x == 0) {  // softmax over the E logits

@@ -589,8 +589,8 @@ at::Tensor mean_pool_gate_op(const at::Tensor &hidden, const c10::optional<at::T
                 "mango::mean_pool_gate: mask ", mask.sizes(), " for hidden states ", hidden.sizes(), " (expected [B, T])");
 #ifdef MANGO_WITH_CUDA
     const auto m = mask.defined() ? mask.scalar_type() : at::kFloat;
-    const bool mask_fits = !mask.defined() || (mask.device() == hidden.device() && (m == at::kFloat || m == at::kLong || m == at::kInt ||
-                                                                                    m == at::kBool || m == at::kByte));
+    const bool mask_fits = !mask.defined() || (mask.device() == hidden.device() &&
+                                               (m == at::kFloat || m == at::kLong || m == at::kInt || m == at::kBool || m == at::kByte));
     const bool bias_fits = !bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0) && bias.scalar_type() == at::kFloat &&
                                                bias.is_contiguous() && bias.device() == hidden.device());
     if (fused_kernels_enabled() && on_one_gpu({&hidden, &weight}) && hidden.scalar_type() == at::kFloat &&

@@ -35,7 +35,7 @@ public:
     }
 
     Tensor route(Context &ctx, const Tensor &hidden, const Tensor &mask) {
-        Tensor w;  // [B, E]
+        Tensor w;                  // [B, E]
         if (pooling_ == "mean") {  // pooling, gate and softmax: one kernel at a decode step on a GPU
             w = ops::mean_pool_gate(hidden, mask, weight_, bias_, 1.0 / temperature_);
         } else {
