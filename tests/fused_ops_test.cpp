@@ -495,9 +495,10 @@ TEST_F(FusedKernels, MixExpertsAlsoWritesTheMembersDtype) {
 TEST_F(FusedKernels, MeanPoolGateMatchesTheChain) {
     at::manual_seed(15);
     const auto f32 = at::TensorOptions().device(at::kCUDA);
-    for (int64_t H : {100, 2048, 12000})  // 12000: wider than the kernel takes, the chain
+    // one block per sequence (T <= 4, H <= 8192), or several (more tokens, wider) whose shares the last adds
+    for (int64_t H : {100, 2048, 12000})
         for (int64_t E : {2, 8})
-            for (int64_t T : {1, 3, 17}) {  // 17: more tokens than the kernel takes, the chain
+            for (int64_t T : {1, 3, 17, 130}) {
                 const at::Tensor h = at::randn({3, T, H}, f32), w = at::randn({E, H}, f32) * 0.05, b = at::randn({E}, f32);
                 at::Tensor mask = at::ones({3, T}, f32.dtype(at::kLong));
                 mask[2][0] = 0;
@@ -505,6 +506,7 @@ TEST_F(FusedKernels, MeanPoolGateMatchesTheChain) {
                     for (const at::Tensor &bias : {at::Tensor(), b}) {
                         auto [c, f] = both([&] { return mean_pool_gate(h, m, w, bias, 0.7); });
                         expect_near(c, f, 1.0, "mean_pool_gate");
+                        EXPECT_TRUE(f.equal(mean_pool_gate(h, m, w, bias, 0.7))) << "not the same twice: " << H << " " << E << " " << T;
                         EXPECT_TRUE(at::allclose(f.to(at::kDouble).cpu(), gate_formula(h, m, w, bias, 0.7), 1e-5, 1e-6))
                             << H << " " << E << " " << T;
                     }

@@ -602,8 +602,14 @@ __global__ void mix_experts_kernel(MixArgs a) {
     if (a.out_as) static_cast<T *>(a.out_as)[i] = store<T>(h);
 }
 
-// ---- a router's gate over the pooled tokens of a decode step ----------------------
-constexpr unsigned kGateThreads = 256;
+// ---- a router's gate over pooled tokens --------------------------------------------
+// A decode step's few tokens (T <= 4, H <= 8192): one block of 1024 threads per sequence, a thread
+// taking up to 8 columns, every load of a phase in flight at once (a decode step is latency-bound).
+// Otherwise a block takes 128 columns of up to 64 tokens of one sequence, and the sequence's last
+// block to finish adds the blocks' shares of the logits (partials, counters) in block order.
+constexpr unsigned kGateSingleThreads = 1024, kGateThreads = 128;
+constexpr int kGateSingleColumns = 8;
+constexpr int64_t kGateSingleTokens = 4, kGateTokensPerBlock = 64;
 
 __device__ __forceinline__ float mask_value(const GateArgs &a, int64_t b, int64_t t) {
     if (!a.mask) return 1.f;
@@ -618,37 +624,79 @@ __device__ __forceinline__ float mask_value(const GateArgs &a, int64_t b, int64_
     }
 }
 
-__global__ void __launch_bounds__(kGateThreads) mean_pool_gate_kernel(GateArgs a) {
+template <bool kSingle>
+__global__ void __launch_bounds__(kSingle ? kGateSingleThreads : kGateThreads) mean_pool_gate_kernel(GateArgs a) {
     let_next_kernel_start();
     wait_for_previous_kernel();
-    extern __shared__ float pooled[];                        // [H]; a thread reads back only its own columns
-    __shared__ float part[kGateThreads / 32][kGateMaxExperts];  // each warp's share of each logit
-    __shared__ float logits[kGateMaxExperts];
-    const int64_t b = blockIdx.x;
-    float count = 0.f;  // the sum of keep over the tokens, as ATen's sum (in token order for so few)
-    for (int64_t t = 0; t < a.T; ++t) count = __fadd_rn(count, mask_value(a, b, t));
-    const float denominator = fmaxf(count, 1.f);
-    const float *h = a.hidden + b * a.T * a.H;
-    for (int64_t c = threadIdx.x; c < a.H; c += kGateThreads) {
-        float sum = __fmul_rn(h[c], mask_value(a, b, 0));
-        for (int64_t t = 1; t < a.T; ++t) sum = __fadd_rn(sum, __fmul_rn(h[t * a.H + c], mask_value(a, b, t)));
-        pooled[c] = __fdiv_rn(sum, denominator);
-    }
-    // Every thread takes its columns of every logit (independent loads, all warps busy), then the warps' sums meet.
+    constexpr unsigned kThreadsHere = kSingle ? kGateSingleThreads : kGateThreads, kWarps = kThreadsHere / 32;
+    constexpr int kColumns = kSingle ? kGateSingleColumns : 1;
+    __shared__ float scratch[kWarps];
+    __shared__ float part[kWarps][kGateMaxExperts];  // each warp's share of each logit
+    __shared__ bool last;
     const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    for (int64_t e = 0; e < a.E; ++e) {
-        const float *w = a.weight + e * a.H;
-        float dot = 0.f;
+    const int64_t b = blockIdx.y, column_blocks = kSingle ? 1 : (a.H + kThreadsHere - 1) / kThreadsHere;
+    const int64_t first = (blockIdx.x % column_blocks) * kThreadsHere + threadIdx.x;
+    const int64_t t0 = kSingle ? 0 : (blockIdx.x / column_blocks) * kGateTokensPerBlock;
+    const int64_t t1 = kSingle || t0 + kGateTokensPerBlock > a.T ? a.T : t0 + kGateTokensPerBlock;
+
+    float count = 0.f;  // the sequence's kept tokens
+    for (int64_t t = threadIdx.x; t < a.T; t += kThreadsHere) count += mask_value(a, b, t);
+    for (int offset = 16; offset > 0; offset /= 2) count += __shfl_xor_sync(0xffffffffu, count, offset);
+    if (lane == 0) scratch[warp] = count;
+    __syncthreads();
+    count = 0.f;
+    for (unsigned w = 0; w < kWarps; ++w) count += scratch[w];
+    const float denominator = fmaxf(count, 1.f);
+
+    float p[kColumns];  // this thread's columns of the pooled vector (one token: h k / max(k, 1), as ATen rounds it)
+#pragma unroll
+    for (int k = 0; k < kColumns; ++k) {
+        const int64_t c = first + k * kThreadsHere;
+        p[k] = 0.f;
+        if (c >= a.H) continue;
+        const float *h = a.hidden + b * a.T * a.H + c;
+        float sum = __fmul_rn(h[t0 * a.H], mask_value(a, b, t0));
+#pragma unroll 8
+        for (int64_t t = t0 + 1; t < t1; ++t) sum = __fadd_rn(sum, __fmul_rn(h[t * a.H], mask_value(a, b, t)));
+        p[k] = __fdiv_rn(sum, denominator);
+    }
 #pragma unroll 4
-        for (int64_t c = threadIdx.x; c < a.H; c += kGateThreads) dot += pooled[c] * w[c];
+    for (int64_t e = 0; e < a.E; ++e) {
+        float dot = 0.f;
+#pragma unroll
+        for (int k = 0; k < kColumns; ++k) {
+            const int64_t c = first + k * kThreadsHere;
+            if (c < a.H) dot += p[k] * a.weight[e * a.H + c];
+        }
         for (int offset = 16; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
         if (lane == 0) part[warp][e] = dot;
     }
     __syncthreads();
-    if (threadIdx.x < a.E) {
-        float dot = 0.f;
-        for (unsigned w = 0; w < kGateThreads / 32; ++w) dot += part[w][threadIdx.x];
-        logits[threadIdx.x] = (dot + (a.bias ? a.bias[threadIdx.x] : 0.f)) * a.scale;
+    float *logits = part[0];  // thread e reads column e of part, then writes logits[e] = part[0][e]
+    if (kSingle) {
+        if (threadIdx.x < a.E) {
+            float dot = 0.f;
+            for (unsigned w = 0; w < kWarps; ++w) dot += part[w][threadIdx.x];
+            logits[threadIdx.x] = (dot + (a.bias ? a.bias[threadIdx.x] : 0.f)) * a.scale;
+        }
+    } else {
+        const int64_t blocks = gridDim.x;
+        if (threadIdx.x < a.E) {
+            float dot = 0.f;
+            for (unsigned w = 0; w < kWarps; ++w) dot += part[w][threadIdx.x];
+            a.partials[(b * blocks + blockIdx.x) * a.E + threadIdx.x] = dot;
+            __threadfence();  // the share is visible before this block counts itself done
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) last = atomicAdd(a.counters + b, 1) == static_cast<int>(blocks - 1);
+        __syncthreads();
+        if (!last) return;
+        __threadfence();  // the sequence's last block: every share is in
+        if (threadIdx.x < a.E) {
+            float dot = 0.f;
+            for (int64_t k = 0; k < blocks; ++k) dot += __ldcg(a.partials + (b * blocks + k) * a.E + threadIdx.x);
+            logits[threadIdx.x] = (dot + (a.bias ? a.bias[threadIdx.x] : 0.f)) * a.scale;
+        }
     }
     __syncthreads();
     if (threadIdx.x == 0) {  // softmax over the E logits
@@ -771,12 +819,22 @@ void mix_experts(Dtype dtype, const MixArgs &a, Stream stream) {
     check_launch("fusion layer mix");
 }
 
+int64_t mean_pool_gate_blocks(int64_t T, int64_t H) {
+    if (T <= kGateSingleTokens && H <= kGateSingleColumns * static_cast<int64_t>(kGateSingleThreads)) return 1;
+    return ((H + kGateThreads - 1) / kGateThreads) * ((T + kGateTokensPerBlock - 1) / kGateTokensPerBlock);
+}
+
 void mean_pool_gate(const GateArgs &a, Stream stream) {
     if (a.B == 0) return;
-    if (a.T < 1 || a.T > kGateMaxTokens || a.E < 1 || a.E > kGateMaxExperts || a.H < 1 || a.H > kGateMaxHidden ||
-        (a.mask && a.mask_bytes != 1 && a.mask_bytes != 4 && a.mask_bytes != 8))
-        throw std::invalid_argument("mango::mean_pool_gate: unsupported shape");
-    launch(mean_pool_gate_kernel, static_cast<unsigned>(a.B), kGateThreads, static_cast<size_t>(a.H) * sizeof(float), stream, a);
+    const int64_t blocks = mean_pool_gate_blocks(a.T, a.H);
+    if (a.T < 1 || a.H < 1 || a.E < 1 || a.E > kGateMaxExperts || a.B > 65535 || blocks > (int64_t{1} << 30) ||
+        (a.mask && a.mask_bytes != 1 && a.mask_bytes != 4 && a.mask_bytes != 8) || (blocks > 1 && (!a.partials || !a.counters)))
+        throw std::invalid_argument("mango::mean_pool_gate: unsupported arguments");
+    const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(a.B));
+    if (blocks == 1)
+        launch(mean_pool_gate_kernel<true>, grid, kGateSingleThreads, 0, stream, a);
+    else
+        launch(mean_pool_gate_kernel<false>, grid, kGateThreads, 0, stream, a);
     check_launch("mango::mean_pool_gate");
 }
 

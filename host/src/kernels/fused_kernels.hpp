@@ -144,12 +144,17 @@ void mix_experts(Dtype dtype, const MixArgs &a, Stream stream);
 // A router's gate over pooled tokens, in float32: for each sequence b,
 // p = sum_t h[b, t, :] keep[b, t] / max(sum_t keep[b, t], 1) (keep: the mask
 // as float, 1 without one), out[b, :] = softmax(scale (W p + bias)).
-// hidden: contiguous [B, T, H]; mask: [B, T] by strides, float32, int64 or
-// bool (mask_bytes 4, 8 or 1; null: none); W: contiguous [E, H]; bias: [E]
-// or null; out: contiguous [B, E]. One block per sequence, for the few
-// tokens of a decode step (T <= kGateMaxTokens, E <= kGateMaxExperts, H <=
-// kGateMaxHidden: p lives in shared memory).
-constexpr int64_t kGateMaxTokens = 16, kGateMaxExperts = 64, kGateMaxHidden = 11264;  // p: 44 KB of shared memory, 48 in all
+// hidden: contiguous [B, T, H]; mask: [B, T] by strides, float32, int32,
+// int64, bool or uint8 (mask_bytes 4, 8 or 1; null: none); W: contiguous
+// [E, H], E <= kGateMaxExperts; bias: [E] or null; out: contiguous [B, E].
+// A decode step's few tokens take one block per sequence
+// (mean_pool_gate_blocks(T, H) == 1); more spread over that many blocks per
+// sequence, each adding its share of every logit to `partials` ([B, blocks,
+// E] floats), and the last block of a sequence to finish (counters: B ints,
+// zero before the launch) sums them in block order (the same result every
+// run) and takes the softmax.
+constexpr int64_t kGateMaxExperts = 64;
+int64_t mean_pool_gate_blocks(int64_t T, int64_t H);
 struct GateArgs {
     const float *hidden = nullptr;
     const void *mask = nullptr;
@@ -159,6 +164,8 @@ struct GateArgs {
     const float *weight = nullptr, *bias = nullptr;
     float scale = 1.f;
     float *out = nullptr;
+    float *partials = nullptr;
+    int *counters = nullptr;
     int64_t B = 0, T = 0, H = 0, E = 0;
 };
 void mean_pool_gate(const GateArgs &a, Stream stream);

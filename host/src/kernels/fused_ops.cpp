@@ -579,7 +579,7 @@ at::Tensor mean_pool_gate_chain(const at::Tensor &hidden, const at::Tensor &mask
 
 // A router's gate: softmax(scale (p W^T + b)) for p the mean of hidden [B, T,
 // H] over the tokens mask [B, T] keeps (its values weigh them), one kernel on
-// a GPU for a decode step's few tokens, float32 and no gradient wanted.
+// a GPU (float32, no gradient wanted; up to kGateMaxExperts experts).
 at::Tensor mean_pool_gate_op(const at::Tensor &hidden, const c10::optional<at::Tensor> &mask_in, const at::Tensor &weight,
                              const c10::optional<at::Tensor> &bias_in, double scale) {
     const at::Tensor mask = mask_in.has_value() ? *mask_in : at::Tensor(), bias = bias_in.has_value() ? *bias_in : at::Tensor();
@@ -595,10 +595,13 @@ at::Tensor mean_pool_gate_op(const at::Tensor &hidden, const c10::optional<at::T
                                                bias.is_contiguous() && bias.device() == hidden.device());
     if (fused_kernels_enabled() && on_one_gpu({&hidden, &weight}) && hidden.scalar_type() == at::kFloat &&
         weight.scalar_type() == at::kFloat && hidden.is_contiguous() && weight.is_contiguous() && mask_fits && bias_fits &&
-        hidden.size(1) >= 1 && hidden.size(1) <= kGateMaxTokens && hidden.size(2) <= kGateMaxHidden && weight.size(0) >= 1 &&
-        weight.size(0) <= kGateMaxExperts && !wants_grad({&hidden, &weight}) && !(bias.defined() && wants_grad({&bias}))) {
+        hidden.size(1) >= 1 && hidden.size(2) >= 1 && hidden.size(0) <= 65535 && weight.size(0) >= 1 && weight.size(0) <= kGateMaxExperts &&
+        !wants_grad({&hidden, &weight}) && !(bias.defined() && wants_grad({&bias}))) {
         const c10::cuda::CUDAGuard guard(hidden.device());
-        at::Tensor out = at::empty({hidden.size(0), weight.size(0)}, hidden.options());
+        const int64_t B = hidden.size(0), E = weight.size(0), blocks = mean_pool_gate_blocks(hidden.size(1), hidden.size(2));
+        at::Tensor out = at::empty({B, E}, hidden.options()), partials, counters;  // a decode step's one block per sequence needs neither
+        if (blocks > 1)
+            partials = at::empty({B * blocks * E}, hidden.options()), counters = at::zeros({B}, hidden.options().dtype(at::kInt));
         GateArgs a;
         a.hidden = hidden.data_ptr<float>(), a.weight = weight.data_ptr<float>();
         a.bias = bias.defined() ? bias.data_ptr<float>() : nullptr;
@@ -607,7 +610,8 @@ at::Tensor mean_pool_gate_op(const at::Tensor &hidden, const c10::optional<at::T
             a.mask_stride[0] = mask.stride(0), a.mask_stride[1] = mask.stride(1);
         }
         a.scale = static_cast<float>(scale), a.out = out.data_ptr<float>();
-        a.B = hidden.size(0), a.T = hidden.size(1), a.H = hidden.size(2), a.E = weight.size(0);
+        if (blocks > 1) a.partials = partials.data_ptr<float>(), a.counters = counters.data_ptr<int>();
+        a.B = B, a.T = hidden.size(1), a.H = hidden.size(2), a.E = E;
         kernels::mean_pool_gate(a, stream_of(hidden));
         return out;
     }
