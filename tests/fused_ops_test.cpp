@@ -513,6 +513,31 @@ TEST_F(FusedKernels, MeanPoolGateMatchesTheChain) {
             }
 }
 
+TEST_F(FusedKernels, CacheEntriesAreIndexCopies) {
+    at::manual_seed(16);
+    for (at::ScalarType dt : {at::kBFloat16, at::kFloat}) {
+        const auto on = at::TensorOptions().dtype(dt).device(at::kCUDA);
+        const at::Tensor at_ = at::full({1}, 5, on.dtype(at::kLong));
+        // keys and values of different shapes (MLA), each a [B, T, H, D] projection seen as [B, H, T, D]
+        const at::Tensor k = at::randn({2, 1, 2, 64}, on).transpose(1, 2), v = at::randn({2, 1, 1, 32}, on).transpose(1, 2);
+        at::Tensor ks = at::randn({2, 2, 8, 64}, on), vs = at::randn({2, 1, 8, 32}, on);
+        const at::Tensor k_want = ks.clone().index_copy_(2, at_, k), v_want = vs.clone().index_copy_(2, at_, v);
+        ASSERT_TRUE(mango::kernels::write_cache_entries(ks, k, vs, v, 2, at_)) << dt;
+        EXPECT_TRUE(ks.equal(k_want)) << dt;
+        EXPECT_TRUE(vs.equal(v_want)) << dt;
+        at::Tensor one = at::randn({2, 2, 8, 64}, on);
+        const at::Tensor one_want = one.clone().index_copy_(2, at_, k);
+        ASSERT_TRUE(mango::kernels::write_cache_entry(one, 2, at_, k)) << dt;
+        EXPECT_TRUE(one.equal(one_want)) << dt;
+    }
+    // entries of different element sizes: not one launch (the caller writes each)
+    const auto bf = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+    const at::Tensor at_ = at::full({1}, 0, bf.dtype(at::kLong));
+    at::Tensor a = at::zeros({1, 1, 4, 8}, bf), b = at::zeros({1, 1, 4, 8}, bf.dtype(at::kFloat));
+    EXPECT_FALSE(
+        mango::kernels::write_cache_entries(a, at::ones({1, 1, 1, 8}, bf), b, at::ones({1, 1, 1, 8}, bf.dtype(at::kFloat)), 2, at_));
+}
+
 TEST_F(FusedKernels, CheckpointWeightsAreKnownWhileTheyLive) {
     at::Tensor w = at::randn({64, 32}, at::TensorOptions().device(at::kCUDA));
     EXPECT_FALSE(mango::kernels::is_weight(w));

@@ -203,3 +203,52 @@ TEST_F(HostApi, ContextServices) {
     EXPECT_EQ(api().report(&ctx, MANGO_REPORT_LOSS, "vec", init), MANGO_ERR_SHAPE);
     api().tensor_release(init);
 }
+
+// cache_append_pair is two cache_append calls: growing cache, a static cache's prefill and its decode
+// steps (written in place at the step's entry); keys and values of different widths (MLA's latent and
+// rotary parts); on an error neither output is set, and what came before the failing slot stays appended.
+TEST_F(HostApi, CacheAppendPairIsTwoAppends) {
+    for (const bool fixed : {false, true}) {
+        mango::InstanceContext one, two;
+        one.label = two.label = "test";
+        if (fixed)
+            for (auto *ctx : {&one, &two}) {
+                ctx->static_cache = std::make_shared<mango::InstanceContext::StaticCache>();
+                ctx->static_cache->capacity = 6;
+            }
+        at::manual_seed(3);
+        for (int step = 0; step < 4; ++step) {
+            const int64_t T = step == 0 ? 3 : 1;  // a prefill of 3, then decode steps
+            if (fixed && step > 0)
+                for (auto *ctx : {&one, &two}) {
+                    auto &sc = *ctx->static_cache;
+                    if (!sc.decoding) sc.decoding = true, sc.write_at = at::full({1}, 2 + step, at::kLong);
+                    sc.write_at.fill_(2 + step);
+                }
+            mango_tensor k = mango::wrap(at::randn({2, 1, T, 4})), v = mango::wrap(at::randn({2, 1, T, 3}));
+            mango_tensor k1 = nullptr, v1 = nullptr, k2 = nullptr, v2 = nullptr;
+            ASSERT_EQ(api().cache_append(&one, "layer0.k", k, 2, &k1), MANGO_OK) << api().last_error();
+            ASSERT_EQ(api().cache_append(&one, "layer0.v", v, 2, &v1), MANGO_OK) << api().last_error();
+            ASSERT_EQ(api().cache_append_pair(&two, "layer0.k", k, "layer0.v", v, 2, &k2, &v2), MANGO_OK) << api().last_error();
+            const at::Tensor a = mango::adopt(k1), b = mango::adopt(v1), c = mango::adopt(k2), d = mango::adopt(v2);
+            EXPECT_TRUE(a.equal(c)) << "keys, step " << step << (fixed ? " (static)" : "");
+            EXPECT_TRUE(b.equal(d)) << "values, step " << step << (fixed ? " (static)" : "");
+            EXPECT_EQ(c.size(2), fixed ? (step == 0 ? 3 : 6) : 3 + step);
+            api().tensor_release(k);
+            api().tensor_release(v);
+        }
+    }
+    mango::InstanceContext ctx;
+    ctx.label = "test";
+    mango_tensor k = mango::wrap(at::zeros({1, 1, 2, 4})), bad = mango::wrap(at::zeros({1, 1, 2, 4})), ko = nullptr, vo = nullptr;
+    ASSERT_EQ(api().cache_append_pair(&ctx, "k", k, "v", bad, 2, &ko, &vo), MANGO_OK);
+    api().tensor_release(ko);
+    api().tensor_release(vo);
+    ko = vo = nullptr;
+    EXPECT_EQ(api().cache_append_pair(&ctx, "k", k, "v", bad, 7, &ko, &vo), MANGO_ERR_INVALID_ARGUMENT);  // dim out of range
+    EXPECT_EQ(ko, nullptr);
+    EXPECT_EQ(vo, nullptr);
+    EXPECT_NE(std::string(api().last_error()).find("dim out of range"), std::string::npos) << api().last_error();
+    api().tensor_release(k);
+    api().tensor_release(bad);
+}

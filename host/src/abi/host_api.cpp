@@ -454,56 +454,100 @@ mango_status api_cache_set(mango_context *ctx, const char *key, mango_tensor val
     return MANGO_OK;
 }
 
+// A decode step's entry for a static cache slot, written by the caller (with another where it can).
+struct EntryWrite {
+    at::Tensor slot;
+    int64_t dim;
+    at::Tensor value;
+};
+
+void write_entries(const std::vector<EntryWrite> &writes, const at::Tensor &at) {
+    if (writes.size() == 2 && writes[0].dim == writes[1].dim &&
+        kernels::write_cache_entries(writes[0].slot, writes[0].value, writes[1].slot, writes[1].value, writes[0].dim, at))
+        return;
+    for (const EntryWrite &w : writes) {
+        at::Tensor slot = w.slot;
+        if (!kernels::write_cache_entry(slot, w.dim, at, w.value)) slot.index_copy_(w.dim, at, w.value);
+    }
+}
+
+// cache_append's work for one slot, inside guarded(): `out` gets the slot's entries. A static cache's
+// decode-step entry goes to `pending` for the caller to write.
+mango_status append_to_slot(mango_context *ctx, const char *key, const at::Tensor &v, int32_t dim, at::Tensor &out,
+                            std::vector<EntryWrite> &pending) {
+    if (dim < 0) dim += static_cast<int32_t>(v.dim());
+    if (dim < 0 || dim >= v.dim())
+        return fail(MANGO_ERR_INVALID_ARGUMENT, ctx->label + ": cache_append '" + key + "': dim out of range for " + c10::str(v.sizes()));
+    auto *sc = ctx->static_cache.get();
+    if (!sc) {  // the growing cache
+        auto it = ctx->cache.find(key);
+        out = it == ctx->cache.end() ? v : at::cat({it->second, v}, dim);
+        ctx->cache[key] = out;
+        return MANGO_OK;
+    }
+    sc->appended = true;
+    if (sc->decoding && !sc->slots.count(key))  // a slot made inside a captured step would be re-zeroed on every replay
+        return fail(MANGO_ERR_INVALID_ARGUMENT, ctx->label + ": cache_append '" + key +
+                                                    "': a new cache slot during a decode step (every slot must be filled by the prefill)");
+    auto &[slot, written] = sc->slots[key];
+    if (!slot.defined()) {
+        std::vector<int64_t> shape = v.sizes().vec();
+        shape[size_t(dim)] = sc->capacity;
+        slot = at::zeros(shape, v.options());
+        written = 0;
+    }
+    std::vector<int64_t> want = slot.sizes().vec(), got = v.sizes().vec();
+    want[size_t(dim)] = got[size_t(dim)];
+    if (want != got || v.scalar_type() != slot.scalar_type())
+        return fail(MANGO_ERR_SHAPE, ctx->label + ": cache_append '" + key + "' of " + c10::str(v.sizes()) + " " +
+                                         c10::toString(v.scalar_type()) + " to a slot of " + c10::str(slot.sizes()) + " " +
+                                         c10::toString(slot.scalar_type()));
+    const int64_t T = v.size(dim);
+    if (sc->decoding) {
+        if (T != sc->write_at.numel())
+            return fail(MANGO_ERR_SHAPE, ctx->label + ": cache_append '" + key + "': a decode step appends " +
+                                             std::to_string(sc->write_at.numel()) + " entries, got " + std::to_string(T));
+        pending.push_back({slot, dim, v});
+        out = slot;
+        return MANGO_OK;
+    }
+    if (written + T > sc->capacity)
+        return fail(MANGO_ERR_SHAPE, ctx->label + ": static KV cache slot '" + key + "' holds " + std::to_string(sc->capacity) +
+                                         " entries; " + std::to_string(written) + " written, " + std::to_string(T) + " more asked");
+    slot.narrow(dim, written, T).copy_(v);
+    written += T;
+    out = slot.narrow(dim, 0, written);
+    return MANGO_OK;
+}
+
 mango_status api_cache_append(mango_context *ctx, const char *key, mango_tensor value, int32_t dim, mango_tensor *out) {
     if (mango_status s = need_ctx(ctx, key)) return s;
     if (!value || !out) return fail(MANGO_ERR_INVALID_ARGUMENT, ctx->label + ": cache_append '" + key + "' without a value or output");
     return guarded([&] {
-        const at::Tensor &v = value->t;
-        if (dim < 0) dim += static_cast<int32_t>(v.dim());
-        if (dim < 0 || dim >= v.dim())
-            return fail(MANGO_ERR_INVALID_ARGUMENT,
-                        ctx->label + ": cache_append '" + key + "': dim out of range for " + c10::str(v.sizes()));
-        auto *sc = ctx->static_cache.get();
-        if (!sc) {  // the growing cache
-            auto it = ctx->cache.find(key);
-            at::Tensor all = it == ctx->cache.end() ? v : at::cat({it->second, v}, dim);
-            ctx->cache[key] = all;
-            *out = wrap(all);
-            return MANGO_OK;
-        }
-        sc->appended = true;
-        if (sc->decoding && !sc->slots.count(key))  // a slot made inside a captured step would be re-zeroed on every replay
-            return fail(MANGO_ERR_INVALID_ARGUMENT,
-                        ctx->label + ": cache_append '" + key +
-                            "': a new cache slot during a decode step (every slot must be filled by the prefill)");
-        auto &[slot, written] = sc->slots[key];
-        if (!slot.defined()) {
-            std::vector<int64_t> shape = v.sizes().vec();
-            shape[size_t(dim)] = sc->capacity;
-            slot = at::zeros(shape, v.options());
-            written = 0;
-        }
-        std::vector<int64_t> want = slot.sizes().vec(), got = v.sizes().vec();
-        want[size_t(dim)] = got[size_t(dim)];
-        if (want != got || v.scalar_type() != slot.scalar_type())
-            return fail(MANGO_ERR_SHAPE, ctx->label + ": cache_append '" + key + "' of " + c10::str(v.sizes()) + " " +
-                                             c10::toString(v.scalar_type()) + " to a slot of " + c10::str(slot.sizes()) + " " +
-                                             c10::toString(slot.scalar_type()));
-        const int64_t T = v.size(dim);
-        if (sc->decoding) {
-            if (T != sc->write_at.numel())
-                return fail(MANGO_ERR_SHAPE, ctx->label + ": cache_append '" + key + "': a decode step appends " +
-                                                 std::to_string(sc->write_at.numel()) + " entries, got " + std::to_string(T));
-            if (!kernels::write_cache_entry(slot, dim, sc->write_at, v)) slot.index_copy_(dim, sc->write_at, v);
-            *out = wrap(slot);
-            return MANGO_OK;
-        }
-        if (written + T > sc->capacity)
-            return fail(MANGO_ERR_SHAPE, ctx->label + ": static KV cache slot '" + key + "' holds " + std::to_string(sc->capacity) +
-                                             " entries; " + std::to_string(written) + " written, " + std::to_string(T) + " more asked");
-        slot.narrow(dim, written, T).copy_(v);
-        written += T;
-        *out = wrap(slot.narrow(dim, 0, written));
+        std::vector<EntryWrite> pending;
+        at::Tensor all;
+        if (mango_status s = append_to_slot(ctx, key, value->t, dim, all, pending)) return s;
+        if (!pending.empty()) write_entries(pending, ctx->static_cache->write_at);
+        *out = wrap(all);
+        return MANGO_OK;
+    });
+}
+
+mango_status api_cache_append_pair(mango_context *ctx, const char *key_a, mango_tensor a, const char *key_b, mango_tensor b, int32_t dim,
+                                   mango_tensor *out_a, mango_tensor *out_b) {
+    if (mango_status s = need_ctx(ctx, key_a)) return s;
+    if (!key_b || !a || !b || !out_a || !out_b)
+        return fail(MANGO_ERR_INVALID_ARGUMENT,
+                    ctx->label + ": cache_append_pair '" + key_a + "' without a second key, a value or an output");
+    return guarded([&] {
+        std::vector<EntryWrite> pending;
+        at::Tensor all_a, all_b;
+        mango_status s = append_to_slot(ctx, key_a, a->t, dim, all_a, pending);
+        if (s == MANGO_OK) s = append_to_slot(ctx, key_b, b->t, dim, all_b, pending);
+        if (!pending.empty()) write_entries(pending, ctx->static_cache->write_at);  // what succeeded is appended, as two calls would
+        if (s != MANGO_OK) return s;
+        *out_a = wrap(all_a);
+        *out_b = wrap(all_b);
         return MANGO_OK;
     });
 }
@@ -704,6 +748,7 @@ const mango_host_api kApiV1 = {
     api_expert_shard,
     api_all_to_all,
     api_cache_append,
+    api_cache_append_pair,
 };
 
 }  // namespace

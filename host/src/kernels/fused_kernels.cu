@@ -215,15 +215,23 @@ __global__ void rms_norm_vec_kernel(const T *x, const T *res, const T *w, T *sum
     }
 }
 
+struct CacheWrites {
+    CacheEntry entry[2];
+    int64_t first_end = 0;  // threads [0, first_end) write entry 0, the rest entry 1
+};
+
 template <class E>
-__global__ void cache_write_kernel(const E *value, Strided4 vs, E *slot, Strided4 ss, const int64_t *at) {
+__global__ void cache_write_kernel(CacheWrites w, int64_t n, const int64_t *at) {
     let_next_kernel_start();
     wait_for_previous_kernel();
-    const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-    const int64_t D = vs.size[3], H = vs.size[1];
-    if (i >= vs.size[0] * H * D) return;
-    const int64_t d = i % D, h = (i / D) % H, b = i / (D * H);
-    slot[b * ss.stride[0] + h * ss.stride[1] + *at * ss.stride[2] + d * ss.stride[3]] = value[b * vs.stride[0] + h * vs.stride[1] + d * vs.stride[3]];
+    int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (i >= n) return;
+    const bool second = i >= w.first_end;
+    const CacheEntry &c = w.entry[second ? 1 : 0];
+    if (second) i -= w.first_end;
+    const int64_t d = i % c.D, h = (i / c.D) % c.H, b = i / (c.D * c.H);
+    static_cast<E *>(c.slot)[b * c.slot_stride[0] + h * c.slot_stride[1] + *at * c.slot_stride[2] + d * c.slot_stride[3]] =
+        static_cast<const E *>(c.value)[b * c.value_stride[0] + h * c.value_stride[1] + d * c.value_stride[3]];
 }
 
 // ---- silu(g) * u ----------------------------------------------------------------
@@ -874,19 +882,20 @@ void add_rms_norm(Dtype dtype, const void *x, const void *residual, const void *
     check_launch("mango::add_rms_norm");
 }
 
-void cache_write(int bytes, const void *value, const int64_t value_stride[4], void *slot, const int64_t slot_stride[4], int64_t B, int64_t H,
-                 int64_t D, const int64_t *at, Stream stream) {
-    Strided4 vs, ss;
-    for (int i = 0; i < 4; ++i) vs.stride[i] = value_stride[i], ss.stride[i] = slot_stride[i];
-    vs.size[0] = B, vs.size[1] = H, vs.size[2] = 1, vs.size[3] = D;
-    const int64_t n = B * H * D;
+void cache_write(int bytes, const CacheEntry *entries, int count, const int64_t *at, Stream stream) {
+    if (count < 1 || count > 2) throw std::invalid_argument("cache_write: one or two entries");
+    CacheWrites w;
+    int64_t n = 0;
+    for (int e = 0; e < count; ++e) {
+        w.entry[e] = entries[e];
+        n += entries[e].B * entries[e].H * entries[e].D;
+        if (e == 0) w.first_end = n;
+    }
     if (n == 0) return;
     if (bytes == 2)
-        launch(cache_write_kernel<uint16_t>, blocks_for(n, kThreads), kThreads, 0, stream, static_cast<const uint16_t *>(value), vs,
-               static_cast<uint16_t *>(slot), ss, at);
+        launch(cache_write_kernel<uint16_t>, blocks_for(n, kThreads), kThreads, 0, stream, w, n, at);
     else if (bytes == 4)
-        launch(cache_write_kernel<uint32_t>, blocks_for(n, kThreads), kThreads, 0, stream, static_cast<const uint32_t *>(value), vs,
-               static_cast<uint32_t *>(slot), ss, at);
+        launch(cache_write_kernel<uint32_t>, blocks_for(n, kThreads), kThreads, 0, stream, w, n, at);
     else
         throw std::invalid_argument("cache_write: elements of 2 or 4 bytes");
     check_launch("static KV cache write");

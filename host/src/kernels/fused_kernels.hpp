@@ -27,12 +27,18 @@ void rms_norm(Dtype dtype, const void *x, const void *w, void *out, int64_t rows
 void add_rms_norm(Dtype dtype, const void *x, const void *residual, const void *w, void *sum, void *out, int64_t rows, int64_t n, float eps,
                   bool gain_early, Stream stream);
 
-// One decode step's entry of a static KV cache slot: slot[b, h, *at, :] =
-// value[b, h, 0, :] for a [B, H, 1, D] value by strides and a [B, H, S, D]
-// slot by strides, `at` read on the device (a CUDA graph replays it with each
-// step's entry); elements of `bytes` bytes (2 or 4).
-void cache_write(int bytes, const void *value, const int64_t value_stride[4], void *slot, const int64_t slot_stride[4], int64_t B,
-                 int64_t H, int64_t D, const int64_t *at, Stream stream);
+// One decode step's entry of up to two static KV cache slots (a layer's keys
+// and values) in one launch: slot[b, h, *at, :] = value[b, h, 0, :] for each
+// [B, H, 1, D] value by strides and its [B, H, S, D] slot by strides, `at`
+// read on the device (a CUDA graph replays it with each step's entry);
+// elements of `bytes` bytes (2 or 4), the same for every entry.
+struct CacheEntry {
+    const void *value = nullptr;
+    void *slot = nullptr;
+    int64_t value_stride[4]{}, slot_stride[4]{};
+    int64_t B = 0, H = 0, D = 0;
+};
+void cache_write(int bytes, const CacheEntry *entries, int count, const int64_t *at, Stream stream);
 
 // out = silu(g) * u over `rows` rows of n elements of `dtype`: g's and u's
 // rows start every g_row / u_row elements, out is contiguous.

@@ -493,21 +493,48 @@ at::Tensor decode_attention_op(const at::Tensor &q, const at::Tensor &k, const a
 
 }  // namespace
 
-bool write_cache_entry(at::Tensor &slot, int64_t dim, const at::Tensor &at, const at::Tensor &value) {
 #ifdef MANGO_WITH_CUDA
+namespace {
+// Whether value [B, H, 1, D] goes to slot [B, H, S, D] at dim 2 through cache_write, and how.
+bool cache_entry(const at::Tensor &slot, int64_t dim, const at::Tensor &at, const at::Tensor &value, CacheEntry &e) {
     if (!fused_kernels_enabled() || dim != 2 || slot.dim() != 4 || value.dim() != 4 || value.size(2) != 1 || at.numel() != 1 ||
         at.scalar_type() != at::kLong || !on_one_gpu({&slot, &value, &at}) || slot.scalar_type() != value.scalar_type() ||
         (value.element_size() != 2 && value.element_size() != 4) || slot.size(0) != value.size(0) || slot.size(1) != value.size(1) ||
         slot.size(3) != value.size(3) || wants_grad({&value}))
         return false;
+    e.value = value.data_ptr(), e.slot = slot.data_ptr();
+    for (int i = 0; i < 4; ++i) e.value_stride[i] = value.stride(i), e.slot_stride[i] = slot.stride(i);
+    e.B = value.size(0), e.H = value.size(1), e.D = value.size(3);
+    return true;
+}
+}  // namespace
+#endif
+
+bool write_cache_entry(at::Tensor &slot, int64_t dim, const at::Tensor &at, const at::Tensor &value) {
+#ifdef MANGO_WITH_CUDA
+    CacheEntry e;
+    if (!cache_entry(slot, dim, at, value, e)) return false;
     const c10::cuda::CUDAGuard guard(slot.device());
-    const int64_t vs[4] = {value.stride(0), value.stride(1), value.stride(2), value.stride(3)};
-    const int64_t ss[4] = {slot.stride(0), slot.stride(1), slot.stride(2), slot.stride(3)};
-    kernels::cache_write(static_cast<int>(value.element_size()), value.data_ptr(), vs, slot.data_ptr(), ss, value.size(0), value.size(1),
-                         value.size(3), at.data_ptr<int64_t>(), stream_of(slot));
+    kernels::cache_write(static_cast<int>(value.element_size()), &e, 1, at.data_ptr<int64_t>(), stream_of(slot));
     return true;
 #else
     (void)slot, (void)dim, (void)at, (void)value;
+    return false;
+#endif
+}
+
+bool write_cache_entries(const at::Tensor &slot_a, const at::Tensor &value_a, const at::Tensor &slot_b, const at::Tensor &value_b,
+                         int64_t dim, const at::Tensor &at) {
+#ifdef MANGO_WITH_CUDA
+    CacheEntry e[2];
+    if (!cache_entry(slot_a, dim, at, value_a, e[0]) || !cache_entry(slot_b, dim, at, value_b, e[1]) ||
+        value_a.element_size() != value_b.element_size() || slot_a.device() != slot_b.device())
+        return false;
+    const c10::cuda::CUDAGuard guard(slot_a.device());
+    kernels::cache_write(static_cast<int>(value_a.element_size()), e, 2, at.data_ptr<int64_t>(), stream_of(slot_a));
+    return true;
+#else
+    (void)slot_a, (void)value_a, (void)slot_b, (void)value_b, (void)dim, (void)at;
     return false;
 #endif
 }

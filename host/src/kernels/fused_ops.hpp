@@ -40,6 +40,10 @@ namespace mango::kernels {
 // 1, D], dim 2, `at` one index on the device) as one small kernel on a GPU;
 // false where it does not apply (the caller copies as before).
 bool write_cache_entry(at::Tensor &slot, int64_t dim, const at::Tensor &at, const at::Tensor &value);
+// The same for two slots (a layer's keys and values) in one kernel; false
+// where it does not apply to both (nothing written: the caller writes each).
+bool write_cache_entries(const at::Tensor &slot_a, const at::Tensor &value_a, const at::Tensor &slot_b, const at::Tensor &value_b,
+                         int64_t dim, const at::Tensor &at);
 
 // Records t's storage as a checkpoint weight handed to a plugin: no kernel
 // writes it while a model runs, so the GPU kernels may start loading it

@@ -225,8 +225,11 @@ inline Tensor cache_append(Context &ctx, const std::string &key, const Tensor &t
 inline std::pair<Tensor, Tensor> cached_kv(Context &ctx, int32_t layer, Tensor k, Tensor v, bool use_cache, int64_t window = 0) {
     if (!use_cache) return {k, v};
     const std::string kk = "layer" + std::to_string(layer) + ".k", vk = "layer" + std::to_string(layer) + ".v";
-    if (window <= 0) return {cache_append(ctx, kk, k, 2), cache_append(ctx, vk, v, 2)};
-    return {grow_cache(ctx, kk, k, 2), grow_cache(ctx, vk, v, 2)};
+    if (window > 0) return {grow_cache(ctx, kk, k, 2), grow_cache(ctx, vk, v, 2)};
+    if (!MANGO_HOST_HAS(cache_append_pair)) return {cache_append(ctx, kk, k, 2), cache_append(ctx, vk, v, 2)};
+    mango_tensor ko = nullptr, vo = nullptr;  // both in one call: one launch at a static decode step (host API revision 7)
+    check(host().cache_append_pair(ctx.get(), kk.c_str(), k.get(), vk.c_str(), v.get(), 2, &ko, &vo));
+    return {Tensor(ko), Tensor(vo)};
 }
 
 // softmax(q k^T * scale + bias) v, softmax in float32 (q: [B, H, T, D]).

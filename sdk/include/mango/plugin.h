@@ -382,6 +382,15 @@ typedef struct mango_host_api {
      * that cannot (e.g. a sliding window counted from the last key) uses
      * cache_get/cache_set instead, and the host then decodes without. */
     mango_status (*cache_append)(mango_context *ctx, const char *key, mango_tensor value, int32_t dim, mango_tensor *out);
+
+    /* ---- revision 7 (MANGO_HAS before use) ---- */
+
+    /* cache_append for two slots at once (a layer's keys and values):
+     * exactly what cache_append(key_a, a, dim, out_a) then cache_append(key_b,
+     * b, dim, out_b) do, but a static cache's decode step writes both entries
+     * in one launch on a GPU. On an error neither `*out` is set. */
+    mango_status (*cache_append_pair)(mango_context *ctx, const char *key_a, mango_tensor a, const char *key_b, mango_tensor b, int32_t dim,
+                                      mango_tensor *out_a, mango_tensor *out_b);
 } mango_host_api;
 
 /* ---- component tables (one per kind) ------------------------------------ */
