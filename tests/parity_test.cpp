@@ -289,8 +289,21 @@ TEST(Generate, StopsAtStopIds) {
     o.max_new_tokens = 20;
     const auto want = g.j["generated"].get<std::vector<std::vector<int64_t>>>();
     o.stop_ids = {want[0][3]};  // row 0 stops after its 4th token
+    std::vector<std::vector<int64_t>> streamed;
+    o.on_token = [&](size_t row, int64_t token) {
+        streamed.resize(std::max(streamed.size(), row + 1));
+        streamed[row].push_back(token);
+    };
+    o.decode = "eager";
     const auto out = mango::generate(*model, g.prompts(), o);
     EXPECT_EQ(out[0], std::vector<int64_t>(want[0].begin(), want[0].begin() + 4));
+    EXPECT_EQ(streamed, out);
+    // the static cache's greedy loop picks and feeds tokens on the device, a step ahead of the host:
+    // the same tokens, the same stops, streamed in the same order
+    streamed.clear();
+    o.decode = "static";
+    EXPECT_EQ(mango::generate(*model, g.prompts(), o), out);
+    EXPECT_EQ(streamed, out);
 }
 
 TEST(Model, RandomInitFromConfigSavesAndReloads) {

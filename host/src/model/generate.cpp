@@ -7,11 +7,14 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/Event.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <limits>
 #include <memory>
+#include <thread>
 
 namespace mango {
 namespace {
@@ -134,6 +137,51 @@ private:
     DecodeGraph graph_;
 };
 
+// Greedy decoding over the static cache, one step ahead of the host: each step's tokens are picked on
+// the device and fed to the next step there (rows already stopped get pad_id, a stop id ends its row),
+// so step k + 1 is queued before the host reads step k's tokens (copied out beside it) and the device
+// never waits on the host between steps. The same tokens as choose_next and the loop in generate().
+void greedy_one_step_ahead(StaticDecoder &fixed, const at::Tensor &first_logits, const GenerateOptions &o,
+                           std::vector<std::vector<int64_t>> &out) {
+    const at::Device dev = first_logits.device();
+    const int64_t B = first_logits.size(0);
+    const auto longs = at::TensorOptions().dtype(at::kLong).device(dev);
+    const at::Tensor stops = at::tensor(o.stop_ids, at::kLong).to(dev), pad = at::scalar_tensor(o.pad_id, longs);
+    // as choose_next picks: on the device, CPU logits in float32
+    const auto pick = [](const at::Tensor &logits) { return kernels::greedy_pick(logits.is_cuda() ? logits : logits.to(at::kFloat)); };
+    at::Tensor done = at::zeros({B}, longs.dtype(at::kBool)), tokens = pick(first_logits);
+    // Where the host reads a step's tokens: pinned memory the device copies into without stopping the stream.
+    at::Tensor host = dev.is_cuda() ? at::empty({B}, at::TensorOptions().dtype(at::kLong).pinned_memory(true)) : at::Tensor();
+    c10::Event copied(dev.type());
+    std::vector<bool> done_host(static_cast<size_t>(B), false);
+    for (int64_t step = 0; step < o.max_new_tokens; ++step) {
+        if (cancel_requested()) throw HostError("generation cancelled");
+        const at::Tensor col = at::where(done, pad, tokens);  // this step's tokens as fed back
+        if (dev.is_cuda()) {
+            host.copy_(col, /*non_blocking=*/true);
+            copied.record(c10::impl::VirtualGuardImpl(dev.type()).getStream(dev));
+        } else {
+            host = col.clone();
+        }
+        if (step + 1 < o.max_new_tokens) {  // queue the next step before reading this one's tokens
+            if (!o.stop_ids.empty()) done = done.logical_or(at::isin(col, stops));
+            tokens = pick(fixed.step(col.reshape({B, 1})));
+        }
+        while (!copied.query()) std::this_thread::yield();
+        const int64_t *t = host.data_ptr<int64_t>();
+        bool all_done = true;
+        for (size_t i = 0; i < done_host.size(); ++i) {
+            if (!done_host[i]) {
+                out[i].push_back(t[i]);
+                if (o.on_token) o.on_token(i, t[i]);
+                if (std::find(o.stop_ids.begin(), o.stop_ids.end(), t[i]) != o.stop_ids.end()) done_host[i] = true;
+            }
+            all_done = all_done && done_host[i];
+        }
+        if (all_done) break;
+    }
+}
+
 }  // namespace
 
 std::vector<std::vector<int64_t>> generate(CausalLM &model, const std::vector<std::vector<int64_t>> &prompts, const GenerateOptions &o) {
@@ -184,6 +232,10 @@ std::vector<std::vector<int64_t>> generate(CausalLM &model, const std::vector<st
                                "revision 6): decoding without the static cache");
     }
     if (o.decode_used) *o.decode_used = fixed ? "static" : "eager";  // "graph" once a step is captured
+    if (fixed && o.greedy && o.no_repeat_ngram_size <= 0) {
+        greedy_one_step_ahead(*fixed, logits, o, out);
+        return out;
+    }
     for (int64_t step = 0; step < o.max_new_tokens; ++step) {
         if (cancel_requested()) throw HostError("generation cancelled");
         std::vector<int64_t> next = choose_next(logits, history, o, gen);
