@@ -347,9 +347,6 @@ TEST(Cuda, FusionWithMembersOnSeveralDevicesEqualsOneDevice) {
     }
 }
 
-// A fusion decodes on the GPU over every member's static KV cache with its
-// steps replayed as a CUDA graph (adapters and routers inside the graph): the
-// eager decoder's tokens, for a padded batch.
 // "cuda" without an index is the current GPU, and the model says so: the fusion compares a member's
 // device with its hidden states' to choose its inference path.
 TEST(Cuda, ModelOnUnindexedCudaReportsItsTensorsDevice) {
@@ -371,6 +368,9 @@ TEST(Cuda, ModelOnUnindexedCudaReportsItsTensorsDevice) {
     EXPECT_EQ(m->device(), h.device());
 }
 
+// A fusion decodes on the GPU over every member's static KV cache with its
+// steps replayed as a CUDA graph (adapters and routers inside the graph): the
+// eager decoder's tokens, for a padded batch.
 TEST(Cuda, FusionGraphDecodeEqualsEagerDecode) {
     if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device (or a CPU-only LibTorch)";
     FusionSpec spec;

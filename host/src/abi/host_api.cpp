@@ -462,7 +462,8 @@ struct EntryWrite {
 };
 
 void write_entries(const std::vector<EntryWrite> &writes, const at::Tensor &at) {
-    if (writes.size() == 2 && writes[0].dim == writes[1].dim &&
+    // one launch for two different slots (the same slot twice: in order, the second entry wins as with two calls)
+    if (writes.size() == 2 && writes[0].dim == writes[1].dim && !writes[0].slot.is_same(writes[1].slot) &&
         kernels::write_cache_entries(writes[0].slot, writes[0].value, writes[1].slot, writes[1].value, writes[0].dim, at))
         return;
     for (const EntryWrite &w : writes) {

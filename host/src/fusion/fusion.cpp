@@ -123,7 +123,8 @@ at::Tensor FusedModel::logits(const at::Tensor &ids, const at::Tensor &mask, con
         const FusionLayer &l = spec_.layers[li];
         std::vector<at::Tensor> outs;
         std::vector<std::pair<at::ScalarType, at::Tensor>> h_as;
-        if (h_carried.defined() && h_carried.scalar_type() != at::kFloat) h_as.emplace_back(h_carried.scalar_type(), h_carried);
+        if (h_carried.defined() && (h_carried.scalar_type() == at::kBFloat16 || h_carried.scalar_type() == at::kHalf))
+            h_as.emplace_back(h_carried.scalar_type(), h_carried);
         for (const FusionExpert &e : l.experts) {
             Model *model = models_[e.model].get();
             const std::string m = "m" + std::to_string(e.model);

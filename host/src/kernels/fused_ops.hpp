@@ -27,7 +27,8 @@
 // place (no repeated copies); linears_rope, swiglu and linear_residual are
 // the GEMV with the next step of a decoder layer folded into its last step;
 // mean_pool_gate is the simple router's pooling, gate and softmax (8 kernels
-// at a decode step, on the fusion's critical path) in one.
+// at a decode step, on the fusion's critical path) in one, equal to its chain
+// within float32 rounding (its sums go in another order), not bit for bit.
 // MANGO_FUSED_OPS=0 keeps the chains; MANGO_PDL=0 launches the kernels
 // without programmatic dependent launch (fused_kernels.cu).
 #pragma once

@@ -140,7 +140,9 @@ private:
 // Greedy decoding over the static cache, one step ahead of the host: each step's tokens are picked on
 // the device and fed to the next step there (rows already stopped get pad_id, a stop id ends its row),
 // so step k + 1 is queued before the host reads step k's tokens (copied out beside it) and the device
-// never waits on the host between steps. The same tokens as choose_next and the loop in generate().
+// never waits on the host between steps. The same tokens, stops and on_token calls as choose_next and
+// the loop in generate(); where every row stops, the step queued ahead is computed and thrown away
+// (it may be the step captured as a graph, so decode_used can say "graph" where the loop says "static").
 void greedy_one_step_ahead(StaticDecoder &fixed, const at::Tensor &first_logits, const GenerateOptions &o,
                            std::vector<std::vector<int64_t>> &out) {
     const at::Device dev = first_logits.device();
@@ -161,7 +163,7 @@ void greedy_one_step_ahead(StaticDecoder &fixed, const at::Tensor &first_logits,
             host.copy_(col, /*non_blocking=*/true);
             copied.record(c10::impl::VirtualGuardImpl(dev.type()).getStream(dev));
         } else {
-            host = col.clone();
+            host = col.to(at::kCPU);
         }
         if (step + 1 < o.max_new_tokens) {  // queue the next step before reading this one's tokens
             if (!o.stop_ids.empty()) done = done.logical_or(at::isin(col, stops));

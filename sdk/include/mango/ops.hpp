@@ -431,8 +431,9 @@ inline double item(const Tensor &x) {
 // A router's gate over a sequence: softmax(scale (p W^T + b)) [B, E], where p
 // is the mean of hidden [B, T, H] over the tokens mask [B, T] keeps (its
 // values weigh the tokens; a sequence with none pools to zeros; no mask: all
-// tokens). One kernel on a GPU at a decode step's few tokens where the host
-// has mango::mean_pool_gate, else this chain of operators.
+// tokens). Where the host has mango::mean_pool_gate: one kernel on a GPU for
+// float32 without gradients (equal to the chain within float32 rounding: it
+// sums in another order), else this chain of operators.
 inline Tensor mean_pool_gate(const Tensor &hidden, const Tensor &mask, const Tensor &w, const Tensor &b, double scale = 1.0) {
     static const std::optional<Op> fused = Op::find("mango::mean_pool_gate");
     if (fused) return (*fused)({hidden, mask, w, b, scale});
