@@ -51,13 +51,12 @@ static Timing median_seconds(const std::vector<std::function<void()>> &runs, int
             sync(dev);
             wall[i].push_back(std::chrono::duration<double>(Clock::now() - t0).count());
         }
+    const auto median = [](std::vector<double> v) {
+        std::sort(v.begin(), v.end());
+        return v[v.size() / 2];
+    };
     Timing out;
-    for (size_t i = 0; i < runs.size(); ++i) {
-        std::sort(wall[i].begin(), wall[i].end());
-        std::sort(host[i].begin(), host[i].end());
-        out.wall.push_back(wall[i][wall[i].size() / 2]);
-        out.host.push_back(host[i][host[i].size() / 2]);
-    }
+    for (size_t i = 0; i < runs.size(); ++i) out.wall.push_back(median(wall[i])), out.host.push_back(median(host[i]));
     return out;
 }
 

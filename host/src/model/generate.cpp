@@ -30,12 +30,15 @@ std::vector<int64_t> banned_by_ngrams(const std::vector<int64_t> &seq, int64_t n
     return banned;
 }
 
+// The greedy pick of each row on the logits' device ([B] indices): ATen's argmax order, CPU logits in float32.
+at::Tensor greedy_tokens(const at::Tensor &logits) { return kernels::greedy_pick(logits.is_cuda() ? logits : logits.to(at::kFloat)); }
+
 }  // namespace
 
 std::vector<int64_t> choose_next(const at::Tensor &logits_in, const std::vector<std::vector<int64_t>> &history, const GenerateOptions &o,
                                  at::Generator &gen) {
     if (o.greedy && o.no_repeat_ngram_size <= 0) {  // on the logits' device: B indices come back, not B x V logits
-        const at::Tensor best = kernels::greedy_pick(logits_in.is_cuda() ? logits_in : logits_in.to(at::kFloat)).cpu();
+        const at::Tensor best = greedy_tokens(logits_in).cpu();
         return std::vector<int64_t>(best.data_ptr<int64_t>(), best.data_ptr<int64_t>() + best.numel());
     }
     at::Tensor logits = logits_in.to(at::kCPU, at::kFloat).clone();
@@ -137,6 +140,23 @@ private:
     DecodeGraph graph_;
 };
 
+// A step's tokens ([B]) for the rows still going: appended to out (and to history where given),
+// streamed, and a stop id ends its row. Whether every row has now stopped.
+bool take_tokens(const int64_t *tokens, std::vector<bool> &done, const GenerateOptions &o, std::vector<std::vector<int64_t>> &out,
+                 std::vector<std::vector<int64_t>> *history) {
+    bool all_done = true;
+    for (size_t i = 0; i < done.size(); ++i) {
+        if (!done[i]) {
+            out[i].push_back(tokens[i]);
+            if (history) (*history)[i].push_back(tokens[i]);
+            if (o.on_token) o.on_token(i, tokens[i]);
+            if (std::find(o.stop_ids.begin(), o.stop_ids.end(), tokens[i]) != o.stop_ids.end()) done[i] = true;
+        }
+        all_done = all_done && done[i];
+    }
+    return all_done;
+}
+
 // Greedy decoding over the static cache, one step ahead of the host: each step's tokens are picked on
 // the device and fed to the next step there (rows already stopped get pad_id, a stop id ends its row),
 // so step k + 1 is queued before the host reads step k's tokens (copied out beside it) and the device
@@ -149,9 +169,7 @@ void greedy_one_step_ahead(StaticDecoder &fixed, const at::Tensor &first_logits,
     const int64_t B = first_logits.size(0);
     const auto longs = at::TensorOptions().dtype(at::kLong).device(dev);
     const at::Tensor stops = at::tensor(o.stop_ids, at::kLong).to(dev), pad = at::scalar_tensor(o.pad_id, longs);
-    // as choose_next picks: on the device, CPU logits in float32
-    const auto pick = [](const at::Tensor &logits) { return kernels::greedy_pick(logits.is_cuda() ? logits : logits.to(at::kFloat)); };
-    at::Tensor done = at::zeros({B}, longs.dtype(at::kBool)), tokens = pick(first_logits);
+    at::Tensor done = at::zeros({B}, longs.dtype(at::kBool)), tokens = greedy_tokens(first_logits);
     // Where the host reads a step's tokens: pinned memory the device copies into without stopping the stream.
     at::Tensor host = dev.is_cuda() ? at::empty({B}, at::TensorOptions().dtype(at::kLong).pinned_memory(true)) : at::Tensor();
     c10::Event copied(dev.type());
@@ -167,20 +185,10 @@ void greedy_one_step_ahead(StaticDecoder &fixed, const at::Tensor &first_logits,
         }
         if (step + 1 < o.max_new_tokens) {  // queue the next step before reading this one's tokens
             if (!o.stop_ids.empty()) done = done.logical_or(at::isin(col, stops));
-            tokens = pick(fixed.step(col.reshape({B, 1})));
+            tokens = greedy_tokens(fixed.step(col.reshape({B, 1})));
         }
         while (!copied.query()) std::this_thread::yield();
-        const int64_t *t = host.data_ptr<int64_t>();
-        bool all_done = true;
-        for (size_t i = 0; i < done_host.size(); ++i) {
-            if (!done_host[i]) {
-                out[i].push_back(t[i]);
-                if (o.on_token) o.on_token(i, t[i]);
-                if (std::find(o.stop_ids.begin(), o.stop_ids.end(), t[i]) != o.stop_ids.end()) done_host[i] = true;
-            }
-            all_done = all_done && done_host[i];
-        }
-        if (all_done) break;
+        if (take_tokens(host.data_ptr<int64_t>(), done_host, o, out, nullptr)) break;
     }
 }
 
@@ -241,21 +249,9 @@ std::vector<std::vector<int64_t>> generate(CausalLM &model, const std::vector<st
     for (int64_t step = 0; step < o.max_new_tokens; ++step) {
         if (cancel_requested()) throw HostError("generation cancelled");
         std::vector<int64_t> next = choose_next(logits, history, o, gen);
-        std::vector<int64_t> col_ids(static_cast<size_t>(B));
-        bool all_done = true;
-        for (int64_t b = 0; b < B; ++b) {
-            const size_t i = static_cast<size_t>(b);
-            const int64_t tok = done[i] ? o.pad_id : next[i];
-            col_ids[i] = tok;
-            if (!done[i]) {
-                out[i].push_back(tok);
-                history[i].push_back(tok);
-                if (o.on_token) o.on_token(i, tok);
-                if (std::find(o.stop_ids.begin(), o.stop_ids.end(), tok) != o.stop_ids.end()) done[i] = true;
-            }
-            all_done = all_done && done[i];
-        }
-        if (all_done || step + 1 == o.max_new_tokens) break;
+        std::vector<int64_t> col_ids(static_cast<size_t>(B));  // fed back: pad_id for the rows that had stopped
+        for (size_t i = 0; i < col_ids.size(); ++i) col_ids[i] = done[i] ? o.pad_id : next[i];
+        if (take_tokens(col_ids.data(), done, o, out, &history) || step + 1 == o.max_new_tokens) break;
         const at::Tensor col = at::tensor(col_ids, at::kLong).reshape({B, 1}).to(model.device());
         if (fixed) {
             logits = fixed->step(col);
