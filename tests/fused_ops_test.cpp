@@ -522,20 +522,23 @@ TEST_F(FusedKernels, CacheEntriesAreIndexCopies) {
         const at::Tensor k = at::randn({2, 1, 2, 64}, on).transpose(1, 2), v = at::randn({2, 1, 1, 32}, on).transpose(1, 2);
         at::Tensor ks = at::randn({2, 2, 8, 64}, on), vs = at::randn({2, 1, 8, 32}, on);
         const at::Tensor k_want = ks.clone().index_copy_(2, at_, k), v_want = vs.clone().index_copy_(2, at_, v);
-        ASSERT_TRUE(mango::kernels::write_cache_entries(ks, k, vs, v, 2, at_)) << dt;
+        const mango::kernels::CacheSlotWrite pair[] = {{ks, 2, k}, {vs, 2, v}};
+        ASSERT_TRUE(mango::kernels::write_cache_entries(pair, 2, at_)) << dt;
         EXPECT_TRUE(ks.equal(k_want)) << dt;
         EXPECT_TRUE(vs.equal(v_want)) << dt;
         at::Tensor one = at::randn({2, 2, 8, 64}, on);
         const at::Tensor one_want = one.clone().index_copy_(2, at_, k);
-        ASSERT_TRUE(mango::kernels::write_cache_entry(one, 2, at_, k)) << dt;
+        const mango::kernels::CacheSlotWrite single{one, 2, k};
+        ASSERT_TRUE(mango::kernels::write_cache_entries(&single, 1, at_)) << dt;
         EXPECT_TRUE(one.equal(one_want)) << dt;
     }
     // entries of different element sizes: not one launch (the caller writes each)
     const auto bf = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
     const at::Tensor at_ = at::full({1}, 0, bf.dtype(at::kLong));
-    at::Tensor a = at::zeros({1, 1, 4, 8}, bf), b = at::zeros({1, 1, 4, 8}, bf.dtype(at::kFloat));
-    EXPECT_FALSE(
-        mango::kernels::write_cache_entries(a, at::ones({1, 1, 1, 8}, bf), b, at::ones({1, 1, 1, 8}, bf.dtype(at::kFloat)), 2, at_));
+    const mango::kernels::CacheSlotWrite mixed[] = {
+        {at::zeros({1, 1, 4, 8}, bf), 2, at::ones({1, 1, 1, 8}, bf)},
+        {at::zeros({1, 1, 4, 8}, bf.dtype(at::kFloat)), 2, at::ones({1, 1, 1, 8}, bf.dtype(at::kFloat))}};
+    EXPECT_FALSE(mango::kernels::write_cache_entries(mixed, 2, at_));
 }
 
 TEST_F(FusedKernels, CheckpointWeightsAreKnownWhileTheyLive) {

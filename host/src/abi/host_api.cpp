@@ -454,28 +454,18 @@ mango_status api_cache_set(mango_context *ctx, const char *key, mango_tensor val
     return MANGO_OK;
 }
 
-// A decode step's entry for a static cache slot, written by the caller (with another where it can).
-struct EntryWrite {
-    at::Tensor slot;
-    int64_t dim;
-    at::Tensor value;
-};
-
-void write_entries(const std::vector<EntryWrite> &writes, const at::Tensor &at) {
-    // one launch for two different slots (the same slot twice: in order, the second entry wins as with two calls)
-    if (writes.size() == 2 && writes[0].dim == writes[1].dim && !writes[0].slot.is_same(writes[1].slot) &&
-        kernels::write_cache_entries(writes[0].slot, writes[0].value, writes[1].slot, writes[1].value, writes[0].dim, at))
-        return;
-    for (const EntryWrite &w : writes) {
-        at::Tensor slot = w.slot;
-        if (!kernels::write_cache_entry(slot, w.dim, at, w.value)) slot.index_copy_(w.dim, at, w.value);
-    }
+// A static cache's decode-step entries, written by the caller: two different slots in one launch (the
+// same slot twice: in order, the second entry winning as with two calls).
+void write_entries(const std::vector<kernels::CacheSlotWrite> &writes, const at::Tensor &at) {
+    if (writes.size() == 2 && !writes[0].slot.is_same(writes[1].slot) && kernels::write_cache_entries(writes.data(), 2, at)) return;
+    for (const kernels::CacheSlotWrite &w : writes)
+        if (!kernels::write_cache_entries(&w, 1, at)) w.slot.index_copy_(w.dim, at, w.value);
 }
 
 // cache_append's work for one slot, inside guarded(): `out` gets the slot's entries. A static cache's
 // decode-step entry goes to `pending` for the caller to write.
 mango_status append_to_slot(mango_context *ctx, const char *key, const at::Tensor &v, int32_t dim, at::Tensor &out,
-                            std::vector<EntryWrite> &pending) {
+                            std::vector<kernels::CacheSlotWrite> &pending) {
     if (dim < 0) dim += static_cast<int32_t>(v.dim());
     if (dim < 0 || dim >= v.dim())
         return fail(MANGO_ERR_INVALID_ARGUMENT, ctx->label + ": cache_append '" + key + "': dim out of range for " + c10::str(v.sizes()));
@@ -525,7 +515,7 @@ mango_status api_cache_append(mango_context *ctx, const char *key, mango_tensor 
     if (mango_status s = need_ctx(ctx, key)) return s;
     if (!value || !out) return fail(MANGO_ERR_INVALID_ARGUMENT, ctx->label + ": cache_append '" + key + "' without a value or output");
     return guarded([&] {
-        std::vector<EntryWrite> pending;
+        std::vector<kernels::CacheSlotWrite> pending;
         at::Tensor all;
         if (mango_status s = append_to_slot(ctx, key, value->t, dim, all, pending)) return s;
         if (!pending.empty()) write_entries(pending, ctx->static_cache->write_at);
@@ -541,7 +531,7 @@ mango_status api_cache_append_pair(mango_context *ctx, const char *key_a, mango_
         return fail(MANGO_ERR_INVALID_ARGUMENT,
                     ctx->label + ": cache_append_pair '" + key_a + "' without a second key, a value or an output");
     return guarded([&] {
-        std::vector<EntryWrite> pending;
+        std::vector<kernels::CacheSlotWrite> pending;
         at::Tensor all_a, all_b;
         mango_status s = append_to_slot(ctx, key_a, a->t, dim, all_a, pending);
         if (s == MANGO_OK) s = append_to_slot(ctx, key_b, b->t, dim, all_b, pending);

@@ -509,6 +509,8 @@ void gemv_launch(Dtype dtype, int64_t rows, const GemvLaunch &a, int64_t blocks,
 constexpr unsigned kAttnThreads = 128;
 constexpr int64_t kAttnSharedBytes = 48 * 1024;  // without opting in to more
 
+// The max or sum of v over a block of kThreadsHere threads, in every thread; scratch holds a float a warp.
+template <unsigned kThreadsHere>
 __device__ __forceinline__ float block_reduce(float v, float *scratch, bool is_max) {
     for (int offset = 16; offset > 0; offset /= 2) {
         const float o = __shfl_xor_sync(0xffffffffu, v, offset);
@@ -518,7 +520,7 @@ __device__ __forceinline__ float block_reduce(float v, float *scratch, bool is_m
     if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
     __syncthreads();
     v = scratch[0];
-    for (unsigned w = 1; w < kAttnThreads / 32; ++w) v = is_max ? fmaxf(v, scratch[w]) : v + scratch[w];
+    for (unsigned w = 1; w < kThreadsHere / 32; ++w) v = is_max ? fmaxf(v, scratch[w]) : v + scratch[w];
     return v;
 }
 
@@ -560,14 +562,14 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(Attentio
         scores[s] = score;
         local_max = fmaxf(local_max, score);
     }
-    const float max = block_reduce(local_max, scratch, true);
+    const float max = block_reduce<kAttnThreads>(local_max, scratch, true);
     float local_sum = 0.f;
     for (int64_t s = threadIdx.x; s < S; s += kAttnThreads) {
         const float p = expf(scores[s] - max);
         scores[s] = p;
         local_sum += p;
     }
-    const float inv_sum = 1.f / block_reduce(local_sum, scratch, false);  // also orders the writes to scores before the reads below
+    const float inv_sum = 1.f / block_reduce<kAttnThreads>(local_sum, scratch, false);  // also orders the writes to scores before the reads below
 
     // out = p v: thread (group g, pair j) sums channels 2j, 2j+1 over keys g, g + G, ...
     const int64_t P = D / 2, G = kAttnThreads / P;
@@ -649,12 +651,7 @@ __global__ void __launch_bounds__(kSingle ? kGateSingleThreads : kGateThreads) m
 
     float count = 0.f;  // the sequence's kept tokens
     for (int64_t t = threadIdx.x; t < a.T; t += kThreadsHere) count += mask_value(a, b, t);
-    for (int offset = 16; offset > 0; offset /= 2) count += __shfl_xor_sync(0xffffffffu, count, offset);
-    if (lane == 0) scratch[warp] = count;
-    __syncthreads();
-    count = 0.f;
-    for (unsigned w = 0; w < kWarps; ++w) count += scratch[w];
-    const float denominator = fmaxf(count, 1.f);
+    const float denominator = fmaxf(block_reduce<kThreadsHere>(count, scratch, false), 1.f);
 
     float p[kColumns];  // this thread's columns of the pooled vector (one token: h k / max(k, 1), as ATen rounds it)
 #pragma unroll
@@ -680,18 +677,13 @@ __global__ void __launch_bounds__(kSingle ? kGateSingleThreads : kGateThreads) m
         if (lane == 0) part[warp][e] = dot;
     }
     __syncthreads();
-    float *logits = part[0];  // thread e reads column e of part, then writes logits[e] = part[0][e]
-    if (kSingle) {
-        if (threadIdx.x < a.E) {
-            float dot = 0.f;
-            for (unsigned w = 0; w < kWarps; ++w) dot += part[w][threadIdx.x];
-            logits[threadIdx.x] = (dot + (a.bias ? a.bias[threadIdx.x] : 0.f)) * a.scale;
-        }
-    } else {
+    // thread e < E: logit e, the warps' shares added (over several blocks, by the sequence's last block)
+    float dot = 0.f;
+    if (threadIdx.x < a.E)
+        for (unsigned w = 0; w < kWarps; ++w) dot += part[w][threadIdx.x];
+    if constexpr (!kSingle) {
         const int64_t blocks = gridDim.x;
         if (threadIdx.x < a.E) {
-            float dot = 0.f;
-            for (unsigned w = 0; w < kWarps; ++w) dot += part[w][threadIdx.x];
             a.partials[(b * blocks + blockIdx.x) * a.E + threadIdx.x] = dot;
             __threadfence();  // the share is visible before this block counts itself done
         }
@@ -700,12 +692,12 @@ __global__ void __launch_bounds__(kSingle ? kGateSingleThreads : kGateThreads) m
         __syncthreads();
         if (!last) return;
         __threadfence();  // the sequence's last block: every share is in
-        if (threadIdx.x < a.E) {
-            float dot = 0.f;
+        dot = 0.f;
+        if (threadIdx.x < a.E)
             for (int64_t k = 0; k < blocks; ++k) dot += __ldcg(a.partials + (b * blocks + k) * a.E + threadIdx.x);
-            logits[threadIdx.x] = (dot + (a.bias ? a.bias[threadIdx.x] : 0.f)) * a.scale;
-        }
     }
+    float *logits = part[0];  // thread e read only column e of part
+    if (threadIdx.x < a.E) logits[threadIdx.x] = (dot + (a.bias ? a.bias[threadIdx.x] : 0.f)) * a.scale;
     __syncthreads();
     if (threadIdx.x == 0) {  // softmax over the E logits
         float top = logits[0];

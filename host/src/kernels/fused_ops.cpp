@@ -510,31 +510,22 @@ bool cache_entry(const at::Tensor &slot, int64_t dim, const at::Tensor &at, cons
 }  // namespace
 #endif
 
-bool write_cache_entry(at::Tensor &slot, int64_t dim, const at::Tensor &at, const at::Tensor &value) {
-#ifdef MANGO_WITH_CUDA
-    CacheEntry e;
-    if (!cache_entry(slot, dim, at, value, e)) return false;
-    const c10::cuda::CUDAGuard guard(slot.device());
-    kernels::cache_write(static_cast<int>(value.element_size()), &e, 1, at.data_ptr<int64_t>(), stream_of(slot));
-    return true;
-#else
-    (void)slot, (void)dim, (void)at, (void)value;
-    return false;
-#endif
-}
-
-bool write_cache_entries(const at::Tensor &slot_a, const at::Tensor &value_a, const at::Tensor &slot_b, const at::Tensor &value_b,
-                         int64_t dim, const at::Tensor &at) {
+bool write_cache_entries(const CacheSlotWrite *writes, size_t count, const at::Tensor &at) {
 #ifdef MANGO_WITH_CUDA
     CacheEntry e[2];
-    if (!cache_entry(slot_a, dim, at, value_a, e[0]) || !cache_entry(slot_b, dim, at, value_b, e[1]) ||
-        value_a.element_size() != value_b.element_size() || slot_a.device() != slot_b.device())
-        return false;
-    const c10::cuda::CUDAGuard guard(slot_a.device());
-    kernels::cache_write(static_cast<int>(value_a.element_size()), e, 2, at.data_ptr<int64_t>(), stream_of(slot_a));
+    if (count < 1 || count > 2) return false;
+    for (size_t i = 0; i < count; ++i) {
+        const CacheSlotWrite &w = writes[i];
+        if (!cache_entry(w.slot, w.dim, at, w.value, e[i]) || w.value.element_size() != writes[0].value.element_size() ||
+            w.slot.device() != writes[0].slot.device())
+            return false;
+    }
+    const c10::cuda::CUDAGuard guard(writes[0].slot.device());
+    kernels::cache_write(static_cast<int>(writes[0].value.element_size()), e, static_cast<int>(count), at.data_ptr<int64_t>(),
+                         stream_of(writes[0].slot));
     return true;
 #else
-    (void)slot_a, (void)value_a, (void)slot_b, (void)value_b, (void)dim, (void)at;
+    (void)writes, (void)count, (void)at;
     return false;
 #endif
 }

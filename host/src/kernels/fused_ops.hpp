@@ -37,14 +37,17 @@
 
 namespace mango::kernels {
 
-// slot.index_copy_(dim, at, value) for one decode step's entry (value [B, H,
-// 1, D], dim 2, `at` one index on the device) as one small kernel on a GPU;
-// false where it does not apply (the caller copies as before).
-bool write_cache_entry(at::Tensor &slot, int64_t dim, const at::Tensor &at, const at::Tensor &value);
-// The same for two slots (a layer's keys and values) in one kernel; false
-// where it does not apply to both (nothing written: the caller writes each).
-bool write_cache_entries(const at::Tensor &slot_a, const at::Tensor &value_a, const at::Tensor &slot_b, const at::Tensor &value_b,
-                         int64_t dim, const at::Tensor &at);
+// One decode step's entry of a cache slot: slot.index_copy_(dim, at, value),
+// value [B, H, 1, D] at dim 2.
+struct CacheSlotWrite {
+    at::Tensor slot;
+    int64_t dim;
+    at::Tensor value;
+};
+// Writes one or two entries (a layer's keys and values, `at` one index on the
+// device) with one small kernel on a GPU; false where that does not apply to
+// all of them (nothing written: the caller copies each as before).
+bool write_cache_entries(const CacheSlotWrite *writes, size_t count, const at::Tensor &at);
 
 // Records t's storage as a checkpoint weight handed to a plugin: no kernel
 // writes it while a model runs, so the GPU kernels may start loading it
