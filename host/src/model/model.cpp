@@ -162,7 +162,7 @@ std::vector<TensorDecl> Model::tensor_table(const PluginHost &host, const format
     else
         ctx.random_init = true;
     call_plugin(ctx.label, [&] { return vt->tensors(&ctx); });
-    return ctx.roles;
+    return std::move(ctx.roles);
 }
 
 std::unique_ptr<Model> Model::build(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device, bool random,
