@@ -12,6 +12,8 @@
 # running past 20 s is a finding, except for hf_architecture (60 s): a legal
 # table near the 250,000-tensor cap (a qwen3_moe config of ~500 layers of
 # 128 experts) takes 0.5 s to build in a release build and ~30 s under ASan.
+# The limit is wall-clock: on a machine shared with builds, or with fuzzers
+# run niced, raise it (MANGO_FUZZ_TIMEOUT=600; libFuzzer's default is 1200).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
@@ -36,6 +38,7 @@ for t in "${targets[@]}"; do
   mkdir -p "$work" && cp -n tests/fuzz/corpus/$t/* "$work"/ 2>/dev/null || true
   timeout=20
   [ "$t" = hf_architecture ] && timeout=60
+  timeout=${MANGO_FUZZ_TIMEOUT:-$timeout}
   echo "== fuzz_$t for ${secs}s"
   if ! (cd build-fuzz && ./bin/fuzz_$t -max_total_time="$secs" -max_len="${MANGO_FUZZ_MAX_LEN:-65536}" -timeout="$timeout" -rss_limit_mb=4096 \
           "${parallel[@]}" -runs="${MANGO_FUZZ_RUNS:--1}" -print_final_stats=1 \
