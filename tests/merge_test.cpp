@@ -281,3 +281,36 @@ TEST(Merge, BadInputIsRefusedAndNothingIsWritten) {
     EXPECT_THROW(merge::run(shared_plugins(), merge::load_config(file.string()), out.string(), keep), HostError);
     EXPECT_EQ(fs::last_write_time(out / "model.safetensors"), before);
 }
+
+// float16 on the CPU (LibTorch 1.13 has no half kthvalue, softmax or clamp_min there: the host runs the
+// math in float32 and rounds the result) and fine-tunes whose vocabularies differ (every method cuts the
+// embeddings to the common block, as mergekit's rectify_embed_sizes): each method merges, in float16.
+TEST(Merge, EveryMethodTakesFloat16AndVocabulariesOfDifferentSizes) {
+    Trio m;
+    const std::string wide = model("wide_vocab", 6, 0.05, 3, 80);
+    auto entry = [](const std::string &dir, const std::string &params) {
+        return "  - model: " + dir + (params.empty() ? "" : "\n    parameters: {" + params + "}") + "\n";
+    };
+    const std::string two = entry(m.a, "weight: 1.0, density: 0.5") + entry(wide, "weight: 1.0, density: 0.5");
+    const std::vector<std::pair<std::string, std::string>> methods = {
+        {"ties", two},
+        {"model_stock", entry(m.a, "") + entry(wide, "")},
+        {"ram", entry(m.a, "") + entry(wide, "")},
+        {"ramplus_tl", entry(m.a, "") + entry(wide, "")},
+        {"sce", entry(m.a, "") + entry(wide, "")},
+        {"multislerp", entry(m.a, "weight: 1.0") + entry(wide, "weight: 1.0")},
+        {"nuslerp", entry(m.a, "weight: 1.0") + entry(wide, "weight: 1.0")},
+        {"nearswap", entry(wide, "")},
+        {"arcee_fusion", entry(wide, "")},
+    };
+    for (const auto &[method, models] : methods) {
+        const std::string yaml = "merge_method: " + method + "\nbase_model: " + m.base + "\ndtype: float16\n" +
+                                 (method == "nearswap" ? "parameters: {t: 0.5}\n" : "") + "models:\n" + models;
+        const std::string e = error_of("f16_" + method, yaml);
+        ASSERT_EQ(e, "") << method;
+        auto out = tensors((root() / ("out_f16_" + method)).string());
+        EXPECT_EQ(out["model.embed_tokens.weight"].scalar_type(), at::kHalf) << method;
+        EXPECT_EQ(out["model.embed_tokens.weight"].size(0), 64) << method << ": the common block of 64 and 80 rows";
+        EXPECT_EQ(out["model.layers.0.mlp.up_proj.weight"].scalar_type(), at::kHalf) << method;
+    }
+}

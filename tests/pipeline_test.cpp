@@ -154,6 +154,24 @@ TEST(Pipeline, BadInputIsRefusedWithFileLineAndKey) {
     EXPECT_ERROR(replace(valid(), "output = \"out\"\n", ""), "no output folder");
 }
 
+// A step's output folder is replaced when it runs: an earlier run's model (config.json) or an empty
+// folder may be; a folder holding anything else is refused at parse time, naming the line.
+TEST(Pipeline, StepOutputThatHoldsNoModelIsRefused) {
+    const fs::path dir = test_dir();
+    fs::create_directories(dir / "notes");
+    std::ofstream(dir / "notes" / "todo.txt") << "mine\n";
+    fs::create_directories(dir / "model");
+    std::ofstream(dir / "model" / "config.json") << "{}\n";
+    fs::create_directories(dir / "empty");
+    const std::string step = "[[steps]]\nrun = \"convert_moe\"\nmodel = \"moe\"\nfrom = \"a\"\noutput = \"OUT\"\n";
+    EXPECT_ERROR(valid() + replace(step, "OUT", "notes"), "p.toml:27: steps[2].output", "exists and holds no model");
+    EXPECT_ERROR(valid() + replace(step, "OUT", "/"), "steps[2].output", "exists and holds no model");
+    EXPECT_EQ(error_of(valid() + replace(step, "OUT", "model")), "");
+    EXPECT_EQ(error_of(valid() + replace(step, "OUT", "empty")), "");
+    EXPECT_EQ(error_of(valid() + replace(step, "OUT", "new")), "");
+    EXPECT_TRUE(fs::exists(dir / "notes" / "todo.txt"));
+}
+
 // Per-model placement and expert parallelism are model keys of folders and
 // random initialisations; a fusion takes neither, and training or saving an
 // expert-parallel model is refused at parse time.

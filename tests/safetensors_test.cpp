@@ -1,13 +1,16 @@
 // Safetensors against files written by the reference `safetensors` library
 // (tests/golden), every validation rule of the format, and our writer.
 #include "formats/safetensors.hpp"
+#include "formats/atomic_file.hpp"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <chrono>
 #include <fstream>
+#include <thread>
 
 namespace fs = std::filesystem;
 using namespace mango::formats;
@@ -188,4 +191,37 @@ TEST(Safetensors, ShardedWriterAndIndex) {
     EXPECT_EQ(index["weight_map"]["layer.4.w"], "model-00003-of-00003.safetensors");
     Checkpoint c = Checkpoint::open(d.string());
     for (int i = 0; i < 5; ++i) EXPECT_EQ(c.tensor("layer." + std::to_string(i) + ".w")[0][0].item<float>(), float(i));
+}
+
+// Two writers of one new folder: the second waits for the first's lock, then finds the folder made and,
+// without force, refuses rather than replacing what the first wrote.
+TEST(OutputFolder, WriterThatWaitedDoesNotReplaceWhatTheFirstMade) {
+    const fs::path out = tmp_dir("race") / "out";
+    auto first = std::make_unique<OutputFolder>(out.string(), false, std::vector<std::string>{});
+    std::ofstream(fs::path(first->path()) / "config.json") << "{\"first\": true}\n";
+    std::string second_error;
+    std::thread second([&] {
+        try {
+            OutputFolder f(out.string(), false, {});  // passes the early check: OUT does not exist yet
+            second_error = "no error";
+        } catch (const std::exception &e) {
+            second_error = e.what();
+        }
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the second is waiting on the lock
+    first->commit();
+    first.reset();
+    second.join();
+    EXPECT_NE(second_error.find("exists"), std::string::npos) << second_error;
+    std::ifstream in(out / "config.json");
+    EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), "{\"first\": true}\n");
+}
+
+TEST(OutputFolder, RefusesAFilesystemRoot) {
+    try {
+        OutputFolder f("/", true, {});
+        FAIL() << "accepted /";
+    } catch (const std::exception &e) {
+        EXPECT_NE(std::string(e.what()).find("root"), std::string::npos) << e.what();
+    }
 }

@@ -34,6 +34,7 @@ std::vector<int32_t> parse_layers(const std::string &s) {
         if (used != item.size()) throw UsageError("--layers expects layer numbers like 1,3,5, not '" + s + "'");
         out.push_back(v);
     }
+    if (out.empty()) throw UsageError("--layers names no layer; give layer numbers like 1,3,5, or leave it out to convert every layer");
     return out;
 }
 

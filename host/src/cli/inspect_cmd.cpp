@@ -1,5 +1,6 @@
 // mango inspect PATH — what a checkpoint holds, read from headers only.
 #include "cli.hpp"
+#include "util/error.hpp"
 
 #include "formats/safetensors.hpp"
 #include "formats/tokenizer.hpp"
@@ -160,7 +161,7 @@ int inspect(const Global &g, const po::variables_map &vm) {
         out["problems"] = problems;
     }
     if (config.is_object()) {
-        out["model_type"] = config.value("model_type", "");
+        out["model_type"] = config.contains("model_type") ? config["model_type"] : json("");  // as written (a bad one is a problem above)
         if (config.contains("architectures")) out["architectures"] = config["architectures"];
     }
     if (g.json) {
@@ -168,8 +169,10 @@ int inspect(const Global &g, const po::variables_map &vm) {
         return problems.empty() ? 0 : 1;
     }
     if (config.is_object()) {
-        std::cout << "model_type: " << config.value("model_type", "(none)");
-        if (config.contains("architectures") && config["architectures"].is_array() && !config["architectures"].empty())
+        const json type = config.contains("model_type") ? config["model_type"] : json("(none)");
+        std::cout << "model_type: " << (type.is_string() ? type.get<std::string>() : clip(type.dump()));
+        if (config.contains("architectures") && config["architectures"].is_array() && !config["architectures"].empty() &&
+            config["architectures"][0].is_string())
             std::cout << " (" << config["architectures"][0].get<std::string>() << ")";
         std::cout << "\n";
     } else {

@@ -13,10 +13,12 @@
 #include "abi/plugins.hpp"
 #include "model/generate.hpp"
 #include "model/model.hpp"
+#include "util/error.hpp"
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <iostream>
@@ -43,7 +45,7 @@ struct Report {
             pass(what);
             return true;
         } catch (const std::exception &e) {
-            fail(what + ": " + e.what());
+            fail(what + ": " + without_backtrace(e.what()));
             return false;
         }
     }
@@ -223,8 +225,28 @@ int run_tests(const Global &g, const po::variables_map &vm, const PluginHost &ho
     return rep.ok ? 0 : 1;
 }
 
+// The sizes of the random inputs: each at least 1 (3 tokens: the cached-decoding check feeds the last two
+// after the rest), and small enough for the inputs to stay under 2^28 elements.
+void check_sizes(const po::variables_map &vm) {
+    auto size = [&](const char *name, int64_t minimum, int64_t maximum) {
+        const int64_t v = vm[name].as<int64_t>();
+        if (v < minimum || v > maximum)
+            throw UsageError(std::string("--") + name + " must be in " + std::to_string(minimum) + ".." + std::to_string(maximum) +
+                             ", not " + std::to_string(v));
+        return v;
+    };
+    const int64_t H = size("hidden", 1, 65536), B = size("batch", 1, 4096), T = size("tokens", 3, 65536);
+    const int64_t E = size("experts", 1, 4096);
+    const int64_t D = vm.count("d-out") ? size("d-out", 1, 65536) : H / 2;
+    if (D < 1) throw UsageError("--d-out defaults to half of --hidden, which is 0 here; give --d-out");
+    if (B * T * std::max({H, D, E}) > (int64_t(1) << 28))
+        throw UsageError("--batch x --tokens x the largest of --hidden, --d-out and --experts is " +
+                         std::to_string(B * T * std::max({H, D, E})) + " elements; the test's inputs take at most 2^28 (268435456)");
+}
+
 // The tests run in a child process: a component that crashes is reported, and this command survives it.
 int plugin_test(const Global &g, const po::variables_map &vm) {
+    check_sizes(vm);
     const PluginHost host(registry::Registry::discover(registry_options(g)));
     const std::string name = vm["name"].as<std::string>();
     std::string kind = vm.count("kind") ? vm["kind"].as<std::string>() : "";
@@ -246,7 +268,7 @@ int plugin_test(const Global &g, const po::variables_map &vm) {
         try {
             rc = run_tests(g, vm, host, kind, name);
         } catch (const std::exception &e) {
-            std::cerr << "mango: error: " << e.what() << "\n";
+            std::cerr << "mango: error: " << without_backtrace(e.what()) << "\n";
         }
         std::cout.flush();
         std::cerr.flush();

@@ -172,6 +172,7 @@ OutputFolder::OutputFolder(const std::string &out_in, bool force, const std::vec
         if (a.rfind(b, 0) == 0 || b.rfind(a, 0) == 0)
             throw HostError(out_ + ": the output folder must not be, contain or lie inside an input model (" + input + ")");
     }
+    if (out == out.root_path()) throw HostError(out_ + ": a filesystem root cannot be an output folder");
     if (fs::exists(out) && !force) throw HostError(out_ + " exists; pass --force to replace it");
     if (!writes_enabled()) {  // a scratch folder, discarded
         std::string dir = (fs::temp_directory_path() / "mango-scratch-XXXXXX").string();
@@ -181,6 +182,8 @@ OutputFolder::OutputFolder(const std::string &out_in, bool force, const std::vec
     }
     fs::create_directories(out.parent_path());
     lock_ = std::make_unique<FolderLock>(out.parent_path().string());
+    // Again under the lock: a writer that held it may have made OUT while this one waited.
+    if (fs::exists(out) && !force) throw HostError(out_ + " exists (written while this process waited for it); pass --force to replace it");
     remove_stale_temp_files(out.parent_path().string());
     tmp_ = temp_name(out_);
     fs::remove_all(tmp_);

@@ -1,5 +1,6 @@
 #include "merge/merge.hpp"
 
+#include "abi/device.hpp"
 #include "formats/atomic_file.hpp"
 #include "formats/shard_writer.hpp"
 #include "merge/tokenizer_merge.hpp"
@@ -361,6 +362,8 @@ Result check(const PluginHost &host, const Config &config, const Options &option
 
 Result run(const PluginHost &host, const Config &config, const std::string &out_dir_in, const Options &options) {
     const auto started = std::chrono::steady_clock::now();
+    const at::Device device = parse_device(options.device, "device");
+    require_device(device, "device");
     Planner plan(host, config, options);
     plan.plan();
     for (const Planned &t : plan.planned_) plan.parameters(t);  // fail before writing anything
@@ -368,6 +371,7 @@ Result run(const PluginHost &host, const Config &config, const std::string &out_
     std::vector<std::string> inputs;
     for (const InputModel &m : plan.models_) inputs.push_back(m.dir);
     formats::OutputFolder folder(out_dir_in, options.force, inputs);
+    if (options.keep_other_files) folder.keep_other_files();
     const fs::path out = folder.target();
     const std::string tmp = folder.path();
 
@@ -378,7 +382,6 @@ Result run(const PluginHost &host, const Config &config, const std::string &out_
     r.skipped = plan.skipped_;
     for (const auto &m : plan.models_) r.models.push_back(m.dir);
     {
-        const at::Device device(options.device);
         const std::string dtype_name = options.dtype.empty() ? config.dtype : options.dtype;
         InstanceSpec spec;
         spec.name = config.method;
@@ -425,7 +428,10 @@ Result run(const PluginHost &host, const Config &config, const std::string &out_
                 call.models.push_back(t);
             }
             compute = dtype_name.empty() ? call.models[first].scalar_type() : dtype_named(dtype_name);
-            for (at::Tensor &t : call.models) t = t.to(device, compute);
+            // LibTorch's CPU kernels lack float16 versions of ops several methods use (kthvalue, softmax,
+            // clamp_min): there the math runs in float32, and the result is rounded to float16 as it is written.
+            const at::ScalarType math = compute == at::kHalf && device.is_cpu() ? at::kFloat : compute;
+            for (at::Tensor &t : call.models) t = t.to(device, math);
             if (p.is_embed && vocab.active) {  // every model's rows on the merged tokenizer's ids
                 std::vector<size_t> ids;
                 for (const auto &src : p.sources) ids.push_back(src.first);

@@ -18,9 +18,10 @@
 namespace mango::merge {
 
 struct Options {
-    std::string device = "cpu";  // "cpu" or "cuda[:N]"
-    std::string dtype;           // overrides the configuration's dtype ("" = as configured)
-    bool force = false;          // replace an existing OUT_DIR
+    std::string device = "cpu";     // "cpu" or "cuda[:N]"
+    std::string dtype;              // overrides the configuration's dtype ("" = as configured)
+    bool force = false;             // replace an existing OUT_DIR
+    bool keep_other_files = false;  // with force: files of the replaced OUT_DIR the merge does not write stay
     bool progress = true;
     uint64_t seed = 0;                         // random methods (DARE, DELLA, ...): per tensor, from this and the tensor's name
     uint64_t max_shard_bytes = 5000000000ULL;  // as mergekit's default (bytes)

@@ -9,6 +9,7 @@
 #include "util/progress.hpp"
 
 #include <ATen/ATen.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -37,9 +38,14 @@ DenseModel read_dense(const PluginHost &host, const std::string &dir) {
     return d;
 }
 
+// The largest mixtures have hundreds of experts a layer (DeepSeek-V3 256, Kimi K2 384).
+constexpr int64_t kMaxExperts = 4096;
+
 void check_options(const ConvertOptions &o) {
     const std::string at = " (" + o.where + ")";
     if (o.experts < 2) throw HostError("a mixture needs at least 2 experts, not " + std::to_string(o.experts) + at);
+    if (o.experts > kMaxExperts)
+        throw HostError("at most " + std::to_string(kMaxExperts) + " experts per layer, not " + std::to_string(o.experts) + at);
     if (o.top_k < 1 || o.top_k > o.experts)
         throw HostError("top-k must be between 1 and the number of experts (" + std::to_string(o.experts) + "), not " +
                         std::to_string(o.top_k) + at);
@@ -48,6 +54,24 @@ void check_options(const ConvertOptions &o) {
     if (!(o.max_increase >= 0)) throw HostError("max increase must be >= 0" + at);
     if (o.rest != "base" && o.rest != "average") throw HostError("rest must be base or average, not '" + clip(o.rest) + "'" + at);
     if (o.test_sequences < 1 || o.seq_len < 2) throw HostError("test sequences must be >= 1 and the sequence length >= 2" + at);
+}
+
+// The converted model is built in memory: the dense tensors, and each chosen layer's FFN (mlp.*) up to
+// once per expert (upcycling copies it; splitting divides it). Refused before any work when that is
+// more than the machine has.
+void check_fits_in_memory(const DenseModel &d, const std::vector<bool> &chosen, int64_t experts) {
+    double bytes = 0;
+    for (const TensorDecl &t : d.table) {
+        auto it = d.tensors.find(t.name);
+        if (it == d.tensors.end()) continue;
+        const double b = double(it->second.numel()) * double(it->second.element_size());
+        const bool expert = t.role.rfind("mlp.", 0) == 0 && t.layer >= 0 && size_t(t.layer) < chosen.size() && chosen[size_t(t.layer)];
+        bytes += expert ? b * double(experts) : b;
+    }
+    const double ram = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGE_SIZE));
+    if (ram > 0 && bytes > ram)
+        throw HostError(d.dir + " with " + std::to_string(experts) + " experts in each converted layer needs about " + format_bytes(bytes) +
+                        " of memory, more than this machine's " + format_bytes(ram) + "; convert fewer layers or use fewer experts");
 }
 
 std::vector<bool> chosen_layers(const ConvertOptions &o, int64_t L, const std::string &dir) {
@@ -68,6 +92,17 @@ std::vector<bool> chosen_layers(const ConvertOptions &o, int64_t L, const std::s
 }
 
 // Test or calibration sequences from a text file.
+// Token ids for `d` must index its embedding: a tokenizer of another model gives ids past vocab_size.
+const at::Tensor &check_ids(const at::Tensor &ids, const DenseModel &d, const std::string &what) {
+    if (ids.numel() == 0) return ids;
+    const int64_t top = ids.max().item<int64_t>(), low = ids.min().item<int64_t>();
+    if (low < 0 || (d.config.vocab_size > 0 && top >= d.config.vocab_size))
+        throw HostError(what + ": token ids run from " + std::to_string(low) + " to " + std::to_string(top) + ", but " + d.dir +
+                        " has vocab_size " + std::to_string(d.config.vocab_size) + " (ids 0.." + std::to_string(d.config.vocab_size - 1) +
+                        "); is the tokenizer this model's?");
+    return ids;
+}
+
 at::Tensor sequences(const formats::Tokenizer &tok, const DenseModel &d, const std::string &path, int64_t seq_len, int64_t max_sequences) {
     DataOptions o;
     o.seq_len = seq_len;
@@ -77,7 +112,7 @@ at::Tensor sequences(const formats::Tokenizer &tok, const DenseModel &d, const s
     if (p.train.size(0) == 0)
         throw HostError(path + ": too little text for one sequence of " + std::to_string(seq_len) + " tokens (" + std::to_string(p.tokens) +
                         " tokens)");
-    return p.train.narrow(0, 0, std::min(max_sequences, p.train.size(0)));
+    return check_ids(p.train.narrow(0, 0, std::min(max_sequences, p.train.size(0))), d, path);
 }
 
 // The metric of a model on the test sequences: perplexity, or the mean KL
@@ -183,6 +218,7 @@ ConvertResult convert(const PluginHost &host, const std::string &model_dir, cons
     const int64_t L = d.config.num_layers;
     const std::vector<bool> chosen = chosen_layers(o, L, model_dir);
     choose_format(o.format, d, chosen);  // fail early when the request cannot be expressed
+    check_fits_in_memory(d, chosen, o.experts);
 
     InstanceSpec spec;
     spec.name = o.converter;
@@ -225,7 +261,7 @@ ConvertResult convert(const PluginHost &host, const std::string &model_dir, cons
     }
     std::vector<at::Tensor> calibration, directions;
     if (o.calibration_ids.defined()) {
-        calibration = ffn_inputs(host, d, o.calibration_ids, o.calibration_tokens);
+        calibration = ffn_inputs(host, d, check_ids(o.calibration_ids, d, "calibration data"), o.calibration_tokens);
     } else if (!o.calibration_data.empty()) {
         const int64_t n = (o.calibration_tokens + o.seq_len - 1) / o.seq_len;
         calibration = ffn_inputs(host, d, sequences(*tok, d, o.calibration_data, o.seq_len, n), o.calibration_tokens);
@@ -293,8 +329,9 @@ ConvertResult convert(const PluginHost &host, const std::string &model_dir, cons
         for (int32_t l = 0; l < L; ++l)
             if (chosen[size_t(l)]) r.layers.push_back({l, true, 0, 0});
     } else {
-        Tester tester(o.test_ids.defined() ? o.test_ids.narrow(0, 0, std::min(o.test_sequences, o.test_ids.size(0)))
-                                           : sequences(*tok, d, o.test_data, o.seq_len, o.test_sequences),
+        Tester tester(o.test_ids.defined()
+                          ? check_ids(o.test_ids.narrow(0, 0, std::min(o.test_sequences, o.test_ids.size(0))), d, "test data")
+                          : sequences(*tok, d, o.test_data, o.seq_len, o.test_sequences),
                       o.metric);
         auto dense_model = Model::from_tensors(host, d.config.raw, std::make_shared<const Tensors>(d.tensors), model_dir);
         r.dense_metric = o.metric == "kl" ? (tester.measure(*dense_model, true), 0.0) : tester.measure(*dense_model);
@@ -334,6 +371,7 @@ ConvertResult convert(const PluginHost &host, const std::string &model_dir, cons
     std::vector<std::string> inputs = {model_dir};
     for (const auto &s : source_dirs) inputs.push_back(s);
     formats::OutputFolder folder(out_dir, o.force, inputs);
+    if (o.keep_other_files) folder.keep_other_files();
     r.out_dir = folder.target();
     formats::write_checkpoint(folder.path(), named, uint64_t(5e9), {{"format", "pt"}, {"mango", "convert-moe"}});
     copy_side_files(model_dir, folder.path());

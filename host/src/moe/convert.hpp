@@ -43,6 +43,7 @@ struct ConvertOptions {
     std::string tokenizer;             // default: MODEL_DIR/tokenizer.json
     uint64_t seed = 0;
     bool force = false, progress = true;
+    bool keep_other_files = false;  // with force: files of the replaced OUT_DIR the conversion does not write stay
 };
 
 struct LayerOutcome {

@@ -1,6 +1,7 @@
 // Pipeline::parse: TOML -> PipelineSpec, validated before anything runs.
 #include "toml_reader.hpp"
 
+#include "abi/device.hpp"
 #include "formats/hf_config.hpp"
 #include "formats/tokenizer.hpp"
 #include <mango/registry/options.hpp>
@@ -18,6 +19,19 @@ using namespace pipeline;
 namespace fs = std::filesystem;
 
 namespace {
+
+// A step that names its `output` replaces that folder when it runs. One that holds a model (an earlier
+// run's output: config.json) is replaced, its other files kept; any other existing path is refused, so
+// a mistyped output never deletes a user's folder.
+void check_step_output(const Table &t, const std::string &path) {
+    std::error_code ec;
+    const fs::path p(path);
+    if (!fs::exists(p, ec)) return;
+    if (fs::is_directory(p, ec) && (fs::exists(p / "config.json", ec) || fs::is_empty(p, ec))) return;
+    throw PipelineError(t.at("output") + ": output \"" + clip(path) +
+                        "\" exists and holds no model (no config.json); a step replaces its output folder, so name a new folder "
+                        "or remove this one");
+}
 
 // fs::exists without throwing: a name too long or a path through a file is
 // simply not there (the message that follows names it).
@@ -51,14 +65,12 @@ InstanceSpec plugin_spec(const PluginHost &host, Table t, const std::string &kin
     return s;
 }
 
-at::Device parse_device(const std::string &s, const std::string &where) {
-    if (s == "cpu") return at::kCPU;
-    if (s == "cuda") return at::Device(at::kCUDA);
-    // "cuda:N": checked here, as LibTorch's parser throws its own error (with a stack trace) at anything else.
-    const std::string n = s.rfind("cuda:", 0) == 0 ? s.substr(5) : "";
-    if (!n.empty() && n.size() <= 3 && n.find_first_not_of("0123456789") == std::string::npos && std::stoi(n) < 128)
-        return at::Device(at::kCUDA, static_cast<at::DeviceIndex>(std::stoi(n)));
-    throw PipelineError(where + ": device must be \"cpu\" or \"cuda[:N]\", not \"" + clip(s) + "\"");
+at::Device device_named(const std::string &s, const std::string &where) {
+    try {
+        return mango::parse_device(s, where);
+    } catch (const HostError &e) {
+        throw PipelineError(e.what());
+    }
 }
 
 at::ScalarType parse_dtype(const std::string &s, const std::string &where) {
@@ -279,7 +291,7 @@ void read_models(const PluginHost &host, PipelineSpec &spec, Table models) {
                 throw PipelineError(t.at("expert_parallel") +
                                     ": expert parallelism needs a checkpoint (`path`); a model drawn at random from "
                                     "`config` cannot be spread over the ranks");
-            if (t.has("device")) m.device = parse_device(t.string("device", ""), t.at("device"));
+            if (t.has("device")) m.device = device_named(t.string("device", ""), t.at("device"));
             m.offload = t.boolean("offload", false);
         }
         t.finish();
@@ -363,6 +375,7 @@ MergeStep read_merge(const PluginHost &host, Table &t, const PipelineSpec &spec,
     }
     for (size_t p = st.yaml.find("{output}"); p != std::string::npos; p = st.yaml.find("{output}", p)) st.yaml.replace(p, 8, spec.output);
     auto out = t.path("output");
+    if (out) check_step_output(t, *out);
     st.output = out ? *out : (fs::path(spec.output) / "merges" / st.model).string();
     st.dtype = t.string("dtype", "");
     if (!st.dtype.empty() && st.dtype != "float32" && st.dtype != "bfloat16" && st.dtype != "float16")
@@ -409,9 +422,15 @@ ConvertMoeStep read_convert_moe(const PluginHost &host, Table &t, const Pipeline
     o.every = t.integer("every", 1, 1);
     if (const toml::node *l = t.get("layers")) {
         if (!l->is_array()) throw PipelineError(t.at("layers") + ": expected a list of layer numbers");
+        if (l->as_array()->empty())
+            throw PipelineError(t.at("layers") +
+                                ": an empty list converts no layer; name layers, or leave 'layers' out to convert every one");
         for (const toml::node &x : *l->as_array()) {
             if (!x.is_integer()) throw PipelineError(t.at("layers") + ": expected a list of layer numbers");
-            o.layers.push_back(int32_t(x.as_integer()->get()));
+            const int64_t layer = x.as_integer()->get();
+            if (layer < 0 || layer > INT32_MAX)
+                throw PipelineError(t.at("layers") + ": layer " + std::to_string(layer) + " is not a layer number (0 or more)");
+            o.layers.push_back(static_cast<int32_t>(layer));
         }
     }
     o.format = t.string("format", "");
@@ -436,6 +455,7 @@ ConvertMoeStep read_convert_moe(const PluginHost &host, Table &t, const Pipeline
     o.rest = t.string("rest", "base");
     o.seed = static_cast<uint64_t>(t.integer("seed", 0, 0));
     auto out = t.path("output");
+    if (out) check_step_output(t, *out);
     st.output = out ? *out : (fs::path(spec.output) / "converted" / st.model).string();
     if (std::find(names.models.begin(), names.models.end(), st.model) == names.models.end()) names.models.push_back(st.model);
     names.defs.erase(st.model);  // known only at run time
@@ -605,7 +625,7 @@ PipelineSpec Pipeline::parse(const PluginHost &host, const std::string &file, co
     if (out.empty()) throw PipelineError(file + ": no output folder (set output = \"...\" in the file or pass --output DIR)");
     spec.output = settings.output.empty() ? resolve_path(src, out) : fs::absolute(out).lexically_normal().string();
     src.output = spec.output;
-    spec.device = parse_device(top.string("device", "cpu"), top.at("device"));
+    spec.device = device_named(top.string("device", "cpu"), top.at("device"));
     spec.dtype = parse_dtype(top.string("dtype", "float32"), top.at("dtype"));
 
     if (auto tok = top.table("tokenizer")) {

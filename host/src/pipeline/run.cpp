@@ -397,7 +397,8 @@ private:
         merge::Config c = merge::parse_config(s.yaml, s.yaml_file, s.yaml_dir);
         merge::Options o;
         o.progress = settings_.progress && !settings_.json;
-        o.force = true;  // the pipeline's own output folder
+        o.force = true;  // a folder of the pipeline's, or a model it may replace (parse.cpp's check_step_output)
+        o.keep_other_files = true;
         o.dtype = s.dtype;
         o.seed = s.seed;
         o.device = spec_.device.str();
@@ -433,7 +434,8 @@ private:
         };
         moe::ConvertOptions o = s.options;
         o.progress = settings_.progress && !settings_.json;
-        o.force = true;  // the pipeline's own output folder
+        o.force = true;  // a folder of the pipeline's, or a model it may replace (parse.cpp's check_step_output)
+        o.keep_other_files = true;
         o.tokenizer = spec_.tokenizer;
         for (const auto &src : s.sources) o.sources.push_back(folder(src));
         if (!s.test_data.empty()) {

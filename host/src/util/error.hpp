@@ -23,4 +23,12 @@ inline std::string clip(const std::string &value, size_t max = 200) {
     return value.substr(0, max) + "... (" + std::to_string(value.size()) + " characters)";
 }
 
+// `message` without the C++ backtrace LibTorch's c10::Error::what() appends
+// ("Exception raised from ... frame #0: ..."), wherever in a wrapped message
+// it starts: the text a user reads.
+inline std::string without_backtrace(const std::string &message) {
+    const size_t at = message.find("\nException raised from ");
+    return at == std::string::npos ? message : message.substr(0, at);
+}
+
 }  // namespace mango

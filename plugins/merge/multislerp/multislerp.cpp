@@ -16,15 +16,17 @@ constexpr const char *kSchema = R"({"type": "object", "properties": {
 struct MultiSlerp {
     explicit MultiSlerp(Context &) {}
     Tensor merge(Context &ctx, const MergeInput &in) {
+        std::vector<Tensor> models = in.models;
+        merging::rectify_embed(models, in.is_embed);  // vocabularies of different sizes: the common block
         std::vector<Tensor> xs;
         std::vector<double> w;
-        for (size_t i = 0; i < in.models.size(); ++i)
-            if (int32_t(i) != in.base) xs.push_back(in.models[i]), w.push_back(ctx.model_option_double(i, "weight"));
-        if (xs.empty()) return in.models[size_t(in.base)];
+        for (size_t i = 0; i < models.size(); ++i)
+            if (int32_t(i) != in.base) xs.push_back(models[i]), w.push_back(ctx.model_option_double(i, "weight"));
+        if (xs.empty()) return models[size_t(in.base)];
         if (xs.size() == 1) return xs[0];  // as mergekit: one model is returned as it is
         const double eps = ctx.option_double("eps");
         Tensor X = ops::stack(xs, 0);
-        if (in.has_base()) X = ops::sub(X, in.models[size_t(in.base)]);
+        if (in.has_base()) X = ops::sub(X, models[size_t(in.base)]);
         const int64_t N = X.size(0);
         Tensor F = ops::reshape(X, {N, -1});
         if (ctx.option_bool("normalize_weights")) {
@@ -53,7 +55,7 @@ struct MultiSlerp {
             r = ops::mul(r, ops::sum_all(ops::mul(ops::squeeze(norms, -1), ops::squeeze(W, -1))));
             result = ops::reshape(r, shape);
         }
-        return in.has_base() ? ops::add(result, in.models[size_t(in.base)]) : result;
+        return in.has_base() ? ops::add(result, models[size_t(in.base)]) : result;
     }
 };
 

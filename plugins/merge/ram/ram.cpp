@@ -14,11 +14,13 @@ constexpr const char *kSchema = R"({"type": "object", "properties": {
 struct Ram {
     explicit Ram(Context &) {}
     Tensor merge(Context &ctx, const MergeInput &in) {
+        std::vector<Tensor> models = in.models;
+        merging::rectify_embed(models, in.is_embed);  // vocabularies of different sizes: the common block
         if (!in.has_base()) throw Error(MANGO_ERR_INVALID_ARGUMENT, "ram: the base model does not hold tensor '" + in.name + "'");
-        const Tensor &base = in.models[size_t(in.base)];
+        const Tensor &base = models[size_t(in.base)];
         std::vector<Tensor> deltas;
-        for (size_t i = 0; i < in.models.size(); ++i)
-            if (int32_t(i) != in.base) deltas.push_back(ops::flatten(ops::sub(in.models[i], base)));
+        for (size_t i = 0; i < models.size(); ++i)
+            if (int32_t(i) != in.base) deltas.push_back(ops::flatten(ops::sub(models[i], base)));
         if (deltas.empty()) return base;
         Tensor TV = ops::stack(deltas, 0);
         Tensor active = ops::gt_scalar(ops::abs(TV), ctx.option_double("epsilon"));
