@@ -314,3 +314,28 @@ TEST(Merge, EveryMethodTakesFloat16AndVocabulariesOfDifferentSizes) {
         EXPECT_EQ(out["model.layers.0.mlp.up_proj.weight"].scalar_type(), at::kHalf) << method;
     }
 }
+
+// Values mergekit would read one way and we another, or that make a method a no-op, are refused by line.
+TEST(Merge, AmbiguousAndOutOfRangeParametersAreRefused) {
+    Trio m;
+    const std::string base = "base_model: " + m.base + "\n";
+    auto two = [&](const std::string &pa, const std::string &pb) {
+        return "models:\n  - model: " + m.a + "\n    parameters: {" + pa + "}\n  - model: " + m.b + "\n    parameters: {" + pb + "}\n";
+    };
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {"merge_method: linear\nmerge_method: ties\n" + two("weight: 1", "weight: 1"), "ambiguous_0.yml:2: key 'merge_method' is given twice"},
+        {"merge_method: linear\n" + two("weight: 0.5, weight: 2", "weight: 1"), "key 'weight' is given twice"},
+        {"merge_method: linear\n" + two("weight: 1", "weight: 1") + "---\nmerge_method: ties\n", "holds 2 YAML documents"},
+        {"merge_method: dare_linear\n" + base + two("weight: 1, density: -0.5", "weight: 1, density: 0.5"), "expected >= 0"},
+        {"merge_method: dare_ties\n" + base + two("weight: 1, density: 5", "weight: 1"), "expected <= 1"},
+        {"merge_method: dare_linear\n" + base + two("weight: 1, density: 0", "weight: 1"), "keeps nothing of its task vector"},
+        {"merge_method: breadcrumbs\n" + base + two("weight: 1, density: 0.5, gamma: 3", "weight: 1"), "expected <= 1"},
+        {"merge_method: della\n" + base + two("weight: 1, density: 0.5, epsilon: -0.3", "weight: 1"), "expected >= 0"},
+        {"merge_method: sce\n" + base + "parameters: {select_topk: 5}\n" + two("", ""), "expected <= 1"},
+    };
+    for (size_t i = 0; i < cases.size(); ++i) {
+        const std::string e = error_of("ambiguous_" + std::to_string(i), cases[i].first);
+        EXPECT_NE(e.find(cases[i].second), std::string::npos) << "case " << i << ": " << e;
+        EXPECT_FALSE(fs::exists(root() / ("out_ambiguous_" + std::to_string(i)))) << "case " << i;
+    }
+}

@@ -139,13 +139,37 @@ struct Reader {
 }  // namespace
 
 namespace {
+// No key twice in one map: PyYAML, which mergekit reads with, keeps a repeated key's last value and
+// yaml-cpp its first, so a repeat is refused rather than read either way. A node reached again through
+// an alias is checked once (an alias bomb stays linear).
+void check_no_repeated_keys(const YAML::Node &n, const Reader &r, std::set<std::pair<int, int>> &seen) {
+    if (!n.IsMap() && !n.IsSequence()) return;
+    if (!seen.insert({n.Mark().line, n.Mark().column}).second) return;
+    if (n.IsSequence()) {
+        for (const YAML::Node &x : n) check_no_repeated_keys(x, r, seen);
+        return;
+    }
+    std::set<std::string> keys;
+    for (const auto &kv : n) {
+        if (kv.first.IsScalar() && !keys.insert(kv.first.Scalar()).second)
+            r.fail(kv.first, "key '" + clip(kv.first.Scalar()) + "' is given twice in this map");
+        check_no_repeated_keys(kv.second, r, seen);
+    }
+}
+
 Config parse_checked(const std::string &text, const std::string &file, const std::string &dir) {
     Config c;
     c.file = file;
     c.dir = dir;
     c.text = text;
-    const YAML::Node root = YAML::Load(text);
+    const std::vector<YAML::Node> documents = YAML::LoadAll(text);
+    if (documents.size() > 1)
+        throw HostError(file + ": holds " + std::to_string(documents.size()) +
+                        " YAML documents (separated by ---); a mergekit configuration is one");
+    const YAML::Node root = documents.empty() ? YAML::Node() : documents[0];
     const Reader r{file};
+    std::set<std::pair<int, int>> seen;
+    check_no_repeated_keys(root, r, seen);
     if (!root.IsMap()) throw HostError(file + ": expected a mergekit configuration (a YAML map with merge_method and models or slices)");
     r.only(root,
            {"merge_method", "models", "slices", "modules", "base_model", "parameters", "dtype", "out_dtype", "tokenizer_source",

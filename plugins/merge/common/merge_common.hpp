@@ -105,12 +105,12 @@ inline Tensor kth_smallest(const Tensor &w, int64_t r) {
 // Keeps the `density` share of largest magnitudes. Where magnitudes tie at
 // the cut all of them stay (mergekit's argsort keeps an arbitrary subset);
 // exact zeros contribute nothing either way.
-inline Tensor magnitude(const Tensor &d, double density, bool l1, const std::string &name) {
+inline Tensor magnitude(const Tensor &d, double density, bool l1) {
     if (density >= 1) return d;
     const int64_t n = d.numel(), k = int64_t(density * double(n));
     if (k <= 0)
-        throw Error(MANGO_ERR_INVALID_ARGUMENT, "tensor '" + name + "': density " + std::to_string(density) + " keeps no element of " +
-                                                    std::to_string(n) + " (density x elements must be at least 1)");
+        throw Error(MANGO_ERR_INVALID_ARGUMENT, "density " + std::to_string(density) + " keeps no element of " + std::to_string(n) +
+                                                    " (density x elements must be at least 1)");
     Tensor w = ops::flatten(ops::abs(d));  // comparisons are exact in the stored dtype (mergekit widens to float32 first)
     const double threshold = ops::item(kth_smallest(w, n - k + 1));  // the k-th largest
     const double before = l1 ? ops::item(ops::sum_all(w)) : 0;
@@ -153,12 +153,12 @@ inline Tensor magnitude_outliers(const Tensor &d, double density, double gamma, 
 
 // DELLA MagPrune: keep probability from density - eps (smallest magnitude) to
 // density + eps (largest), by rank along dim 1 (1-D tensors: one row).
-inline Tensor della_magprune(Context &ctx, const Tensor &d, double density, double epsilon, bool l1, const std::string &name) {
+inline Tensor della_magprune(Context &ctx, const Tensor &d, double density, double epsilon, bool l1) {
     if (density >= 1) return d;
     if (density <= 0) return ops::zeros_like(d);
     if (density + epsilon >= 1 || density - epsilon <= 0)
-        throw Error(MANGO_ERR_INVALID_ARGUMENT, "tensor '" + name + "': density " + std::to_string(density) + " +/- epsilon " +
-                                                    std::to_string(epsilon) + " must stay inside (0, 1)");
+        throw Error(MANGO_ERR_INVALID_ARGUMENT,
+                    "density " + std::to_string(density) + " +/- epsilon " + std::to_string(epsilon) + " must stay inside (0, 1)");
     const mango_dtype wd = work_dtype(d);
     Tensor t = d.dim() < 2 ? ops::unsqueeze(d, 0) : d;
     Tensor ranks = ops::add_scalar(ops::to_dtype(ops::argsort(ops::argsort(ops::abs(t), 1, false), 1, false), wd), 1.0);
@@ -186,7 +186,7 @@ struct Gta {
 };
 
 inline Tensor gta_merge(Context &ctx, const MergeInput &in, const Gta &how) {
-    if (!in.has_base()) throw Error(MANGO_ERR_INVALID_ARGUMENT, "tensor '" + in.name + "': this method needs the base model's tensor");
+    if (!in.has_base()) throw Error(MANGO_ERR_INVALID_ARGUMENT, "this method needs the base model's tensor, which the base lacks");
     const Tensor &base = in.models[size_t(in.base)];
     const bool l1 = ctx.option_bool("rescale");
     std::vector<Tensor> deltas;
@@ -206,11 +206,14 @@ inline Tensor gta_merge(Context &ctx, const MergeInput &in, const Gta &how) {
         }
         Tensor d = ops::sub(x, base);
         const double density = ctx.model_option_double(i, "density");
+        if (how.sparsify != Sparsify::none && !(density > 0))
+            throw Error(MANGO_ERR_INVALID_ARGUMENT, "model #" + std::to_string(i) + ": density " + std::to_string(density) +
+                                                        " keeps nothing of its task vector (expected 0 < density <= 1)");
         switch (how.sparsify) {
             case Sparsify::none:
                 break;
             case Sparsify::magnitude:
-                d = magnitude(d, density, l1, in.name);
+                d = magnitude(d, density, l1);
                 break;
             case Sparsify::random:
                 d = random_keep(ctx, d, density, l1);
@@ -219,7 +222,7 @@ inline Tensor gta_merge(Context &ctx, const MergeInput &in, const Gta &how) {
                 d = magnitude_outliers(d, density, ctx.model_option_double(i, "gamma"), l1);
                 break;
             case Sparsify::della:
-                d = della_magprune(ctx, d, density, ctx.model_option_double(i, "epsilon"), l1, in.name);
+                d = della_magprune(ctx, d, density, ctx.model_option_double(i, "epsilon"), l1);
                 break;
         }
         deltas.push_back(d);
@@ -272,16 +275,18 @@ inline Tensor gta_merge(Context &ctx, const MergeInput &in, const Gta &how) {
     "\"int8_mask\": {\"type\": \"boolean\", \"default\": false, \"description\": \"accepted for mergekit configs; no effect on " \
     "values\"}}}"
 
-#define MANGO_GTA_MODEL_SCHEMA(EXTRA)                                                                                 \
-    "{\"type\": \"object\", \"properties\": {"                                                                        \
-    "\"weight\": {\"type\": \"number\", \"description\": \"this model's weight\"},"                                   \
-    "\"density\": {\"type\": \"number\", \"default\": 1.0, \"description\": \"share of the task vector kept\"}" EXTRA \
-    "}, \"required\": [\"weight\"]}"
+#define MANGO_GTA_MODEL_SCHEMA(EXTRA)                                                                                                    \
+    "{\"type\": \"object\", \"properties\": {"                                                                                           \
+    "\"weight\": {\"type\": \"number\", \"description\": \"this model's weight\"},"                                                      \
+    "\"density\": {\"type\": \"number\", \"default\": 1.0, \"minimum\": 0, \"maximum\": 1, \"description\": \"share of the task vector " \
+    "kept\"}" EXTRA "}, \"required\": [\"weight\"]}"
 
-#define MANGO_GTA_GAMMA \
-    ", \"gamma\": {\"type\": \"number\", \"default\": 0.01, \"description\": \"share of the largest magnitudes dropped\"}"
-#define MANGO_GTA_EPSILON \
-    ", \"epsilon\": {\"type\": \"number\", \"default\": 0.15, \"description\": \"keep probability spread: density +/- epsilon by rank\"}"
+#define MANGO_GTA_GAMMA                                                                                                               \
+    ", \"gamma\": {\"type\": \"number\", \"default\": 0.01, \"minimum\": 0, \"maximum\": 1, \"description\": \"share of the largest " \
+    "magnitudes dropped\"}"
+#define MANGO_GTA_EPSILON                                                                                                           \
+    ", \"epsilon\": {\"type\": \"number\", \"default\": 0.15, \"minimum\": 0, \"maximum\": 1, \"description\": \"keep probability " \
+    "spread: density +/- epsilon by rank\"}"
 
 // One GTA method as a plugin: MANGO_GTA_PLUGIN(ties, "TIES: ...", true, Sparsify::magnitude, true, false, "")
 #define MANGO_GTA_PLUGIN(NAME, SUMMARY, CONSENSUS, SPARSIFY, NORMALIZE, RESCALE, EXTRA)                                             \

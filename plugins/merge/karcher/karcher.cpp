@@ -11,7 +11,7 @@ namespace ops = mango::ops;
 
 constexpr const char *kSchema = R"({"type": "object", "properties": {
   "max_iter": {"type": "integer", "default": 10, "minimum": 0, "description": "iterations at most"},
-  "tol": {"type": "number", "default": 1e-5, "description": "convergence tolerance"}}})";
+  "tol": {"type": "number", "default": 1e-5, "minimum": 0, "description": "convergence tolerance"}}})";
 
 struct Karcher {
     explicit Karcher(Context &) {}

@@ -11,7 +11,7 @@ namespace ops = mango::ops;
 
 constexpr const char *kSchema = R"({"type": "object", "properties": {
   "normalize_weights": {"type": "boolean", "default": true, "description": "weights divided by their sum"},
-  "eps": {"type": "number", "default": 1e-8, "description": "numerical floor"}}})";
+  "eps": {"type": "number", "default": 1e-8, "minimum": 0, "description": "numerical floor"}}})";
 
 struct MultiSlerp {
     explicit MultiSlerp(Context &) {}

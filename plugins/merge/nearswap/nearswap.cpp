@@ -9,7 +9,7 @@ using namespace mango;
 namespace ops = mango::ops;
 
 constexpr const char *kSchema = R"({"type": "object", "properties": {
-  "t": {"type": "number", "description": "distance below which the other model's value is taken whole"}}, "required": ["t"]})";
+  "t": {"type": "number", "minimum": 0, "description": "distance below which the other model's value is taken whole"}}, "required": ["t"]})";
 
 struct NearSwap {
     explicit NearSwap(Context &) {}

@@ -9,7 +9,7 @@ using namespace mango;
 namespace ops = mango::ops;
 
 constexpr const char *kSchema = R"({"type": "object", "properties": {
-  "epsilon": {"type": "number", "default": 1e-5, "description": "a delta larger than this (in magnitude) counts as a change"}}})";
+  "epsilon": {"type": "number", "default": 1e-5, "minimum": 0, "description": "a delta larger than this (in magnitude) counts as a change"}}})";
 
 struct Ram {
     explicit Ram(Context &) {}

@@ -13,7 +13,7 @@ namespace ops = mango::ops;
 constexpr const char *kSchema = R"({"type": "object", "properties": {
   "r": {"type": "number", "default": 0.1, "description": "strength of the rescaling"},
   "alpha": {"type": "number", "default": 0.2, "description": "largest overlap ratio used"},
-  "epsilon": {"type": "number", "default": 1e-5, "description": "a delta larger than this (in magnitude) counts as a change"}}})";
+  "epsilon": {"type": "number", "default": 1e-5, "minimum": 0, "description": "a delta larger than this (in magnitude) counts as a change"}}})";
 
 struct RamPlus {
     explicit RamPlus(Context &) {}

@@ -11,7 +11,7 @@ using namespace mango;
 namespace ops = mango::ops;
 
 constexpr const char *kSchema = R"({"type": "object", "properties": {
-  "select_topk": {"type": "number", "default": 1.0, "description": "share of elements with the highest variance across models kept"},
+  "select_topk": {"type": "number", "default": 1.0, "minimum": 0, "maximum": 1, "description": "share of elements with the highest variance across models kept"},
   "int8_mask": {"type": "boolean", "default": false, "description": "accepted for mergekit configs; no effect on values"}}})";
 
 struct Sce {
