@@ -5,6 +5,7 @@
 // one model equals task arithmetic; gradients give per-layer values; random
 // methods are reproducible), slices, tokenizer union, and bad input refused
 // with nothing written. Golden values from mergekit itself: merge_golden_test.cpp.
+#include "formats/tokenizer.hpp"
 #include "merge/merge.hpp"
 #include "model/model.hpp"
 
@@ -323,7 +324,8 @@ TEST(Merge, AmbiguousAndOutOfRangeParametersAreRefused) {
         return "models:\n  - model: " + m.a + "\n    parameters: {" + pa + "}\n  - model: " + m.b + "\n    parameters: {" + pb + "}\n";
     };
     const std::vector<std::pair<std::string, std::string>> cases = {
-        {"merge_method: linear\nmerge_method: ties\n" + two("weight: 1", "weight: 1"), "ambiguous_0.yml:2: key 'merge_method' is given twice"},
+        {"merge_method: linear\nmerge_method: ties\n" + two("weight: 1", "weight: 1"),
+         "ambiguous_0.yml:2: key 'merge_method' is given twice"},
         {"merge_method: linear\n" + two("weight: 0.5, weight: 2", "weight: 1"), "key 'weight' is given twice"},
         {"merge_method: linear\n" + two("weight: 1", "weight: 1") + "---\nmerge_method: ties\n", "holds 2 YAML documents"},
         {"merge_method: dare_linear\n" + base + two("weight: 1, density: -0.5", "weight: 1, density: 0.5"), "expected >= 0"},
@@ -338,4 +340,35 @@ TEST(Merge, AmbiguousAndOutOfRangeParametersAreRefused) {
         EXPECT_NE(e.find(cases[i].second), std::string::npos) << "case " << i << ": " << e;
         EXPECT_FALSE(fs::exists(root() / ("out_ambiguous_" + std::to_string(i)))) << "case " << i;
     }
+}
+
+// The merged folder is checked as `mango inspect` would before it replaces OUT: a config that lies
+// about its sizes gives an error and no output, and a base tokenizer larger than the embedding is cut
+// with its BPE merges, so that it still loads.
+TEST(Merge, OutputIsALoadableModelOrNothing) {
+    Trio m;
+    const fs::path liar = root() / "liar";
+    fs::create_directories(liar);
+    fs::copy_file(fs::path(m.a) / "model.safetensors", liar / "model.safetensors");
+    auto cfg = nlohmann::json::parse(std::ifstream(fs::path(m.a) / "config.json"));
+    cfg["intermediate_size"] = 48;  // the tensors have 24
+    std::ofstream(liar / "config.json") << cfg.dump();
+    const std::string e = error_of("liar", "merge_method: linear\nmodels:\n  - model: " + liar.string() +
+                                               "\n    parameters: {weight: 1.0}\n  - model: " + m.b + "\n    parameters: {weight: 1.0}\n");
+    EXPECT_NE(e.find("would not load, so nothing was written"), std::string::npos) << e;
+    EXPECT_NE(e.find("config.json implies [48, 16]"), std::string::npos) << e;
+    EXPECT_FALSE(fs::exists(root() / "out_liar"));
+
+    const fs::path big_tok = root() / "big_tokenizer";
+    fs::create_directories(big_tok);
+    for (const char *f : {"model.safetensors", "config.json"}) fs::copy_file(fs::path(m.base) / f, big_tok / f);
+    const fs::path llama3 = fs::path(MANGO_SOURCE_DIR) / "tests/golden/tokenizers/llama3_style/tokenizer.json";  // 1,502 tokens
+    fs::copy_file(llama3, big_tok / "tokenizer.json");
+    fs::copy_file(llama3, fs::path(m.a) / "tokenizer.json", fs::copy_options::overwrite_existing);
+    const std::string out =
+        merge_yaml("tokenizer_base", "merge_method: task_arithmetic\nbase_model: " + big_tok.string() + "\nmodels:\n  - model: " + m.a +
+                                         "\n    parameters: {weight: 1.0}\ntokenizer_source: base\n");
+    EXPECT_TRUE(Model::folder_problems(shared_plugins(), out).empty());
+    const auto tok = formats::Tokenizer::from_file((fs::path(out) / "tokenizer.json").string());
+    for (int64_t id : tok.encode("hello world, hello tokenizer", false)) EXPECT_LT(id, 64);
 }

@@ -84,46 +84,12 @@ int inspect_roles(const Global &g, const std::string &dir) {
 // What is wrong with a model folder, as a user would want to hear before
 // running it: a config its architecture refuses, tensors missing or of the
 // wrong shape, tensors nobody reads, a tokenizer that does not load.
-std::vector<std::string> check_folder(const Global &g, const std::string &dir, const formats::Checkpoint &ckpt, bool &checked) {
-    std::vector<std::string> problems;
+std::vector<std::string> check_folder(const Global &g, const std::string &dir, bool &checked) {
     checked = false;
-    if (!fs::is_directory(dir) || !fs::exists(fs::path(dir) / "config.json")) return problems;
+    if (!fs::is_directory(dir) || !fs::exists(fs::path(dir) / "config.json")) return {};
     checked = true;
     const PluginHost host(registry::Registry::discover(registry_options(g)));
-    std::vector<TensorDecl> table;
-    try {
-        table = Model::tensor_table(host, dir, true);
-    } catch (const std::exception &e) {
-        problems.push_back(e.what());
-        return problems;
-    }
-    std::set<std::string> declared;
-    for (const TensorDecl &t : table) {
-        if (t.flags & MANGO_TENSOR_TIED) {
-            declared.insert(t.name);
-            continue;
-        }
-        declared.insert(t.name);
-        if (!ckpt.contains(t.name)) {
-            if (!(t.flags & MANGO_TENSOR_OPTIONAL)) problems.push_back("missing tensor '" + t.name + "' (role " + t.role + ")");
-            continue;
-        }
-        const auto &shape = ckpt.entry(t.name).shape;
-        if (!t.shape.empty() && shape != t.shape)
-            problems.push_back("tensor '" + t.name + "' has shape " + shape_text(shape) + ", config.json implies " + shape_text(t.shape));
-    }
-    size_t unused = 0;
-    std::string first;
-    for (const std::string &n : ckpt.names())
-        if (!declared.count(n) && unused++ == 0) first = n;
-    if (unused) problems.push_back(std::to_string(unused) + " tensor(s) the architecture does not read, e.g. '" + first + "'");
-    const fs::path tok = fs::path(dir) / "tokenizer.json";
-    if (fs::exists(tok)) try {
-            formats::Tokenizer::from_file(tok.string());
-        } catch (const std::exception &e) {
-            problems.push_back(e.what());
-        }
-    return problems;
+    return Model::folder_problems(host, dir);
 }
 
 int inspect(const Global &g, const po::variables_map &vm) {
@@ -155,7 +121,7 @@ int inspect(const Global &g, const po::variables_map &vm) {
         files.push_back({{"path", f->path()}, {"tensors", f->header().tensors.size()}, {"metadata", f->header().metadata}});
     json out = {{"path", path}, {"parameters", params}, {"bytes", bytes}, {"dtypes", by_dtype}, {"files", files}, {"tensors", tensors}};
     bool checked = false;
-    const std::vector<std::string> problems = check_folder(g, path, ckpt, checked);
+    const std::vector<std::string> problems = check_folder(g, path, checked);
     if (checked) {
         out["ok"] = problems.empty();
         out["problems"] = problems;

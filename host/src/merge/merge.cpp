@@ -500,6 +500,7 @@ Result run(const PluginHost &host, const Config &config, const std::string &out_
         bar.finish(std::to_string(r.tensors) + " tensors, " + format_fixed(double(r.bytes_written) / 1e9, 2) + " GB written in " +
                    format_duration(r.seconds));
     }
+    Model::refuse_unloadable(host, tmp, out.string(), "merged");
     folder.commit();
     for (std::string &f : r.files) f = (out / fs::path(f).filename()).string();
     return r;

@@ -54,6 +54,32 @@ json strip(json tok, int64_t limit) {
         for (const auto &[k, id] : model["vocab"].items())
             if (id.get<int64_t>() < limit) kept[k] = id;
         model["vocab"] = kept;
+        // A BPE merge needs its parts and its result in the vocabulary (tokenizers refuses the file
+        // otherwise): merges of tokens cut above go with them, the others keep their order.
+        if (model.contains("merges") && model["merges"].is_array()) {
+            const std::string prefix = model.contains("continuing_subword_prefix") && model["continuing_subword_prefix"].is_string()
+                                           ? model["continuing_subword_prefix"].get<std::string>()
+                                           : "";
+            json merges = json::array();
+            for (const json &m : model["merges"]) {
+                std::string a, b;
+                if (m.is_string()) {
+                    const std::string text = m.get<std::string>();
+                    const size_t sp = text.find(' ', 1);
+                    if (sp == std::string::npos) continue;
+                    a = text.substr(0, sp), b = text.substr(sp + 1);
+                } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
+                    a = m[0].get<std::string>(), b = m[1].get<std::string>();
+                } else {
+                    continue;
+                }
+                const std::string merged = a + (!prefix.empty() && b.rfind(prefix, 0) == 0 ? b.substr(prefix.size()) : b);
+                if (kept.contains(a) && kept.contains(b) && kept.contains(merged)) merges.push_back(m);
+            }
+            model["merges"] = merges;
+        }
+    } else if (model.contains("vocab") && model["vocab"].is_array() && int64_t(model["vocab"].size()) > limit) {
+        model["vocab"].erase(model["vocab"].begin() + limit, model["vocab"].end());  // Unigram: the id is the position
     }
     if (tok.contains("added_tokens")) {
         json kept = json::array();

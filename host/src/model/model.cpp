@@ -3,6 +3,7 @@
 #include "model/recompute.hpp"
 
 #include "formats/atomic_file.hpp"
+#include "formats/tokenizer.hpp"
 
 #include "util/error.hpp"
 #include "util/progress.hpp"
@@ -10,6 +11,7 @@
 #include <ATen/ATen.h>
 
 #include <filesystem>
+#include <optional>
 #include <unistd.h>
 #include <set>
 
@@ -163,6 +165,61 @@ std::vector<TensorDecl> Model::tensor_table(const PluginHost &host, const format
         ctx.random_init = true;
     call_plugin(ctx.label, [&] { return vt->tensors(&ctx); });
     return std::move(ctx.roles);
+}
+
+namespace {
+std::string shape_text(const std::vector<int64_t> &s) {
+    std::string t = "[";
+    for (size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
+    return t + "]";
+}
+}  // namespace
+
+std::vector<std::string> Model::folder_problems(const PluginHost &host, const std::string &dir, bool unread_tensors) {
+    std::vector<std::string> problems;
+    std::vector<TensorDecl> table;
+    std::optional<formats::Checkpoint> ckpt;
+    try {
+        ckpt.emplace(formats::Checkpoint::open(dir));
+        table = tensor_table(host, dir, true);
+    } catch (const std::exception &e) {
+        problems.push_back(e.what());
+        return problems;
+    }
+    std::set<std::string> declared;
+    for (const TensorDecl &t : table) {
+        declared.insert(t.name);
+        if (t.flags & MANGO_TENSOR_TIED) continue;
+        if (!ckpt->contains(t.name)) {
+            if (!(t.flags & MANGO_TENSOR_OPTIONAL)) problems.push_back("missing tensor '" + t.name + "' (role " + t.role + ")");
+            continue;
+        }
+        const auto &shape = ckpt->entry(t.name).shape;
+        if (!t.shape.empty() && shape != t.shape)
+            problems.push_back("tensor '" + t.name + "' has shape " + shape_text(shape) + ", config.json implies " + shape_text(t.shape));
+    }
+    size_t unused = 0;
+    std::string first;
+    for (const std::string &n : ckpt->names())
+        if (!declared.count(n) && unused++ == 0) first = n;
+    if (unused && unread_tensors)
+        problems.push_back(std::to_string(unused) + " tensor(s) the architecture does not read, e.g. '" + first + "'");
+    const std::filesystem::path tok = std::filesystem::path(dir) / "tokenizer.json";
+    if (std::filesystem::exists(tok)) try {
+            formats::Tokenizer::from_file(tok.string());
+        } catch (const std::exception &e) {
+            problems.push_back(e.what());
+        }
+    return problems;
+}
+
+void Model::refuse_unloadable(const PluginHost &host, const std::string &dir, const std::string &out, const std::string &what) {
+    const std::vector<std::string> problems = folder_problems(host, dir, false);
+    if (problems.empty()) return;
+    std::string list;
+    for (size_t i = 0; i < problems.size() && i < 5; ++i) list += "\n  " + clip(problems[i], 400);
+    if (problems.size() > 5) list += "\n  ... and " + std::to_string(problems.size() - 5) + " more";
+    throw HostError("the " + what + " model would not load, so nothing was written to " + out + ":" + list);
 }
 
 std::unique_ptr<Model> Model::build(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device, bool random,

@@ -139,6 +139,16 @@ public:
     // a tensor table: architecture vtable revision 2). `check_dir`: also
     // answer weight_exists() from the checkpoint in DIR.
     static std::vector<TensorDecl> tensor_table(const PluginHost &host, const std::string &dir, bool check_dir = true);
+    // What is wrong with model folder DIR, as a user would want to hear before
+    // running it (empty: nothing): a config its architecture refuses, tensors
+    // missing or of the wrong shape, tensors nobody reads (with
+    // `unread_tensors`), a tokenizer.json that does not load.
+    static std::vector<std::string> folder_problems(const PluginHost &host, const std::string &dir, bool unread_tensors = true);
+    // A HostError listing folder_problems(DIR) (tensors nobody reads allowed),
+    // for a `what` model ("merged") about to replace OUT: the last check
+    // before an output folder is committed, so OUT never gets a model that
+    // does not load.
+    static void refuse_unloadable(const PluginHost &host, const std::string &dir, const std::string &out, const std::string &what);
     // The same from a config in memory; `has_weight` answers weight_exists()
     // (null: every tensor exists). `where` names it in messages.
     static std::vector<TensorDecl> tensor_table(const PluginHost &host, const formats::HfConfig &config,

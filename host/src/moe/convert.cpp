@@ -392,6 +392,7 @@ ConvertResult convert(const PluginHost &host, const std::string &model_dir, cons
                                        ? json{{"layer", x.layer}, {"converted", x.converted}}
                                        : json{{"layer", x.layer}, {"converted", x.converted}, {"before", x.before}, {"after", x.after}});
     formats::write_file_atomic((fs::path(folder.path()) / "conversion_report.json").string(), report.dump(2) + "\n");
+    Model::refuse_unloadable(host, folder.path(), r.out_dir, "converted");
     folder.commit();
     return r;
 }
