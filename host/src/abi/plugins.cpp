@@ -15,7 +15,7 @@ namespace mango {
 
 const registry::ComponentInfo &PluginHost::require(const std::string &kind, const std::string &name) const {
     if (const registry::ComponentInfo *c = registry_.find(kind, name)) return *c;
-    std::string msg = "no " + kind + " plugin named '" + name + "'";
+    std::string msg = "no " + kind + " plugin named '" + clip(name) + "'";
     if (auto close = registry_.close_names(name); !close.empty()) {
         msg += "; did you mean";
         for (size_t i = 0; i < close.size(); ++i) msg += (i ? ", '" : " '") + close[i] + "'";
@@ -23,7 +23,7 @@ const registry::ComponentInfo &PluginHost::require(const std::string &kind, cons
     }
     std::string installed;
     for (const auto &c : registry_.components())
-        if (c.kind == kind) installed += (installed.empty() ? "" : ", ") + c.name;
+        if (c.kind == kind || kind == "component") installed += (installed.empty() ? "" : ", ") + c.name;  // "component": any kind
     msg += " (installed " + kind + "s: " + (installed.empty() ? "none" : installed) + ")";
     throw HostError(msg);
 }

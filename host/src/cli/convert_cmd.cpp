@@ -56,7 +56,7 @@ int convert_cmd(const Global &g, const po::variables_map &vm) {
     moe::ConvertOptions o;
     o.converter = vm["converter"].as<std::string>();
     o.converter_options = parse_settings(vm.count("set") ? vm["set"].as<std::vector<std::string>>() : std::vector<std::string>{});
-    o.where = "--set of converter '" + o.converter + "'";
+    o.where = "converter '" + o.converter + "'";
     o.experts = vm["experts"].as<int64_t>();
     o.top_k = vm["top-k"].as<int64_t>();
     if (vm.count("layers") && vm.count("every")) throw UsageError("give --layers or --every, not both");

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <thread>
 
@@ -180,7 +181,8 @@ int run(int argc, char **argv) {
 // A message is for reading: one that echoes a huge value (a 2 MB token in a
 // TOML file) keeps its head and tail.
 std::string readable(const std::string &message) {
-    const std::string m = mango::without_backtrace(message);
+    std::string m = mango::without_backtrace(message);
+    for (size_t at = m.find('\0'); at != std::string::npos; at = m.find('\0', at + 2)) m.replace(at, 1, "\\0");  // shown, not cut there
     constexpr size_t kMax = 2000;
     if (m.size() <= kMax) return m;
     return m.substr(0, 1400) + " [... " + std::to_string(m.size() - 1800) + " characters cut ...] " + m.substr(m.size() - 400);
@@ -197,6 +199,10 @@ int main(int argc, char **argv) {
     } catch (const mango::cli::UsageError &e) {
         std::cerr << "mango: " << mango::cli::readable(e.what()) << "\nTry 'mango --help'.\n";
         return 2;
+    } catch (const std::filesystem::filesystem_error &e) {  // "filesystem error: status: File name too long [<50,000 characters>]"
+        const std::string path = e.path1().empty() ? "an empty path" : mango::clip(e.path1().string());
+        std::cerr << "mango: error: " << mango::cli::readable(path + ": " + e.code().message()) << "\n";
+        return 1;
     } catch (const std::exception &e) {
         std::cerr << "mango: error: " << mango::cli::readable(e.what()) << "\n";
         return 1;

@@ -7,6 +7,8 @@
 
 #include <iostream>
 
+#include <cmath>
+
 namespace mango::cli {
 namespace {
 
@@ -21,7 +23,8 @@ uint64_t parse_size(const std::string &s) {
     }
     const std::string unit = s.substr(used);
     const double scale = unit.empty() ? 1 : unit == "K" ? 1e3 : unit == "M" ? 1e6 : unit == "B" || unit == "G" ? 1e9 : -1;
-    if (scale < 0 || v < 0) throw UsageError("--max-shard-size expects a size like 5B, 500M or 2000000000, not '" + s + "'");
+    if (scale < 0 || !(v >= 0) || !std::isfinite(v * scale) || v * scale >= 9.2e18)
+        throw UsageError("--max-shard-size expects a size like 5B, 500M or 2000000000, not '" + s + "'");
     return uint64_t(v * scale);
 }
 

@@ -165,6 +165,7 @@ FolderLock::~FolderLock() {
 
 OutputFolder::OutputFolder(const std::string &out_in, bool force, const std::vector<std::string> &inputs) {
     namespace fs = std::filesystem;
+    if (out_in.empty()) throw HostError("the output folder is an empty path");
     const fs::path out = fs::absolute(out_in).lexically_normal();
     out_ = out.string();
     for (const std::string &input : inputs) {

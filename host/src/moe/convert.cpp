@@ -54,6 +54,11 @@ void check_options(const ConvertOptions &o) {
     if (!(o.max_increase >= 0)) throw HostError("max increase must be >= 0" + at);
     if (o.rest != "base" && o.rest != "average") throw HostError("rest must be base or average, not '" + clip(o.rest) + "'" + at);
     if (o.test_sequences < 1 || o.seq_len < 2) throw HostError("test sequences must be >= 1 and the sequence length >= 2" + at);
+    // Checked whether or not this run reads them (a typo must not wait for the run that uses it).
+    if (!o.gate_mode.empty() && std::find(gate_modes().begin(), gate_modes().end(), o.gate_mode) == gate_modes().end())
+        throw HostError("unknown gate mode '" + clip(o.gate_mode) + "' (known: hidden, hidden_avg, cheap_embed, random, uniform_random)" +
+                        at);
+    if (!o.tokenizer.empty() && !fs::exists(o.tokenizer)) throw HostError("tokenizer " + clip(o.tokenizer) + " does not exist" + at);
 }
 
 // The converted model is built in memory: the dense tensors, and each chosen layer's FFN (mlp.*) up to

@@ -1,5 +1,6 @@
 #include "toml_reader.hpp"
 
+#include <cmath>
 #include <sstream>
 
 namespace mango::pipeline {
@@ -78,6 +79,7 @@ double Table::number(const std::string &key, double fallback, double minimum, do
         v = double(n->as_integer()->get());
     else
         throw PipelineError(at(key) + ": expected a number, found " + type_name(*n));
+    if (!std::isfinite(v)) throw PipelineError(at(key) + ": expected a finite number, found " + (std::isnan(v) ? "nan" : "inf"));
     if (v < minimum || v > maximum) {
         std::ostringstream o;
         o << at(key) << ": expected a number in [" << minimum << ", " << maximum << "], found " << v;
