@@ -327,7 +327,7 @@ TEST(Merge, AmbiguousAndOutOfRangeParametersAreRefused) {
         {"merge_method: linear\nmerge_method: ties\n" + two("weight: 1", "weight: 1"),
          "ambiguous_0.yml:2: key 'merge_method' is given twice"},
         {"merge_method: linear\n" + two("weight: 0.5, weight: 2", "weight: 1"), "key 'weight' is given twice"},
-        {"merge_method: linear\n" + two("weight: 1", "weight: 1") + "---\nmerge_method: ties\n", "holds 2 YAML documents"},
+        {"merge_method: linear\n" + two("weight: 1", "weight: 1") + "---\nmerge_method: ties\n", "holds several YAML documents"},
         {"merge_method: dare_linear\n" + base + two("weight: 1, density: -0.5", "weight: 1, density: 0.5"), "expected >= 0"},
         {"merge_method: dare_ties\n" + base + two("weight: 1, density: 5", "weight: 1"), "expected <= 1"},
         {"merge_method: dare_linear\n" + base + two("weight: 1, density: 0", "weight: 1"), "keeps nothing of its task vector"},

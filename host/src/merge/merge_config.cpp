@@ -2,6 +2,7 @@
 
 #include "util/error.hpp"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <cmath>
@@ -157,16 +158,37 @@ void check_no_repeated_keys(const YAML::Node &n, const Reader &r, std::set<std::
     }
 }
 
+// Counts a document's content (scalars, maps, sequences, aliases) as the parser reads it.
+struct ContentCounter : YAML::EventHandler {
+    int content = 0;
+    void OnDocumentStart(const YAML::Mark &) override {}
+    void OnDocumentEnd() override {}
+    void OnNull(const YAML::Mark &, YAML::anchor_t) override {}
+    void OnAlias(const YAML::Mark &, YAML::anchor_t) override { ++content; }
+    void OnScalar(const YAML::Mark &, const std::string &, YAML::anchor_t, const std::string &) override { ++content; }
+    void OnSequenceStart(const YAML::Mark &, const std::string &, YAML::anchor_t, YAML::EmitterStyle::value) override { ++content; }
+    void OnSequenceEnd() override {}
+    void OnMapStart(const YAML::Mark &, const std::string &, YAML::anchor_t, YAML::EmitterStyle::value) override { ++content; }
+    void OnMapEnd() override {}
+};
+
+// Whether `text` holds a second YAML document with content. Two documents are read at most: yaml-cpp's
+// LoadAll never ends on some malformed input (its parser reports a document again without advancing).
+bool several_documents(const std::string &text) {
+    std::istringstream in(text);
+    YAML::Parser parser(in);
+    ContentCounter first, second;
+    return parser.HandleNextDocument(first) && parser.HandleNextDocument(second) && second.content > 0;
+}
+
 Config parse_checked(const std::string &text, const std::string &file, const std::string &dir) {
     Config c;
     c.file = file;
     c.dir = dir;
     c.text = text;
-    const std::vector<YAML::Node> documents = YAML::LoadAll(text);
-    if (documents.size() > 1)
-        throw HostError(file + ": holds " + std::to_string(documents.size()) +
-                        " YAML documents (separated by ---); a mergekit configuration is one");
-    const YAML::Node root = documents.empty() ? YAML::Node() : documents[0];
+    const YAML::Node root = YAML::Load(text);
+    if (several_documents(text))
+        throw HostError(file + ": holds several YAML documents (separated by ---); a mergekit configuration is one");
     const Reader r{file};
     std::set<std::pair<int, int>> seen;
     check_no_repeated_keys(root, r, seen);

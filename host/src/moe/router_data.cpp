@@ -4,6 +4,9 @@
 
 #include <ATen/ATen.h>
 #include <yaml-cpp/yaml.h>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
 
 #include <cmath>
 
@@ -80,6 +83,7 @@ std::vector<at::Tensor> ffn_inputs(const PluginHost &host, const DenseModel &d, 
 
 std::vector<ExpertPrompts> read_prompts(const std::string &path) {
     YAML::Node root;
+    if (!std::ifstream(path)) throw HostError(path + ": cannot read the prompts file (" + std::strerror(errno) + ")");
     try {
         root = YAML::LoadFile(path);
     } catch (const YAML::Exception &e) {

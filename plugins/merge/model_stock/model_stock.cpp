@@ -17,7 +17,9 @@ struct ModelStock {
     Tensor merge(Context &ctx, const MergeInput &in) {
         if (!in.has_base()) throw Error(MANGO_ERR_INVALID_ARGUMENT, "model_stock: the base model does not hold tensor '" + in.name + "'");
         if (in.models.size() == 1) return in.models[0];
-        if (in.models.size() < 3) return Tensor();  // no value: skipped if optional, an error naming the tensor otherwise
+        if (in.models.size() < 3)  // as mergekit: the angle between fine-tunes needs two of them
+            throw Error(MANGO_ERR_INVALID_ARGUMENT, "model_stock needs the base and at least two fine-tuned models; this tensor has " +
+                                                        std::to_string(in.models.size()) + " models");
         std::vector<Tensor> all{in.models[size_t(in.base)]};
         for (size_t i = 0; i < in.models.size(); ++i)
             if (int32_t(i) != in.base) all.push_back(in.models[i]);
