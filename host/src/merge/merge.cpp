@@ -362,8 +362,8 @@ Result check(const PluginHost &host, const Config &config, const Options &option
 
 Result run(const PluginHost &host, const Config &config, const std::string &out_dir_in, const Options &options) {
     const auto started = std::chrono::steady_clock::now();
-    const at::Device device = parse_device(options.device, "device");
-    require_device(device, "device");
+    const at::Device device = parse_device(options.device, "merge");
+    require_device(device, "merge");
     Planner plan(host, config, options);
     plan.plan();
     for (const Planned &t : plan.planned_) plan.parameters(t);  // fail before writing anything
