@@ -170,6 +170,11 @@ TEST(Pipeline, StepOutputThatHoldsNoModelIsRefused) {
     EXPECT_EQ(error_of(valid() + replace(step, "OUT", "empty")), "");
     EXPECT_EQ(error_of(valid() + replace(step, "OUT", "new")), "");
     EXPECT_TRUE(fs::exists(dir / "notes" / "todo.txt"));
+    // Values a step would read only when it runs are checked here too.
+    EXPECT_ERROR(valid() + replace(step, "OUT", "new") + "max_increase = nan\n", "p.toml:28: steps[2].max_increase",
+                 "expected a finite number, found nan");
+    EXPECT_ERROR(valid() + replace(step, "OUT", "new") + "layers = []\n", "p.toml:28", "an empty list converts no layer");
+    EXPECT_ERROR(valid() + replace(step, "OUT", "new") + "layers = [4294967297]\n", "p.toml:28", "is not a layer number");
 }
 
 // Per-model placement and expert parallelism are model keys of folders and
