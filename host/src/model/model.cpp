@@ -167,21 +167,14 @@ std::vector<TensorDecl> Model::tensor_table(const PluginHost &host, const format
     return std::move(ctx.roles);
 }
 
-namespace {
-std::string shape_text(const std::vector<int64_t> &s) {
-    std::string t = "[";
-    for (size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
-    return t + "]";
-}
-}  // namespace
-
 std::vector<std::string> Model::folder_problems(const PluginHost &host, const std::string &dir, bool unread_tensors) {
     std::vector<std::string> problems;
     std::vector<TensorDecl> table;
     std::optional<formats::Checkpoint> ckpt;
     try {
         ckpt.emplace(formats::Checkpoint::open(dir));
-        table = tensor_table(host, dir, true);
+        table = tensor_table(
+            host, formats::load_hf_config(dir), [&](const std::string &n) { return ckpt->contains(n); }, dir);
     } catch (const std::exception &e) {
         problems.push_back(e.what());
         return problems;
@@ -196,7 +189,8 @@ std::vector<std::string> Model::folder_problems(const PluginHost &host, const st
         }
         const auto &shape = ckpt->entry(t.name).shape;
         if (!t.shape.empty() && shape != t.shape)
-            problems.push_back("tensor '" + t.name + "' has shape " + shape_text(shape) + ", config.json implies " + shape_text(t.shape));
+            problems.push_back("tensor '" + t.name + "' has shape " + c10::str(at::IntArrayRef(shape)) + ", config.json implies " +
+                               c10::str(at::IntArrayRef(t.shape)));
     }
     size_t unused = 0;
     std::string first;

@@ -20,24 +20,24 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A step that names its `output` replaces that folder when it runs. One that holds a model (an earlier
-// run's output: config.json) is replaced, its other files kept; any other existing path is refused, so
-// a mistyped output never deletes a user's folder.
-void check_step_output(const Table &t, const std::string &path) {
-    std::error_code ec;
-    const fs::path p(path);
-    if (!fs::exists(p, ec)) return;
-    if (fs::is_directory(p, ec) && (fs::exists(p / "config.json", ec) || fs::is_empty(p, ec))) return;
-    throw PipelineError(t.at("output") + ": output \"" + clip(path) +
-                        "\" exists and holds no model (no config.json); a step replaces its output folder, so name a new folder "
-                        "or remove this one");
-}
-
 // fs::exists without throwing: a name too long or a path through a file is
 // simply not there (the message that follows names it).
 bool path_exists(const fs::path &p) {
     std::error_code ec;
     return fs::exists(p, ec);
+}
+
+// A step that names its `output` replaces that folder when it runs. One that holds a model (an earlier
+// run's output: config.json) is replaced, its other files kept; any other existing path is refused, so
+// a mistyped output never deletes a user's folder.
+void check_step_output(const Table &t, const std::string &path) {
+    const fs::path p(path);
+    if (!path_exists(p)) return;
+    std::error_code ec;
+    if (fs::is_directory(p, ec) && (path_exists(p / "config.json") || fs::is_empty(p, ec))) return;
+    throw PipelineError(t.at("output") + ": output \"" + clip(path) +
+                        "\" exists and holds no model (no config.json); a step replaces its output folder, so name a new folder "
+                        "or remove this one");
 }
 
 InstanceSpec plugin_spec(const PluginHost &host, Table t, const std::string &kind) {
