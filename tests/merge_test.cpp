@@ -372,3 +372,93 @@ TEST(Merge, OutputIsALoadableModelOrNothing) {
     const auto tok = formats::Tokenizer::from_file((fs::path(out) / "tokenizer.json").string());
     for (int64_t id : tok.encode("hello world, hello tokenizer", false)) EXPECT_LT(id, 64);
 }
+
+namespace {
+// A BPE tokenizer.json without merges: `tokens` take the ids 0, 1, ...
+void write_word_tokenizer(const std::string &dir, const std::vector<std::string> &tokens) {
+    nlohmann::json vocab = nlohmann::json::object();
+    for (size_t i = 0; i < tokens.size(); ++i) vocab[tokens[i]] = i;
+    const nlohmann::json tok = {{"version", "1.0"},
+                                {"added_tokens", nlohmann::json::array()},
+                                {"normalizer", nullptr},
+                                {"pre_tokenizer", {{"type", "WhitespaceSplit"}}},
+                                {"post_processor", nullptr},
+                                {"decoder", nullptr},
+                                {"model",
+                                 {{"type", "BPE"},
+                                  {"dropout", nullptr},
+                                  {"unk_token", nullptr},
+                                  {"continuing_subword_prefix", nullptr},
+                                  {"end_of_word_suffix", nullptr},
+                                  {"fuse_unk", false},
+                                  {"byte_fallback", false},
+                                  {"vocab", vocab},
+                                  {"merges", nlohmann::json::array()}}}};
+    std::ofstream(fs::path(dir) / "tokenizer.json") << tok.dump();
+}
+}  // namespace
+
+// tokenizer: {source: union, tokens: ...} as mergekit's PermutedEmbeddings builds the rows
+// (mergekit/tokenizer/embed.py): the union appends B's new tokens after A's; a token one model lacks
+// takes the other's row; a `tokens` entry names a token's default row (a model's row for it, a row of
+// a model's own embedding by id or token, or zeros), and with `force` every model takes that row.
+TEST(Merge, TokenizerUnionAndPerTokenSources) {
+    Trio m;
+    std::vector<std::string> va, vb;
+    for (int i = 0; i < 64; ++i) va.push_back("x" + std::to_string(i));
+    for (int i = 0; i < 60; ++i) vb.push_back("x" + std::to_string(i));
+    for (int i = 0; i < 4; ++i) vb.push_back("y" + std::to_string(i));
+    write_word_tokenizer(m.a, va);
+    write_word_tokenizer(m.b, vb);
+    const std::string models = "merge_method: linear\nmodels:\n  - model: " + m.a + "\n    parameters: {weight: 1.0}\n  - model: " + m.b +
+                               "\n    parameters: {weight: 1.0}\n";
+    const std::string out = merge_yaml("union", models +
+                                                    "tokenizer:\n  source: union\n  tokens:\n"
+                                                    "    x5: {source: {kind: zero}, force: true}\n"
+                                                    "    x6: {source: " +
+                                                    m.b +
+                                                    ", force: true}\n"
+                                                    "    x7: {source: {kind: model_token, model: " +
+                                                    m.a +
+                                                    ", token: x9}}\n"
+                                                    "    x61: {source: {kind: model_token, model: " +
+                                                    m.b +
+                                                    ", token_id: 2}}\n"
+                                                    "    y1: {source: {kind: zero}}\n"
+                                                    "    not_a_token: {source: {kind: zero}}\n");
+    EXPECT_TRUE(Model::folder_problems(shared_plugins(), out).empty());
+    const auto tok = formats::Tokenizer::from_file((fs::path(out) / "tokenizer.json").string());
+    for (const auto &[token, id] : std::vector<std::pair<std::string, int32_t>>{{"x3", 3}, {"x63", 63}, {"y0", 64}, {"y3", 67}})
+        EXPECT_EQ(tok.token_to_id(token), id) << token;
+    EXPECT_EQ(tok.encode("y0 y3", false), (std::vector<int32_t>{64, 67}));
+    EXPECT_EQ(nlohmann::json::parse(std::ifstream(fs::path(out) / "config.json"))["vocab_size"], 68);
+    auto a = tensors(m.a), b = tensors(m.b), merged = tensors(out);
+    for (const char *name : {"model.embed_tokens.weight", "lm_head.weight"}) {
+        const at::Tensor A = a[name], B = b[name], M = merged[name];
+        ASSERT_EQ(M.size(0), 68) << name;
+        at::Tensor want = at::zeros_like(M);
+        for (int64_t i = 0; i < 60; ++i) want[i] = (A[i] + B[i]) / 2;  // x7 too: both have it, not forced
+        want[5].zero_();                                               // forced zeros
+        want[6] = B[6];                                                // forced to B's row
+        for (int64_t i : {60, 62, 63}) want[i] = A[i];                 // only A has x60..x63: B takes A's row
+        want[61] = (A[61] + B[2]) / 2;                                 // B lacks x61: its row 2 stands in
+        for (int64_t j : {0, 2, 3}) want[64 + j] = B[60 + j];          // only B has y0..y3
+        want[65] = B[61] / 2;                                          // y1: A takes zeros (not forced)
+        EXPECT_LT(max_diff(M, want), 1e-6) << name;
+    }
+    const std::vector<std::pair<std::string, std::string>> bad = {
+        {"    x5: {force: true}\n", "needs a 'source'"},
+        {"    x5: {source: {kind: other}}\n", "source kind must be zero or model_token, not 'other'"},
+        {"    x5: {source: {kind: model_token, model: " + m.a + "}}\n", "needs one of token_id and token"},
+        {"    x5: {source: " + m.base + "}\n", "is not one of the merged models"},
+        {"    x5: {source: {kind: model_token, model: " + m.b + ", token: x63}}\n", "'x63' is not a token of"},
+        {"    x5: {source: {kind: model_token, model: " + m.b + ", token_id: 64}}\n", "token_id 64 is past"},
+        {"    x62: {source: " + m.b + "}\n", "'x62' is not a token of"},
+    };
+    for (size_t i = 0; i < bad.size(); ++i) {
+        const std::string e = error_of("union_bad_" + std::to_string(i), models + "tokenizer:\n  tokens:\n" + bad[i].first);
+        EXPECT_NE(e.find(bad[i].second), std::string::npos) << "case " << i << ": " << e;
+        EXPECT_NE(e.find(".yml:9: "), std::string::npos) << "case " << i << " names the line: " << e;
+        EXPECT_FALSE(fs::exists(root() / ("out_union_bad_" + std::to_string(i)))) << "case " << i;
+    }
+}

@@ -75,5 +75,10 @@ TEST(Tokenizer, BadFilesAreRefusedByName) {
                   .find("unsupported normalizer 'Precompiled'"),
               std::string::npos);
     EXPECT_NE(error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [1]}})").find("malformed"), std::string::npos);
+    const std::string bpe = R"({"model": {"type": "BPE", "vocab": {"a": 0, "aa": 1}, "dropout": null, "unk_token": null,
+                "continuing_subword_prefix": null, "end_of_word_suffix": null, "merges": )";
+    EXPECT_EQ(error(bpe + R"([["a", 1]]}})"), "x/tokenizer.json: merge [\"a\",1] is neither 'a b' nor [a, b]");
+    EXPECT_EQ(error(bpe + R"(["aa"]}})"), "x/tokenizer.json: merge \"aa\" is neither 'a b' nor [a, b]");
+    EXPECT_EQ(error(bpe + R"(["a a", ["a", "b"]]}})"), "x/tokenizer.json: merge 1 ('a' + 'b') uses 'b', which is not in the vocabulary");
     EXPECT_THROW(Tokenizer::from_file("/nonexistent/dir"), TokenizerError);
 }

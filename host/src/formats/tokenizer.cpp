@@ -3,6 +3,7 @@
 // JSON description; anything this file does not implement is refused by name.
 #include "formats/tokenizer.hpp"
 
+#include "formats/bpe_merge.hpp"
 #include "util/error.hpp"
 
 #include "unicode.hpp"
@@ -347,20 +348,9 @@ public:
         if (!j.at("dropout").is_null() && j.at("dropout").get<double>() > 0) unsupported(where, "BPE dropout");
         int rank = 0;
         for (const json &m : j.at("merges")) {
-            std::string a, b;
-            if (m.is_string()) {
-                const std::string s = m.get<std::string>();
-                const size_t sp = s.find(' ', 1);
-                if (sp == std::string::npos) throw TokenizerError(where + ": merge '" + s + "' is not 'a b'");
-                a = s.substr(0, sp);
-                b = s.substr(sp + 1);
-            } else if (m.is_array() && m.size() == 2) {
-                a = m[0].get<std::string>();
-                b = m[1].get<std::string>();
-            } else {
-                throw TokenizerError(where + ": merge " + m.dump() + " is neither 'a b' nor [a, b]");
-            }
-            std::string merged = a + (!prefix_.empty() && b.rfind(prefix_, 0) == 0 ? b.substr(prefix_.size()) : b);
+            std::optional<BpeMerge> parsed = parse_bpe_merge(m, prefix_);
+            if (!parsed) throw TokenizerError(where + ": merge " + clip(m.dump(), 120) + " is neither 'a b' nor [a, b]");
+            auto &[a, b, merged] = *parsed;
             // As Hugging Face tokenizers: every part of a merge is in the vocabulary.
             for (const std::string *t : {&a, &b, &merged})
                 if (!vocab.find(*t))

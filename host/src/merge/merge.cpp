@@ -435,7 +435,7 @@ Result run(const PluginHost &host, const Config &config, const std::string &out_
             if (p.is_embed && vocab.active) {  // every model's rows on the merged tokenizer's ids
                 std::vector<size_t> ids;
                 for (const auto &src : p.sources) ids.push_back(src.first);
-                call.models = permute_rows(vocab, call.models, ids, p.base);
+                call.models = permute_rows(vocab, call.models, ids, p.base, p.name);
             }
             if (!p.is_embed)
                 for (size_t k = 1; k < call.models.size(); ++k)

@@ -111,6 +111,48 @@ struct Reader {
         return string(n, "model");
     }
 
+    // tokenizer.tokens.TOKEN: {source: MODEL | {kind: zero} | {kind: model_token, model: MODEL,
+    // token_id: N | token: TEXT}, force: BOOL}.
+    TokenSource token_source(const std::string &token, const YAML::Node &n) const {
+        const std::string what = "tokenizer.tokens['" + clip(token) + "']";
+        if (!n.IsMap()) fail(n, what + " must be a map: {source: ..., force: ...}");
+        only(n, {"source", "force"}, what);
+        TokenSource t;
+        t.token = token;
+        t.where = at(n);
+        if (const YAML::Node f = n["force"]) {
+            const json v = scalar(f, "force");
+            if (!v.is_boolean()) fail(f, what + ": 'force' must be true or false");
+            t.force = v.get<bool>();
+        }
+        const YAML::Node src = n["source"];
+        if (!src || src.IsNull()) fail(n, what + " needs a 'source': a model, {kind: zero} or {kind: model_token, model: ..., token: ...}");
+        if (!src.IsMap() || !src["kind"]) {  // a model reference
+            t.model = model_ref(src);
+            return t;
+        }
+        const std::string kind = string(src["kind"], "kind");
+        if (kind == "zero") {
+            only(src, {"kind"}, what + ".source");
+            t.kind = TokenSource::Kind::zero;
+            return t;
+        }
+        if (kind != "model_token") fail(src["kind"], what + ": source kind must be zero or model_token, not '" + clip(kind) + "'");
+        only(src, {"kind", "model", "token_id", "token"}, what + ".source");
+        t.kind = TokenSource::Kind::model_token;
+        if (!src["model"]) fail(src, what + ": a model_token source needs 'model'");
+        t.model = model_ref(src["model"]);
+        if (bool(src["token_id"]) == bool(src["token"])) fail(src, what + ": a model_token source needs one of token_id and token");
+        if (const YAML::Node id = src["token_id"]) {
+            const json v = scalar(id, "token_id");
+            if (!v.is_number_integer() || v.get<int64_t>() < 0) fail(id, what + ": token_id must be an integer >= 0");
+            t.token_id = v.get<int64_t>();
+        } else {
+            t.source_token = string(src["token"], "token");
+        }
+        return t;
+    }
+
     Source source(const YAML::Node &n, bool with_range) const {
         if (!n.IsMap()) fail(n, "expected {model: ..., parameters: ...}");
         only(n, with_range ? std::set<std::string>{"model", "layer_range", "parameters"} : std::set<std::string>{"model", "parameters"},
@@ -265,7 +307,10 @@ Config parse_checked(const std::string &text, const std::string &file, const std
         r.only(t, {"source", "tokens", "pad_to_multiple_of"}, "tokenizer");
         c.tokenizer_source = t["source"] ? (t["source"].IsMap() ? r.model_ref(t["source"]) : r.string(t["source"], "source")) : "union";
         c.tokenizer_where = r.at(t);
-        if (t["tokens"]) r.fail(t["tokens"], "tokenizer.tokens (per-token embedding sources) is not supported");
+        if (const YAML::Node tokens = t["tokens"]; tokens && !tokens.IsNull()) {
+            if (!tokens.IsMap()) r.fail(tokens, "'tokenizer.tokens' must be a map of tokens to {source, force}");
+            for (const auto &kv : tokens) c.tokens.push_back(r.token_source(r.key(kv.first), kv.second));
+        }
         if (const YAML::Node p = t["pad_to_multiple_of"]) {
             const json v = r.scalar(p, "pad_to_multiple_of");
             if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > (1 << 20))

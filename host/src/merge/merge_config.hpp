@@ -1,6 +1,7 @@
 // mergekit's YAML, as its users write it: models or slices, merge_method,
 // base_model, parameters (scalars, gradient lists, filter/value conditionals),
-// dtype, out_dtype, tokenizer_source / tokenizer, chat_template. Read with
+// dtype, out_dtype, tokenizer_source / tokenizer (source, tokens,
+// pad_to_multiple_of), chat_template. Read with
 // yaml-cpp; every error names the file, line and key. Model references are
 // local Hugging Face folders.
 #pragma once
@@ -32,6 +33,20 @@ struct Slice {
     std::string where;
 };
 
+// One entry of tokenizer.tokens (mergekit's TokenEmbeddingConfig): where the
+// embedding and LM-head rows of `token` (a token of the merged vocabulary) come from.
+struct TokenSource {
+    enum class Kind { model, model_token, zero };
+    std::string token;
+    Kind kind = Kind::model;   // model: that model's row for the same token; zero: zeros;
+                               // model_token: a row of `model` named by token_id or source_token
+    std::string model;         // a model reference (model, model_token)
+    int64_t token_id = -1;     // model_token: a row of the model's own embedding, or
+    std::string source_token;  // model_token: a token of the model's own vocabulary
+    bool force = false;        // every model takes this row; otherwise only models lacking the token do
+    std::string where;
+};
+
 struct Config {
     std::string file, dir;  // the YAML file and its folder (relative model paths resolve there too)
     std::string method, method_where;
@@ -43,8 +58,9 @@ struct Config {
     std::string tokenizer_source;  // "" (base model's files), "base", "union", or a model reference
     std::string tokenizer_where;
     int64_t pad_to_multiple_of = 0;
-    std::string chat_template;  // "" = as the donor has it
-    std::string text;           // the file's text (kept with the output)
+    std::vector<TokenSource> tokens;  // tokenizer.tokens
+    std::string chat_template;        // "" = as the donor has it
+    std::string text;                 // the file's text (kept with the output)
     std::string where(int line) const { return file + ":" + std::to_string(line); }
 };
 

@@ -1,7 +1,9 @@
 #include "merge/tokenizer_merge.hpp"
 
 #include "formats/atomic_file.hpp"
+#include "formats/bpe_merge.hpp"
 #include "util/error.hpp"
+#include "util/logging.hpp"
 
 #include <ATen/ATen.h>
 
@@ -62,19 +64,8 @@ json strip(json tok, int64_t limit) {
                                            : "";
             json merges = json::array();
             for (const json &m : model["merges"]) {
-                std::string a, b;
-                if (m.is_string()) {
-                    const std::string text = m.get<std::string>();
-                    const size_t sp = text.find(' ', 1);
-                    if (sp == std::string::npos) continue;
-                    a = text.substr(0, sp), b = text.substr(sp + 1);
-                } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
-                    a = m[0].get<std::string>(), b = m[1].get<std::string>();
-                } else {
-                    continue;
-                }
-                const std::string merged = a + (!prefix.empty() && b.rfind(prefix, 0) == 0 ? b.substr(prefix.size()) : b);
-                if (kept.contains(a) && kept.contains(b) && kept.contains(merged)) merges.push_back(m);
+                const std::optional<formats::BpeMerge> p = formats::parse_bpe_merge(m, prefix);
+                if (p && kept.contains(p->a) && kept.contains(p->b) && kept.contains(p->merged)) merges.push_back(m);
             }
             model["merges"] = merges;
         }
@@ -164,6 +155,33 @@ VocabPlan plan_vocabulary(const Config &c, const std::vector<VocabModel> &models
         plan.tokenizer = toks[size_t(k)];
         plan.files_from = models[size_t(k)].dir;
     }
+    for (const TokenSource &t : c.tokens) {
+        const std::string what = t.where + ": tokenizer.tokens['" + clip(t.token) + "']";
+        const auto id = out.find(t.token);
+        if (id == out.end()) {  // mergekit passes over such an entry without a word
+            log_message(3, what + " is not a token of the merged vocabulary; the entry is ignored");
+            continue;
+        }
+        VocabPlan::TokenRow row{id->second, -1, 0, t.force, what};
+        if (t.kind != TokenSource::Kind::zero) {
+            row.model = model_index(t.model);
+            if (row.model < 0) throw HostError(what + ": '" + clip(t.model) + "' is not one of the merged models");
+            const VocabModel &m = models[size_t(row.model)];
+            if (t.kind == TokenSource::Kind::model_token && t.token_id >= 0) {
+                if (t.token_id >= m.vocab_size)
+                    throw HostError(what + ": token_id " + std::to_string(t.token_id) + " is past " + m.dir + "'s vocab_size (" +
+                                    std::to_string(m.vocab_size) + ")");
+                row.row = t.token_id;
+            } else {
+                const std::string &name = t.kind == TokenSource::Kind::model ? t.token : t.source_token;
+                const auto it = vocabs[size_t(row.model)].find(name);
+                if (it == vocabs[size_t(row.model)].end())
+                    throw HostError(what + ": '" + clip(name) + "' is not a token of " + m.dir + "/tokenizer.json");
+                row.row = it->second;
+            }
+        }
+        plan.token_rows.push_back(row);
+    }
     for (const auto &[_, id] : out) plan.real = std::max(plan.real, id + 1);
     plan.rows = plan.real;
     if (c.pad_to_multiple_of > 0) plan.rows = (plan.real + c.pad_to_multiple_of - 1) / c.pad_to_multiple_of * c.pad_to_multiple_of;
@@ -177,11 +195,12 @@ VocabPlan plan_vocabulary(const Config &c, const std::vector<VocabModel> &models
         for (int64_t i = 0; identity && i < plan.rows; ++i) identity = plan.source_id[m][size_t(i)] == i;
         plan.active = plan.active || !identity;
     }
+    plan.active = plan.active || !plan.token_rows.empty();
     return plan;
 }
 
 std::vector<at::Tensor> permute_rows(const VocabPlan &plan, const std::vector<at::Tensor> &tensors, const std::vector<size_t> &model_ids,
-                                     int32_t base) {
+                                     int32_t base, const std::string &name) {
     const int64_t D = tensors[0].size(1);
     for (const at::Tensor &t : tensors)
         if (t.dim() != 2 || t.size(1) != D) throw HostError("embedding matrices differ in width; tokenizers cannot be merged");
@@ -204,9 +223,25 @@ std::vector<at::Tensor> permute_rows(const VocabPlan &plan, const std::vector<at
         const at::Tensor &bm = own[2 * size_t(base) + 1];
         fallback = at::where(bm > 0, own[2 * size_t(base)], fallback);
     }
+    // tokenizer.tokens: the named row is the default; forced, it replaces every model's own.
+    at::Tensor forced = at::zeros({plan.rows, 1}, at::kBool);
+    for (const VocabPlan::TokenRow &r : plan.token_rows) {
+        at::Tensor row = at::zeros({D}, fallback.options());
+        if (r.model >= 0) {
+            const size_t k = size_t(std::find(model_ids.begin(), model_ids.end(), size_t(r.model)) - model_ids.begin());
+            if (k == model_ids.size()) throw HostError(r.what + ": its model has no '" + name + "' among this merge's inputs");
+            if (r.row >= tensors[k].size(0))
+                throw HostError(r.what + ": row " + std::to_string(r.row) + " is past the " + std::to_string(tensors[k].size(0)) +
+                                " rows of '" + name + "'");
+            row = tensors[k][r.row];
+        }
+        fallback[r.id].copy_(row);
+        if (r.force) forced[r.id] = true;
+    }
+    forced = forced.to(fallback.device());
     std::vector<at::Tensor> out;
     for (size_t k = 0; k < tensors.size(); ++k) {
-        at::Tensor t = at::where(own[2 * k + 1] > 0, own[2 * k], fallback);
+        at::Tensor t = at::where((own[2 * k + 1] > 0) & ~forced, own[2 * k], fallback);
         if (plan.rows > plan.real) {  // padding rows: the mean of the real ones
             at::Tensor mean = t.narrow(0, 0, plan.real).mean(0, true);
             t = at::cat({t.narrow(0, 0, plan.real), mean.expand({plan.rows - plan.real, D})});

@@ -1,5 +1,6 @@
 #include "model/model.hpp"
 
+#include "abi/device.hpp"
 #include "model/recompute.hpp"
 
 #include "formats/atomic_file.hpp"
@@ -36,10 +37,10 @@ namespace {
 // The device with its index ("cuda" -> "cuda:0", the current one), as the model's tensors report theirs:
 // the fusion and the placement code compare a model's device with its tensors' (an unindexed "cuda" equals
 // no tensor's device, which sent every fusion member through the slow path for members placed elsewhere).
-at::Device concrete(at::Device device) {
+// `device` with its index filled in ("cuda" -> "cuda:0"), once require_device has said it can be used.
+at::Device concrete(at::Device device, const std::string &where) {
+    require_device(device, where);
     if (device.has_index() || device.is_cpu()) return device;
-    if (device.is_cuda() && !at::hasCUDA())
-        throw HostError("device 'cuda' asked for, but this LibTorch has no CUDA or sees no GPU (use device = \"cpu\")");
     return at::empty({0}, at::TensorOptions().device(device)).device();
 }
 }  // namespace
@@ -218,7 +219,7 @@ void Model::refuse_unloadable(const PluginHost &host, const std::string &dir, co
 
 std::unique_ptr<Model> Model::build(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device, bool random,
                                     uint64_t seed, ExpertShard shard) {
-    device = concrete(device);
+    device = concrete(device, dir);
     std::unique_ptr<Model> m(new Model());
     m->dir_ = dir;
     m->dtype_ = dtype;
@@ -250,7 +251,7 @@ std::unique_ptr<Model> Model::build(const PluginHost &host, const std::string &d
 std::unique_ptr<Model> Model::from_tensors(const PluginHost &host, const nlohmann::json &config,
                                            std::shared_ptr<const std::map<std::string, at::Tensor>> tensors, const std::string &where,
                                            at::ScalarType dtype, at::Device device) {
-    device = concrete(device);
+    device = concrete(device, where);
     std::unique_ptr<Model> m(new Model());
     m->dir_ = where;
     m->dtype_ = dtype;
@@ -267,6 +268,11 @@ std::unique_ptr<Model> Model::from_tensors(const PluginHost &host, const nlohman
     return m;
 }
 
+double Model::physical_memory() {
+    const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && page > 0 ? double(pages) * double(page) : 0;
+}
+
 void Model::check_fits(const std::vector<TensorDecl> &table, at::ScalarType dtype, at::Device device, const std::string &where) {
     double elements = 0, largest = 0;
     std::string largest_name;
@@ -279,7 +285,7 @@ void Model::check_fits(const std::vector<TensorDecl> &table, at::ScalarType dtyp
     }
     const double bytes = elements * double(c10::elementSize(dtype));
     if (!device.is_cpu()) return;  // device memory is the device's to refuse
-    const double ram = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGE_SIZE));
+    const double ram = physical_memory();
     if (ram > 0 && bytes > ram)
         throw HostError(where + ": the model needs " + format_bytes(bytes) + " for its weights as " + c10::toString(dtype) +
                         " (largest: '" + largest_name + "', " + format_bytes(largest * double(c10::elementSize(dtype))) +

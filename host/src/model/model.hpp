@@ -149,6 +149,8 @@ public:
     // before an output folder is committed, so OUT never gets a model that
     // does not load.
     static void refuse_unloadable(const PluginHost &host, const std::string &dir, const std::string &out, const std::string &what);
+    // Bytes of physical memory on this machine (0 when the system does not say).
+    static double physical_memory();
     // The same from a config in memory; `has_weight` answers weight_exists()
     // (null: every tensor exists). `where` names it in messages.
     static std::vector<TensorDecl> tensor_table(const PluginHost &host, const formats::HfConfig &config,

@@ -9,7 +9,6 @@
 #include "util/progress.hpp"
 
 #include <ATen/ATen.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -55,9 +54,7 @@ void check_options(const ConvertOptions &o) {
     if (o.rest != "base" && o.rest != "average") throw HostError("rest must be base or average, not '" + clip(o.rest) + "'" + at);
     if (o.test_sequences < 1 || o.seq_len < 2) throw HostError("test sequences must be >= 1 and the sequence length >= 2" + at);
     // Checked whether or not this run reads them (a typo must not wait for the run that uses it).
-    if (!o.gate_mode.empty() && std::find(gate_modes().begin(), gate_modes().end(), o.gate_mode) == gate_modes().end())
-        throw HostError("unknown gate mode '" + clip(o.gate_mode) + "' (known: hidden, hidden_avg, cheap_embed, random, uniform_random)" +
-                        at);
+    if (!o.gate_mode.empty()) check_gate_mode(o.gate_mode, at);
     if (!o.tokenizer.empty() && !fs::exists(o.tokenizer)) throw HostError("tokenizer " + clip(o.tokenizer) + " does not exist" + at);
 }
 
@@ -73,7 +70,7 @@ void check_fits_in_memory(const DenseModel &d, const std::vector<bool> &chosen, 
         const bool expert = t.role.rfind("mlp.", 0) == 0 && t.layer >= 0 && size_t(t.layer) < chosen.size() && chosen[size_t(t.layer)];
         bytes += expert ? b * double(experts) : b;
     }
-    const double ram = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGE_SIZE));
+    const double ram = Model::physical_memory();
     if (ram > 0 && bytes > ram)
         throw HostError(d.dir + " with " + std::to_string(experts) + " experts in each converted layer needs about " + format_bytes(bytes) +
                         " of memory, more than this machine's " + format_bytes(ram) + "; convert fewer layers or use fewer experts");

@@ -117,16 +117,18 @@ std::vector<ExpertPrompts> read_prompts(const std::string &path) {
     return out;
 }
 
-const std::vector<std::string> &gate_modes() {
-    static const std::vector<std::string> m = {"hidden", "hidden_avg", "cheap_embed", "random", "uniform_random"};
-    return m;
+void check_gate_mode(const std::string &mode, const std::string &at) {
+    static const std::vector<std::string> known = {"hidden", "hidden_avg", "cheap_embed", "random", "uniform_random"};
+    if (std::find(known.begin(), known.end(), mode) != known.end()) return;
+    std::string list;
+    for (const std::string &m : known) list += (list.empty() ? "" : ", ") + m;
+    throw HostError("unknown gate mode '" + clip(mode) + "' (known: " + list + ")" + at);
 }
 
 std::vector<at::Tensor> prompt_router_rows(const PluginHost &host, const DenseModel &d, const formats::Tokenizer *tok,
                                            const std::vector<ExpertPrompts> &prompts, const std::string &mode, int64_t E, uint64_t seed) {
     const int64_t L = d.config.num_layers, H = d.config.hidden_size;
-    if (std::find(gate_modes().begin(), gate_modes().end(), mode) == gate_modes().end())
-        throw HostError("unknown gate mode '" + clip(mode) + "' (known: hidden, hidden_avg, cheap_embed, random, uniform_random)");
+    check_gate_mode(mode);
     std::vector<at::Tensor> out;
     if (mode == "random" || mode == "uniform_random") {
         auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);

@@ -27,7 +27,9 @@ struct ExpertPrompts {
 // (a map with an `experts` list); errors name the file and entry.
 std::vector<ExpertPrompts> read_prompts(const std::string &path);
 
-const std::vector<std::string> &gate_modes();
+// Throws "unknown gate mode ...", naming the known ones and ending with `at`,
+// unless `mode` is one of them.
+void check_gate_mode(const std::string &mode, const std::string &at = "");
 // Router rows per layer ([E, H] float32 each) for `gate_mode`:
 // hidden / hidden_avg: the residual stream entering each layer at a prompt's
 //   last token / averaged over its tokens, mean over the positive prompts
