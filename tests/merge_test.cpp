@@ -462,3 +462,87 @@ TEST(Merge, TokenizerUnionAndPerTokenSources) {
         EXPECT_FALSE(fs::exists(root() / ("out_union_bad_" + std::to_string(i)))) << "case " << i;
     }
 }
+
+namespace {
+// A PEFT adapter folder: adapter_config.json (`config`) and adapter_model.safetensors (`tensors`,
+// named without PEFT's "base_model.model." prefix, which is added here).
+std::string adapter(const std::string &name, const nlohmann::json &config, const formats::NamedTensors &tensors) {
+    const fs::path dir = root() / name;
+    fs::create_directories(dir);
+    std::ofstream(dir / "adapter_config.json") << config.dump();
+    formats::NamedTensors prefixed;
+    for (const auto &[n, t] : tensors) prefixed.push_back({"base_model.model." + n, t});
+    formats::write_safetensors((dir / "adapter_model.safetensors").string(), prefixed);
+    return dir.string();
+}
+}  // namespace
+
+// "MODEL+LORA" (and {model: MODEL, lora: LORA}) merges the adapter into its model before the merge, as
+// PEFT's merge_and_unload: W + (alpha / r) B A for a linear layer (Hu et al. 2021, eq. 3), (B A)^T for
+// an embedding, alpha / sqrt(r) with use_rslora, alpha_pattern per module, modules_to_save replacing.
+TEST(Merge, LoraReferencesMergeTheAdapterFirst) {
+    Trio m;
+    at::manual_seed(7);
+    const int64_t r = 4;
+    const at::Tensor qa = at::randn({r, 16}), qb = at::randn({16, r}), va = at::randn({r, 16}), vb = at::randn({8, r}),
+                     ea = at::randn({r, 64}), eb = at::randn({16, r}), head = at::randn({64, 16});
+    const std::string lora =
+        adapter("lora", {{"peft_type", "LORA"}, {"r", r}, {"lora_alpha", 8}, {"alpha_pattern", {{"layers.1.self_attn.v_proj", 2}}}},
+                {{"model.layers.0.self_attn.q_proj.lora_A.weight", qa},
+                 {"model.layers.0.self_attn.q_proj.lora_B.weight", qb},
+                 {"model.layers.1.self_attn.v_proj.lora_A.weight", va},
+                 {"model.layers.1.self_attn.v_proj.lora_B.weight", vb},
+                 {"model.embed_tokens.lora_embedding_A", ea},
+                 {"model.embed_tokens.lora_embedding_B", eb},
+                 {"lm_head.weight", head}});
+    const std::string rs =
+        adapter("rslora", {{"r", r}, {"lora_alpha", 8}, {"use_rslora", true}},
+                {{"model.layers.0.self_attn.q_proj.lora_A.weight", qa}, {"model.layers.0.self_attn.q_proj.lora_B.weight", qb}});
+    auto a = tensors(m.a);
+    auto one = [&](const std::string &name, const std::string &ref) {
+        return tensors(merge_yaml(name, "merge_method: linear\nmodels:\n  - model: " + ref + "\n    parameters: {weight: 1.0}\n"));
+    };
+    for (const auto &out : {one("plus", m.a + "+" + lora), one("map", "{model: " + m.a + ", lora: {path: " + lora + "}}")}) {
+        EXPECT_LT(
+            max_diff(out.at("model.layers.0.self_attn.q_proj.weight"), a["model.layers.0.self_attn.q_proj.weight"] + 2.0 * qb.matmul(qa)),
+            1e-5);
+        EXPECT_LT(
+            max_diff(out.at("model.layers.1.self_attn.v_proj.weight"), a["model.layers.1.self_attn.v_proj.weight"] + 0.5 * vb.matmul(va)),
+            1e-5);
+        EXPECT_LT(max_diff(out.at("model.embed_tokens.weight"), a["model.embed_tokens.weight"] + 2.0 * eb.matmul(ea).t()), 1e-5);
+        EXPECT_LT(max_diff(out.at("lm_head.weight"), head), 1e-6);
+        EXPECT_LT(max_diff(out.at("model.layers.0.self_attn.v_proj.weight"), a["model.layers.0.self_attn.v_proj.weight"]), 1e-7);
+        EXPECT_LT(max_diff(out.at("model.layers.1.self_attn.q_proj.weight"), a["model.layers.1.self_attn.q_proj.weight"]), 1e-7);
+    }
+    EXPECT_LT(max_diff(one("rslora", m.a + "+" + rs).at("model.layers.0.self_attn.q_proj.weight"),
+                       a["model.layers.0.self_attn.q_proj.weight"] + 4.0 * qb.matmul(qa)),
+              1e-5);  // 8 / sqrt(4)
+    // The same model with and without its adapter are two inputs: the mean is half the update.
+    const auto half =
+        tensors(merge_yaml("half", "merge_method: linear\nmodels:\n  - model: " + m.a + "+" + rs +
+                                       "\n    parameters: {weight: 1.0}\n  - model: " + m.a + "\n    parameters: {weight: 1.0}\n"));
+    EXPECT_LT(
+        max_diff(half.at("model.layers.0.self_attn.q_proj.weight"), a["model.layers.0.self_attn.q_proj.weight"] + 2.0 * qb.matmul(qa)),
+        1e-5);
+
+    const std::vector<std::pair<std::string, std::string>> bad = {
+        {adapter("bad_target", {{"lora_alpha", 8}},
+                 {{"model.layers.9.mlp.up_proj.lora_A.weight", qa}, {"model.layers.9.mlp.up_proj.lora_B.weight", qb}}),
+         "changes 'model.layers.9.mlp.up_proj.weight', which"},
+        {adapter("bad_shape", {{"lora_alpha", 8}},
+                 {{"model.layers.0.mlp.up_proj.lora_A.weight", qa}, {"model.layers.0.mlp.up_proj.lora_B.weight", qb}}),
+         "has shape [16, 16], but"},
+        {adapter("bad_dora", {{"lora_alpha", 8}, {"use_dora", true}}, {{"lm_head.weight", head}}),
+         "DoRA adapters (use_dora) are not supported"},
+        {adapter("bad_half", {{"lora_alpha", 8}}, {{"model.layers.0.self_attn.q_proj.lora_A.weight", qa}}), "lora_A but no lora_B"},
+        {adapter("bad_alpha", {{"r", 4}}, {{"lm_head.weight", head}}), "no 'lora_alpha'"},
+        {(root() / "no_such_adapter").string(), "no folder holding adapter_config.json"},
+    };
+    for (size_t i = 0; i < bad.size(); ++i) {
+        const std::string e = error_of("lora_bad_" + std::to_string(i), "merge_method: linear\nmodels:\n  - model: " + m.a + "+" +
+                                                                            bad[i].first + "\n    parameters: {weight: 1.0}\n");
+        EXPECT_NE(e.find(bad[i].second), std::string::npos) << "case " << i << ": " << e;
+        EXPECT_NE(e.find(".yml:3: "), std::string::npos) << "case " << i << " names the line: " << e;
+        EXPECT_FALSE(fs::exists(root() / ("out_lora_bad_" + std::to_string(i)))) << "case " << i;
+    }
+}

@@ -3,6 +3,7 @@
 #include "abi/device.hpp"
 #include "formats/atomic_file.hpp"
 #include "formats/shard_writer.hpp"
+#include "merge/lora.hpp"
 #include "merge/tokenizer_merge.hpp"
 #include "model/model.hpp"
 #include "util/logging.hpp"
@@ -26,6 +27,7 @@ using nlohmann::json;
 
 struct InputModel {
     std::string ref, dir;
+    std::shared_ptr<const LoraAdapter> lora;  // "MODEL+LORA": applied to each tensor as it is read
     formats::HfConfig config;
     std::shared_ptr<formats::Checkpoint> ckpt;
     std::map<std::pair<int32_t, std::string>, TensorDecl> by_role;
@@ -223,17 +225,31 @@ private:
         return it->second;
     }
 
-    std::string resolve(const std::string &ref, const std::string &where) const {
-        if (auto it = o_.aliases.find(ref); it != o_.aliases.end()) return it->second;
+    // The first of REF and the YAML's folder / REF that is a folder holding `marker`, made absolute; "" if none.
+    std::string find_folder(const std::string &ref, const char *marker) const {
         for (const fs::path &p : {fs::path(ref), fs::path(c_.dir) / ref})
-            if (fs::is_directory(p) && fs::exists(p / "config.json")) return fs::absolute(p).lexically_normal().string();
+            if (fs::is_directory(p) && fs::exists(p / marker)) return fs::absolute(p).lexically_normal().string();
+        return "";
+    }
+
+    // A model reference's folder, and its LoRA adapter's for "MODEL+LORA" (mergekit's syntax).
+    std::pair<std::string, std::string> resolve(const std::string &ref, const std::string &where) const {
+        if (auto it = o_.aliases.find(ref); it != o_.aliases.end()) return {it->second, ""};
+        if (std::string dir = find_folder(ref, "config.json"); !dir.empty()) return {dir, ""};
+        const size_t plus = ref.find('+');
+        if (plus != std::string::npos && plus > 0 && ref.find('+', plus + 1) == std::string::npos) {
+            const std::string lora = ref.substr(plus + 1), lora_dir = find_folder(lora, "adapter_config.json");
+            if (lora_dir.empty())
+                throw HostError(where + ": LoRA '" + clip(lora) + "' of '" + clip(ref) +
+                                "': no folder holding adapter_config.json (looked in " + fs::absolute(lora).lexically_normal().string() +
+                                " and " + (fs::path(c_.dir) / lora).lexically_normal().string() + ")");
+            return {resolve(ref.substr(0, plus), where).first, lora_dir};
+        }
         for (const fs::path &p : {fs::path(ref), fs::path(c_.dir) / ref})
             if (fs::is_directory(p))
                 throw HostError(where + ": " + fs::absolute(p).lexically_normal().string() +
                                 " is not a model folder (it has no config.json)");
-        std::string hint = ref.find('@') != std::string::npos   ? " (model@revision references need the hub; give a local folder)"
-                           : ref.find('+') != std::string::npos ? " (model+lora references are not supported; merge the LoRA first)"
-                                                                : "";
+        std::string hint = ref.find('@') != std::string::npos ? " (model@revision references need the hub; give a local folder)" : "";
         throw HostError(where + ": model '" + clip(ref) + "': no such folder (looked in " + fs::absolute(ref).lexically_normal().string() +
                         " and " + (fs::path(c_.dir) / ref).lexically_normal().string() +
                         "); Mango merges local Hugging Face folders, there is no model hub here" + hint);
@@ -243,12 +259,17 @@ private:
         if (auto it = refs_.find(ref); it != refs_.end()) return int64_t(it->second);
         InputModel m;
         m.ref = ref;
-        m.dir = resolve(ref, where);
+        const auto [dir, lora_dir] = resolve(ref, where);
+        m.dir = dir;
         for (size_t i = 0; i < models_.size(); ++i)
-            if (models_[i].dir == m.dir) return int64_t(refs_[ref] = i);
+            if (models_[i].dir == m.dir && (models_[i].lora ? models_[i].lora->dir() : "") == lora_dir) return int64_t(refs_[ref] = i);
         try {
             m.config = formats::load_hf_config(m.dir);
             m.ckpt = std::make_shared<formats::Checkpoint>(formats::Checkpoint::open(m.dir));
+            if (!lora_dir.empty()) {
+                m.lora = LoraAdapter::open(lora_dir);
+                m.lora->check_fits(*m.ckpt, m.dir);
+            }
         } catch (const std::exception &e) {
             throw HostError(where + ": " + e.what());
         }
@@ -421,6 +442,7 @@ Result run(const PluginHost &host, const Config &config, const std::string &out_
             for (size_t k = 0; k < p.sources.size(); ++k) {
                 const InputModel &m = plan.models_[p.sources[k].first];
                 at::Tensor t = m.ckpt->tensor(p.sources[k].second);
+                if (m.lora) t = m.lora->apply(p.sources[k].second, t);
                 if (!t.is_floating_point())
                     throw HostError(m.dir + ": tensor '" + p.sources[k].second + "' has dtype " + c10::toString(t.scalar_type()) +
                                     "; merging takes floating-point weights");

@@ -101,14 +101,26 @@ struct Reader {
         return s;
     }
 
+    // A model reference: "PATH", "PATH+LORA", or {model: PATH, lora: LORA}, read as "PATH+LORA";
+    // a PATH may also be written {path: PATH}.
     std::string model_ref(const YAML::Node &n) const {
         if (n.IsMap()) {
             only(n, {"model", "lora", "override_architecture"}, "a model reference");
-            if (n["lora"]) fail(n["lora"], "LoRA adapters are not supported: merge the LoRA into its model first");
             if (n["override_architecture"]) fail(n, "override_architecture is not supported");
-            return string(n["model"], "model");
+            if (!n["model"]) fail(n, "a model reference needs 'model'");
+            std::string ref = model_path(n["model"]);
+            if (n["lora"] && !n["lora"].IsNull()) ref += "+" + model_path(n["lora"]);
+            return ref;
         }
         return string(n, "model");
+    }
+
+    std::string model_path(const YAML::Node &n) const {
+        if (!n.IsMap()) return string(n, "model");
+        only(n, {"path", "revision"}, "a model path");
+        if (n["revision"] && !n["revision"].IsNull()) fail(n["revision"], "a revision needs the model hub; give a local folder");
+        if (!n["path"]) fail(n, "a model path needs 'path'");
+        return string(n["path"], "path");
     }
 
     // tokenizer.tokens.TOKEN: {source: MODEL | {kind: zero} | {kind: model_token, model: MODEL,

@@ -1,0 +1,51 @@
+// A PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors)
+// applied to a model's weights as they are read: mergekit's "MODEL+LORA"
+// references, which merge the adapter into its model (PEFT's
+// merge_and_unload) before the merge sees it.
+//   linear:    W + s * B @ A              (Hu et al. 2021, eq. 3; W is [out, in])
+//   Conv1D:    W + s * (B @ A)^T          (fan_in_fan_out: W is [in, out], GPT-2)
+//   embedding: W + s * (B @ A)^T          (lora_embedding_A [r, vocab], _B [dim, r])
+// with s = alpha / r, or alpha / sqrt(r) with use_rslora (Kalajdzievski 2023);
+// r is A's row count and alpha is lora_alpha unless alpha_pattern names the
+// module. Plain tensors in the adapter (modules_to_save, trained biases)
+// replace the model's. DoRA and LoRA biases are refused by name.
+#pragma once
+
+#include "formats/safetensors.hpp"
+
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <memory>
+#include <string>
+
+namespace mango::merge {
+
+class LoraAdapter {
+public:
+    // Reads DIR; throws naming the file and key of anything missing or not supported.
+    static std::shared_ptr<const LoraAdapter> open(const std::string &dir);
+
+    // Throws unless every tensor the adapter changes is in `model` with a shape the change fits.
+    void check_fits(const formats::Checkpoint &model, const std::string &model_dir) const;
+
+    // `weight` (the model's tensor `name`) with the adapter applied, in weight's dtype and device;
+    // `weight` itself when the adapter does not change it.
+    at::Tensor apply(const std::string &name, const at::Tensor &weight) const;
+
+    const std::string &dir() const { return dir_; }
+    size_t changes() const { return changes_.size(); }
+
+private:
+    struct Change {
+        std::string a, b;         // adapter tensors (LoRA), or
+        std::string replacement;  // an adapter tensor that replaces the weight
+        double scale = 0;
+        bool transposed = false;  // the update is (B @ A)^T: embeddings, fan_in_fan_out
+    };
+    std::string dir_;
+    std::shared_ptr<formats::Checkpoint> file_;
+    std::map<std::string, Change> changes_;  // model tensor name -> change
+};
+
+}  // namespace mango::merge
