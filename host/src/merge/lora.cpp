@@ -23,8 +23,10 @@ bool ends_with(const std::string &s, const std::string &tail) {
 std::string shape_text(const std::vector<int64_t> &shape) { return c10::str(c10::IntArrayRef(shape)); }
 
 // Suffixes of the LoRA tensors PEFT saves: (suffix, of an embedding, is A).
-const std::tuple<const char *, bool, bool> kLoraParts[] = {
-    {".lora_A.weight", false, true}, {".lora_B.weight", false, false}, {".lora_embedding_A", true, true}, {".lora_embedding_B", true, false}};
+const std::tuple<const char *, bool, bool> kLoraParts[] = {{".lora_A.weight", false, true},
+                                                           {".lora_B.weight", false, false},
+                                                           {".lora_embedding_A", true, true},
+                                                           {".lora_embedding_B", true, false}};
 
 json read_config(const fs::path &p) {
     std::ifstream in(p);
@@ -78,9 +80,9 @@ std::shared_ptr<const LoraAdapter> LoraAdapter::open(const std::string &dir) {
 
     const fs::path weights = fs::path(dir) / "adapter_model.safetensors";
     if (!fs::exists(weights))
-        throw HostError(dir + ": no adapter_model.safetensors" +
-                        (fs::exists(fs::path(dir) / "adapter_model.bin") ? " (adapter_model.bin, a pickle, is not read: save it as safetensors)"
-                                                                           : ""));
+        throw HostError(
+            dir + ": no adapter_model.safetensors" +
+            (fs::exists(fs::path(dir) / "adapter_model.bin") ? " (adapter_model.bin, a pickle, is not read: save it as safetensors)" : ""));
     out->file_ = std::make_shared<formats::Checkpoint>(formats::Checkpoint::open(weights.string()));
     const std::string prefix = "base_model.model.";
     struct Pair {
@@ -102,7 +104,8 @@ std::shared_ptr<const LoraAdapter> LoraAdapter::open(const std::string &dir) {
             found = true;
         }
         if (found) continue;
-        if (key.find("lora_") != std::string::npos) throw HostError(at + " is not a LoRA tensor this reader knows (lora_A, lora_B, lora_embedding_A/B)");
+        if (key.find("lora_") != std::string::npos)
+            throw HostError(at + " is not a LoRA tensor this reader knows (lora_A, lora_B, lora_embedding_A/B)");
         out->changes_[key].replacement = name;  // modules_to_save, trained biases
     }
     for (const auto &[module, p] : modules) {

@@ -28,6 +28,7 @@ using nlohmann::json;
 struct InputModel {
     std::string ref, dir;
     std::shared_ptr<const LoraAdapter> lora;  // "MODEL+LORA": applied to each tensor as it is read
+    std::string label() const { return lora ? dir + "+" + lora->dir() : dir; }
     formats::HfConfig config;
     std::shared_ptr<formats::Checkpoint> ckpt;
     std::map<std::pair<int32_t, std::string>, TensorDecl> by_role;
@@ -377,7 +378,7 @@ Result check(const PluginHost &host, const Config &config, const Options &option
     r.tensors = int64_t(p.planned_.size());
     r.skipped = p.skipped_;
     r.layers = p.out_layers_;
-    for (const auto &m : p.models_) r.models.push_back(m.dir);
+    for (const auto &m : p.models_) r.models.push_back(m.label());
     return r;
 }
 
@@ -401,7 +402,7 @@ Result run(const PluginHost &host, const Config &config, const std::string &out_
     r.method = config.method;
     r.layers = plan.out_layers_;
     r.skipped = plan.skipped_;
-    for (const auto &m : plan.models_) r.models.push_back(m.dir);
+    for (const auto &m : plan.models_) r.models.push_back(m.label());
     {
         const std::string dtype_name = options.dtype.empty() ? config.dtype : options.dtype;
         InstanceSpec spec;

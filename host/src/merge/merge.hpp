@@ -38,7 +38,7 @@ struct Result {
     uint64_t bytes_read = 0, bytes_written = 0;
     double seconds = 0;
     std::vector<std::string> files;
-    std::vector<std::string> models;  // the input folders, in configuration order
+    std::vector<std::string> models;  // the input folders, in configuration order ("MODEL+LORA" for an adapted one)
 };
 
 // Checks everything that can be checked without merging: the models exist
