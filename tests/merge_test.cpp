@@ -399,9 +399,10 @@ void write_word_tokenizer(const std::string &dir, const std::vector<std::string>
 }  // namespace
 
 // tokenizer: {source: union, tokens: ...} as mergekit's PermutedEmbeddings builds the rows
-// (mergekit/tokenizer/embed.py): the union appends B's new tokens after A's; a token one model lacks
-// takes the other's row; a `tokens` entry names a token's default row (a model's row for it, a row of
-// a model's own embedding by id or token, or zeros), and with `force` every model takes that row.
+// (mergekit/tokenizer/embed.py, build.py): the union appends B's new tokens after A's; a token one
+// model lacks takes the other's row; a `tokens` entry names a token's default row (a model's row for it,
+// a row of a model's own embedding by id or token, or zeros), with `force` every model takes that row,
+// and a token no vocabulary has is added (not_a_token: zeros); a model may be named by another path.
 TEST(Merge, TokenizerUnionAndPerTokenSources) {
     Trio m;
     std::vector<std::string> va, vb;
@@ -417,7 +418,7 @@ TEST(Merge, TokenizerUnionAndPerTokenSources) {
                                                     "    x5: {source: {kind: zero}, force: true}\n"
                                                     "    x6: {source: " +
                                                     m.b +
-                                                    ", force: true}\n"
+                                                    "/., force: true}\n"
                                                     "    x7: {source: {kind: model_token, model: " +
                                                     m.a +
                                                     ", token: x9}}\n"
@@ -430,12 +431,13 @@ TEST(Merge, TokenizerUnionAndPerTokenSources) {
     const auto tok = formats::Tokenizer::from_file((fs::path(out) / "tokenizer.json").string());
     for (const auto &[token, id] : std::vector<std::pair<std::string, int32_t>>{{"x3", 3}, {"x63", 63}, {"y0", 64}, {"y3", 67}})
         EXPECT_EQ(tok.token_to_id(token), id) << token;
+    EXPECT_EQ(tok.token_to_id("not_a_token"), 68);
     EXPECT_EQ(tok.encode("y0 y3", false), (std::vector<int32_t>{64, 67}));
-    EXPECT_EQ(nlohmann::json::parse(std::ifstream(fs::path(out) / "config.json"))["vocab_size"], 68);
+    EXPECT_EQ(nlohmann::json::parse(std::ifstream(fs::path(out) / "config.json"))["vocab_size"], 69);
     auto a = tensors(m.a), b = tensors(m.b), merged = tensors(out);
     for (const char *name : {"model.embed_tokens.weight", "lm_head.weight"}) {
         const at::Tensor A = a[name], B = b[name], M = merged[name];
-        ASSERT_EQ(M.size(0), 68) << name;
+        ASSERT_EQ(M.size(0), 69) << name;
         at::Tensor want = at::zeros_like(M);
         for (int64_t i = 0; i < 60; ++i) want[i] = (A[i] + B[i]) / 2;  // x7 too: both have it, not forced
         want[5].zero_();                                               // forced zeros
@@ -466,7 +468,7 @@ TEST(Merge, TokenizerUnionAndPerTokenSources) {
 namespace {
 // A PEFT adapter folder: adapter_config.json (`config`) and adapter_model.safetensors (`tensors`,
 // named without PEFT's "base_model.model." prefix, which is added here).
-std::string adapter(const std::string &name, const nlohmann::json &config, const formats::NamedTensors &tensors) {
+std::string adapter(const std::string &name, const nlohmann::ordered_json &config, const formats::NamedTensors &tensors) {
     const fs::path dir = root() / name;
     fs::create_directories(dir);
     std::ofstream(dir / "adapter_config.json") << config.dump();
@@ -486,17 +488,24 @@ TEST(Merge, LoraReferencesMergeTheAdapterFirst) {
     const int64_t r = 4;
     const at::Tensor qa = at::randn({r, 16}), qb = at::randn({16, r}), va = at::randn({r, 16}), vb = at::randn({8, r}),
                      ea = at::randn({r, 64}), eb = at::randn({16, r}), head = at::randn({64, 16});
-    const std::string lora =
-        adapter("lora", {{"peft_type", "LORA"}, {"r", r}, {"lora_alpha", 8}, {"alpha_pattern", {{"layers.1.self_attn.v_proj", 2}}}},
-                {{"model.layers.0.self_attn.q_proj.lora_A.weight", qa},
-                 {"model.layers.0.self_attn.q_proj.lora_B.weight", qb},
-                 {"model.layers.1.self_attn.v_proj.lora_A.weight", va},
-                 {"model.layers.1.self_attn.v_proj.lora_B.weight", vb},
-                 {"model.embed_tokens.lora_embedding_A", ea},
-                 {"model.embed_tokens.lora_embedding_B", eb},
-                 {"lm_head.weight", head}});
+    const at::Tensor embed = at::randn({64, 16});  // PEFT's save_embedding_layers: the embedding the update goes onto
+    // alpha_pattern: the first key that matches, in the file's order (2, not 100).
+    const std::string lora = adapter("lora",
+                                     {{"peft_type", "LORA"},
+                                      {"r", r},
+                                      {"lora_alpha", 8},
+                                      {"alpha_pattern", {{"self_attn.v_proj", 2}, {"layers.1.self_attn.v_proj", 100}}}},
+                                     {{"model.layers.0.self_attn.q_proj.lora_A.weight", qa},
+                                      {"model.layers.0.self_attn.q_proj.lora_B.weight", qb},
+                                      {"model.layers.1.self_attn.v_proj.lora_A.weight", va},
+                                      {"model.layers.1.self_attn.v_proj.lora_B.weight", vb},
+                                      {"model.embed_tokens.lora_embedding_A", ea},
+                                      {"model.embed_tokens.lora_embedding_B", eb},
+                                      {"model.embed_tokens.base_layer.weight", embed},
+                                      {"lm_head.weight", head}});
+    // fan_in_fan_out is PEFT's to set by layer type: LLaMA's are nn.Linear, so it is ignored here.
     const std::string rs =
-        adapter("rslora", {{"r", r}, {"lora_alpha", 8}, {"use_rslora", true}},
+        adapter("rslora", {{"r", r}, {"lora_alpha", 8}, {"use_rslora", true}, {"fan_in_fan_out", true}},
                 {{"model.layers.0.self_attn.q_proj.lora_A.weight", qa}, {"model.layers.0.self_attn.q_proj.lora_B.weight", qb}});
     auto a = tensors(m.a);
     auto one = [&](const std::string &name, const std::string &ref) {
@@ -509,7 +518,7 @@ TEST(Merge, LoraReferencesMergeTheAdapterFirst) {
         EXPECT_LT(
             max_diff(out.at("model.layers.1.self_attn.v_proj.weight"), a["model.layers.1.self_attn.v_proj.weight"] + 0.5 * vb.matmul(va)),
             1e-5);
-        EXPECT_LT(max_diff(out.at("model.embed_tokens.weight"), a["model.embed_tokens.weight"] + 2.0 * eb.matmul(ea).t()), 1e-5);
+        EXPECT_LT(max_diff(out.at("model.embed_tokens.weight"), embed + 2.0 * eb.matmul(ea).t()), 1e-5);
         EXPECT_LT(max_diff(out.at("lm_head.weight"), head), 1e-6);
         EXPECT_LT(max_diff(out.at("model.layers.0.self_attn.v_proj.weight"), a["model.layers.0.self_attn.v_proj.weight"]), 1e-7);
         EXPECT_LT(max_diff(out.at("model.layers.1.self_attn.q_proj.weight"), a["model.layers.1.self_attn.q_proj.weight"]), 1e-7);
@@ -537,6 +546,9 @@ TEST(Merge, LoraReferencesMergeTheAdapterFirst) {
         {adapter("bad_half", {{"lora_alpha", 8}}, {{"model.layers.0.self_attn.q_proj.lora_A.weight", qa}}), "lora_A but no lora_B"},
         {adapter("bad_alpha", {{"r", 4}}, {{"lm_head.weight", head}}), "no 'lora_alpha'"},
         {(root() / "no_such_adapter").string(), "no folder holding adapter_config.json"},
+        {adapter("bad_pissa", {{"lora_alpha", 8}, {"init_lora_weights", "pissa_niter_4"}}, {{"lm_head.weight", head}}),
+         "changes the base weights"},
+        {adapter("bad_alora", {{"lora_alpha", 8}, {"alora_invocation_tokens", {1, 2}}}, {{"lm_head.weight", head}}), "activated LoRA"},
     };
     for (size_t i = 0; i < bad.size(); ++i) {
         const std::string e = error_of("lora_bad_" + std::to_string(i), "merge_method: linear\nmodels:\n  - model: " + m.a + "+" +
@@ -545,4 +557,17 @@ TEST(Merge, LoraReferencesMergeTheAdapterFirst) {
         EXPECT_NE(e.find(".yml:3: "), std::string::npos) << "case " << i << " names the line: " << e;
         EXPECT_FALSE(fs::exists(root() / ("out_lora_bad_" + std::to_string(i)))) << "case " << i;
     }
+    // An adapter folder is an input: --force does not let the output replace it.
+    const fs::path yml = root() / "into_adapter.yml";
+    std::ofstream(yml) << "merge_method: linear\nmodels:\n  - model: " + m.a + "+" + rs + "\n    parameters: {weight: 1.0}\n";
+    merge::Options o;
+    o.progress = false;
+    o.force = true;
+    try {
+        merge::run(shared_plugins(), merge::load_config(yml.string()), rs, o);
+        ADD_FAILURE() << "merged into its own adapter's folder";
+    } catch (const std::exception &e) {
+        EXPECT_NE(std::string(e.what()).find("must not be, contain or lie inside an input"), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(fs::exists(fs::path(rs) / "adapter_model.safetensors"));
 }

@@ -14,7 +14,7 @@ namespace mango::merge {
 namespace {
 
 namespace fs = std::filesystem;
-using nlohmann::json;
+using json = nlohmann::ordered_json;
 
 bool ends_with(const std::string &s, const std::string &tail) {
     return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
@@ -28,7 +28,7 @@ const std::tuple<const char *, bool, bool> kLoraParts[] = {{".lora_A.weight", fa
                                                            {".lora_embedding_A", true, true},
                                                            {".lora_embedding_B", true, false}};
 
-json read_config(const fs::path &p) {
+json read_config(const fs::path &p) {  // ordered: alpha_pattern keys are tried in the file's order
     std::ifstream in(p);
     if (!in) throw HostError(p.string() + ": cannot read (a LoRA adapter folder holds adapter_config.json)");
     try {
@@ -53,7 +53,8 @@ bool flag(const json &config, const std::string &key, const std::string &where) 
 
 }  // namespace
 
-std::shared_ptr<const LoraAdapter> LoraAdapter::open(const std::string &dir) {
+std::shared_ptr<const LoraAdapter> LoraAdapter::open(const std::string &dir,
+                                                     const std::function<bool(const std::string &)> &stored_in_out) {
     auto out = std::make_shared<LoraAdapter>();
     out->dir_ = dir;
     const fs::path config_path = fs::path(dir) / "adapter_config.json";
@@ -64,8 +65,20 @@ std::shared_ptr<const LoraAdapter> LoraAdapter::open(const std::string &dir) {
     if (type != "LORA") throw HostError(where + ": peft_type '" + clip(type) + "' is not supported (only LORA adapters are)");
     if (flag(config, "use_dora", where)) throw HostError(where + ": DoRA adapters (use_dora) are not supported");
     if (flag(config, "lora_bias", where)) throw HostError(where + ": LoRA biases (lora_bias) are not supported");
+    if (config.contains("alora_invocation_tokens") && !config["alora_invocation_tokens"].is_null())
+        throw HostError(where + ": activated LoRA (alora_invocation_tokens) cannot be merged into its model");
+    if (config.contains("trainable_token_indices") && !config["trainable_token_indices"].is_null())
+        throw HostError(where + ": trainable tokens (trainable_token_indices) are not supported");
+    if (config.contains("init_lora_weights") && config["init_lora_weights"].is_string()) {
+        // PiSSA, OLoRA, CorDA and LoftQ change the base weights when the adapter is made; PEFT redoes it on
+        // load, and merging A and B into the original weights would be wrong.
+        const std::string init = config["init_lora_weights"].get<std::string>();
+        if (init != "gaussian" && init != "eva")
+            throw HostError(where + ": init_lora_weights '" + clip(init) +
+                            "' changes the base weights; only adapters initialised with true, false, gaussian or eva are merged");
+    }
     const double alpha = number(config, "lora_alpha", where);
-    const bool rslora = flag(config, "use_rslora", where), fan_in_fan_out = flag(config, "fan_in_fan_out", where);
+    const bool rslora = flag(config, "use_rslora", where);
     std::vector<std::pair<std::regex, double>> alpha_pattern;  // PEFT: a key matches a module name or its dotted tail
     if (config.contains("alpha_pattern") && config["alpha_pattern"].is_object()) {
         for (const auto &[pattern, value] : config["alpha_pattern"].items()) {
@@ -95,6 +108,7 @@ std::shared_ptr<const LoraAdapter> LoraAdapter::open(const std::string &dir) {
         if (name.rfind(prefix, 0) != 0) throw HostError(at + " does not start with '" + prefix + "' (not a PEFT adapter?)");
         const std::string key = name.substr(prefix.size());
         if (key.find("lora_magnitude_vector") != std::string::npos) throw HostError(at + ": DoRA adapters are not supported");
+        if (key.find("token_adapter") != std::string::npos) throw HostError(at + ": trainable tokens are not supported");
         bool found = false;
         for (const auto &[tail, embedding, is_a] : kLoraParts) {
             if (!ends_with(key, tail)) continue;
@@ -106,7 +120,13 @@ std::shared_ptr<const LoraAdapter> LoraAdapter::open(const std::string &dir) {
         if (found) continue;
         if (key.find("lora_") != std::string::npos)
             throw HostError(at + " is not a LoRA tensor this reader knows (lora_A, lora_B, lora_embedding_A/B)");
-        out->changes_[key].replacement = name;  // modules_to_save, trained biases
+        // modules_to_save, saved embedding layers, trained biases; "X.base_layer.weight" is X.weight
+        std::string target = key;
+        if (const size_t base = target.find(".base_layer."); base != std::string::npos)
+            target.erase(base, std::string(".base_layer").size());
+        if (!out->changes_[target].replacement.empty())
+            throw HostError(at + " replaces '" + clip(target) + "', which " + out->changes_[target].replacement + " replaces too");
+        out->changes_[target].replacement = name;
     }
     for (const auto &[module, p] : modules) {
         const std::string at = weights.string() + ": module '" + clip(module) + "'";
@@ -122,10 +142,9 @@ std::shared_ptr<const LoraAdapter> LoraAdapter::open(const std::string &dir) {
             }
         const double r = double(a[0]);
         Change &c = out->changes_[module + ".weight"];
-        if (!c.replacement.empty()) throw HostError(at + " is both replaced and adapted");
         c.a = p.a, c.b = p.b;
         c.scale = rslora ? module_alpha / std::sqrt(r) : module_alpha / r;
-        c.transposed = p.embedding || fan_in_fan_out;
+        c.transposed = p.embedding || stored_in_out(module + ".weight");
     }
     if (out->changes_.empty()) throw HostError(weights.string() + ": holds no tensors");
     return out;
@@ -136,17 +155,17 @@ void LoraAdapter::check_fits(const formats::Checkpoint &model, const std::string
         if (!model.contains(name))
             throw HostError(dir_ + ": the adapter changes '" + clip(name) + "', which " + model_dir + " does not have");
         const std::vector<int64_t> &have = model.entry(name).shape;
-        std::vector<int64_t> want;
-        if (!c.replacement.empty()) {
-            want = file_->entry(c.replacement).shape;
-        } else {
-            want = {file_->entry(c.b).shape[0], file_->entry(c.a).shape[1]};
-            if (c.transposed) std::swap(want[0], want[1]);
-        }
-        if (have != want)
+        auto refuse = [&](const std::vector<int64_t> &want, const std::string &why) {
             throw HostError(dir_ + ": the adapter's change to '" + clip(name) + "' has shape " + shape_text(want) + ", but " + model_dir +
-                            " holds it as " + shape_text(have) +
-                            (c.replacement.empty() ? "" : " (an adapter saved with a resized vocabulary cannot be merged)"));
+                            " holds it as " + shape_text(have) + why);
+        };
+        if (!c.replacement.empty() && file_->entry(c.replacement).shape != have)
+            refuse(file_->entry(c.replacement).shape, " (an adapter saved with a resized vocabulary cannot be merged)");
+        if (!c.a.empty()) {
+            std::vector<int64_t> want = {file_->entry(c.b).shape[0], file_->entry(c.a).shape[1]};
+            if (c.transposed) std::swap(want[0], want[1]);
+            if (want != have) refuse(want, "");
+        }
     }
 }
 
@@ -154,11 +173,12 @@ at::Tensor LoraAdapter::apply(const std::string &name, const at::Tensor &weight)
     const auto it = changes_.find(name);
     if (it == changes_.end()) return weight;
     const Change &c = it->second;
-    if (!c.replacement.empty()) return file_->tensor(c.replacement).to(weight.device(), weight.scalar_type());
+    const at::Tensor base = c.replacement.empty() ? weight : file_->tensor(c.replacement).to(weight.device());
+    if (c.a.empty()) return base.to(weight.scalar_type());
     const at::Tensor a = file_->tensor(c.a).to(weight.device(), at::kFloat), b = file_->tensor(c.b).to(weight.device(), at::kFloat);
     at::Tensor delta = at::matmul(b, a) * c.scale;
     if (c.transposed) delta = delta.t();
-    return (weight.to(at::kFloat) + delta).to(weight.scalar_type());
+    return (base.to(at::kFloat) + delta).to(weight.scalar_type());
 }
 
 }  // namespace mango::merge

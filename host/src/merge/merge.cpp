@@ -219,6 +219,18 @@ public:
     size_t donor_ = 0;
     int64_t skipped_ = 0;
 
+    // The input model `ref` names, however it is written (another relative path, an absolute one,
+    // an alias of the same folder); -1 when it is none of them.
+    int64_t find(const std::string &ref) const {
+        if (auto it = refs_.find(ref); it != refs_.end()) return int64_t(it->second);
+        try {
+            const auto [dir, lora_dir] = resolve(ref, "");
+            return opened(dir, lora_dir);
+        } catch (const HostError &) {
+            return -1;
+        }
+    }
+
 private:
     size_t index_of(const std::string &ref) const {
         auto it = refs_.find(ref);
@@ -228,8 +240,12 @@ private:
 
     // The first of REF and the YAML's folder / REF that is a folder holding `marker`, made absolute; "" if none.
     std::string find_folder(const std::string &ref, const char *marker) const {
-        for (const fs::path &p : {fs::path(ref), fs::path(c_.dir) / ref})
-            if (fs::is_directory(p) && fs::exists(p / marker)) return fs::absolute(p).lexically_normal().string();
+        for (const fs::path &p : {fs::path(ref), fs::path(c_.dir) / ref}) {
+            if (!fs::is_directory(p) || !fs::exists(p / marker)) continue;
+            fs::path dir = fs::absolute(p).lexically_normal();
+            if (!dir.has_filename()) dir = dir.parent_path();  // "a/" and "a/." are "a": one model, however written
+            return dir.string();
+        }
         return "";
     }
 
@@ -256,28 +272,39 @@ private:
                         "); Mango merges local Hugging Face folders, there is no model hub here" + hint);
     }
 
+    // The opened model of this folder and adapter ("" for none), or -1.
+    int64_t opened(const std::string &dir, const std::string &lora_dir) const {
+        for (size_t i = 0; i < models_.size(); ++i)
+            if (models_[i].dir == dir && (models_[i].lora ? models_[i].lora->dir() : "") == lora_dir) return int64_t(i);
+        return -1;
+    }
+
     int64_t model(const std::string &ref, const std::string &where) {
         if (auto it = refs_.find(ref); it != refs_.end()) return int64_t(it->second);
         InputModel m;
         m.ref = ref;
         const auto [dir, lora_dir] = resolve(ref, where);
         m.dir = dir;
-        for (size_t i = 0; i < models_.size(); ++i)
-            if (models_[i].dir == m.dir && (models_[i].lora ? models_[i].lora->dir() : "") == lora_dir) return int64_t(refs_[ref] = i);
+        if (const int64_t i = opened(dir, lora_dir); i >= 0) return int64_t(refs_[ref] = size_t(i));
         try {
             m.config = formats::load_hf_config(m.dir);
             m.ckpt = std::make_shared<formats::Checkpoint>(formats::Checkpoint::open(m.dir));
-            if (!lora_dir.empty()) {
-                m.lora = LoraAdapter::open(lora_dir);
-                m.lora->check_fits(*m.ckpt, m.dir);
-            }
         } catch (const std::exception &e) {
             throw HostError(where + ": " + e.what());
         }
         auto ckpt = m.ckpt;
+        std::set<std::string> in_out;  // weights stored [in, out] (a ".T" role: GPT-2's Conv1D)
         for (TensorDecl &d : Model::tensor_table(
-                 host_, m.config, [ckpt](const std::string &n) { return ckpt->contains(n); }, m.dir))
+                 host_, m.config, [ckpt](const std::string &n) { return ckpt->contains(n); }, m.dir)) {
+            if (d.role.size() > 2 && d.role.compare(d.role.size() - 2, 2, ".T") == 0) in_out.insert(d.name);
             m.by_role[{d.layer, d.role}] = d;
+        }
+        if (!lora_dir.empty()) try {
+                m.lora = LoraAdapter::open(lora_dir, [&](const std::string &name) { return in_out.count(name) > 0; });
+                m.lora->check_fits(*m.ckpt, m.dir);
+            } catch (const std::exception &e) {
+                throw HostError(where + ": " + e.what());
+            }
         refs_[ref] = models_.size();
         models_.push_back(std::move(m));
         return int64_t(models_.size() - 1);
@@ -367,12 +394,20 @@ uint64_t tensor_seed(uint64_t seed, const std::string &name) {
     return h;
 }
 
+// The merged tokenizer's vocabulary and each model's rows on it (tokenizer.tokens resolved).
+VocabPlan vocabulary_plan(const Planner &plan, const Config &config) {
+    std::vector<VocabModel> models;
+    for (const InputModel &m : plan.models_) models.push_back({m.dir, m.config.vocab_size});
+    return plan_vocabulary(config, models, plan.base_index(), plan.donor_, [&](const std::string &ref) { return plan.find(ref); });
+}
+
 }  // namespace
 
 Result check(const PluginHost &host, const Config &config, const Options &options) {
     Planner p(host, config, options);
     p.plan();
     for (const Planned &t : p.planned_) p.parameters(t);  // every parameter of every tensor resolves
+    vocabulary_plan(p, config);                           // and every tokenizer.tokens entry
     Result r;
     r.method = config.method;
     r.tensors = int64_t(p.planned_.size());
@@ -390,8 +425,11 @@ Result run(const PluginHost &host, const Config &config, const std::string &out_
     plan.plan();
     for (const Planned &t : plan.planned_) plan.parameters(t);  // fail before writing anything
 
-    std::vector<std::string> inputs;
-    for (const InputModel &m : plan.models_) inputs.push_back(m.dir);
+    std::vector<std::string> inputs;  // folders the output must not replace or lie in
+    for (const InputModel &m : plan.models_) {
+        inputs.push_back(m.dir);
+        if (m.lora) inputs.push_back(m.lora->dir());
+    }
     formats::OutputFolder folder(out_dir_in, options.force, inputs);
     if (options.keep_other_files) folder.keep_other_files();
     const fs::path out = folder.target();
@@ -409,14 +447,7 @@ Result run(const PluginHost &host, const Config &config, const std::string &out_
         spec.name = config.method;
         spec.where = config.method_where;
         auto method = MergeInstance::create(host, spec);
-        std::vector<VocabModel> vocab_models;
-        for (const InputModel &m : plan.models_) vocab_models.push_back({m.dir, m.config.vocab_size});
-        const VocabPlan vocab =
-            plan_vocabulary(config, vocab_models, plan.base_index(), plan.donor_, [&](const std::string &ref) -> int64_t {
-                for (size_t k = 0; k < plan.models_.size(); ++k)
-                    if (plan.models_[k].ref == ref) return int64_t(k);
-                return -1;
-            });
+        const VocabPlan vocab = vocabulary_plan(plan, config);
         std::vector<formats::ShardWriter::Planned> names;
         for (const Planned &p : plan.planned_)
             names.push_back({p.name, plan.models_[p.sources[0].first].ckpt->entry(p.sources[0].second).shape.size()});

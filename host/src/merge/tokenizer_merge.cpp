@@ -3,7 +3,6 @@
 #include "formats/atomic_file.hpp"
 #include "formats/bpe_merge.hpp"
 #include "util/error.hpp"
-#include "util/logging.hpp"
 
 #include <ATen/ATen.h>
 
@@ -123,29 +122,6 @@ VocabPlan plan_vocabulary(const Config &c, const std::vector<VocabModel> &models
         out = vocabs[owner];
         plan.tokenizer = strip(toks[owner], models[owner].vocab_size);
         plan.files_from = models[owner].dir;
-        if (c.tokenizer_source == "union") {
-            int64_t next = 0;
-            for (const auto &[_, id] : out) next = std::max(next, id + 1);
-            json &added = plan.tokenizer["added_tokens"];
-            if (!added.is_array()) added = json::array();
-            for (size_t m = 0; m < models.size(); ++m) {
-                std::vector<std::pair<int64_t, std::string>> by_id;
-                for (const auto &[tok, id] : vocabs[m]) by_id.push_back({id, tok});
-                std::sort(by_id.begin(), by_id.end());
-                for (const auto &[id, tok] : by_id) {
-                    if (out.count(tok)) continue;
-                    out[tok] = next;
-                    added.push_back({{"id", next},
-                                     {"content", tok},
-                                     {"single_word", false},
-                                     {"lstrip", false},
-                                     {"rstrip", false},
-                                     {"normalized", true},
-                                     {"special", false}});
-                    ++next;
-                }
-            }
-        }
     } else {
         const int64_t k = model_index(c.tokenizer_source);
         if (k < 0)
@@ -155,13 +131,43 @@ VocabPlan plan_vocabulary(const Config &c, const std::vector<VocabModel> &models
         plan.tokenizer = toks[size_t(k)];
         plan.files_from = models[size_t(k)].dir;
     }
+    // New tokens are added tokens at the next ids: plain ones as transformers' add_tokens makes them,
+    // or a model's added token with its own settings.
+    int64_t next = 0;
+    for (const auto &[_, id] : out) next = std::max(next, id + 1);
+    json &added = plan.tokenizer["added_tokens"];
+    if (!added.is_array()) added = json::array();
+    const json plain = {{"single_word", false}, {"lstrip", false}, {"rstrip", false}, {"normalized", true}, {"special", false}};
+    auto add = [&](const std::string &tok, json entry) {
+        entry["id"] = next;
+        entry["content"] = tok;
+        added.push_back(entry);
+        out[tok] = next++;
+    };
+    if (c.tokenizer_source == "union") {  // as mergekit: the other models' tokens first, then their added tokens
+        for (const bool added_pass : {false, true}) {
+            for (size_t m = 0; m < models.size(); ++m) {
+                std::map<std::string, json> own_added;
+                if (toks[m].contains("added_tokens") && toks[m]["added_tokens"].is_array())
+                    for (const json &a : toks[m]["added_tokens"])
+                        if (a.is_object() && a.contains("content") && a["content"].is_string())
+                            own_added[a["content"].get<std::string>()] = a;
+                std::vector<std::pair<int64_t, std::string>> by_id;
+                for (const auto &[tok, id] : vocabs[m]) by_id.push_back({id, tok});
+                std::sort(by_id.begin(), by_id.end());
+                for (const auto &[id, tok] : by_id) {
+                    const auto a = own_added.find(tok);
+                    if (out.count(tok) || (a != own_added.end()) != added_pass) continue;
+                    add(tok, added_pass ? a->second : plain);
+                }
+            }
+        }
+    }
+    for (const TokenSource &t : c.tokens)  // mergekit adds the tokens it is told about
+        if (!out.count(t.token)) add(t.token, plain);
     for (const TokenSource &t : c.tokens) {
         const std::string what = t.where + ": tokenizer.tokens['" + clip(t.token) + "']";
         const auto id = out.find(t.token);
-        if (id == out.end()) {  // mergekit passes over such an entry without a word
-            log_message(3, what + " is not a token of the merged vocabulary; the entry is ignored");
-            continue;
-        }
         VocabPlan::TokenRow row{id->second, -1, 0, t.force, what};
         if (t.kind != TokenSource::Kind::zero) {
             row.model = model_index(t.model);

@@ -1,14 +1,16 @@
 // The merged model's tokenizer, as mergekit builds it: tokenizer_source
 // "base" (the base model's vocabulary, cut to its config's vocab_size), a
 // model reference (that model's tokenizer), or "union" (the base's plus every
-// other model's tokens it lacks, appended as added tokens). Models whose
+// other model's tokens it lacks, appended as added tokens: plain ones first,
+// then the models' own added tokens with their settings). Models whose
 // vocabulary differs from the output's get their embedding and LM-head rows
 // permuted to the output's ids before merging; a token a model lacks takes
 // the default row (the one model that has it, else the base's, else the mean
 // of those that have it, else zeros). tokenizer.tokens names a token's default
-// row (a model's row for it, a row of a model's own embedding, or zeros), and
-// with `force` every model takes that row. With no tokenizer_source the
-// donor's files are copied and nothing is permuted (mergekit's default).
+// row (a model's row for it, a row of a model's own embedding, or zeros), with
+// `force` every model takes that row, and a token the vocabulary lacks is
+// added. With no tokenizer_source the donor's files are copied and nothing is
+// permuted (mergekit's default).
 #pragma once
 
 #include "merge/merge_config.hpp"
