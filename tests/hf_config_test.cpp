@@ -1,8 +1,14 @@
 // config.json: both generations of keys, GPT-2 style names, and errors that
 // name the file and key.
 #include "formats/hf_config.hpp"
+#include "formats/json_file.hpp"
 
 #include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <unistd.h>
 
 using mango::formats::ConfigError;
 using mango::formats::parse_hf_config;
@@ -70,4 +76,34 @@ TEST(HfConfig, ErrorsNameFileAndKey) {
     auto c = parse_hf_config(R"({"model_type": "x", "n": 1})", "m/config.json");
     EXPECT_EQ(c.require<int>("n"), 1);
     EXPECT_THROW(c.require<int>("missing"), ConfigError);
+}
+
+// The JSON-file reader every loader shares: a missing file says what it is needed for, a broken one
+// gives the parser's position, ordered_json keeps the file's key order, and the caller picks the error.
+TEST(JsonFile, ErrorsNameTheFileAndOrderIsKept) {
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::temp_directory_path() / ("mango-json-file-" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+    auto message = [](auto &&read) -> std::string {
+        try {
+            read();
+        } catch (const std::exception &e) {
+            return e.what();
+        }
+        return "no error";
+    };
+    using mango::formats::read_json_file;
+    EXPECT_EQ(message([&] { read_json_file(dir / "absent.json", "the test needs it"); }),
+              (dir / "absent.json").string() + ": cannot read (the test needs it)");
+    std::ofstream(dir / "broken.json") << "{\"a\": [1, 2}";
+    const std::string broken = message([&] { read_json_file<nlohmann::json, ConfigError>(dir / "broken.json", "x"); });
+    EXPECT_EQ(broken.rfind((dir / "broken.json").string() + ": not valid JSON: ", 0), 0u) << broken;
+    EXPECT_NE(broken.find("column 12"), std::string::npos) << broken;  // nlohmann names where parsing stopped
+    EXPECT_THROW((read_json_file<nlohmann::json, ConfigError>(dir / "broken.json", "x")), ConfigError);
+    std::ofstream(dir / "order.json") << R"({"z": 1, "a": 2, "m": 3})";
+    std::string keys;
+    const auto ordered = read_json_file<nlohmann::ordered_json>(dir / "order.json", "x");
+    for (const auto &[k, v] : ordered.items()) keys += k;
+    EXPECT_EQ(keys, "zam");
+    fs::remove_all(dir);
 }

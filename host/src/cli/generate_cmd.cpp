@@ -3,14 +3,16 @@
 
 #include "formats/unicode.hpp"
 
+#include "formats/json_file.hpp"
 #include "formats/tokenizer.hpp"
 #include "model/generate.hpp"
+#include "util/error.hpp"
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 
 namespace mango::cli {
@@ -28,16 +30,15 @@ std::vector<int64_t> stop_ids(const Model &m) {
     std::vector<int64_t> ids = m.config().eos_token_ids;
     const auto gen = std::filesystem::path(m.dir()) / "generation_config.json";
     if (std::filesystem::exists(gen)) {
-        try {
-            const auto j = nlohmann::json::parse(std::ifstream(gen));
-            if (j.contains("eos_token_id")) {
-                const auto &e = j["eos_token_id"];
-                if (e.is_number_integer()) ids.push_back(e.get<int64_t>());
-                if (e.is_array())
-                    for (const auto &x : e) ids.push_back(x.get<int64_t>());
-            }
-        } catch (const std::exception &e) {
-            throw std::runtime_error(gen.string() + ": " + e.what());
+        const auto j = formats::read_json_file(gen, "the model's generation settings");
+        if (j.contains("eos_token_id")) {
+            const auto &e = j["eos_token_id"];
+            const bool ok = e.is_null() || e.is_number_integer() ||
+                            (e.is_array() && std::all_of(e.begin(), e.end(), [](auto &x) { return x.is_number_integer(); }));
+            if (!ok) throw HostError(gen.string() + ": eos_token_id must be a token id or a list of them, not " + clip(e.dump()));
+            if (e.is_number_integer()) ids.push_back(e.get<int64_t>());
+            if (e.is_array())
+                for (const auto &x : e) ids.push_back(x.get<int64_t>());
         }
     }
     return ids;

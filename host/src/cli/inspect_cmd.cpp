@@ -2,6 +2,7 @@
 #include "cli.hpp"
 #include "util/error.hpp"
 
+#include "formats/json_file.hpp"
 #include "formats/safetensors.hpp"
 #include "formats/tokenizer.hpp"
 #include "model/model.hpp"
@@ -9,7 +10,6 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <set>
 
@@ -100,11 +100,7 @@ int inspect(const Global &g, const po::variables_map &vm) {
     json config;
     const fs::path config_path = fs::is_directory(path) ? fs::path(path) / "config.json" : fs::path(path).parent_path() / "config.json";
     if (fs::exists(config_path)) {
-        try {
-            config = json::parse(std::ifstream(config_path));
-        } catch (const std::exception &e) {
-            throw std::runtime_error(config_path.string() + ": not valid JSON: " + e.what());
-        }
+        config = formats::read_json_file(config_path, "the checkpoint's config.json");
     }
     uint64_t params = 0, bytes = 0;
     std::map<std::string, uint64_t> by_dtype;

@@ -1,6 +1,7 @@
 #include "formats/safetensors.hpp"
 
 #include "formats/atomic_file.hpp"
+#include "formats/json_file.hpp"
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -190,12 +191,7 @@ Checkpoint Checkpoint::open(const std::string &path) {
     } else if (fs::is_directory(path, ec)) {
         const fs::path index = fs::path(path) / "model.safetensors.index.json";
         if (fs::exists(index)) {
-            nlohmann::json j;
-            try {
-                j = nlohmann::json::parse(std::ifstream(index));
-            } catch (const std::exception &e) {
-                throw FormatError(index.string() + ": not valid JSON: " + e.what());
-            }
+            const nlohmann::json j = read_json_file<nlohmann::json, FormatError>(index, "a sharded checkpoint's index");
             if (!j.contains("weight_map") || !j["weight_map"].is_object()) throw FormatError(index.string() + ": no \"weight_map\" object");
             std::map<std::string, size_t> file_index;  // shard file -> position, in name order
             for (auto &[name, file] : j["weight_map"].items()) {

@@ -5,12 +5,12 @@
 
 #include <ATen/ATen.h>
 
+#include "formats/json_file.hpp"
 #include "formats/safetensors.hpp"
 #include <mango/registry/registry.hpp>
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <set>
 
 namespace mango {
@@ -329,12 +329,7 @@ void FusedModel::save(const std::string &out_dir, bool self_contained, const std
 
 std::unique_ptr<FusedModel> FusedModel::load(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device) {
     const fs::path cfg = fs::path(dir) / "fusion.json";
-    json j;
-    try {
-        j = json::parse(std::ifstream(cfg));
-    } catch (const std::exception &e) {
-        throw HostError(cfg.string() + ": cannot read a fusion description: " + e.what());
-    }
+    const json j = formats::read_json_file(cfg, "a fused model's folder holds fusion.json");
     try {
         if (j.value("format", "") != "mango-fusion") throw HostError(cfg.string() + ": not a mango fusion (format != mango-fusion)");
         std::vector<std::shared_ptr<Model>> models;

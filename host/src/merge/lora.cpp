@@ -1,5 +1,6 @@
 #include "merge/lora.hpp"
 
+#include "formats/json_file.hpp"
 #include "util/error.hpp"
 
 #include <ATen/ATen.h>
@@ -7,7 +8,6 @@
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <regex>
 
 namespace mango::merge {
@@ -27,16 +27,6 @@ const std::tuple<const char *, bool, bool> kLoraParts[] = {{".lora_A.weight", fa
                                                            {".lora_B.weight", false, false},
                                                            {".lora_embedding_A", true, true},
                                                            {".lora_embedding_B", true, false}};
-
-json read_config(const fs::path &p) {  // ordered: alpha_pattern keys are tried in the file's order
-    std::ifstream in(p);
-    if (!in) throw HostError(p.string() + ": cannot read (a LoRA adapter folder holds adapter_config.json)");
-    try {
-        return json::parse(in);
-    } catch (const std::exception &e) {
-        throw HostError(p.string() + ": not valid JSON: " + e.what());
-    }
-}
 
 double number(const json &config, const std::string &key, const std::string &where) {
     if (!config.contains(key)) throw HostError(where + ": no '" + key + "'");
@@ -59,7 +49,8 @@ std::shared_ptr<const LoraAdapter> LoraAdapter::open(const std::string &dir,
     out->dir_ = dir;
     const fs::path config_path = fs::path(dir) / "adapter_config.json";
     const std::string where = config_path.string();
-    const json config = read_config(config_path);
+    // ordered: alpha_pattern keys are tried in the file's order
+    const json config = formats::read_json_file<json>(config_path, "a LoRA adapter folder holds adapter_config.json");
     if (!config.is_object()) throw HostError(where + ": expected a JSON object");
     const std::string type = config.value("peft_type", std::string("LORA"));
     if (type != "LORA") throw HostError(where + ": peft_type '" + clip(type) + "' is not supported (only LORA adapters are)");
@@ -151,7 +142,9 @@ std::shared_ptr<const LoraAdapter> LoraAdapter::open(const std::string &dir,
 }
 
 void LoraAdapter::check_fits(const formats::Checkpoint &model, const std::string &model_dir) const {
-    for (const auto &[name, c] : changes_) {
+    for (const auto &entry : changes_) {  // not a structured binding: clang 14 cannot capture one in the lambda
+        const std::string &name = entry.first;
+        const Change &c = entry.second;
         if (!model.contains(name))
             throw HostError(dir_ + ": the adapter changes '" + clip(name) + "', which " + model_dir + " does not have");
         const std::vector<int64_t> &have = model.entry(name).shape;

@@ -2,12 +2,12 @@
 
 #include "formats/atomic_file.hpp"
 #include "formats/bpe_merge.hpp"
+#include "formats/json_file.hpp"
 #include "util/error.hpp"
 
 #include <ATen/ATen.h>
 
 #include <filesystem>
-#include <fstream>
 #include <map>
 
 namespace mango::merge {
@@ -19,15 +19,7 @@ using nlohmann::json;
 const char *const kOtherFiles[] = {"tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",   "vocab.json", "merges.txt",
                                    "added_tokens.json",     "chat_template.jinja",     "chat_template.json"};
 
-json read_json(const fs::path &p) {
-    std::ifstream in(p);
-    if (!in) throw HostError(p.string() + ": cannot read (building the merged tokenizer needs each model's tokenizer.json)");
-    try {
-        return json::parse(in);
-    } catch (const std::exception &e) {
-        throw HostError(p.string() + ": not valid JSON: " + e.what());
-    }
-}
+json read_json(const fs::path &p) { return formats::read_json_file(p, "building the merged tokenizer needs it"); }
 
 // token -> id of a tokenizer.json (model vocabulary and added tokens), ids below `limit`.
 std::map<std::string, int64_t> vocabulary(const json &tok, int64_t limit, const std::string &where) {
@@ -188,7 +180,7 @@ VocabPlan plan_vocabulary(const Config &c, const std::vector<VocabModel> &models
         }
         plan.token_rows.push_back(row);
     }
-    for (const auto &[_, id] : out) plan.real = std::max(plan.real, id + 1);
+    plan.real = next;  // every id in `out` is below it
     plan.rows = plan.real;
     if (c.pad_to_multiple_of > 0) plan.rows = (plan.real + c.pad_to_multiple_of - 1) / c.pad_to_multiple_of * c.pad_to_multiple_of;
     plan.source_id.assign(models.size(), std::vector<int64_t>(size_t(plan.rows), -1));
