@@ -73,6 +73,10 @@ TEST(HfConfig, ErrorsNameFileAndKey) {
               "m/config.json: num_attention_heads 6 is not a multiple of num_key_value_heads 4");
     EXPECT_EQ(error(R"({"model_type": "llama", "rope_theta": -1})"), "m/config.json: rope_theta must be a positive number, found -1");
     EXPECT_NE(error("[").find("not valid JSON"), std::string::npos);
+    // Layer counts past the tensor-table cap, under any spelling (GPT-2's n_layer once made its plugin allocate 125 GB).
+    EXPECT_EQ(error(R"({"model_type": "gpt2", "num_hidden_layers": 2, "n_layer": 1000000000000})"),
+              "m/config.json: n_layer = 1000000000000 is more layers than a model can declare (at most 250000)");
+    EXPECT_EQ(error(R"({"model_type": "llama", "num_hidden_layers": 250000})"), "");
     auto c = parse_hf_config(R"({"model_type": "x", "n": 1})", "m/config.json");
     EXPECT_EQ(c.require<int>("n"), 1);
     EXPECT_THROW(c.require<int>("missing"), ConfigError);

@@ -58,6 +58,14 @@ HfConfig parse_checked(const std::string &text, const std::string &where) {
 
     c.hidden_size = int_key(j, {"hidden_size", "n_embd", "d_model", "dim"}, where);
     c.num_layers = int_key(j, {"num_hidden_layers", "n_layer", "num_layers", "n_layers"}, where);
+    // Each layer declares tensors, and tensor tables stop at 250,000 (mango/tensors.hpp). A larger count is
+    // a wrong config, refused before an architecture plugin sizes per-layer state by it. Every spelling is
+    // checked: a plugin reads its own.
+    constexpr int64_t kMaxLayers = 250000;
+    for (const char *key : {"num_hidden_layers", "n_layer", "num_layers", "n_layers"})
+        if (const int64_t n = int_key(j, {key}, where); n > kMaxLayers)
+            throw ConfigError(where + ": " + key + " = " + std::to_string(n) + " is more layers than a model can declare (at most " +
+                              std::to_string(kMaxLayers) + ")");
     c.num_heads = int_key(j, {"num_attention_heads", "n_head", "num_heads", "n_heads"}, where);
     c.num_kv_heads = int_key(j, {"num_key_value_heads", "n_kv_heads"}, where);
     if (!c.num_kv_heads) c.num_kv_heads = c.num_heads;
