@@ -218,10 +218,18 @@ TEST(Moe, ZeroCapacityIsRefusedByName) {
     EXPECT_NE(load_error(mixtral({{"expert_capacity_factor", 1.0}, {"min_expert_capacity", 0}})).find("at least 1 token"),
               std::string::npos);
 }
-TEST(Moe, SlidingWindowQwenIsRefusedByName) {
-    json qwen = {{"model_type", "qwen2_moe"}, {"hidden_size", 32},        {"num_hidden_layers", 2}, {"num_attention_heads", 4},
-                 {"num_experts", 4},          {"num_experts_per_tok", 2}, {"vocab_size", 64},       {"use_sliding_window", true}};
-    EXPECT_NE(load_error(qwen).find("use_sliding_window = true"), std::string::npos);
+TEST(Moe, QwenLayerTypesLongerThanTheLayersAreRefused) {
+    // Sliding windows per layer (Model.QwenSlidingWindowsFollowLayerTypes): one layer_types entry per layer.
+    json qwen = {{"model_type", "qwen2_moe"},
+                 {"hidden_size", 32},
+                 {"num_hidden_layers", 2},
+                 {"num_attention_heads", 4},
+                 {"num_experts", 4},
+                 {"num_experts_per_tok", 2},
+                 {"vocab_size", 64},
+                 {"use_sliding_window", true},
+                 {"layer_types", {"full_attention", "full_attention", "sliding_attention"}}};
+    EXPECT_NE(load_error(qwen).find("layer_types has more entries than num_hidden_layers (2)"), std::string::npos) << load_error(qwen);
 }
 TEST(Moe, MissingExpertIsRefusedByName) {
     // A checkpoint without one expert: the missing tensor is named.

@@ -175,6 +175,60 @@ TEST(Model, MissingOrMisshapenTensorIsNamed) {
     }
 }
 
+// Qwen2 and Qwen2-MoE slide per layer: the layers `layer_types` marks, or, in configs without it, the
+// layers transformers' config classes pick (Qwen2Config: from max_window_layers on; Qwen2MoeConfig: the even
+// layers below max_window_layers). The goldens have no window; a window no layer uses must give their
+// logits, and the rule must agree with the same pattern written out as layer_types.
+TEST(Model, QwenSlidingWindowsFollowLayerTypes) {
+    for (const std::string name : {"qwen2", "qwen2_moe"}) {
+        const Golden g(name);
+        const json base = json::parse(std::ifstream(fs::path(model_dir(name)) / "config.json"));
+        const int64_t layers = base["num_hidden_layers"].get<int64_t>();
+        int variant = 0;
+        auto logits = [&](const json &patch) {
+            const fs::path d = fs::path(MANGO_TEST_TMP) / ("windows_" + name + "_" + std::to_string(variant++));
+            fs::remove_all(d);
+            fs::create_directories(d);
+            json cfg = base;
+            cfg.erase("layer_types");
+            cfg.merge_patch(patch);
+            std::ofstream(d / "config.json") << cfg.dump();
+            fs::copy_file(fs::path(model_dir(name)) / "model.safetensors", d / "model.safetensors");
+            at::NoGradGuard no_grad;
+            return mango::Model::load(shared_plugins(), d.string())->forward(g.ids, g.mask, g.pos);
+        };
+        const at::Tensor golden = tensor_of(g.j["logits"], at::kDouble);
+        const json on = {{"use_sliding_window", true}, {"sliding_window", 2}};
+        json none = on, all_full = on, by_rule = on, listed = on;
+        none["max_window_layers"] = name == "qwen2" ? layers : 0;  // the rule picks no layer
+        all_full["max_window_layers"] = 0;
+        all_full["layer_types"] = json::array();
+        by_rule["max_window_layers"] = name == "qwen2" ? 0 : layers;  // qwen2: every layer; qwen2_moe: 0, 2, ...
+        listed["max_window_layers"] = 0;
+        listed["layer_types"] = json::array();
+        for (int64_t i = 0; i < layers; ++i) {
+            all_full["layer_types"].push_back("full_attention");
+            listed["layer_types"].push_back(name == "qwen2" || i % 2 == 0 ? "sliding_attention" : "full_attention");
+        }
+        EXPECT_LE(masked_max_diff(logits(none), golden, g.mask), 1e-4) << name;
+        EXPECT_LE(masked_max_diff(logits(all_full), golden, g.mask), 1e-4) << name;
+        const at::Tensor ruled = logits(by_rule);
+        EXPECT_GT(masked_max_diff(ruled, golden, g.mask), 1e-3) << name << ": a 2-token window must change the logits";
+        EXPECT_LE(masked_max_diff(logits(listed), ruled, g.mask), 1e-6) << name;
+        json bad = on;
+        bad["layer_types"] = json::array({"sliding_attention"});
+        bad["layer_types"][0] = "local";
+        try {
+            logits(bad);
+            ADD_FAILURE() << name << ": layer_types 'local' was accepted";
+        } catch (const mango::HostError &e) {
+            EXPECT_NE(std::string(e.what()).find("layer_types.0 is 'local', expected sliding_attention or full_attention"),
+                      std::string::npos)
+                << e.what();
+        }
+    }
+}
+
 TEST(Model, UnsupportedRopeScalingIsRefused) {
     const fs::path d = fs::path(MANGO_TEST_TMP) / "yarn_llama";
     fs::remove_all(d);

@@ -49,11 +49,19 @@ struct Config {
         if (ctx.config_bool("mlp_bias", false)) throw Error(MANGO_ERR_UNSUPPORTED, "mlp_bias = true is not supported by the llama plugin");
         act = ctx.config_string("hidden_act", "silu");
         if (act != "silu") throw Error(MANGO_ERR_UNSUPPORTED, "hidden_act '" + act + "' is not supported by the llama plugin (silu only)");
-        // Mistral: sliding_window on every layer; Qwen2: only with use_sliding_window.
-        if (model_type != "qwen2" || ctx.config_bool("use_sliding_window", false)) window = ctx.config_int("sliding_window", 0);
+        // Mistral: sliding_window on every layer. Qwen2: only with use_sliding_window, on the layers
+        // layer_types marks (without it: the layers from max_window_layers on, as transformers' Qwen2Config).
+        windows.assign(size_t(layers), 0);
+        if (model_type != "qwen2") {
+            windows.assign(size_t(layers), ctx.config_int("sliding_window", 0));
+        } else if (ctx.config_bool("use_sliding_window", false)) {
+            const int64_t from = ctx.config_int("max_window_layers", 28);
+            windows = attn::layer_windows(ctx, layers, attn::qwen_window(ctx), [&](int64_t i) { return i >= from; });
+        }
     }
     std::string model_type, act;
-    int64_t hidden = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, inter = 0, vocab = 0, window = 0;
+    int64_t hidden = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, inter = 0, vocab = 0;
+    std::vector<int64_t> windows;  // each layer's sliding window (0: none)
     double eps = 1e-6;
     bool tied = false, bias = false;
 };
@@ -110,8 +118,9 @@ public:
         Tensor h = nn::rms_norm(x, l.norm_attn, c_.eps);
         auto [q, k, v] = attn::project_qkv_rope(h, {l.q, l.k, l.v}, c_.bias ? std::vector<Tensor>{l.qb, l.kb, l.vb} : std::vector<Tensor>{},
                                                 c_.heads, c_.kv_heads, c_.head_dim, inv_freq_t_, pos, rope_.attention_factor);
-        auto [keys, values] = attn::cached_kv(ctx, i, k, v, use_cache, c_.window);
-        Tensor a = attn::attend(ctx, q, keys, values, mask, c_.window, 1.0 / std::sqrt(double(c_.head_dim)));
+        const int64_t window = c_.windows[size_t(i)];
+        auto [keys, values] = attn::cached_kv(ctx, i, k, v, use_cache, window);
+        Tensor a = attn::attend(ctx, q, keys, values, mask, window, 1.0 / std::sqrt(double(c_.head_dim)));
         auto [r, normed] = nn::add_rms_norm(x, ops::linear(attn::merge_heads(a), l.o), l.norm_mlp, c_.eps);
         return ops::linear_residual(r, nn::swiglu(normed, l.gate, l.up), l.down);
     }

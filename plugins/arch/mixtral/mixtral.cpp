@@ -16,7 +16,7 @@ MoeDecoder::Config read(Context &ctx) {
     MoeDecoder::Config c;
     mango::moe::read_common(ctx, c, 1e-5);
     c.default_theta = 1e6;
-    c.attn.window = ctx.config_int("sliding_window", 0);
+    c.attn.windows.assign(size_t(c.layers), ctx.config_int("sliding_window", 0));  // every layer
     c.experts = ctx.config_int("num_local_experts", ctx.config_int("num_experts", 8));
     c.top_k = ctx.config_int("num_experts_per_tok", 2);
     c.moe_inter = ctx.config_int("intermediate_size", 0);

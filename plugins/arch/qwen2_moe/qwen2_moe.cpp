@@ -2,8 +2,9 @@
 // biases; sparse layers where (layer + 1) % decoder_sparse_step == 0 and the
 // layer is not in mlp_only_layers, dense MLPs (intermediate_size) elsewhere;
 // softmax top-k (renormalised when norm_topk_prob) plus a shared expert
-// weighted by sigmoid(shared_expert_gate(x)); sliding window on the layers
-// layer_types marks (use_sliding_window, max_window_layers).
+// weighted by sigmoid(shared_expert_gate(x)); with use_sliding_window, a
+// sliding window on the layers layer_types marks (without it: even layers
+// below max_window_layers, as transformers' Qwen2MoeConfig).
 // Reference: transformers' modeling_qwen2_moe.py.
 #include <mango/component.hpp>
 #include <mango/moe_decoder.hpp>
@@ -20,8 +21,12 @@ MoeDecoder::Config read(Context &ctx) {
     MoeDecoder::Config c;
     mango::moe::read_common(ctx, c, 1e-6);
     c.attn.qkv_bias = ctx.config_bool("qkv_bias", true);
-    if (ctx.config_bool("use_sliding_window", false))
-        throw Error(MANGO_ERR_UNSUPPORTED, "use_sliding_window = true (per-layer windows) is not supported by the qwen2_moe plugin");
+    // As transformers' Qwen2MoeConfig: without layer_types, the even layers below max_window_layers slide.
+    if (ctx.config_bool("use_sliding_window", false)) {
+        const int64_t below = ctx.config_int("max_window_layers", 28);
+        c.attn.windows = mango::attention::layer_windows(ctx, c.layers, mango::attention::qwen_window(ctx),
+                                                         [&](int64_t i) { return i % 2 == 0 && i < below; });
+    }
     c.experts = ctx.config_int("num_experts", 60);
     c.top_k = ctx.config_int("num_experts_per_tok", 4);
     c.moe_inter = ctx.config_int("moe_intermediate_size", 1408);

@@ -6,6 +6,7 @@
 
 #include "mango/ops.hpp"
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstdlib>
@@ -39,6 +40,42 @@ inline std::vector<double> rope_inv_freq(int64_t dim, double theta) {
     std::vector<double> f;
     for (int64_t i = 0; i < dim; i += 2) f.push_back(1.0 / std::pow(theta, double(i) / double(dim)));
     return f;
+}
+
+// Each layer's sliding window (0: full attention), for the models whose
+// configs say per layer (Qwen2, Qwen2-MoE): `layer_types` where the config has
+// it (transformers >= 4.53 writes it; "sliding_attention" layers get `window`,
+// "full_attention" ones none), else `slides(layer)`, the model's own rule for
+// configs without it. `window` <= 0: no layer slides.
+template <class Rule>
+std::vector<int64_t> layer_windows(Context &ctx, int64_t layers, int64_t window, Rule slides) {
+    std::vector<int64_t> out(size_t(std::max<int64_t>(layers, 0)), 0);
+    if (window <= 0) return out;
+    const bool listed = ctx.config("layer_types.0").has_value();
+    if (listed && ctx.config(("layer_types." + std::to_string(layers)).c_str()))
+        throw Error(MANGO_ERR_INVALID_ARGUMENT, "layer_types has more entries than num_hidden_layers (" + std::to_string(layers) + ")");
+    for (int64_t i = 0; i < layers; ++i) {
+        bool slide = false;
+        if (listed) {
+            const std::string key = "layer_types." + std::to_string(i);
+            const std::string type = ctx.config_string(key.c_str(), "");
+            if (type != "sliding_attention" && type != "full_attention")
+                throw Error(MANGO_ERR_INVALID_ARGUMENT,
+                            key + " is '" + type.substr(0, 200) + "', expected sliding_attention or full_attention (one entry per layer)");
+            slide = type == "sliding_attention";
+        } else {
+            slide = slides(i);
+        }
+        out[size_t(i)] = slide ? window : 0;
+    }
+    return out;
+}
+
+// Qwen configs' `sliding_window`: 4096 when absent (the config classes'
+// default), none when null.
+inline int64_t qwen_window(Context &ctx) {
+    const auto v = ctx.config("sliding_window");
+    return !v ? 4096 : ctx.config_int("sliding_window", 0);
 }
 
 // Rotary frequencies for `dim` channels with the config's rope scaling

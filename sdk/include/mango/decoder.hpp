@@ -18,8 +18,8 @@ enum class QkNorm { none, per_head, whole };
 
 struct Attention {
     int64_t hidden = 0, heads = 0, kv_heads = 0, head_dim = 0;
-    int64_t window = 0;  // sliding window (0 = none)
-    double eps = 1e-6;   // q/k norms
+    std::vector<int64_t> windows;  // each layer's sliding window (0 or missing: none)
+    double eps = 1e-6;             // q/k norms
     QkNorm qk_norm = QkNorm::none;
     double clip_qkv = 0;  // 0 = none
     bool qkv_bias = false, o_bias = false;
@@ -69,6 +69,7 @@ struct Attention {
         const attn::Qkv p = qk_norm == QkNorm::none && clip_qkv <= 0  // the projections and the rotation in one step
                                 ? attn::project_qkv_rope(h, {a.q, a.k, a.v}, biases, heads, kv_heads, head_dim, inv_freq, pos, rope_factor)
                                 : project_normed(a, h, biases, pos, inv_freq, rope_factor);
+        const int64_t window = size_t(layer) < windows.size() ? windows[size_t(layer)] : 0;
         auto [keys, values] = attn::cached_kv(ctx, layer, p.k, p.v, use_cache, window);
         Tensor out = attn::attend(ctx, p.q, keys, values, mask, window, 1.0 / std::sqrt(double(head_dim)));
         return ops::linear(attn::merge_heads(out), a.o, a.ob);
