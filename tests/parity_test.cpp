@@ -229,6 +229,37 @@ TEST(Model, QwenSlidingWindowsFollowLayerTypes) {
     }
 }
 
+// Yarn keys written as null mean what transformers' _compute_yarn_parameters makes of None: attention_factor
+// null is computed from factor (as if absent), truncate null does not truncate (as false).
+TEST(Model, YarnNullKeysReadAsTransformersReadsThem) {
+    const Golden g("llama");
+    const json base = json::parse(std::ifstream(fs::path(model_dir("llama")) / "config.json"));
+    int variant = 0;
+    auto logits = [&](const json &yarn) {
+        const fs::path d = fs::path(MANGO_TEST_TMP) / ("yarn_null_" + std::to_string(variant++));
+        fs::remove_all(d);
+        fs::create_directories(d);
+        json cfg = base;
+        cfg.erase("rope_parameters");
+        cfg["rope_theta"] = 10000.0;
+        cfg["rope_scaling"] = yarn;
+        std::ofstream(d / "config.json") << cfg.dump();
+        fs::copy_file(fs::path(model_dir("llama")) / "model.safetensors", d / "model.safetensors");
+        at::NoGradGuard no_grad;
+        return mango::Model::load(shared_plugins(), d.string())->forward(g.ids, g.mask, g.pos);
+    };
+    const json yarn = {{"rope_type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 4096}};
+    json null_factor = yarn, truncate_null = yarn, truncate_false = yarn;
+    null_factor["attention_factor"] = nullptr;
+    truncate_null["truncate"] = nullptr;
+    truncate_false["truncate"] = false;
+    const at::Tensor plain = logits(yarn);
+    EXPECT_EQ(masked_max_diff(logits(null_factor), plain, g.mask), 0.0);
+    const at::Tensor untruncated = logits(truncate_false);
+    EXPECT_GT(masked_max_diff(untruncated, plain, g.mask), 1e-6) << "the correction range (2.62, 5.63) truncates to (2, 6)";
+    EXPECT_EQ(masked_max_diff(logits(truncate_null), untruncated, g.mask), 0.0);
+}
+
 TEST(Model, UnsupportedRopeScalingIsRefused) {
     const fs::path d = fs::path(MANGO_TEST_TMP) / "yarn_llama";
     fs::remove_all(d);

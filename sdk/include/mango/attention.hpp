@@ -119,8 +119,13 @@ inline Rope rope_from_config(Context &ctx, int64_t dim, double default_theta = 1
             double(ctx.config_int("rope_scaling.original_max_position_embeddings", ctx.config_int("max_position_embeddings", 2048)));
         const double mscale = ctx.config_double("rope_scaling.mscale", 0), mscale_all = ctx.config_double("rope_scaling.mscale_all_dim", 0);
         auto get_mscale = [](double s, double m) { return s <= 1 ? 1.0 : 0.1 * m * std::log(s) + 1.0; };
+        // null as transformers reads it: attention_factor None is computed, truncate None does not truncate.
+        auto given = [&](const char *key) {
+            const auto v = ctx.config(key);
+            return v && v->kind != MANGO_VALUE_NONE;
+        };
         r.attention_factor =
-            ctx.config("rope_scaling.attention_factor")
+            given("rope_scaling.attention_factor")
                 ? ctx.config_double("rope_scaling.attention_factor", 1.0)
                 : (mscale != 0 && mscale_all != 0 ? get_mscale(factor, mscale) / get_mscale(factor, mscale_all) : get_mscale(factor, 1.0));
         double beta_fast = ctx.config_double("rope_scaling.beta_fast", 32), beta_slow = ctx.config_double("rope_scaling.beta_slow", 1);
@@ -130,7 +135,9 @@ inline Rope rope_from_config(Context &ctx, int64_t dim, double default_theta = 1
             return double(dim) * std::log(orig / (rotations * 2 * M_PI)) / (2 * std::log(theta));
         };
         double low = correction_dim(beta_fast), high = correction_dim(beta_slow);
-        if (ctx.config_bool("rope_scaling.truncate", true)) low = std::floor(low), high = std::ceil(high);
+        const bool truncate =
+            ctx.config("rope_scaling.truncate") ? given("rope_scaling.truncate") && ctx.config_bool("rope_scaling.truncate", true) : true;
+        if (truncate) low = std::floor(low), high = std::ceil(high);
         low = std::max(low, 0.0);
         high = std::min(high, double(dim - 1));
         if (low == high) high += 0.001;
