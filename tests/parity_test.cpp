@@ -60,6 +60,18 @@ struct Golden {
     }
 };
 
+// A copy of golden model `name` under the test's temp dir as `tag`, its config.json changed by `edit`.
+std::string patched_copy(const std::string &name, const std::string &tag, const std::function<void(json &)> &edit) {
+    const fs::path d = fs::path(MANGO_TEST_TMP) / tag;
+    fs::remove_all(d);
+    fs::create_directories(d);
+    json cfg = json::parse(std::ifstream(fs::path(model_dir(name)) / "config.json"));
+    edit(cfg);
+    std::ofstream(d / "config.json") << cfg.dump();
+    fs::copy_file(fs::path(model_dir(name)) / "model.safetensors", d / "model.safetensors");
+    return d.string();
+}
+
 // Largest |a - b| over positions where mask is 1 (a, b: [B, T, ...]).
 double masked_max_diff(const at::Tensor &a, const at::Tensor &b, const at::Tensor &mask) {
     at::Tensor keep = mask.to(at::kBool);
@@ -182,20 +194,15 @@ TEST(Model, MissingOrMisshapenTensorIsNamed) {
 TEST(Model, QwenSlidingWindowsFollowLayerTypes) {
     for (const std::string name : {"qwen2", "qwen2_moe"}) {
         const Golden g(name);
-        const json base = json::parse(std::ifstream(fs::path(model_dir(name)) / "config.json"));
-        const int64_t layers = base["num_hidden_layers"].get<int64_t>();
+        const int64_t layers = json::parse(std::ifstream(fs::path(model_dir(name)) / "config.json"))["num_hidden_layers"].get<int64_t>();
         int variant = 0;
         auto logits = [&](const json &patch) {
-            const fs::path d = fs::path(MANGO_TEST_TMP) / ("windows_" + name + "_" + std::to_string(variant++));
-            fs::remove_all(d);
-            fs::create_directories(d);
-            json cfg = base;
-            cfg.erase("layer_types");
-            cfg.merge_patch(patch);
-            std::ofstream(d / "config.json") << cfg.dump();
-            fs::copy_file(fs::path(model_dir(name)) / "model.safetensors", d / "model.safetensors");
+            const std::string d = patched_copy(name, "windows_" + name + "_" + std::to_string(variant++), [&](json &cfg) {
+                cfg.erase("layer_types");
+                cfg.merge_patch(patch);
+            });
             at::NoGradGuard no_grad;
-            return mango::Model::load(shared_plugins(), d.string())->forward(g.ids, g.mask, g.pos);
+            return mango::Model::load(shared_plugins(), d)->forward(g.ids, g.mask, g.pos);
         };
         const at::Tensor golden = tensor_of(g.j["logits"], at::kDouble);
         const json on = {{"use_sliding_window", true}, {"sliding_window", 2}};
@@ -233,20 +240,15 @@ TEST(Model, QwenSlidingWindowsFollowLayerTypes) {
 // null is computed from factor (as if absent), truncate null does not truncate (as false).
 TEST(Model, YarnNullKeysReadAsTransformersReadsThem) {
     const Golden g("llama");
-    const json base = json::parse(std::ifstream(fs::path(model_dir("llama")) / "config.json"));
     int variant = 0;
     auto logits = [&](const json &yarn) {
-        const fs::path d = fs::path(MANGO_TEST_TMP) / ("yarn_null_" + std::to_string(variant++));
-        fs::remove_all(d);
-        fs::create_directories(d);
-        json cfg = base;
-        cfg.erase("rope_parameters");
-        cfg["rope_theta"] = 10000.0;
-        cfg["rope_scaling"] = yarn;
-        std::ofstream(d / "config.json") << cfg.dump();
-        fs::copy_file(fs::path(model_dir("llama")) / "model.safetensors", d / "model.safetensors");
+        const std::string d = patched_copy("llama", "yarn_null_" + std::to_string(variant++), [&](json &cfg) {
+            cfg.erase("rope_parameters");
+            cfg["rope_theta"] = 10000.0;
+            cfg["rope_scaling"] = yarn;
+        });
         at::NoGradGuard no_grad;
-        return mango::Model::load(shared_plugins(), d.string())->forward(g.ids, g.mask, g.pos);
+        return mango::Model::load(shared_plugins(), d)->forward(g.ids, g.mask, g.pos);
     };
     const json yarn = {{"rope_type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 4096}};
     json null_factor = yarn, truncate_null = yarn, truncate_false = yarn;
@@ -261,15 +263,11 @@ TEST(Model, YarnNullKeysReadAsTransformersReadsThem) {
 }
 
 TEST(Model, UnsupportedRopeScalingIsRefused) {
-    const fs::path d = fs::path(MANGO_TEST_TMP) / "yarn_llama";
-    fs::remove_all(d);
-    fs::create_directories(d);
-    json cfg = json::parse(std::ifstream(fs::path(model_dir("llama")) / "config.json"));
-    cfg["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 4.0}};
-    std::ofstream(d / "config.json") << cfg.dump();
-    fs::copy_file(fs::path(model_dir("llama")) / "model.safetensors", d / "model.safetensors");
+    const std::string d = patched_copy("llama", "yarn_llama", [](json &cfg) {
+        cfg["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 4.0}};
+    });
     try {
-        mango::Model::load(shared_plugins(), d.string());
+        mango::Model::load(shared_plugins(), d);
         FAIL();
     } catch (const mango::HostError &e) {
         EXPECT_NE(std::string(e.what()).find("rope_scaling type 'dynamic' is not supported"), std::string::npos) << e.what();

@@ -51,12 +51,13 @@ struct Config {
         if (act != "silu") throw Error(MANGO_ERR_UNSUPPORTED, "hidden_act '" + act + "' is not supported by the llama plugin (silu only)");
         // Mistral: sliding_window on every layer. Qwen2: only with use_sliding_window, on the layers
         // layer_types marks (without it: the layers from max_window_layers on, as transformers' Qwen2Config).
-        windows.assign(size_t(layers), 0);
         if (model_type != "qwen2") {
             windows.assign(size_t(layers), ctx.config_int("sliding_window", 0));
         } else if (ctx.config_bool("use_sliding_window", false)) {
             const int64_t from = ctx.config_int("max_window_layers", 28);
             windows = attn::layer_windows(ctx, layers, attn::qwen_window(ctx), [&](int64_t i) { return i >= from; });
+        } else {
+            windows.assign(size_t(layers), 0);
         }
     }
     std::string model_type, act;

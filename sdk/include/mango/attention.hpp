@@ -119,13 +119,10 @@ inline Rope rope_from_config(Context &ctx, int64_t dim, double default_theta = 1
             double(ctx.config_int("rope_scaling.original_max_position_embeddings", ctx.config_int("max_position_embeddings", 2048)));
         const double mscale = ctx.config_double("rope_scaling.mscale", 0), mscale_all = ctx.config_double("rope_scaling.mscale_all_dim", 0);
         auto get_mscale = [](double s, double m) { return s <= 1 ? 1.0 : 0.1 * m * std::log(s) + 1.0; };
-        // null as transformers reads it: attention_factor None is computed, truncate None does not truncate.
-        auto given = [&](const char *key) {
-            const auto v = ctx.config(key);
-            return v && v->kind != MANGO_VALUE_NONE;
-        };
+        // null as transformers reads None: attention_factor null is computed, truncate null does not truncate.
+        const auto attention_factor = ctx.config("rope_scaling.attention_factor");
         r.attention_factor =
-            given("rope_scaling.attention_factor")
+            attention_factor && attention_factor->kind != MANGO_VALUE_NONE
                 ? ctx.config_double("rope_scaling.attention_factor", 1.0)
                 : (mscale != 0 && mscale_all != 0 ? get_mscale(factor, mscale) / get_mscale(factor, mscale_all) : get_mscale(factor, 1.0));
         double beta_fast = ctx.config_double("rope_scaling.beta_fast", 32), beta_slow = ctx.config_double("rope_scaling.beta_slow", 1);
@@ -135,8 +132,8 @@ inline Rope rope_from_config(Context &ctx, int64_t dim, double default_theta = 1
             return double(dim) * std::log(orig / (rotations * 2 * M_PI)) / (2 * std::log(theta));
         };
         double low = correction_dim(beta_fast), high = correction_dim(beta_slow);
-        const bool truncate =
-            ctx.config("rope_scaling.truncate") ? given("rope_scaling.truncate") && ctx.config_bool("rope_scaling.truncate", true) : true;
+        const auto truncate_key = ctx.config("rope_scaling.truncate");
+        const bool truncate = !truncate_key || (truncate_key->kind != MANGO_VALUE_NONE && ctx.config_bool("rope_scaling.truncate", true));
         if (truncate) low = std::floor(low), high = std::ceil(high);
         low = std::max(low, 0.0);
         high = std::min(high, double(dim - 1));
