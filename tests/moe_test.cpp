@@ -205,6 +205,58 @@ TEST(Moe, WarmupBiasUpdatesAndStepCounterAreResumable) {
     EXPECT_EQ(found, 1);  // one sparse layer
 }
 
+// transformers keeps DeepSeek's e_score_correction_bias in float32
+// (_keep_in_fp32_modules_strict) whatever dtype the model loads in: a bf16
+// copy rounds the bias to 8 bits and can change which experts are chosen.
+TEST(Moe, CorrectionBiasStaysFloat32InHalfPrecision) {
+    const std::string bias_name = "model.layers.1.mlp.gate.e_score_correction_bias";
+    auto m = random_model("f32", deepseek());
+    const at::Tensor exact = at::tensor({0.1234567f, -0.0012345f, 0.3333333f, 1.0000123f});
+    ASSERT_FALSE(at::equal(exact.to(at::kBFloat16).to(at::kFloat), exact)) << "values a bf16 copy would round";
+    for (const auto &[name, t] : m->named_weights())
+        if (name == bias_name) t.detach().copy_(exact);
+    const fs::path saved = dir_of("saved");
+    m->save(saved.string());
+
+    auto dtype_of = [&](const Model &model, const std::string &name) {
+        for (const auto &[n, t] : model.named_weights())
+            if (n == name) return t.scalar_type();
+        ADD_FAILURE() << name << " was not read";
+        return at::kFloat;
+    };
+    for (const at::ScalarType half : {at::kBFloat16, at::kHalf}) {
+        auto loaded = Model::load(shared_plugins(), saved.string(), half);
+        EXPECT_EQ(dtype_of(*loaded, bias_name), at::kFloat) << half;
+        EXPECT_EQ(dtype_of(*loaded, "model.layers.1.mlp.gate.weight"), half) << "every other weight in the run's dtype";
+        for (const auto &[name, t] : loaded->named_weights())
+            if (name == bias_name) {
+                EXPECT_TRUE(at::equal(t, exact)) << "read without rounding";
+            }
+        if (half == at::kBFloat16) {  // (CPU LibTorch has no float16 matmul)
+            EXPECT_EQ(logits(*loaded, data().narrow(0, 0, 2)).scalar_type(), half);
+        }
+        // Saved again, the checkpoint keeps it float32 (as DeepSeek's own checkpoints hold it).
+        const fs::path again = dir_of(std::string("again_") + c10::toString(half));
+        loaded->save(again.string());
+        EXPECT_EQ(formats::Checkpoint::open(again.string()).tensor(bias_name).scalar_type(), at::kFloat);
+    }
+    const fs::path cfg = dir_of("random_bf16");
+    std::ofstream(cfg / "config.json") << deepseek().dump();
+    auto fresh = Model::init_random(shared_plugins(), cfg.string(), 1, at::kBFloat16);
+    EXPECT_EQ(dtype_of(*fresh, bias_name), at::kFloat) << "created from the config alone";
+}
+
+// A routed_scaling_factor that config.json lacks is DeepseekV3Config's 2.5.
+TEST(Moe, MissingRoutedScalingIsTheConfigClassDefault) {
+    const at::Tensor ids = data().narrow(0, 0, 2);
+    auto absent = random_model("absent", deepseek());
+    ASSERT_FALSE(deepseek().contains("routed_scaling_factor"));
+    auto given = random_model("given", deepseek({{"routed_scaling_factor", 2.5}}));
+    auto one = random_model("one", deepseek({{"routed_scaling_factor", 1.0}}));
+    EXPECT_TRUE(at::equal(logits(*absent, ids), logits(*given, ids)));
+    EXPECT_FALSE(at::allclose(logits(*absent, ids), logits(*one, ids), 1e-4, 1e-5));
+}
+
 TEST(Moe, BadTopKIsRefusedByName) {
     EXPECT_NE(load_error(mixtral({{"num_experts_per_tok", 5}})).find("num_experts_per_tok (5) must be between 1 and"), std::string::npos);
 }

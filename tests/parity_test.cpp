@@ -262,6 +262,59 @@ TEST(Model, YarnNullKeysReadAsTransformersReadsThem) {
     EXPECT_EQ(masked_max_diff(logits(truncate_null), untruncated, g.mask), 0.0);
 }
 
+// transformers reads a key that config.json lacks as its config class's
+// default, and a null one as None; for num_key_value_heads the two differ.
+TEST(Model, MissingKeysTakeTheConfigClassDefaults) {
+    const fs::path d = fs::path(MANGO_TEST_TMP) / "class_defaults";
+    auto table = [&](const json &cfg) {
+        fs::remove_all(d);
+        fs::create_directories(d);
+        std::ofstream(d / "config.json") << cfg.dump();
+        return mango::Model::tensor_table(shared_plugins(), d.string(), false);
+    };
+    auto rows = [&](const json &cfg, const std::string &tensor) -> int64_t {
+        for (const auto &t : table(cfg))
+            if (t.name == tensor) return t.shape.at(0);
+        return -1;
+    };
+    const std::string k = "model.layers.0.self_attn.k_proj.weight";
+    // 64 heads of width 1: k_proj has one row per key/value head.
+    const std::vector<std::pair<std::string, int64_t>> absent = {{"llama", 64},     {"mistral", 8},   {"qwen2", 32}, {"mixtral", 8},
+                                                                 {"qwen2_moe", 16}, {"qwen3_moe", 4}, {"olmoe", 64}};
+    for (const auto &[type, kv] : absent) {
+        json cfg = {{"model_type", type}, {"hidden_size", 64},       {"num_hidden_layers", 1},      {"num_attention_heads", 64},
+                    {"head_dim", 1},      {"intermediate_size", 16}, {"moe_intermediate_size", 16}, {"shared_expert_intermediate_size", 16},
+                    {"num_experts", 4},   {"num_local_experts", 4},  {"num_experts_per_tok", 2},    {"vocab_size", 32}};
+        EXPECT_EQ(rows(cfg, k), kv) << type << ": num_key_value_heads absent";
+        cfg["num_key_value_heads"] = nullptr;
+        EXPECT_EQ(rows(cfg, k), 64) << type << ": null is every head";
+        cfg["num_key_value_heads"] = 2;
+        EXPECT_EQ(rows(cfg, k), 2) << type;
+    }
+    // DeepSeek-V3: q_lora_rank absent is DeepseekV3Config's 1536 (a LoRA query), null a plain q_proj.
+    json ds = json::parse(std::ifstream(fs::path(model_dir("deepseek_v3")) / "config.json"));
+    ds.erase("q_lora_rank");
+    EXPECT_EQ(rows(ds, "model.layers.0.self_attn.q_a_proj.weight"), 1536);
+    ds["q_lora_rank"] = nullptr;
+    EXPECT_EQ(rows(ds, "model.layers.0.self_attn.q_a_proj.weight"), -1);
+    EXPECT_EQ(rows(ds, "model.layers.0.self_attn.q_proj.weight"), 4 * 24);
+    // n_group and topk_group absent are 8 and 4: 16 experts group, 12 and 8 (groups of one) do not.
+    ds.erase("n_group");
+    ds.erase("topk_group");
+    ds["n_routed_experts"] = 16;
+    EXPECT_EQ(rows(ds, "model.layers.1.mlp.gate.weight"), 16);
+    for (const auto &[experts, why] : std::vector<std::pair<int, std::string>>{
+             {12, "n_group (8) must divide n_routed_experts (12)"}, {8, "group-limited routing needs at least 2 experts per group"}}) {
+        ds["n_routed_experts"] = experts;
+        try {
+            table(ds);
+            ADD_FAILURE() << experts << " experts in DeepseekV3Config's 8 groups";
+        } catch (const std::exception &e) {
+            EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+        }
+    }
+}
+
 TEST(Model, UnsupportedRopeScalingIsRefused) {
     const std::string d = patched_copy("llama", "yarn_llama", [](json &cfg) {
         cfg["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 4.0}};

@@ -12,6 +12,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,7 @@ struct mango_context_t {
     std::function<at::Tensor(const std::string &)> weights;  // lazy checkpoint reader
     std::function<bool(const std::string &)> has_weight;     // does the checkpoint hold a name
     bool random_init = false;                                // no checkpoint: weight_shaped() creates tensors
+    std::set<std::string> float32_weights;                   // declared MANGO_TENSOR_F32: read and created in float32
     double initializer_range = 0.02;                         // std of random init
     std::map<std::string, at::Tensor> saved;                 // parameter values to restore
     at::TensorOptions param_options = at::TensorOptions().dtype(at::kFloat);

@@ -581,10 +581,11 @@ mango_status api_weight_shaped(mango_context *ctx, const char *name, const int64
         if (ctx->random_init) {
             const std::string n = name;
             const bool bias = n.size() >= 5 && n.compare(n.size() - 5, 5, ".bias") == 0;
+            const at::TensorOptions opts = ctx->float32_weights.count(n) ? ctx->param_options.dtype(at::kFloat) : ctx->param_options;
             // Drawn on the CPU in float32, then moved: a seed gives the same model on every device and dtype.
-            at::Tensor t = want.size() >= 2 ? (at::randn(want, at::kFloat) * ctx->initializer_range).to(ctx->param_options)
-                           : bias           ? at::zeros(want, ctx->param_options)
-                                            : at::ones(want, ctx->param_options);
+            at::Tensor t = want.size() >= 2 ? (at::randn(want, at::kFloat) * ctx->initializer_range).to(opts)
+                           : bias           ? at::zeros(want, opts)
+                                            : at::ones(want, opts);
             return give_weight(ctx, name, t, out);
         }
         if (!ctx->weights) return fail(MANGO_ERR_NOT_FOUND, ctx->label + " has no checkpoint to read '" + name + "' from");

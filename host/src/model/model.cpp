@@ -239,9 +239,9 @@ std::unique_ptr<Model> Model::build(const PluginHost &host, const std::string &d
         m->ckpt_ = std::make_shared<formats::Checkpoint>(formats::Checkpoint::open(dir));
         auto ckpt = m->ckpt_;
         m->ctx_->has_weight = [ckpt](const std::string &name) { return ckpt->contains(name); };
-        m->ctx_->weights = [ckpt, dtype, device, where = dir](const std::string &name) {
+        m->ctx_->weights = [ckpt, dtype, device, where = dir, ctx = m->ctx_.get()](const std::string &name) {
             if (!ckpt->contains(name)) throw HostError(where + " has no tensor '" + name + "'");
-            return checked_weight(ckpt->tensor(name), name, where).to(device, dtype);
+            return checked_weight(ckpt->tensor(name), name, where).to(device, ctx->float32_weights.count(name) ? at::kFloat : dtype);
         };
     }
     m->instantiate(host);
@@ -259,10 +259,10 @@ std::unique_ptr<Model> Model::from_tensors(const PluginHost &host, const nlohman
     m->config_ = formats::parse_hf_config(config.dump(), where + "/config.json");
     m->ctx_ = std::make_unique<InstanceContext>();
     m->ctx_->has_weight = [tensors](const std::string &name) { return tensors->count(name) > 0; };
-    m->ctx_->weights = [tensors, dtype, device, where](const std::string &name) {
+    m->ctx_->weights = [tensors, dtype, device, where, ctx = m->ctx_.get()](const std::string &name) {
         auto it = tensors->find(name);
         if (it == tensors->end()) throw HostError(where + " has no tensor '" + name + "'");
-        return checked_weight(it->second, name, where).to(device, dtype);
+        return checked_weight(it->second, name, where).to(device, ctx->float32_weights.count(name) ? at::kFloat : dtype);
     };
     m->instantiate(host);
     return m;
@@ -306,12 +306,19 @@ void Model::instantiate(const PluginHost &host) {
     ctx_->label = "architecture '" + arch->name + "' for " + dir_;
     ctx_->config = normalized_config(config_.raw);
     ctx_->param_options = at::TensorOptions().dtype(dtype_).device(device_);
+    const bool has_table = MANGO_HAS(vt_, mango_architecture_vtable, tensors) && vt_->tensors;
+    if (has_table) {  // which weights stay float32 (MANGO_TENSOR_F32), known before create() reads them
+        call_plugin(ctx_->label + ": tensors", [&] { return vt_->tensors(ctx_.get()); });
+        for (const TensorDecl &t : ctx_->roles)
+            if (t.flags & MANGO_TENSOR_F32) ctx_->float32_weights.insert(t.name);
+        ctx_->roles.clear();
+    }
     try {
         call_plugin(ctx_->label + ": create", [&] { return vt_->create(ctx_.get(), &self_); });
         mango_model_info info{};
         info.struct_size = sizeof info;
         call_plugin(ctx_->label + ": describe", [&] { return vt_->describe(self_, ctx_.get(), &info); });
-        if (MANGO_HAS(vt_, mango_architecture_vtable, tensors) && vt_->tensors) {
+        if (has_table) {
             // The table is the truth about roles; describe()'s v1 declarations are replaced.
             ctx_->roles.clear();
             call_plugin(ctx_->label + ": tensors", [&] { return vt_->tensors(ctx_.get()); });

@@ -43,13 +43,32 @@ std::string layer_list(const std::vector<bool> &sparse, bool want) {
 }
 
 // The attention window the source applies, 0 for none (mistral: sliding_window; qwen2: when use_sliding_window).
+// The one window every layer of the source attends over (0: none), as the
+// llama plugin reads it. Qwen2 slides only the layers layer_types marks, or
+// without it those from max_window_layers (default 28) on; the families
+// written here have one window for all layers, so a mix is refused.
 int64_t sliding_window(const DenseModel &d) {
     const json &r = d.config.raw;
-    if (!r.contains("sliding_window") || !r["sliding_window"].is_number_integer()) return 0;
-    if (d.config.model_type == "qwen2" && !r.value("use_sliding_window", false)) return 0;
     if (d.config.model_type == "llama") return 0;
-    const int64_t w = r["sliding_window"].get<int64_t>();
-    return w > 0 && (d.config.max_positions <= 0 || w < d.config.max_positions) ? w : 0;
+    if (d.config.model_type == "qwen2" && !r.value("use_sliding_window", false)) return 0;
+    // A missing key is the config class's default: 4096 for Mistral and Qwen2.
+    const json w_key = r.contains("sliding_window") ? r["sliding_window"] : json(4096);
+    if (!w_key.is_number_integer() || w_key.get<int64_t>() <= 0) return 0;
+    const int64_t w = w_key.get<int64_t>();
+    if (d.config.model_type == "qwen2") {
+        const int64_t layers = d.config.num_layers, from = r.value("max_window_layers", int64_t(28));
+        const json types = r.value("layer_types", json());
+        int64_t sliding = 0;
+        for (int64_t l = 0; l < layers; ++l)
+            sliding += types.is_array() && size_t(l) < types.size() ? types[size_t(l)] == "sliding_attention" : l >= from;
+        if (sliding == 0) return 0;
+        if (sliding < layers)
+            throw HostError(d.dir + ": " + std::to_string(sliding) + " of its " + std::to_string(layers) +
+                            " layers attend over a sliding window of " + std::to_string(w) +
+                            " tokens and the others over everything (layer_types / max_window_layers); the MoE formats "
+                            "convert-moe writes give every layer the same attention");
+    }
+    return d.config.max_positions <= 0 || w < d.config.max_positions ? w : 0;
 }
 
 bool has_qkv_bias(const DenseModel &d) {
@@ -139,8 +158,11 @@ json moe_config(const std::string &format, const DenseModel &d, const std::vecto
          {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "rope_scaling", "rope_parameters", "bos_token_id",
           "eos_token_id", "pad_token_id", "initializer_range", "attention_dropout", "torch_dtype", "dtype", "transformers_version"})
         if (r.contains(k) && !r[k].is_null()) c[k] = r[k];
-    c["num_key_value_heads"] = d.config.num_kv_heads > 0 ? d.config.num_kv_heads : d.config.num_heads;
-    c["head_dim"] = d.config.head_dim > 0 ? d.config.head_dim : d.config.hidden_size / std::max<int64_t>(1, d.config.num_heads);
+    const int64_t head_dim = d.config.head_dim > 0 ? d.config.head_dim : d.config.hidden_size / std::max<int64_t>(1, d.config.num_heads);
+    // From k_proj's rows: a source config without the key has its class's default (MistralConfig: 8), not all heads.
+    const at::Tensor k = d.find(0, "attn.k.weight");
+    c["num_key_value_heads"] = k.defined() && head_dim > 0 ? k.size(0) / head_dim : d.config.num_kv_heads;
+    c["head_dim"] = head_dim;
     c["hidden_act"] = r.value("hidden_act", std::string("silu"));
     c["rms_norm_eps"] = r.value("rms_norm_eps", 1e-6);
     c["rope_theta"] = d.config.rope_theta;  // the families' defaults differ (Mixtral: 1e6)

@@ -27,24 +27,25 @@ namespace moe = mango::moe;
 
 struct Config {
     explicit Config(Context &ctx) {
-        hidden = ctx.config_int("hidden_size", 0);
-        layers = ctx.config_int("num_hidden_layers", 0);
-        vocab = ctx.config_int("vocab_size", 0);
-        heads = ctx.config_int("num_attention_heads", 0);
-        q_lora = ctx.config_int("q_lora_rank", 0);
-        kv_lora = ctx.config_int("kv_lora_rank", 0);
-        rope_dim = ctx.config_int("qk_rope_head_dim", 0);
-        nope_dim = ctx.config_int("qk_nope_head_dim", 0);
-        v_dim = ctx.config_int("v_head_dim", 0);
-        inter = ctx.config_int("intermediate_size", 0);
-        moe_inter = ctx.config_int("moe_intermediate_size", 0);
-        experts = ctx.config_int("n_routed_experts", 0);
-        shared = ctx.config_int("n_shared_experts", 0);
-        top_k = ctx.config_int("num_experts_per_tok", 0);
-        n_group = ctx.config_int("n_group", 1);
-        topk_group = ctx.config_int("topk_group", 1);
-        first_dense = ctx.config_int("first_k_dense_replace", 0);
-        scale = ctx.config_double("routed_scaling_factor", 1.0);
+        // A missing key means what DeepseekV3Config's default says (DeepSeek-V3's own sizes).
+        hidden = ctx.config_int("hidden_size", 7168);
+        layers = ctx.config_int("num_hidden_layers", 61);
+        vocab = ctx.config_int("vocab_size", 129280);
+        heads = ctx.config_int("num_attention_heads", 128);
+        q_lora = ctx.config_int("q_lora_rank", 1536, 0);  // null: a plain q_proj
+        kv_lora = ctx.config_int("kv_lora_rank", 512);
+        rope_dim = ctx.config_int("qk_rope_head_dim", 64);
+        nope_dim = ctx.config_int("qk_nope_head_dim", 128);
+        v_dim = ctx.config_int("v_head_dim", 128);
+        inter = ctx.config_int("intermediate_size", 18432);
+        moe_inter = ctx.config_int("moe_intermediate_size", 2048);
+        experts = ctx.config_int("n_routed_experts", ctx.config_int("num_local_experts", 256));
+        shared = ctx.config_int("n_shared_experts", 1);
+        top_k = ctx.config_int("num_experts_per_tok", 8);
+        n_group = ctx.config_int("n_group", 8);
+        topk_group = ctx.config_int("topk_group", 4);
+        first_dense = ctx.config_int("first_k_dense_replace", 3);
+        scale = ctx.config_double("routed_scaling_factor", 2.5);
         norm_topk = ctx.config_bool("norm_topk_prob", true);
         interleave = ctx.config_bool("rope_interleave", true);
         bias = ctx.config_bool("attention_bias", false);
@@ -244,7 +245,7 @@ private:
                 continue;
             }
             t.layer(i, "moe.router.weight", p + "gate.weight", {c.experts, H});
-            t.layer(i, "moe.router.bias", p + "gate.e_score_correction_bias", {c.experts});
+            t.layer(i, "moe.router.bias", p + "gate.e_score_correction_bias", {c.experts}, MANGO_TENSOR_F32);  // float32, as transformers
             moe::add_experts(t, i, p, c.fused, c.experts, c.moe_inter, H);
             if (c.shared > 0) {
                 const int64_t S = c.moe_inter * c.shared;

@@ -30,7 +30,8 @@ struct Config {
         hidden = ctx.config_int("hidden_size", 0);
         layers = ctx.config_int("num_hidden_layers", 0);
         heads = ctx.config_int("num_attention_heads", 0);
-        kv_heads = ctx.config_int("num_key_value_heads", heads);
+        // A missing key takes the config class's default (MistralConfig: 8, Qwen2Config: 32); null, all heads.
+        kv_heads = ctx.config_int("num_key_value_heads", model_type == "mistral" ? 8 : model_type == "qwen2" ? 32 : heads, heads);
         if (hidden <= 0 || layers <= 0 || heads <= 0 || kv_heads <= 0 || heads % kv_heads)
             throw Error(MANGO_ERR_INVALID_ARGUMENT,
                         "config needs positive hidden_size, num_hidden_layers, num_attention_heads, "
@@ -51,11 +52,13 @@ struct Config {
         if (act != "silu") throw Error(MANGO_ERR_UNSUPPORTED, "hidden_act '" + act + "' is not supported by the llama plugin (silu only)");
         // Mistral: sliding_window on every layer. Qwen2: only with use_sliding_window, on the layers
         // layer_types marks (without it: the layers from max_window_layers on, as transformers' Qwen2Config).
-        if (model_type != "qwen2") {
-            windows.assign(size_t(layers), ctx.config_int("sliding_window", 0));
-        } else if (ctx.config_bool("use_sliding_window", false)) {
+        // Both config classes default the window to 4096; null means none. LLaMA ignores the key.
+        const int64_t window = ctx.config_int("sliding_window", 4096, 0);
+        if (model_type == "mistral") {
+            windows.assign(size_t(layers), window);
+        } else if (model_type == "qwen2" && ctx.config_bool("use_sliding_window", false)) {
             const int64_t from = ctx.config_int("max_window_layers", 28);
-            windows = attn::layer_windows(ctx, layers, attn::qwen_window(ctx), [&](int64_t i) { return i >= from; });
+            windows = attn::layer_windows(ctx, layers, window, [&](int64_t i) { return i >= from; });
         } else {
             windows.assign(size_t(layers), 0);
         }

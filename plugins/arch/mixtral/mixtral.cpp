@@ -14,7 +14,7 @@ using mango::moe::MoeDecoder;
 
 MoeDecoder::Config read(Context &ctx) {
     MoeDecoder::Config c;
-    mango::moe::read_common(ctx, c, 1e-5);
+    mango::moe::read_common(ctx, c, 1e-5, 8);
     c.default_theta = 1e6;
     c.attn.windows.assign(size_t(c.layers), ctx.config_int("sliding_window", 0));  // every layer
     c.experts = ctx.config_int("num_local_experts", ctx.config_int("num_experts", 8));

@@ -13,7 +13,7 @@ using mango::moe::MoeDecoder;
 
 MoeDecoder::Config read(Context &ctx) {
     MoeDecoder::Config c;
-    mango::moe::read_common(ctx, c, 1e-5);
+    mango::moe::read_common(ctx, c, 1e-5, 0);
     c.attn.qkv_bias = c.attn.o_bias = ctx.config_bool("attention_bias", false);
     c.attn.qk_norm = mango::decoder::QkNorm::whole;
     c.attn.clip_qkv = ctx.config_double("clip_qkv", 0.0);

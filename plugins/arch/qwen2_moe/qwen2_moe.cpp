@@ -19,12 +19,12 @@ using mango::moe::MoeDecoder;
 
 MoeDecoder::Config read(Context &ctx) {
     MoeDecoder::Config c;
-    mango::moe::read_common(ctx, c, 1e-6);
+    mango::moe::read_common(ctx, c, 1e-6, 16);
     c.attn.qkv_bias = ctx.config_bool("qkv_bias", true);
     // As transformers' Qwen2MoeConfig: without layer_types, the even layers below max_window_layers slide.
     if (ctx.config_bool("use_sliding_window", false)) {
         const int64_t below = ctx.config_int("max_window_layers", 28);
-        c.attn.windows = mango::attention::layer_windows(ctx, c.layers, mango::attention::qwen_window(ctx),
+        c.attn.windows = mango::attention::layer_windows(ctx, c.layers, ctx.config_int("sliding_window", 4096, 0),
                                                          [&](int64_t i) { return i % 2 == 0 && i < below; });
     }
     c.experts = ctx.config_int("num_experts", 60);

@@ -17,10 +17,11 @@ using mango::moe::MoeDecoder;
 
 MoeDecoder::Config read(Context &ctx) {
     MoeDecoder::Config c;
-    mango::moe::read_common(ctx, c, 1e-6);
+    mango::moe::read_common(ctx, c, 1e-6, 4);
     c.attn.qkv_bias = c.attn.o_bias = ctx.config_bool("attention_bias", false);
     c.attn.qk_norm = mango::decoder::QkNorm::per_head;
-    if (ctx.config_bool("use_sliding_window", false)) c.attn.windows.assign(size_t(c.layers), ctx.config_int("sliding_window", 0));
+    if (ctx.config_bool("use_sliding_window", false))  // Qwen3MoeConfig's window: 4096 when absent, none when null
+        c.attn.windows.assign(size_t(c.layers), ctx.config_int("sliding_window", 4096, 0));
     c.experts = ctx.config_int("num_experts", ctx.config_int("num_local_experts", 128));
     c.top_k = ctx.config_int("num_experts_per_tok", 8);
     c.moe_inter = ctx.config_int("moe_intermediate_size", 768);

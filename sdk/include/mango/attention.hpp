@@ -71,13 +71,6 @@ std::vector<int64_t> layer_windows(Context &ctx, int64_t layers, int64_t window,
     return out;
 }
 
-// Qwen configs' `sliding_window`: 4096 when absent (the config classes'
-// default), none when null.
-inline int64_t qwen_window(Context &ctx) {
-    const auto v = ctx.config("sliding_window");
-    return !v ? 4096 : ctx.config_int("sliding_window", 0);
-}
-
 // Rotary frequencies for `dim` channels with the config's rope scaling
 // (rope_scaling / 5.x rope_parameters): default, "linear", "llama3", "yarn"
 // (transformers' _compute_yarn_parameters); `attention_factor` multiplies

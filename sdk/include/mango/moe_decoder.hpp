@@ -165,7 +165,9 @@ private:
 };
 
 // Reads the keys every LLaMA-style MoE config has (sizes, attention, norms).
-inline void read_common(Context &ctx, MoeDecoder::Config &c, double default_eps) {
+// A missing num_key_value_heads is `default_kv_heads` (the config class's
+// default; 0: all heads); a null one, all heads.
+inline void read_common(Context &ctx, MoeDecoder::Config &c, double default_eps, int64_t default_kv_heads) {
     c.hidden = ctx.config_int("hidden_size", 0);
     c.layers = ctx.config_int("num_hidden_layers", 0);
     c.vocab = ctx.config_int("vocab_size", 0);
@@ -174,7 +176,7 @@ inline void read_common(Context &ctx, MoeDecoder::Config &c, double default_eps)
     c.act = ctx.config_string("hidden_act", "silu");
     c.attn.hidden = c.hidden;
     c.attn.heads = ctx.config_int("num_attention_heads", 0);
-    c.attn.kv_heads = ctx.config_int("num_key_value_heads", c.attn.heads);
+    c.attn.kv_heads = ctx.config_int("num_key_value_heads", default_kv_heads > 0 ? default_kv_heads : c.attn.heads, c.attn.heads);
     if (c.attn.heads <= 0) throw Error(MANGO_ERR_INVALID_ARGUMENT, "config needs a positive num_attention_heads");
     if (!ctx.config("head_dim") && c.hidden % c.attn.heads)
         throw Error(MANGO_ERR_INVALID_ARGUMENT, "hidden_size " + std::to_string(c.hidden) + " is not a multiple of num_attention_heads " +

@@ -189,6 +189,13 @@ typedef struct mango_value {
 #define MANGO_TENSOR_TIED                              \
     2u /* the same values as `tied_to` (e.g. a tied LM \
           head); never stored or loaded by itself */
+#define MANGO_TENSOR_F32                                   \
+    4u /* loaded (or created) in float32 whatever dtype    \
+          the model runs in, as transformers keeps some    \
+          tensors (DeepSeek's e_score_correction_bias).    \
+          A host that predates a flag ignores it (this one \
+          then casts the tensor like any other): read the  \
+          dtype of what you get rather than assume it. */
 
 /* One tensor of a model, as an architecture declares it (declare_tensor_v2).
  * Strings and `shape` are borrowed for the call; the host copies them. */

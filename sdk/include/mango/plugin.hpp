@@ -354,6 +354,9 @@ public:
         if (v->kind != MANGO_VALUE_INT) throw Error(MANGO_ERR_INVALID_ARGUMENT, std::string("config key '") + key + "' must be an integer");
         return v->u.i;
     }
+    // transformers' two defaults: `absent` when the key is missing (the
+    // config class's default), `if_null` when it is null (None).
+    int64_t config_int(const char *key, int64_t absent, int64_t if_null) const { return config(key) ? config_int(key, if_null) : absent; }
     double config_double(const char *key, double fallback) const {
         auto v = config(key);
         if (!v || v->kind == MANGO_VALUE_NONE) return fallback;

@@ -37,7 +37,7 @@ struct TensorSpec {
     int32_t layer = -1;  // -1: model-level
     std::string role, name;
     std::vector<int64_t> shape;
-    uint32_t flags = 0;   // MANGO_TENSOR_OPTIONAL | MANGO_TENSOR_TIED
+    uint32_t flags = 0;   // MANGO_TENSOR_OPTIONAL | MANGO_TENSOR_TIED | MANGO_TENSOR_F32
     std::string tied_to;  // TIED: checkpoint name of the tensor it shares
 };
 
