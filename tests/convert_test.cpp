@@ -124,6 +124,17 @@ TEST(Convert, UpcyclingReproducesTheDenseModel) {
     const fs::path sub = dir_of("auto_every2");
     EXPECT_EQ(moe::convert(shared_plugins(), dense.string(), sub.string(), o).format, "qwen2_moe");
     EXPECT_EQ(json::parse(std::ifstream(sub / "config.json"))["mlp_only_layers"], json({0, 2}));
+    // A Mistral config without num_key_value_heads has MistralConfig's 8 (not all 16 heads); the
+    // converted config says so, and the MoE model still reproduces the dense one.
+    json mistral = llama_config({{"model_type", "mistral"}, {"num_attention_heads", 16}});
+    mistral.erase("num_key_value_heads");
+    const fs::path source = dense_model("mistral", mistral);
+    const fs::path out = dir_of("moe_mistral");
+    moe::convert(shared_plugins(), source.string(), out.string(), options("upcycle", 4, 2));
+    const json cfg = json::parse(std::ifstream(out / "config.json"));
+    EXPECT_EQ(cfg["num_key_value_heads"], 8);
+    EXPECT_EQ(cfg["sliding_window"], 4096) << "MistralConfig's window, also a default";
+    EXPECT_LE((logits_of(out, ids) - logits_of(source, ids)).abs().max().item<double>(), 1e-5);
 }
 
 // GPT-2, GPT-J and GPT-Neo (LayerNorm, biases, GELU MLP; Conv1D in GPT-2)
@@ -362,6 +373,14 @@ TEST(Convert, BadRequestsAreRefusedByName) {
     o = options("upcycle", 4, 2);
     o.format = "mixtral";
     fails(o, "has them; use --format qwen2_moe", dense_model("qwen2", llama_config({{"model_type", "qwen2"}})));
+    // Qwen2 slides the layers from max_window_layers on: one format window cannot say "only some".
+    o = options("upcycle", 4, 2);
+    fails(o, "2 of its 3 layers attend over a sliding window of 8 tokens",
+          dense_model("qwen2_windows", llama_config({{"model_type", "qwen2"},
+                                                     {"use_sliding_window", true},
+                                                     {"sliding_window", 8},
+                                                     {"max_window_layers", 1},
+                                                     {"max_position_embeddings", 64}})));
     // An existing output is never overwritten without force.
     const fs::path out = dir_of("exists");
     fs::create_directories(out);
