@@ -104,6 +104,52 @@ TEST(Merge, LinearIsTheNormalisedWeightedSum) {
     EXPECT_EQ(loaded->info().n_layers, 3);
 }
 
+// A tensor the architecture keeps in float32 (MANGO_TENSOR_F32: DeepSeek's
+// e_score_correction_bias) is merged and written in float32 whatever dtype
+// and out_dtype say; every other tensor takes them.
+TEST(Merge, Float32TensorsStayFloat32) {
+    std::vector<std::string> dirs;
+    for (uint64_t seed : {1, 2}) {
+        const fs::path cfg = root() / ("deepseek_cfg_" + std::to_string(seed));
+        fs::create_directories(cfg);
+        std::ofstream(cfg / "config.json") << nlohmann::json{{"model_type", "deepseek_v3"},
+                                                             {"hidden_size", 16},
+                                                             {"num_hidden_layers", 2},
+                                                             {"num_attention_heads", 2},
+                                                             {"intermediate_size", 24},
+                                                             {"moe_intermediate_size", 8},
+                                                             {"n_routed_experts", 4},
+                                                             {"n_shared_experts", 1},
+                                                             {"num_experts_per_tok", 2},
+                                                             {"n_group", 2},
+                                                             {"topk_group", 1},
+                                                             {"first_k_dense_replace", 1},
+                                                             {"q_lora_rank", 8},
+                                                             {"kv_lora_rank", 8},
+                                                             {"qk_rope_head_dim", 4},
+                                                             {"qk_nope_head_dim", 4},
+                                                             {"v_head_dim", 4},
+                                                             {"vocab_size", 32},
+                                                             {"torch_dtype", "float32"}};
+        auto m = Model::init_random(shared_plugins(), cfg.string(), seed);
+        for (const auto &[n, t] : m->named_weights())
+            if (n.find("e_score_correction_bias") != std::string::npos) t.detach().copy_(at::randn_like(t) * 0.1);
+        const fs::path dir = root() / ("deepseek_" + std::to_string(seed));
+        m->save(dir.string());
+        dirs.push_back(dir.string());
+    }
+    const std::string out =
+        merge_yaml("f32", "merge_method: linear\nmodels:\n  - model: " + dirs[0] + "\n    parameters: {weight: 0.25}\n" +
+                              "  - model: " + dirs[1] + "\n    parameters: {weight: 0.75}\ndtype: bfloat16\n");
+    auto A = tensors(dirs[0]), B = tensors(dirs[1]), O = tensors(out);
+    const std::string bias = "model.layers.1.mlp.gate.e_score_correction_bias";
+    ASSERT_TRUE(O.count(bias));
+    EXPECT_EQ(O[bias].scalar_type(), at::kFloat);
+    EXPECT_LT(max_diff(O[bias], 0.25 * A[bias] + 0.75 * B[bias]), 1e-7) << "merged in float32, not rounded to bfloat16";
+    EXPECT_EQ(O["model.layers.1.mlp.gate.weight"].scalar_type(), at::kBFloat16);
+    EXPECT_EQ(nlohmann::json::parse(std::ifstream(fs::path(out) / "config.json")).value("torch_dtype", ""), "bfloat16");
+}
+
 TEST(Merge, IdenticalModelsGiveTheModel) {
     Trio m;
     auto A = tensors(m.a);

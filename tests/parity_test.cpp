@@ -236,6 +236,36 @@ TEST(Model, QwenSlidingWindowsFollowLayerTypes) {
     }
 }
 
+// sliding_window as the config classes read it: MistralConfig's default is
+// 4096 (null: no window); LlamaConfig has no such key, so llama ignores it.
+TEST(Model, SlidingWindowKeyFollowsTheConfigClass) {
+    const int64_t T = 4100;  // past the 4096-token default window
+    at::manual_seed(5);
+    const at::Tensor ids = at::randint(0, 64, {1, T}), mask = at::ones_like(ids), pos = at::arange(T).unsqueeze(0);
+    int variant = 0;
+    auto logits = [&](const std::string &name, const std::function<void(json &)> &edit) {
+        const std::string d = patched_copy(name, "window_key_" + std::to_string(variant++), [&](json &cfg) {
+            cfg["max_position_embeddings"] = 8192;
+            edit(cfg);
+        });
+        at::NoGradGuard no_grad;
+        return mango::Model::load(shared_plugins(), d)->forward(ids, mask, pos).narrow(1, T - 8, 8);
+    };
+    auto diff = [](const at::Tensor &a, const at::Tensor &b) { return (a - b).abs().max().item<double>(); };
+    const at::Tensor absent = logits("mistral", [](json &c) { c.erase("sliding_window"); });
+    const at::Tensor explicit_4096 = logits("mistral", [](json &c) { c["sliding_window"] = 4096; });
+    const at::Tensor none = logits("mistral", [](json &c) { c["sliding_window"] = nullptr; });
+    EXPECT_LE(diff(absent, explicit_4096), 1e-6) << "absent is MistralConfig's 4096";
+    EXPECT_GT(diff(absent, none), 1e-5) << "null is no window: the last tokens also see the first four";
+    const Golden g("llama");
+    const std::string d = patched_copy("llama", "window_key_llama", [](json &cfg) { cfg["sliding_window"] = 2; });
+    at::NoGradGuard no_grad;
+    EXPECT_LE(masked_max_diff(mango::Model::load(shared_plugins(), d)->forward(g.ids, g.mask, g.pos), tensor_of(g.j["logits"], at::kDouble),
+                              g.mask),
+              1e-4)
+        << "llama ignores sliding_window";
+}
+
 // Yarn keys written as null mean what transformers' _compute_yarn_parameters makes of None: attention_factor
 // null is computed from factor (as if absent), truncate null does not truncate (as false).
 TEST(Model, YarnNullKeysReadAsTransformersReadsThem) {

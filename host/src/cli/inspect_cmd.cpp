@@ -43,6 +43,7 @@ std::string flags_text(uint32_t flags, const std::string &tied_to) {
     std::string t;
     if (flags & MANGO_TENSOR_OPTIONAL) t += "optional";
     if (flags & MANGO_TENSOR_TIED) t += std::string(t.empty() ? "" : ",") + "tied to " + tied_to;
+    if (flags & MANGO_TENSOR_F32) t += std::string(t.empty() ? "" : ",") + "float32";
     return t;
 }
 
@@ -59,6 +60,7 @@ int inspect_roles(const Global &g, const std::string &dir) {
         json r = {{"layer", t.layer}, {"role", t.role}, {"name", t.name}, {"shape", t.shape}};
         if (t.flags & MANGO_TENSOR_OPTIONAL) r["optional"] = true;
         if (t.flags & MANGO_TENSOR_TIED) r["tied_to"] = t.tied_to;
+        if (t.flags & MANGO_TENSOR_F32) r["float32"] = true;
         rows.push_back(r);
     }
     if (g.json) {

@@ -39,6 +39,7 @@ struct Planned {
     std::string name, role;
     int32_t layer = -1;
     bool is_embed = false, optional = false;
+    bool float32 = false;                                 // MANGO_TENSOR_F32: merged and written in float32 whatever the dtypes asked
     std::vector<std::pair<size_t, std::string>> sources;  // (model, input tensor name)
     std::vector<const Source *> source_defs;              // their configuration entries
     int32_t base = -1;                                    // index into sources
@@ -351,6 +352,7 @@ private:
         p.layer = d.layer;
         p.is_embed = is_vocab_role(d.role);
         p.optional = (d.flags & MANGO_TENSOR_OPTIONAL) != 0 || d.role == "lm_head.weight";
+        p.float32 = (d.flags & MANGO_TENSOR_F32) != 0;
         p.t = t;
         p.slice = s;
         const std::string &base_ref = s->base_model.empty() ? c_.base_model : s->base_model;
@@ -481,7 +483,7 @@ Result run(const PluginHost &host, const Config &config, const std::string &out_
                 r.bytes_read += t.nbytes();
                 call.models.push_back(t);
             }
-            compute = dtype_name.empty() ? call.models[first].scalar_type() : dtype_named(dtype_name);
+            compute = p.float32 ? at::kFloat : dtype_name.empty() ? call.models[first].scalar_type() : dtype_named(dtype_name);
             // LibTorch's CPU kernels lack float16 versions of ops several methods use (kthvalue, softmax,
             // clamp_min): there the math runs in float32, and the result is rounded to float16 as it is written.
             const at::ScalarType math = compute == at::kHalf && device.is_cpu() ? at::kFloat : compute;
@@ -520,8 +522,8 @@ Result run(const PluginHost &host, const Config &config, const std::string &out_
             if (!p.is_embed && !merged.sizes().equals(call.models[0].sizes()))
                 throw HostError(config.method_where + ": merge method '" + config.method + "' returned shape " + c10::str(merged.sizes()) +
                                 " for '" + p.name + "', expected " + c10::str(call.models[0].sizes()));
-            const at::ScalarType target = !config.out_dtype.empty() ? dtype_named(config.out_dtype) : compute;
-            if (!out_dtype_set) out_dtype = target, out_dtype_set = true;
+            const at::ScalarType target = p.float32 || config.out_dtype.empty() ? compute : dtype_named(config.out_dtype);
+            if (!out_dtype_set && !p.float32) out_dtype = target, out_dtype_set = true;
             if (p.role == "embed.tokens.weight" && merged.dim() == 2) embed_rows = merged.size(0);
             writer.add(p.name, merged.to(at::kCPU, target));
             ++r.tensors;

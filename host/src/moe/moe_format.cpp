@@ -42,7 +42,6 @@ std::string layer_list(const std::vector<bool> &sparse, bool want) {
     return s;
 }
 
-// The attention window the source applies, 0 for none (mistral: sliding_window; qwen2: when use_sliding_window).
 // The one window every layer of the source attends over (0: none), as the
 // llama plugin reads it. Qwen2 slides only the layers layer_types marks, or
 // without it those from max_window_layers (default 28) on; the families
@@ -56,8 +55,8 @@ int64_t sliding_window(const DenseModel &d) {
     if (!w_key.is_number_integer() || w_key.get<int64_t>() <= 0) return 0;
     const int64_t w = w_key.get<int64_t>();
     if (d.config.model_type == "qwen2") {
-        const int64_t layers = d.config.num_layers, from = r.value("max_window_layers", int64_t(28));
-        const json types = r.value("layer_types", json());
+        const json from_key = r.value("max_window_layers", json(28)), types = r.value("layer_types", json());
+        const int64_t layers = d.config.num_layers, from = from_key.is_number_integer() ? from_key.get<int64_t>() : 28;
         int64_t sliding = 0;
         for (int64_t l = 0; l < layers; ++l)
             sliding += types.is_array() && size_t(l) < types.size() ? types[size_t(l)] == "sliding_attention" : l >= from;

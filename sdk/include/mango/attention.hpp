@@ -71,6 +71,11 @@ std::vector<int64_t> layer_windows(Context &ctx, int64_t layers, int64_t window,
     return out;
 }
 
+// Deprecated (SDK 0.4 plugins): Qwen's `sliding_window`, 4096 when absent.
+[[deprecated("use ctx.config_int(\"sliding_window\", 4096, 0)")]] inline int64_t qwen_window(Context &ctx) {
+    return ctx.config_int("sliding_window", 4096, 0);
+}
+
 // Rotary frequencies for `dim` channels with the config's rope scaling
 // (rope_scaling / 5.x rope_parameters): default, "linear", "llama3", "yarn"
 // (transformers' _compute_yarn_parameters); `attention_factor` multiplies

@@ -167,7 +167,7 @@ private:
 // Reads the keys every LLaMA-style MoE config has (sizes, attention, norms).
 // A missing num_key_value_heads is `default_kv_heads` (the config class's
 // default; 0: all heads); a null one, all heads.
-inline void read_common(Context &ctx, MoeDecoder::Config &c, double default_eps, int64_t default_kv_heads) {
+inline void read_common(Context &ctx, MoeDecoder::Config &c, double default_eps, int64_t default_kv_heads = 0) {
     c.hidden = ctx.config_int("hidden_size", 0);
     c.layers = ctx.config_int("num_hidden_layers", 0);
     c.vocab = ctx.config_int("vocab_size", 0);

@@ -189,13 +189,15 @@ typedef struct mango_value {
 #define MANGO_TENSOR_TIED                              \
     2u /* the same values as `tied_to` (e.g. a tied LM \
           head); never stored or loaded by itself */
-#define MANGO_TENSOR_F32                                   \
-    4u /* loaded (or created) in float32 whatever dtype    \
-          the model runs in, as transformers keeps some    \
-          tensors (DeepSeek's e_score_correction_bias).    \
-          A host that predates a flag ignores it (this one \
-          then casts the tensor like any other): read the  \
-          dtype of what you get rather than assume it. */
+#define MANGO_TENSOR_F32                                  \
+    4u /* loaded, created, merged and saved in float32    \
+          whatever dtype the model runs in, as            \
+          transformers' _keep_in_fp32_modules_strict      \
+          keeps DeepSeek's e_score_correction_bias. Read  \
+          from the architecture's tensors() table (arch   \
+          vtable revision 2) before create(). Hosts older \
+          than this flag cast such a tensor like any      \
+          other: read the dtype you get, don't assume it. */
 
 /* One tensor of a model, as an architecture declares it (declare_tensor_v2).
  * Strings and `shape` are borrowed for the call; the host copies them. */
