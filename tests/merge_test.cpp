@@ -112,25 +112,7 @@ TEST(Merge, Float32TensorsStayFloat32) {
     for (uint64_t seed : {1, 2}) {
         const fs::path cfg = root() / ("deepseek_cfg_" + std::to_string(seed));
         fs::create_directories(cfg);
-        std::ofstream(cfg / "config.json") << nlohmann::json{{"model_type", "deepseek_v3"},
-                                                             {"hidden_size", 16},
-                                                             {"num_hidden_layers", 2},
-                                                             {"num_attention_heads", 2},
-                                                             {"intermediate_size", 24},
-                                                             {"moe_intermediate_size", 8},
-                                                             {"n_routed_experts", 4},
-                                                             {"n_shared_experts", 1},
-                                                             {"num_experts_per_tok", 2},
-                                                             {"n_group", 2},
-                                                             {"topk_group", 1},
-                                                             {"first_k_dense_replace", 1},
-                                                             {"q_lora_rank", 8},
-                                                             {"kv_lora_rank", 8},
-                                                             {"qk_rope_head_dim", 4},
-                                                             {"qk_nope_head_dim", 4},
-                                                             {"v_head_dim", 4},
-                                                             {"vocab_size", 32},
-                                                             {"torch_dtype", "float32"}};
+        std::ofstream(cfg / "config.json") << tiny_deepseek_config({{"torch_dtype", "float32"}}).dump();
         auto m = Model::init_random(shared_plugins(), cfg.string(), seed);
         for (const auto &[n, t] : m->named_weights())
             if (n.find("e_score_correction_bias") != std::string::npos) t.detach().copy_(at::randn_like(t) * 0.1);

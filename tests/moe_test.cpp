@@ -38,30 +38,7 @@ json mixtral(json extra = json::object()) {
     c.update(extra);
     return c;
 }
-json deepseek(json extra = json::object()) {
-    json c = {{"model_type", "deepseek_v3"},
-              {"hidden_size", 32},
-              {"num_hidden_layers", 2},
-              {"num_attention_heads", 2},
-              {"num_key_value_heads", 2},
-              {"intermediate_size", 48},
-              {"moe_intermediate_size", 16},
-              {"n_routed_experts", 4},
-              {"n_shared_experts", 1},
-              {"num_experts_per_tok", 2},
-              {"n_group", 2},
-              {"topk_group", 1},
-              {"first_k_dense_replace", 1},
-              {"q_lora_rank", 16},
-              {"kv_lora_rank", 8},
-              {"qk_rope_head_dim", 4},
-              {"qk_nope_head_dim", 4},
-              {"v_head_dim", 8},
-              {"vocab_size", 64},
-              {"initializer_range", 0.1}};
-    c.update(extra);
-    return c;
-}
+json deepseek(json extra = json::object()) { return tiny_deepseek_config(std::move(extra)); }
 
 std::shared_ptr<Model> random_model(const std::string &name, const json &config, uint64_t seed = 1) {
     const fs::path d = dir_of(name);

@@ -36,6 +36,32 @@ inline mango::InstanceSpec named(const std::string &name, nlohmann::json options
     return s;
 }
 
+// A small DeepSeek-V3 config (2 layers, the first dense; 4 experts in 2 groups; LoRA query), `extra` merged in.
+inline nlohmann::json tiny_deepseek_config(nlohmann::json extra = nlohmann::json::object()) {
+    nlohmann::json c = {{"model_type", "deepseek_v3"},
+                        {"hidden_size", 32},
+                        {"num_hidden_layers", 2},
+                        {"num_attention_heads", 2},
+                        {"num_key_value_heads", 2},
+                        {"intermediate_size", 48},
+                        {"moe_intermediate_size", 16},
+                        {"n_routed_experts", 4},
+                        {"n_shared_experts", 1},
+                        {"num_experts_per_tok", 2},
+                        {"n_group", 2},
+                        {"topk_group", 1},
+                        {"first_k_dense_replace", 1},
+                        {"q_lora_rank", 16},
+                        {"kv_lora_rank", 8},
+                        {"qk_rope_head_dim", 4},
+                        {"qk_nope_head_dim", 4},
+                        {"v_head_dim", 8},
+                        {"vocab_size", 64},
+                        {"initializer_range", 0.1}};
+    c.update(extra);
+    return c;
+}
+
 // A small random LLaMA (2 layers, 4 heads, 2 KV heads) of the given width,
 // its config.json written to a folder under the test's temp dir.
 inline std::shared_ptr<mango::Model> random_llama(int64_t hidden, uint64_t seed, int64_t vocab = 128, at::Device device = at::kCPU) {
