@@ -43,6 +43,11 @@ at::Device concrete(at::Device device, const std::string &where) {
     if (device.has_index() || device.is_cpu()) return device;
     return at::empty({0}, at::TensorOptions().device(device)).device();
 }
+// The dtype a checkpoint tensor is read in: the run's, or float32 for one the table flags MANGO_TENSOR_F32.
+at::ScalarType read_dtype(const InstanceContext &ctx, const std::string &name, at::ScalarType run) {
+    return ctx.float32_weights.count(name) ? at::kFloat : run;
+}
+
 }  // namespace
 
 std::unique_ptr<Model> Model::load(const PluginHost &host, const std::string &dir, at::ScalarType dtype, at::Device device,
@@ -241,7 +246,7 @@ std::unique_ptr<Model> Model::build(const PluginHost &host, const std::string &d
         m->ctx_->has_weight = [ckpt](const std::string &name) { return ckpt->contains(name); };
         m->ctx_->weights = [ckpt, dtype, device, where = dir, ctx = m->ctx_.get()](const std::string &name) {
             if (!ckpt->contains(name)) throw HostError(where + " has no tensor '" + name + "'");
-            return checked_weight(ckpt->tensor(name), name, where).to(device, ctx->float32_weights.count(name) ? at::kFloat : dtype);
+            return checked_weight(ckpt->tensor(name), name, where).to(device, read_dtype(*ctx, name, dtype));
         };
     }
     m->instantiate(host);
@@ -262,7 +267,7 @@ std::unique_ptr<Model> Model::from_tensors(const PluginHost &host, const nlohman
     m->ctx_->weights = [tensors, dtype, device, where, ctx = m->ctx_.get()](const std::string &name) {
         auto it = tensors->find(name);
         if (it == tensors->end()) throw HostError(where + " has no tensor '" + name + "'");
-        return checked_weight(it->second, name, where).to(device, ctx->float32_weights.count(name) ? at::kFloat : dtype);
+        return checked_weight(it->second, name, where).to(device, read_dtype(*ctx, name, dtype));
     };
     m->instantiate(host);
     return m;
@@ -306,23 +311,23 @@ void Model::instantiate(const PluginHost &host) {
     ctx_->label = "architecture '" + arch->name + "' for " + dir_;
     ctx_->config = normalized_config(config_.raw);
     ctx_->param_options = at::TensorOptions().dtype(dtype_).device(device_);
+    // The table is the truth about roles (describe()'s v1 declarations are replaced), and says which
+    // weights stay float32 (MANGO_TENSOR_F32) before create() reads them: asked for once, here.
     const bool has_table = MANGO_HAS(vt_, mango_architecture_vtable, tensors) && vt_->tensors;
-    if (has_table) {  // which weights stay float32 (MANGO_TENSOR_F32), known before create() reads them
+    std::vector<TensorDecl> table;
+    if (has_table) {
         call_plugin(ctx_->label + ": tensors", [&] { return vt_->tensors(ctx_.get()); });
-        for (const TensorDecl &t : ctx_->roles)
-            if (t.flags & MANGO_TENSOR_F32) ctx_->float32_weights.insert(t.name);
+        table = std::move(ctx_->roles);
         ctx_->roles.clear();
+        for (const TensorDecl &t : table)
+            if (t.flags & MANGO_TENSOR_F32) ctx_->float32_weights.insert(t.name);
     }
     try {
         call_plugin(ctx_->label + ": create", [&] { return vt_->create(ctx_.get(), &self_); });
         mango_model_info info{};
         info.struct_size = sizeof info;
         call_plugin(ctx_->label + ": describe", [&] { return vt_->describe(self_, ctx_.get(), &info); });
-        if (has_table) {
-            // The table is the truth about roles; describe()'s v1 declarations are replaced.
-            ctx_->roles.clear();
-            call_plugin(ctx_->label + ": tensors", [&] { return vt_->tensors(ctx_.get()); });
-        }
+        if (has_table) ctx_->roles = std::move(table);
         info_ = {info.is_causal != 0, info.hidden_size, info.n_layers,      info.vocab_size,          info.n_heads,
                  info.n_kv_heads,     info.head_dim,    info.max_positions, info.tied_embeddings != 0};
     } catch (...) {
