@@ -1,6 +1,7 @@
 // Architecture plugins against transformers (tests/golden/models): logits on
 // every real token of a padded batch within 1e-4, 20 greedy tokens identical
 // with and without the KV cache, and cached decoding equal to recomputation.
+#include "abi/host_api.hpp"
 #include "model/generate.hpp"
 #include "model/model.hpp"
 
@@ -357,6 +358,42 @@ TEST(Model, UnsupportedRopeScalingIsRefused) {
     }
 }
 
+// A size past 32 bits is a wrong config, refused by name before a plugin
+// multiplies it (found by fuzz_hf_architecture under UBSan: GPT-J's default
+// n_inner, 4 * n_embd, overflowed int64 for n_embd = 6499999999999999229);
+// an integer past int64 is not read as a wrapped negative one.
+TEST(Model, OutOfRangeConfigIntegersAreRefusedByName) {
+    const fs::path d = fs::path(MANGO_TEST_TMP) / "config_int_range";
+    auto refusal = [&](const std::string &name, const std::string &key, const json &value) -> std::string {
+        fs::remove_all(d);
+        fs::create_directories(d);
+        json cfg = json::parse(std::ifstream(fs::path(model_dir(name)) / "config.json"));
+        cfg[key] = value;
+        std::ofstream(d / "config.json") << cfg.dump();
+        try {
+            mango::Model::tensor_table(shared_plugins(), d.string(), false);
+        } catch (const std::exception &e) {  // HostError from the plugin, ConfigError where the host reads the key too
+            return e.what();
+        }
+        return "accepted";
+    };
+    const std::vector<std::pair<std::string, std::string>> cases = {{"gptj", "n_embd"},           {"gpt2", "n_embd"},
+                                                                    {"gpt_neo", "hidden_size"},   {"llama", "head_dim"},
+                                                                    {"qwen2_moe", "num_experts"}, {"deepseek_v3", "qk_nope_head_dim"}};
+    for (const auto &[name, key] : cases) {
+        EXPECT_NE(refusal(name, key, int64_t(6499999999999999229)).find("config key '" + key + "' = 6499999999999999229 is out of range"),
+                  std::string::npos)
+            << name;
+        EXPECT_NE(refusal(name, key, int64_t(2147483648))
+                      .find("'" + key + "' = 2147483648 is out of range (a model's sizes and ids are at most 2147483647)"),
+                  std::string::npos)
+            << name;
+        const std::string past_int64 = refusal(name, key, uint64_t(18446744073709551615u));
+        EXPECT_NE(past_int64.find("'" + key + "' must be"), std::string::npos) << name << ": " << past_int64;
+        EXPECT_NE(past_int64.find("integer"), std::string::npos) << name << ": " << past_int64;
+    }
+}
+
 TEST(Generate, BatchWithPaddingEqualsOneByOne) {
     const Golden g("llama");
     auto model = mango::Model::load(shared_plugins(), model_dir("llama"));
@@ -381,6 +418,54 @@ TEST(Generate, StaticCacheBatchWithPaddingEqualsGrowingCache) {
     o.decode_used = &used;
     EXPECT_EQ(mango::generate(*model, g.prompts(), o), growing);
     EXPECT_EQ(used, "static");
+}
+
+// A sliding window at least as long as the static cache masks nothing, so its
+// layers decode through the static cache (host API revision 8); a shorter
+// one keeps the growing cache. Either way the tokens are those of eager
+// decoding with the same window, and a window longer than the whole
+// sequence gives Mistral's tokens without a window.
+TEST(Generate, WindowNoShorterThanTheStaticCacheDecodesThroughIt) {
+    for (const std::string name : {"mistral", "mixtral_fused", "gpt_neo"}) {
+        const Golden g(name);
+        const std::string key = name == "gpt_neo" ? "window_size" : "sliding_window";
+        mango::GenerateOptions o;
+        o.max_new_tokens = 20;
+        const int64_t span = g.ids.size(1) + o.max_new_tokens;  // the padded prompt and the new tokens
+        auto decode = [&](const json &window, const std::string &mode, std::string *used) {
+            const std::string d = patched_copy(name, "window_static_" + name, [&](json &cfg) { cfg[key] = window; });
+            auto model = mango::Model::load(shared_plugins(), d);
+            o.decode = mode;
+            o.decode_used = used;
+            return mango::generate(*model, g.prompts(), o);
+        };
+        for (int64_t w : {span - 4, span - 1, span, span + 16, span + 40}) {
+            std::string used;
+            const auto eager = decode(w, "eager", nullptr);
+            EXPECT_EQ(decode(w, "static", &used), eager) << name << " window " << w;
+            if (w >= span + 16) {  // past any rounding of the capacity
+                EXPECT_EQ(used, "static") << name << " window " << w;
+            } else if (w < span) {  // the window masks keys of the last steps
+                EXPECT_EQ(used, "eager") << name << " window " << w;
+            }
+            if (name == "mistral" && w >= span) {
+                EXPECT_EQ(eager, decode(nullptr, "eager", nullptr)) << "window " << w;
+            }
+        }
+        // A host older than revision 8 tells no capacity: every window keeps the growing cache.
+        mango::set_host_api_size_for_testing(offsetof(mango_host_api, cache_capacity));
+        std::string used;
+        std::vector<std::vector<int64_t>> old_host;
+        try {
+            old_host = decode(span + 40, "static", &used);
+        } catch (...) {
+            mango::set_host_api_size_for_testing(0);
+            throw;
+        }
+        mango::set_host_api_size_for_testing(0);
+        EXPECT_EQ(used, "eager") << name;
+        EXPECT_EQ(old_host, decode(span + 40, "eager", nullptr)) << name;
+    }
 }
 
 // Offloading: per-layer weights leave the device between blocks and come
@@ -609,4 +694,17 @@ TEST(Cuda, GraphDecodeEqualsEagerDecode) {
         }
         std::cout << name << ": decoded with " << batch_mode << "\n";
     }
+    // Mistral's own 4096-token window masks nothing in a 29-token sequence: captured like any model.
+    const Golden g("mistral");
+    const std::string d = patched_copy("mistral", "graph_window_4096", [](json &cfg) { cfg["sliding_window"] = 4096; });
+    auto model = mango::Model::load(shared_plugins(), d, at::kFloat, at::kCUDA);
+    mango::GenerateOptions o;
+    o.max_new_tokens = 20;
+    std::string used;
+    o.decode_used = &used;
+    o.decode = "eager";
+    const auto eager = mango::generate(*model, g.prompts(), o);
+    o.decode = "graph";
+    EXPECT_EQ(mango::generate(*model, g.prompts(), o), eager);
+    EXPECT_EQ(used, "graph") << "mistral with a 4096-token window";
 }

@@ -13,7 +13,7 @@ PIN(value, sizeof(mango_value) == 24);
 PIN(value_u, offsetof(mango_value, u) == 8);
 PIN(host_base, sizeof(mango_host_base) == 24);
 PIN(host_base_get_api, offsetof(mango_host_base, get_api) == 16);
-PIN(host_api, sizeof(mango_host_api) == 320);
+PIN(host_api, sizeof(mango_host_api) == 328);
 PIN(host_api_weight_shaped, offsetof(mango_host_api, weight_shaped) == 224); /* revision 2 */
 PIN(host_api_wants_reports, offsetof(mango_host_api, wants_reports) == 232); /* revision 3 */
 PIN(host_api_declare_tensor_v2, offsetof(mango_host_api, declare_tensor_v2) == 264);
@@ -23,6 +23,7 @@ PIN(host_api_expert_shard, offsetof(mango_host_api, expert_shard) == 288);      
 PIN(host_api_all_to_all, offsetof(mango_host_api, all_to_all) == 296);
 PIN(host_api_cache_append, offsetof(mango_host_api, cache_append) == 304);           /* revision 6 */
 PIN(host_api_cache_append_pair, offsetof(mango_host_api, cache_append_pair) == 312); /* revision 7 */
+PIN(host_api_cache_capacity, offsetof(mango_host_api, cache_capacity) == 320);       /* revision 8 */
 PIN(host_api_find_op, offsetof(mango_host_api, find_op) == 120);
 PIN(host_api_declare_tensor, offsetof(mango_host_api, declare_tensor) == 216);
 PIN(adapter_vtable, sizeof(mango_adapter_vtable) == 40);

@@ -632,6 +632,8 @@ mango_status api_all_to_all(mango_tensor input, const int64_t *send_rows, const 
 
 int32_t api_attention_mask_full(mango_context *ctx) { return ctx && ctx->mask_full ? 1 : 0; }
 
+int64_t api_cache_capacity(mango_context *ctx) { return ctx && ctx->static_cache ? ctx->static_cache->capacity : 0; }
+
 int32_t api_wants_reports(mango_context *ctx) { return ctx && (ctx->reporting || ctx->training) ? 1 : 0; }
 
 int32_t api_set_grad_enabled(int32_t enabled) {
@@ -741,6 +743,7 @@ const mango_host_api kApiV1 = {
     api_all_to_all,
     api_cache_append,
     api_cache_append_pair,
+    api_cache_capacity,
 };
 
 }  // namespace
@@ -896,10 +899,10 @@ mango_status json_to_value(InstanceContext &ctx, const nlohmann::json &v, mango_
     } else if (v.is_boolean()) {
         out->kind = MANGO_VALUE_BOOL;
         out->u.b = v.get<bool>();
-    } else if (v.is_number_integer()) {
+    } else if (v.is_number_integer() && !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX))) {
         out->kind = MANGO_VALUE_INT;
         out->u.i = v.get<int64_t>();
-    } else if (v.is_number()) {
+    } else if (v.is_number()) {  // an integer past int64 too: not wrapped to a negative one
         out->kind = MANGO_VALUE_DOUBLE;
         out->u.d = v.get<double>();
     } else if (v.is_string()) {

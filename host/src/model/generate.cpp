@@ -237,9 +237,9 @@ std::vector<std::vector<int64_t>> generate(CausalLM &model, const std::vector<st
         if (model.static_cache_ready())
             fixed = std::make_unique<StaticDecoder>(model, mask, pos, capacity, mode == "graph", o.decode_used);
         else  // the prefill filled what it could; the rest grows as before
-            log_message(2, model.describe() +
-                               ": a block keeps a growing KV cache (a sliding window, or a plugin built before host API "
-                               "revision 6): decoding without the static cache");
+            log_message(2, model.describe() + ": a block keeps a growing KV cache (a sliding window shorter than the static cache's " +
+                               std::to_string(capacity) +
+                               " entries, or a plugin built before host API revision 6): decoding without the static cache");
     }
     if (o.decode_used) *o.decode_used = fixed ? "static" : "eager";  // "graph" once a step is captured
     if (fixed && o.greedy && o.no_repeat_ngram_size <= 0) {

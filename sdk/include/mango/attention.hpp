@@ -260,11 +260,15 @@ inline Tensor cache_append(Context &ctx, const std::string &key, const Tensor &t
 // full keys and values; without a cache returns them as they are. A sliding
 // `window` is counted back from the last key, which a static cache's keys
 // are not: such layers keep the growing cache (and the host decodes them
-// without a static one).
+// without a static one), unless the window is at least as long as the
+// static cache, so that it masks nothing.
 inline std::pair<Tensor, Tensor> cached_kv(Context &ctx, int32_t layer, Tensor k, Tensor v, bool use_cache, int64_t window = 0) {
     if (!use_cache) return {k, v};
     const std::string kk = "layer" + std::to_string(layer) + ".k", vk = "layer" + std::to_string(layer) + ".v";
-    if (window > 0) return {grow_cache(ctx, kk, k, 2), grow_cache(ctx, vk, v, 2)};
+    if (window > 0) {
+        const int64_t capacity = ctx.cache_capacity();
+        if (capacity == 0 || capacity > window) return {grow_cache(ctx, kk, k, 2), grow_cache(ctx, vk, v, 2)};
+    }
     if (!MANGO_HOST_HAS(cache_append_pair)) return {cache_append(ctx, kk, k, 2), cache_append(ctx, vk, v, 2)};
     mango_tensor ko = nullptr, vo = nullptr;  // both in one call: one launch at a static decode step (host API revision 7)
     check(host().cache_append_pair(ctx.get(), kk.c_str(), k.get(), vk.c_str(), v.get(), 2, &ko, &vo));

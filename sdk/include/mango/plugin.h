@@ -388,8 +388,9 @@ typedef struct mango_host_api {
      * longer than the entries written: the positions not yet written are
      * zeros of the attention_mask, which always has as many columns as
      * `*out` has entries along `dim`; attention must mask by it. A block
-     * that cannot (e.g. a sliding window counted from the last key) uses
-     * cache_get/cache_set instead, and the host then decodes without. */
+     * that cannot (e.g. a sliding window counted from the last key, shorter
+     * than cache_capacity()) uses cache_get/cache_set instead, and the host
+     * then decodes without. */
     mango_status (*cache_append)(mango_context *ctx, const char *key, mango_tensor value, int32_t dim, mango_tensor *out);
 
     /* ---- revision 7 (MANGO_HAS before use) ---- */
@@ -400,6 +401,15 @@ typedef struct mango_host_api {
      * in one launch on a GPU. On an error neither `*out` is set. */
     mango_status (*cache_append_pair)(mango_context *ctx, const char *key_a, mango_tensor a, const char *key_b, mango_tensor b, int32_t dim,
                                       mango_tensor *out_a, mango_tensor *out_b);
+
+    /* ---- revision 8 (MANGO_HAS before use) ---- */
+
+    /* Architectures, inside block(): how many entries each cache slot holds
+     * while the host prefills or decodes with a static cache, 0 with the
+     * growing cache. No two positions of such a sequence are this many
+     * apart, so a sliding window at least this long masks nothing, and its
+     * layer may use cache_append like any other. */
+    int64_t (*cache_capacity)(mango_context *ctx);
 } mango_host_api;
 
 /* ---- component tables (one per kind) ------------------------------------ */

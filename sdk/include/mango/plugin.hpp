@@ -348,10 +348,20 @@ public:
         return t + "]";
     }
     // Optional config value readers (defaults when absent).
+    //
+    // Every integer of a model's config (sizes, counts, token ids, steps)
+    // fits in 32 bits; a larger one is a wrong config, refused here, so a
+    // product of two such values (a weight's rows, 4 * n_embd) cannot
+    // overflow.
+    static constexpr int64_t kMaxConfigInt = 2147483647;
     int64_t config_int(const char *key, int64_t fallback) const {
         auto v = config(key);
         if (!v || v->kind == MANGO_VALUE_NONE) return fallback;
         if (v->kind != MANGO_VALUE_INT) throw Error(MANGO_ERR_INVALID_ARGUMENT, std::string("config key '") + key + "' must be an integer");
+        if (v->u.i > kMaxConfigInt || v->u.i < -kMaxConfigInt)
+            throw Error(MANGO_ERR_INVALID_ARGUMENT, std::string("config key '") + key + "' = " + std::to_string(v->u.i) +
+                                                        " is out of range (a model's sizes and ids are at most " +
+                                                        std::to_string(kMaxConfigInt) + ")");
         return v->u.i;
     }
     // transformers' two defaults: `absent` when the key is missing (the
@@ -416,6 +426,9 @@ public:
     // Inside block(): whether the attention mask has no padding (hosts older
     // than revision 4: false, so the mask is always applied).
     bool attention_mask_full() const { return MANGO_HOST_HAS(attention_mask_full) && host().attention_mask_full(c_) != 0; }
+    // Inside block(): the entries of each static cache slot, 0 with the
+    // growing cache (and with hosts older than revision 8).
+    int64_t cache_capacity() const { return MANGO_HOST_HAS(cache_capacity) ? host().cache_capacity(c_) : 0; }
     // This instance's share of an expert-parallel model (hosts older than
     // revision 5, and models that are not expert-parallel: {0, 1}).
     struct Shard {
