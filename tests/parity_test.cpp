@@ -110,7 +110,7 @@ TEST_P(DecoderParity, GreedyTokensMatchTransformersWithAndWithoutCache) {
     std::string used;
     o.decode_used = &used;
     EXPECT_EQ(mango::generate(*model, g.prompts(), o), want) << GetParam() << " with a static cache";
-    const bool windowed = GetParam() == "mistral" || GetParam() == "mixtral_fused" || GetParam() == "gpt_neo";
+    const bool windowed = GetParam() == "mistral" || GetParam() == "mixtral_fused" || GetParam().rfind("gpt_neo", 0) == 0;
     EXPECT_EQ(used, windowed ? "eager" : "static") << GetParam();
 }
 
@@ -131,7 +131,7 @@ TEST_P(DecoderParity, CachedDecodingEqualsRecomputation) {
 INSTANTIATE_TEST_SUITE_P(Golden, DecoderParity,
                          ::testing::Values("gpt2", "gpt_neo", "gptj", "llama", "llama3_scaled", "llama_linear", "mistral", "qwen2",
                                            "mixtral", "mixtral_fused", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3",
-                                           "deepseek_v3_plain"));
+                                           "deepseek_v3_plain", "llama_bias", "gpt2_untied", "gpt_neo_untied"));
 
 TEST(Model, UnknownModelTypeListsInstalledArchitectures) {
     const fs::path d = fs::path(MANGO_TEST_TMP) / "unknown_arch";
@@ -602,7 +602,56 @@ TEST_P(EncoderParity, HiddenStatesAndMaskedLmLogitsMatchTransformers) {
     EXPECT_THROW(mango::generate(*model, g.prompts(), o), mango::HostError);  // encoders do not generate
 }
 
-INSTANTIATE_TEST_SUITE_P(Golden, EncoderParity, ::testing::Values("bert", "roberta", "distilbert"));
+INSTANTIATE_TEST_SUITE_P(Golden, EncoderParity, ::testing::Values("bert", "roberta", "distilbert", "roberta_gelu_new"));
+
+// Keys the goldens write, left out: each must mean its config class's
+// default. GPTNeoConfig expands attention_types into attention_layers
+// (default: 12 repeats of global, local); RobertaConfig's pad_token_id is 1
+// (RoBERTa counts positions from it); GPTJConfig's rotary_dim is 64, more than
+// the golden's 16-wide heads hold, which transformers cannot run either.
+TEST(Model, GptAndRobertaKeysLeftOutTakeTheConfigClassDefaults) {
+    at::NoGradGuard no_grad;
+    int variant = 0;
+    auto load = [&](const std::string &name, const std::function<void(json &)> &edit) {
+        return mango::Model::load(shared_plugins(), patched_copy(name, "gpt_defaults_" + std::to_string(variant++), edit));
+    };
+    auto refusal = [&](const std::string &name, const std::function<void(json &)> &edit) -> std::string {
+        try {
+            load(name, edit);
+        } catch (const mango::HostError &e) {
+            return e.what();
+        }
+        return "accepted";
+    };
+    for (const std::string name : {"gpt_neo", "gpt_neo_untied"}) {
+        const Golden g(name);
+        auto model = load(name, [](json &cfg) { cfg.erase("attention_layers"); });
+        EXPECT_LE(masked_max_diff(model->forward(g.ids, g.mask, g.pos), tensor_of(g.j["logits"], at::kDouble), g.mask), 1e-4) << name;
+        const std::string both = refusal(name, [](json &cfg) {
+            cfg.erase("attention_layers");
+            cfg.erase("attention_types");
+        });
+        EXPECT_NE(both.find("must list global/local for each of the 2 layers"), std::string::npos) << both;  // 24 by default
+        const std::string bad = refusal(name, [](json &cfg) {
+            cfg.erase("attention_layers");
+            cfg["attention_types"] = json::parse(R"([[["global", "sparse"], 1]])");
+        });
+        EXPECT_NE(bad.find("attention layer kind 'sparse' is not supported"), std::string::npos) << bad;
+    }
+    {
+        const Golden g("roberta");
+        auto model = load("roberta", [](json &cfg) { cfg.erase("pad_token_id"); });
+        at::Tensor pos = at::arange(g.ids.size(1)).unsqueeze(0).expand_as(g.ids);
+        at::Tensor h = model->embed(g.ids, pos);
+        for (int32_t l = 0; l < model->info().n_layers; ++l) h = model->block(l, h, g.mask, pos, false);
+        EXPECT_LE(masked_max_diff(model->head(h), tensor_of(g.j["logits"], at::kDouble), g.mask), 1e-4);
+    }
+    const std::string rotary = refusal("gptj", [](json &cfg) { cfg.erase("rotary_dim"); });
+    EXPECT_NE(rotary.find("rotary_dim must be even and at most the head size"), std::string::npos) << rotary;
+    const Golden g("gptj");
+    auto full = load("gptj", [](json &cfg) { cfg["rotary_dim"] = nullptr; });  // null: the whole head rotates
+    EXPECT_GT(masked_max_diff(full->forward(g.ids, g.mask, g.pos), tensor_of(g.j["logits"], at::kDouble), g.mask), 1e-3);
+}
 
 TEST(Cuda, DecoderParityOnGpu) {
     if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device (or a CPU-only LibTorch)";

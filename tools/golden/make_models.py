@@ -49,6 +49,14 @@ def decoder_configs():
         "qwen2": tf.Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                 intermediate_size=128, max_position_embeddings=64, rope_theta=1000000.0,
                                 tie_word_embeddings=True, **common),
+        # Appended (earlier models keep their seeds): config switches the models above leave at their defaults.
+        "llama_bias": tf.LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                     intermediate_size=64, max_position_embeddings=64, attention_bias=True, **common),
+        "gpt2_untied": tf.GPT2Config(n_embd=32, n_layer=1, n_head=4, n_positions=64, tie_word_embeddings=False,
+                                     scale_attn_weights=False, **common),
+        "gpt_neo_untied": tf.GPTNeoConfig(hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["local", "global"], 1]],
+                                          window_size=3, max_position_embeddings=64, intermediate_size=64,
+                                          tie_word_embeddings=False, **common),
     }
 
 
@@ -95,6 +103,10 @@ def encoder_configs():
                                     eos_token_id=2),
         "distilbert": tf.DistilBertConfig(vocab_size=VOCAB, dim=64, n_layers=2, n_heads=4, hidden_dim=128,
                                           max_position_embeddings=64, pad_token_id=PAD),
+        # RobertaLMHead applies erf GELU whatever hidden_act says.
+        "roberta_gelu_new": tf.RobertaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                             intermediate_size=64, max_position_embeddings=66, pad_token_id=1, bos_token_id=0,
+                                             eos_token_id=2, hidden_act="gelu_new"),
     }
 
 

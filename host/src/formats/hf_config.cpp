@@ -100,7 +100,9 @@ HfConfig parse_checked(const std::string &text, const std::string &where) {
 
     const json dtype = j.contains("dtype") ? j["dtype"] : j.value("torch_dtype", json());
     if (dtype.is_string()) c.dtype = dtype.get<std::string>();
-    c.tie_word_embeddings = c.model_type == "gpt2" || c.model_type == "bert";
+    // The config classes that leave tie_word_embeddings at PretrainedConfig's true; the others set false.
+    for (const char *tied : {"gpt2", "gpt_neo", "bert", "roberta", "distilbert"})
+        if (c.model_type == tied) c.tie_word_embeddings = true;
     if (j.contains("tie_word_embeddings")) {
         if (!j["tie_word_embeddings"].is_boolean())
             throw ConfigError(where + ": tie_word_embeddings must be true or false, found " + clip(j["tie_word_embeddings"].dump()));

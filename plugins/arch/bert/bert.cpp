@@ -5,6 +5,7 @@
 //   h   = LN(x + o(attn(x)))          bidirectional, padding masked
 //   out = LN(h + down(act(up(h))))     post-LayerNorm blocks
 //   head: decoder(LN(act(dense(out)))) + bias, decoder tied to word embeddings
+//         unless tie_word_embeddings is false; RoBERTa's act is always GELU
 // Positions: 0..T-1 (BERT, DistilBERT); RoBERTa counts real tokens from
 // padding_idx + 1. Reference: modeling_bert.py, modeling_roberta.py,
 // modeling_distilbert.py in transformers.
@@ -107,7 +108,8 @@ struct Config {
         vocab = ctx.config_int("vocab_size", 0);
         positions = ctx.config_int("max_position_embeddings", 512);
         eps = distil ? 1e-12 : ctx.config_double("layer_norm_eps", 1e-12);
-        pad = ctx.config_int("pad_token_id", 0);
+        pad = ctx.config_int("pad_token_id", roberta ? 1 : 0);  // RobertaConfig's default is 1
+        tied = ctx.config_bool("tie_word_embeddings", true);
         if (hidden <= 0 || layers <= 0 || heads <= 0 || hidden % heads)
             throw Error(MANGO_ERR_INVALID_ARGUMENT, "config needs positive hidden size, layers and heads (hidden a multiple of heads)");
         head_dim = hidden / heads;
@@ -119,7 +121,7 @@ struct Config {
         if (n->type) types = ctx.config_int("type_vocab_size", 2);
     }
     const Names *n = nullptr;
-    bool distil = false, roberta = false;
+    bool distil = false, roberta = false, tied = true;  // tied: the LM head's decoder is the word embedding
     std::string act;
     int64_t hidden = 0, layers = 0, heads = 0, head_dim = 0, inter = 0, vocab = 0, positions = 0, types = 0, pad = 0;
     double eps = 1e-12;
@@ -157,7 +159,7 @@ public:
         info.n_kv_heads = c_.heads;
         info.head_dim = c_.head_dim;
         info.max_positions = c_.positions;
-        info.tied_embeddings = 1;
+        info.tied_embeddings = c_.tied ? 1 : 0;
     }
 
     Tensor embed(Context &, const Tensor &ids, const Tensor &) {
@@ -191,7 +193,8 @@ public:
     }
 
     Tensor head(Context &, const Tensor &x) {
-        Tensor h = nn::activation(c_.act, ops::linear(x, head_dense_.w, head_dense_.b));
+        // RobertaLMHead applies (erf) GELU whatever hidden_act says; BERT and DistilBERT their activation.
+        Tensor h = nn::activation(c_.roberta ? "gelu" : c_.act, ops::linear(x, head_dense_.w, head_dense_.b));
         h = nn::layer_norm(h, head_ln_.w, head_ln_.b, c_.eps);
         return ops::linear(h, lm_head_, head_bias_);
     }
@@ -237,7 +240,10 @@ private:
         t.model("head.norm.weight", std::string(n.head_ln) + ".weight", {H});
         t.model("head.norm.bias", std::string(n.head_ln) + ".bias", {H});
         t.model("lm_head.bias", n.head_bias, {c.vocab});
-        t.tied("lm_head.weight", n.head_decoder, word, {c.vocab, H});
+        if (c.tied)
+            t.tied("lm_head.weight", n.head_decoder, word, {c.vocab, H});
+        else
+            t.model("lm_head.weight", n.head_decoder, {c.vocab, H});
         return t;
     }
 

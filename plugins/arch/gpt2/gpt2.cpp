@@ -1,5 +1,6 @@
 // `gpt2` architecture: learned positions, pre-LayerNorm blocks, fused QKV,
-// GELU (tanh) MLP, LM head tied to the token embedding.
+// GELU (tanh) MLP, LM head tied to the token embedding (unless
+// tie_word_embeddings is false: then lm_head.weight).
 //
 //   h   = x + proj(attn(ln_1(x)))
 //   out = h + fc_out(gelu(fc_in(ln_2(h))))
@@ -42,6 +43,8 @@ struct Config {
         act = ctx.config_string("activation_function", "gelu_new");
         if (act != "gelu_new" && act != "gelu_pytorch_tanh" && act != "gelu" && act != "relu")
             throw Error(MANGO_ERR_UNSUPPORTED, "activation_function '" + act + "' is not supported by the gpt2 plugin");
+        tied = ctx.config_bool("tie_word_embeddings", true);
+        scale_attn = ctx.config_bool("scale_attn_weights", true);  // false: scores are q·k, unscaled
         if (ctx.config_bool("scale_attn_by_inverse_layer_idx", false) || ctx.config_bool("reorder_and_upcast_attn", false))
             throw Error(MANGO_ERR_UNSUPPORTED,
                         "scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported by the gpt2 plugin");
@@ -54,6 +57,7 @@ struct Config {
     mango::moe::PlainMoe moe;  // layers converted to experts (Mango MoE format; none for a plain GPT-2)
     int64_t hidden = 0, layers = 0, heads = 0, head_dim = 0, vocab = 0, positions = 0, inner = 0;
     double eps = 1e-5;
+    bool tied = true, scale_attn = true;
 };
 
 class Gpt2 {
@@ -91,7 +95,7 @@ public:
         info.n_kv_heads = c_.heads;
         info.head_dim = c_.head_dim;
         info.max_positions = c_.positions;
-        info.tied_embeddings = 1;
+        info.tied_embeddings = c_.tied ? 1 : 0;
     }
 
     Tensor embed(Context &, const Tensor &ids, const Tensor &pos) { return ops::add(ops::embedding(wte_, ids), ops::embedding(wpe_, pos)); }
@@ -105,7 +109,7 @@ public:
         Tensor k = attn::split_heads(ops::narrow(qkv, -1, H, H), c_.heads, head_dim);
         Tensor v = attn::split_heads(ops::narrow(qkv, -1, 2 * H, H), c_.heads, head_dim);
         auto [keys, values] = attn::cached_kv(ctx, i, k, v, use_cache);
-        Tensor a = attn::attend(ctx, q, keys, values, mask, 0, 1.0 / std::sqrt(double(head_dim)));
+        Tensor a = attn::attend(ctx, q, keys, values, mask, 0, c_.scale_attn ? 1.0 / std::sqrt(double(head_dim)) : 1.0);
         Tensor r = ops::add(x, ops::linear(attn::merge_heads(a), l.proj, l.proj_b));
         h = nn::layer_norm(r, l.ln2_w, l.ln2_b, c_.eps);
         return ops::add(r, c_.moe.mlp(ctx, i, l.mlp, h, mask, c_.act));
@@ -140,7 +144,10 @@ private:
         c.moe.add_mlp_tensors(t, c.layers, L + "mlp.", "c_fc", "c_proj", true, H, I);
         t.model("norm.final.weight", P + "ln_f.weight", {H});
         t.model("norm.final.bias", P + "ln_f.bias", {H});
-        t.tied("lm_head.weight", "lm_head.weight", P + "wte.weight", {c.vocab, H});
+        if (c.tied)
+            t.tied("lm_head.weight", "lm_head.weight", P + "wte.weight", {c.vocab, H});
+        else
+            t.model("lm_head.weight", "lm_head.weight", {c.vocab, H});
         return t;
     }
 

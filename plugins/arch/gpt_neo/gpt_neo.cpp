@@ -38,29 +38,51 @@ struct Config {
         if (act != "gelu_new")
             throw Error(MANGO_ERR_UNSUPPORTED, "activation_function '" + act + "' is not supported by the gpt_neo plugin");
         local = attention_kinds(ctx);
+        tied = ctx.config_bool("tie_word_embeddings", true);
         moe = mango::moe::PlainMoe::from_config(ctx, layers);
     }
     mango::moe::PlainMoe moe;  // layers converted to experts (Mango MoE format)
     std::string act;
     int64_t hidden = 0, layers = 0, heads = 0, head_dim = 0, vocab = 0, positions = 0, inner = 0, window = 0;
     double eps = 1e-5;
+    bool tied = true;         // false: the checkpoint's own lm_head.weight
     std::vector<bool> local;  // per layer: true for "local" attention
 
 private:
     // From attention_layers, else expanded from attention_types
-    // [[["global", "local"], repeats], ...].
+    // [[["global", "local"], repeats], ...] (GPTNeoConfig's default: 12
+    // repeats of global, local).
     std::vector<bool> attention_kinds(Context &ctx) const {
+        std::vector<std::string> kinds;
+        auto at = [](const std::string &key, int64_t i) { return key + "." + std::to_string(i); };
+        if (ctx.config("attention_layers.0")) {
+            for (int64_t i = 0; i <= layers && ctx.config(at("attention_layers", i).c_str()); ++i)
+                kinds.push_back(ctx.config_string(at("attention_layers", i).c_str(), ""));
+        } else if (!ctx.config("attention_types.0.1")) {
+            for (int r = 0; r < 12; ++r) kinds.insert(kinds.end(), {"global", "local"});
+        } else {
+            for (int64_t i = 0; ctx.config(at(at("attention_types", i), 1).c_str()); ++i) {
+                const std::string item = at("attention_types", i);
+                const int64_t repeats = ctx.config_int(at(item, 1).c_str(), 0);
+                std::vector<std::string> pattern;
+                for (int64_t j = 0; ctx.config(at(at(item, 0), j).c_str()); ++j)
+                    pattern.push_back(ctx.config_string(at(at(item, 0), j).c_str(), ""));
+                if (repeats < 0 || pattern.empty())
+                    throw Error(MANGO_ERR_INVALID_ARGUMENT, "config " + item + " must be [[kinds...], repeats] with repeats >= 0");
+                for (int64_t r = 0; r < repeats && static_cast<int64_t>(kinds.size()) <= layers; ++r)
+                    kinds.insert(kinds.end(), pattern.begin(), pattern.end());
+            }
+        }
         std::vector<bool> out;
-        for (int64_t i = 0; i < layers; ++i) {
-            const std::string kind = ctx.config_string(("attention_layers." + std::to_string(i)).c_str(), "");
-            if (kind.empty()) break;
+        for (const std::string &kind : kinds) {
             if (kind != "global" && kind != "local")
                 throw Error(MANGO_ERR_UNSUPPORTED, "attention layer kind '" + kind + "' is not supported");
             out.push_back(kind == "local");
         }
         if (static_cast<int64_t>(out.size()) != layers)
             throw Error(MANGO_ERR_INVALID_ARGUMENT,
-                        "config attention_layers must list global/local for each of the " + std::to_string(layers) + " layers");
+                        "config attention_layers (or attention_types expanded) must list global/local for each of the " +
+                            std::to_string(layers) + " layers");
         return out;
     }
 };
@@ -100,7 +122,7 @@ public:
         info.n_heads = info.n_kv_heads = c_.heads;
         info.head_dim = c_.head_dim;
         info.max_positions = c_.positions;
-        info.tied_embeddings = 1;
+        info.tied_embeddings = c_.tied ? 1 : 0;
     }
 
     Tensor embed(Context &, const Tensor &ids, const Tensor &pos) { return ops::add(ops::embedding(wte_, ids), ops::embedding(wpe_, pos)); }
@@ -148,7 +170,10 @@ private:
         c.moe.add_mlp_tensors(t, c.layers, L + "mlp.", "c_fc", "c_proj", false, H, I);
         t.model("norm.final.weight", "transformer.ln_f.weight", {H});
         t.model("norm.final.bias", "transformer.ln_f.bias", {H});
-        t.tied("lm_head.weight", "lm_head.weight", "transformer.wte.weight", {c.vocab, H});
+        if (c.tied)
+            t.tied("lm_head.weight", "lm_head.weight", "transformer.wte.weight", {c.vocab, H});
+        else
+            t.model("lm_head.weight", "lm_head.weight", {c.vocab, H});
         return t;
     }
 

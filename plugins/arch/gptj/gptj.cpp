@@ -49,7 +49,7 @@ struct Config {
         if (hidden <= 0 || layers <= 0 || heads <= 0 || hidden % heads)
             throw Error(MANGO_ERR_INVALID_ARGUMENT, "config needs positive n_embd, n_layer, n_head (n_embd a multiple of n_head)");
         head_dim = hidden / heads;
-        rot = ctx.config_int("rotary_dim", head_dim);
+        rot = ctx.config_int("rotary_dim", 64, head_dim);  // GPTJConfig's default; null: the whole head
         if (rot <= 0 || rot > head_dim || rot % 2)
             throw Error(MANGO_ERR_INVALID_ARGUMENT, "rotary_dim must be even and at most the head size");
         act = ctx.config_string("activation_function", "gelu_new");

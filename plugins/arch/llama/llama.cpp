@@ -46,8 +46,13 @@ struct Config {
             throw Error(MANGO_ERR_INVALID_ARGUMENT, "config needs positive intermediate_size, vocab_size and head_dim");
         eps = ctx.config_double("rms_norm_eps", 1e-6);
         tied = ctx.config_bool("tie_word_embeddings", false);
-        bias = ctx.config_bool("attention_bias", model_type == "qwen2");
-        if (ctx.config_bool("mlp_bias", false)) throw Error(MANGO_ERR_UNSUPPORTED, "mlp_bias = true is not supported by the llama plugin");
+        // LlamaConfig's attention_bias puts biases on q, k, v and o. Qwen2's attention always has them on
+        // q, k, v and never on o, Mistral's never: their config classes do not read the key.
+        const bool attention_bias = model_type == "llama" && ctx.config_bool("attention_bias", false);
+        bias = model_type == "qwen2" || attention_bias;
+        o_bias = attention_bias;
+        if (model_type == "llama" && ctx.config_bool("mlp_bias", false))  // Mistral's and Qwen2's MLPs ignore the key
+            throw Error(MANGO_ERR_UNSUPPORTED, "mlp_bias = true is not supported by the llama plugin");
         act = ctx.config_string("hidden_act", "silu");
         if (act != "silu") throw Error(MANGO_ERR_UNSUPPORTED, "hidden_act '" + act + "' is not supported by the llama plugin (silu only)");
         // Mistral: sliding_window on every layer. Qwen2: only with use_sliding_window, on the layers
@@ -67,7 +72,7 @@ struct Config {
     int64_t hidden = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, inter = 0, vocab = 0;
     std::vector<int64_t> windows;  // each layer's sliding window (0: none)
     double eps = 1e-6;
-    bool tied = false, bias = false;
+    bool tied = false, bias = false, o_bias = false;  // bias: on q, k and v
 };
 
 class Llama {
@@ -86,6 +91,7 @@ public:
             l.k = w.at(i, "attn.k.weight");
             l.v = w.at(i, "attn.v.weight");
             l.o = w.at(i, "attn.o.weight");
+            if (c_.o_bias) l.ob = w.at(i, "attn.o.bias");
             if (c_.bias) {
                 l.qb = w.at(i, "attn.q.bias");
                 l.kb = w.at(i, "attn.k.bias");
@@ -125,7 +131,7 @@ public:
         const int64_t window = c_.windows[size_t(i)];
         auto [keys, values] = attn::cached_kv(ctx, i, k, v, use_cache, window);
         Tensor a = attn::attend(ctx, q, keys, values, mask, window, 1.0 / std::sqrt(double(c_.head_dim)));
-        auto [r, normed] = nn::add_rms_norm(x, ops::linear(attn::merge_heads(a), l.o), l.norm_mlp, c_.eps);
+        auto [r, normed] = nn::add_rms_norm(x, ops::linear(attn::merge_heads(a), l.o, l.ob), l.norm_mlp, c_.eps);
         return ops::linear_residual(r, nn::swiglu(normed, l.gate, l.up), l.down);
     }
 
@@ -133,7 +139,7 @@ public:
 
 private:
     struct Layer {
-        Tensor q, k, v, o, qb, kb, vb, gate, up, down, norm_attn, norm_mlp;
+        Tensor q, k, v, o, qb, kb, vb, ob, gate, up, down, norm_attn, norm_mlp;
     };
 
     // Every tensor of a model of this config (transformers' names).
@@ -152,6 +158,7 @@ private:
             t.layers(c.layers, "attn.v.bias", L + "self_attn.v_proj.bias", {kvd});
         }
         t.layers(c.layers, "attn.o.weight", L + "self_attn.o_proj.weight", {H, qd});
+        if (c.o_bias) t.layers(c.layers, "attn.o.bias", L + "self_attn.o_proj.bias", {H});
         t.layers(c.layers, "norm.mlp.weight", L + "post_attention_layernorm.weight", {H});
         t.layers(c.layers, "mlp.gate.weight", L + "mlp.gate_proj.weight", {c.inter, H});
         t.layers(c.layers, "mlp.up.weight", L + "mlp.up_proj.weight", {c.inter, H});
