@@ -240,10 +240,7 @@ private:
         t.model("head.norm.weight", std::string(n.head_ln) + ".weight", {H});
         t.model("head.norm.bias", std::string(n.head_ln) + ".bias", {H});
         t.model("lm_head.bias", n.head_bias, {c.vocab});
-        if (c.tied)
-            t.tied("lm_head.weight", n.head_decoder, word, {c.vocab, H});
-        else
-            t.model("lm_head.weight", n.head_decoder, {c.vocab, H});
+        t.lm_head(n.head_decoder, word, {c.vocab, H}, c.tied);
         return t;
     }
 

@@ -144,10 +144,7 @@ private:
         c.moe.add_mlp_tensors(t, c.layers, L + "mlp.", "c_fc", "c_proj", true, H, I);
         t.model("norm.final.weight", P + "ln_f.weight", {H});
         t.model("norm.final.bias", P + "ln_f.bias", {H});
-        if (c.tied)
-            t.tied("lm_head.weight", "lm_head.weight", P + "wte.weight", {c.vocab, H});
-        else
-            t.model("lm_head.weight", "lm_head.weight", {c.vocab, H});
+        t.lm_head("lm_head.weight", P + "wte.weight", {c.vocab, H}, c.tied);
         return t;
     }
 

@@ -164,10 +164,7 @@ private:
         t.layers(c.layers, "mlp.up.weight", L + "mlp.up_proj.weight", {c.inter, H});
         t.layers(c.layers, "mlp.down.weight", L + "mlp.down_proj.weight", {H, c.inter});
         t.model("norm.final.weight", "model.norm.weight", {H});
-        if (c.tied)
-            t.tied("lm_head.weight", "lm_head.weight", "model.embed_tokens.weight", {c.vocab, H});
-        else
-            t.model("lm_head.weight", "lm_head.weight", {c.vocab, H});
+        t.lm_head("lm_head.weight", "model.embed_tokens.weight", {c.vocab, H}, c.tied);
         return t;
     }
 

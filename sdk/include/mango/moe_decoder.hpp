@@ -79,10 +79,7 @@ public:
             if (c.token_importance) t.layer(i, "moe.importance.weight", m + "token_importance.weight", {1, H});
         }
         t.model("norm.final.weight", "model.norm.weight", {H});
-        if (c.tied)
-            t.tied("lm_head.weight", "lm_head.weight", "model.embed_tokens.weight", {c.vocab, H});
-        else
-            t.model("lm_head.weight", "lm_head.weight", {c.vocab, H});
+        t.lm_head("lm_head.weight", "model.embed_tokens.weight", {c.vocab, H}, c.tied);
         return t;
     }
 

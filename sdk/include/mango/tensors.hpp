@@ -78,6 +78,11 @@ public:
         entries_.push_back({-1, role, name, std::move(shape), MANGO_TENSOR_TIED, tied_to});
         return *this;
     }
+    // The LM head (role "lm_head.weight", stored as `name`): tied to the
+    // embedding `tied_to` when `tie` (tie_word_embeddings), else its own.
+    TensorTable &lm_head(const std::string &name, const std::string &tied_to, std::vector<int64_t> shape, bool tie) {
+        return tie ? tied("lm_head.weight", name, tied_to, std::move(shape)) : model("lm_head.weight", name, std::move(shape));
+    }
     // One tensor in layer `layer`; "{L}" in `name_template` becomes the index.
     TensorTable &layer(int32_t layer, const std::string &role, const std::string &name_template, std::vector<int64_t> shape,
                        uint32_t flags = 0) {
